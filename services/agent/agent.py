@@ -1,0 +1,143 @@
+"""The agent: wires registry, datapath, ingest, ring and the gRPC services."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+
+import webb
+
+from .admin import AdminService
+from .agent_events import AgentEventLog
+from .datapath.loader import AttachError, Datapath
+from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
+from .identity import IdentityAllocator
+from .ingest import Ingest
+from .observer import NodeState, ObserverService
+from .parser import FlowParser
+from .peer import PeerDirectory, PeerService
+from .ring import Ring
+from .server import start_server
+
+log = logging.getLogger(__name__)
+
+VERSION = f"{webb.__version__}+webb"
+
+
+@dataclass
+class AgentConfig:
+    listen_address: str = ":4244"
+    unix_socket: str = ""
+    node_name: str = "node"
+    ring_capacity: int = 65535
+    endpoints_file: str = ""
+    netns: str = ""
+    node_ips: list[str] = field(default_factory=list)
+    peer_address: str = ""
+    identity_file: str = ""
+    report_interval: float = 10.0
+    perf_pages: int = 2048
+    wakeup_events: int = 64
+    drain_interval: float = 0.01
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.identities = IdentityAllocator(cfg.identity_file or None)
+        self.registry = EndpointRegistry(cfg.node_name, self.identities)
+        self.ring: Ring = Ring(cfg.ring_capacity)
+        self.datapath: Datapath | None = None
+        self.attach_errors: dict[str, str] = {}
+        self.agent_events = AgentEventLog()
+        self.peers = PeerDirectory()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.server = None
+        port = cfg.listen_address.rsplit(":", 1)[-1] if cfg.listen_address else ""
+        self.address = cfg.peer_address or (f"127.0.0.1:{port}" if port else "")
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.datapath = Datapath(cfg.netns or None, cfg.report_interval)
+        node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
+        self.ingest = Ingest(self.ring, self.registry, {packed_ip(ip) for ip in node_ips})
+        self.parser = FlowParser(cfg.node_name, {}, VERSION)
+        self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
+                              lambda: self.ingest.seen_events)
+        self.ingest.on_batch = self.node.note_batch
+        self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
+                                  cfg.perf_pages, cfg.wakeup_events)
+        self.registry.subscribe(self._on_endpoint)
+        self.registry.subscribe_nodes(self._on_nodes)
+        self._on_nodes([])
+        observer = ObserverService(self.node, self.parser, self.agent_events)
+        self.server, self.health = await start_server(
+            observer, PeerService(self.peers), AdminService(self.registry, self._attach_state),
+            cfg.listen_address, cfg.unix_socket)
+        self.agent_events.agent_started()
+        self._spawn(self.ingest.run(self.datapath.consume, cfg.drain_interval), "ingest")
+        self._spawn(self._retry_attach(), "attach")
+        if cfg.endpoints_file:
+            self._spawn(watch_registry_file(cfg.endpoints_file, self.registry), "registry")
+        log.info("agent %s serving on %s%s", cfg.node_name, cfg.listen_address or "-",
+                 f" and unix://{cfg.unix_socket}" if cfg.unix_socket else "")
+
+    def _spawn(self, coro, name: str) -> None:  # type: ignore[no-untyped-def]
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _on_nodes(self, nodes: list[NodeInfo]) -> None:
+        self.ingest.remote_node_ips = {packed_ip(ip) for n in nodes
+                                       if n.name != self.cfg.node_name for ip in n.ips}
+        peers = {n.name: n.agent_address for n in nodes if n.agent_address}
+        if self.address:
+            peers[self.cfg.node_name] = self.address
+        self.peers.set(peers)
+
+    def _attach_state(self, ep: Endpoint) -> tuple[bool, str]:
+        if not self.registry.is_local(ep) or self.datapath is None:
+            return False, ""
+        return ep.interface in self.datapath.attached, self.attach_errors.get(ep.interface, "")
+
+    async def _on_endpoint(self, old: Endpoint | None, new: Endpoint | None) -> None:
+        assert self.datapath is not None
+        local_old = old is not None and self.registry.is_local(old)
+        local_new = new is not None and self.registry.is_local(new)
+        if local_old and (not local_new or old.interface != new.interface):  # type: ignore[union-attr]
+            await self.datapath.detach(old.interface)  # type: ignore[union-attr]
+            self.attach_errors.pop(old.interface, None)  # type: ignore[union-attr]
+        if local_new:
+            await self._try_attach(new.interface)  # type: ignore[union-attr]
+        if (old is None) != (new is None):
+            self.agent_events.endpoint_changed(old, new)
+
+    async def _try_attach(self, ifname: str) -> None:
+        assert self.datapath is not None
+        try:
+            await self.datapath.attach(ifname)
+            self.attach_errors.pop(ifname, None)
+        except AttachError as e:
+            if self.attach_errors.get(ifname) != str(e):
+                log.warning("%s (will retry)", e)
+            self.attach_errors[ifname] = str(e)
+        self.parser.ifnames.clear()
+        self.parser.ifnames.update(self.datapath.ifindex_names())
+
+    async def _retry_attach(self) -> None:
+        """Interfaces that did not exist yet (a pod still starting) are retried."""
+        while True:
+            await asyncio.sleep(1.0)
+            for ep in self.registry.list():
+                if self.registry.is_local(ep) and ep.interface in self.attach_errors:
+                    await self._try_attach(ep.interface)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop(grace=0.5)
+        if self.datapath is not None:
+            self.datapath.close()
+        if self.cfg.unix_socket and os.path.exists(self.cfg.unix_socket):
+            os.unlink(self.cfg.unix_socket)

@@ -1,0 +1,1 @@
+"""The eBPF side of the agent: load bpf/ programs, attach them, read their events."""

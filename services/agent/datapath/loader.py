@@ -1,0 +1,160 @@
+"""Loads bpf/flow.c with bcc and attaches it to endpoint interfaces with TC clsact.
+
+Our filters use their own priority so that programs of a CNI on the same
+interface are left alone; the clsact qdisc is removed only if we created it.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .event import STAT_EVENTS, STAT_PACKETS, STAT_PARSE_ERRORS
+from .netns import netlink_executor
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(os.environ.get("WEBB_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+FILTER_PRIO = 0xC0DE & 0x7FFF  # ours, distinct from the default 49152
+FILTER_HANDLE = 0xC0DE
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+@dataclass
+class Attachment:
+    ifname: str
+    ifindex: int
+    created_qdisc: bool
+
+
+class Datapath:
+    """One loaded copy of the programs and maps, shared by every endpoint interface."""
+
+    def __init__(self, netns: str | None = None, report_interval_s: float = 10.0,
+                 agg_entries: int = 131072) -> None:
+        from bcc import BPF  # imported here so that tools without bcc can import the agent
+
+        self._BPF = BPF
+        self.netns = netns
+        src = (BPF_DIR / "flow.c").read_bytes()
+        self.bpf = BPF(text=src, cflags=[f"-DAGG_MAP_SIZE={agg_entries}", "-w"])
+        self._prog_from = self.bpf.load_func(b"tc_from_endpoint", BPF.SCHED_CLS)
+        self._prog_to = self.bpf.load_func(b"tc_to_endpoint", BPF.SCHED_CLS)
+        cfg = self.bpf[b"config"]
+        cfg[ctypes.c_int(0)] = ctypes.c_uint64(int(report_interval_s * 1e9))
+        self._ipr: Any = None
+        self._nl = netlink_executor(netns)
+        self.attached: dict[str, Attachment] = {}
+
+    def _netlink(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    async def attach(self, ifname: str) -> Attachment:
+        return await asyncio.get_running_loop().run_in_executor(self._nl, self._attach, ifname)
+
+    async def detach(self, ifname: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._nl, self._detach, ifname)
+
+    async def addresses(self) -> list[str]:
+        """The global addresses of the namespace's interfaces: this node's own."""
+        def read() -> list[str]:
+            return [a.get_attr("IFA_ADDRESS") for a in self._netlink().get_addr()
+                    if a.get_attr("IFA_ADDRESS") and a["scope"] == 0]
+        return await asyncio.get_running_loop().run_in_executor(self._nl, read)
+
+    def _attach(self, ifname: str) -> Attachment:
+        if ifname in self.attached:
+            return self.attached[ifname]
+        ipr = self._netlink()
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise AttachError(f"interface {ifname} not found")
+        idx = found[0]
+        created = False
+        try:
+            ipr.tc("add", "clsact", idx)
+            created = True
+        except Exception as e:  # an existing clsact (ours from a crash, or a CNI's) is fine
+            if getattr(e, "code", None) != errno.EEXIST:
+                raise AttachError(f"{ifname}: adding clsact: {e}") from e
+        for parent, prog in ((TC_INGRESS, self._prog_from), (TC_EGRESS, self._prog_to)):
+            try:
+                self._del_filter(idx, parent)
+                ipr.tc("add-filter", "bpf", idx, FILTER_HANDLE, fd=prog.fd, name=prog.name,
+                       parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+            except Exception as e:
+                raise AttachError(f"{ifname}: attaching {prog.name!r}: {e}") from e
+        att = Attachment(ifname, idx, created)
+        self.attached[ifname] = att
+        log.info("attached to %s (ifindex %d)", ifname, idx)
+        return att
+
+    def _del_filter(self, idx: int, parent: str) -> None:
+        try:
+            self._netlink().tc("del-filter", "bpf", idx, FILTER_HANDLE, parent=parent,
+                               prio=FILTER_PRIO)
+        except Exception:
+            pass
+
+    def _detach(self, ifname: str) -> None:
+        att = self.attached.pop(ifname, None)
+        if att is None:
+            return
+        ipr = self._netlink()
+        if not ipr.link_lookup(ifname=ifname):
+            return  # the interface went away and took its qdisc with it
+        for parent in (TC_INGRESS, TC_EGRESS):
+            self._del_filter(att.ifindex, parent)
+        if att.created_qdisc:
+            try:
+                ipr.tc("del", "clsact", att.ifindex)
+            except Exception as e:
+                log.warning("%s: removing clsact: %s", ifname, e)
+        log.info("detached from %s", ifname)
+
+    def ifindex_names(self) -> dict[int, str]:
+        return {a.ifindex: a.ifname for a in self.attached.values()}
+
+    def open_events(self, on_event: Callable[[int, int, int], None],
+                    on_lost: Callable[[int], None], page_cnt: int, wakeup_events: int) -> None:
+        self.bpf[b"events"].open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
+                                             wakeup_events=wakeup_events)
+
+    def consume(self) -> None:
+        self.bpf.perf_buffer_consume()
+
+    def stats(self) -> dict[str, int]:
+        table = self.bpf[b"stats"]
+        out = {}
+        for name, idx in (("packets", STAT_PACKETS), ("events", STAT_EVENTS),
+                          ("parse_errors", STAT_PARSE_ERRORS)):
+            out[name] = int(sum(table[ctypes.c_int(idx)]))
+        return out
+
+    def close(self) -> None:
+        def detach_all() -> None:
+            for ifname in list(self.attached):
+                try:
+                    self._detach(ifname)
+                except Exception as e:
+                    log.warning("detaching %s: %s", ifname, e)
+            if self._ipr is not None:
+                self._ipr.close()
+                self._ipr = None
+        self._nl.submit(detach_all).result(timeout=30)
+        self._nl.shutdown()
+        self.bpf.cleanup()

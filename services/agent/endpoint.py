@@ -1,0 +1,268 @@
+"""Endpoints: a workload's network interface with its pod metadata and identity.
+
+Without Kubernetes, endpoints come from a registry file (YAML) that lists the
+cluster's endpoints; those whose `node` is this agent's node (or that name no node)
+are local and get the datapath attached to their host-side interface, the others
+only give names and identities to remote addresses. The agent watches the file and
+also takes additions and removals through its admin API.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+import yaml
+
+from .identity import Identity, IdentityAllocator
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
+CLUSTER_LABEL = "io.cilium.k8s.policy.cluster"
+
+
+def packed_ip(ip: str) -> bytes:
+    """An address as the datapath reports it: 16 bytes, IPv4 in the first four."""
+    return ipaddress.ip_address(ip).packed.ljust(16, b"\0")
+
+
+class EndpointError(ValueError):
+    """A malformed endpoint definition."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+    ips: tuple[str, ...]
+    interface: str = ""
+    node: str = ""
+    service_account: str = "default"
+    workload_name: str = ""
+    workload_kind: str = ""
+    cluster: str = "default"
+    id: int = 0
+    identity: int = 0
+    identity_labels: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def security_labels(self) -> list[str]:
+        out = [f"k8s:{k}={v}" for k, v in self.labels]
+        out.append(f"k8s:{NAMESPACE_LABEL}={self.namespace}")
+        out.append(f"k8s:{SERVICE_ACCOUNT_LABEL}={self.service_account}")
+        out.append(f"k8s:{CLUSTER_LABEL}={self.cluster}")
+        return sorted(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "namespace": self.namespace,
+            "labels": dict(self.labels), "ips": list(self.ips), "interface": self.interface,
+            "node": self.node, "service_account": self.service_account,
+            "workload": {"name": self.workload_name, "kind": self.workload_kind},
+            "identity": self.identity, "identity_labels": list(self.identity_labels),
+        }
+
+
+def parse_endpoint(raw: Any) -> Endpoint:
+    """Validates one registry entry; errors name the field."""
+    if not isinstance(raw, dict):
+        raise EndpointError("endpoint must be a mapping")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise EndpointError("endpoint.name: required string")
+    ns = raw.get("namespace", "default")
+    if not isinstance(ns, str) or not ns:
+        raise EndpointError(f"endpoint {name}: namespace must be a non-empty string")
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise EndpointError(f"endpoint {name}: labels must be a mapping")
+    ips = raw.get("ips") or []
+    if isinstance(ips, str):
+        ips = [ips]
+    norm_ips = []
+    for ip in ips:
+        try:
+            norm_ips.append(str(ipaddress.ip_address(str(ip))))
+        except ValueError:
+            raise EndpointError(f"endpoint {name}: ips: {ip!r} is not an IP address") from None
+    wl = raw.get("workload") or {}
+    if not isinstance(wl, dict):
+        raise EndpointError(f"endpoint {name}: workload must be a mapping with name and kind")
+    try:
+        ep_id = int(raw.get("id", 0) or 0)
+    except (TypeError, ValueError):
+        raise EndpointError(f"endpoint {name}: id must be an integer") from None
+    return Endpoint(
+        name=name, namespace=ns,
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        ips=tuple(norm_ips), interface=str(raw.get("interface", "") or ""),
+        node=str(raw.get("node", "") or ""),
+        service_account=str(raw.get("service_account", "default") or "default"),
+        workload_name=str(wl.get("name", "") or ""), workload_kind=str(wl.get("kind", "") or ""),
+        cluster=str(raw.get("cluster", "default") or "default"), id=ep_id,
+    )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Another node of the cluster, from the registry file's `nodes` list."""
+
+    name: str
+    ips: tuple[str, ...]
+    agent_address: str = ""
+
+
+def load_registry_file(path: str) -> tuple[list[Endpoint], list[NodeInfo]]:
+    """Returns the endpoints and nodes (`nodes: [{name, ips, agent_address}]`) of a file."""
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise EndpointError(f"{path}: top level must be a mapping with 'endpoints'")
+    eps = [parse_endpoint(e) for e in doc.get("endpoints") or []]
+    nodes: list[NodeInfo] = []
+    for n in doc.get("nodes") or []:
+        if not isinstance(n, dict) or not n.get("name"):
+            raise EndpointError(f"{path}: nodes: each node needs a name")
+        try:
+            ips = tuple(str(ipaddress.ip_address(str(ip))) for ip in n.get("ips") or [])
+        except ValueError as e:
+            raise EndpointError(f"{path}: node {n['name']}: {e}") from None
+        nodes.append(NodeInfo(str(n["name"]), ips, str(n.get("agent_address", "") or "")))
+    return eps, nodes
+
+
+Listener = Callable[[Endpoint | None, Endpoint | None], Awaitable[None]]
+
+
+class EndpointRegistry:
+    """Endpoints known to this agent, by key and by IP, with identities resolved.
+
+    Listeners get (old, new) on every change; the datapath uses it to attach and
+    detach interfaces without a restart.
+    """
+
+    def __init__(self, node_name: str, identities: IdentityAllocator) -> None:
+        self.node_name = node_name
+        self.identities = identities
+        self._by_key: dict[str, Endpoint] = {}
+        self._by_ip: dict[str, Endpoint] = {}
+        # The datapath reports addresses as 16 raw bytes (IPv4 in the first four);
+        # keying by those spares a conversion per event.
+        self._by_packed: dict[bytes, Endpoint] = {}
+        self._listeners: list[Listener] = []
+        self._next_id = 1
+        self._file_keys: set[str] = set()
+        self.nodes: list[NodeInfo] = []
+        self._node_listeners: list[Callable[[list[NodeInfo]], None]] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def is_local(self, ep: Endpoint) -> bool:
+        return bool(ep.interface) and ep.node in ("", self.node_name)
+
+    def by_ip(self, ip: str) -> Endpoint | None:
+        return self._by_ip.get(ip)
+
+    @property
+    def by_packed(self) -> dict[bytes, Endpoint]:
+        return self._by_packed
+
+    def list(self) -> list[Endpoint]:
+        return sorted(self._by_key.values(), key=lambda e: (e.namespace, e.name))
+
+    def get(self, key: str) -> Endpoint | None:
+        return self._by_key.get(key)
+
+    def _resolve(self, ep: Endpoint, old: Endpoint | None) -> Endpoint:
+        ident: Identity = self.identities.allocate(ep.security_labels())
+        ep_id = ep.id
+        if self.is_local(ep) and not ep_id:
+            ep_id = old.id if old and old.id else self._next_id
+            self._next_id = max(self._next_id, ep_id + 1)
+        return Endpoint(**{**ep.__dict__, "id": ep_id, "identity": ident.id,
+                           "identity_labels": ident.labels})
+
+    async def upsert(self, ep: Endpoint) -> Endpoint:
+        old = self._by_key.get(ep.key)
+        new = self._resolve(ep, old)
+        if old == new and old.identity_labels == new.identity_labels:
+            return old
+        if old:
+            self._unindex(old)
+        self._by_key[new.key] = new
+        for ip in new.ips:
+            self._by_ip[ip] = new
+            self._by_packed[packed_ip(ip)] = new
+        await self._notify(old, new)
+        return new
+
+    async def remove(self, key: str) -> Endpoint | None:
+        old = self._by_key.pop(key, None)
+        if old is None:
+            return None
+        self._unindex(old)
+        self._file_keys.discard(key)
+        await self._notify(old, None)
+        return old
+
+    def _unindex(self, old: Endpoint) -> None:
+        for ip in old.ips:
+            if self._by_ip.get(ip) is old:
+                del self._by_ip[ip]
+            if self._by_packed.get(packed_ip(ip)) is old:
+                del self._by_packed[packed_ip(ip)]
+
+    async def _notify(self, old: Endpoint | None, new: Endpoint | None) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(old, new)
+            except Exception:  # one failing listener must not stop the others
+                log.exception("endpoint listener failed for %s", (new or old).key)  # type: ignore[union-attr]
+
+    def subscribe_nodes(self, listener: Callable[[list[NodeInfo]], None]) -> None:
+        self._node_listeners.append(listener)
+
+    async def sync_file(self, endpoints: Iterable[Endpoint], nodes: Iterable[NodeInfo]) -> None:
+        """Makes the file-sourced endpoints equal to `endpoints`."""
+        eps = list(endpoints)
+        self.nodes = list(nodes)
+        for nl in self._node_listeners:
+            nl(self.nodes)
+        keys = {e.key for e in eps}
+        for key in sorted(self._file_keys - keys):
+            await self.remove(key)
+        for ep in eps:
+            await self.upsert(ep)
+        self._file_keys = keys
+
+
+async def watch_registry_file(path: str, registry: EndpointRegistry,
+                              interval: float = 0.5) -> None:
+    """Polls the file's mtime; a malformed file is logged and the last good state kept."""
+    last: tuple[float, int] | None = None
+    while True:
+        try:
+            st = os.stat(path)
+            sig = (st.st_mtime, st.st_size)
+            if sig != last:
+                last = sig
+                eps, nodes = load_registry_file(path)
+                await registry.sync_file(eps, nodes)
+                log.info("endpoints file %s: %d endpoints", path, len(eps))
+        except FileNotFoundError:
+            if last is not None:
+                log.warning("endpoints file %s disappeared; keeping endpoints", path)
+                last = None
+        except (EndpointError, yaml.YAMLError, ValueError) as e:
+            log.error("endpoints file %s rejected, keeping previous endpoints: %s", path, e)
+        await asyncio.sleep(interval)

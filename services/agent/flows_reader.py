@@ -1,0 +1,114 @@
+"""GetFlows over the ring: which entries a request selects, in which order.
+
+Hubble's rules: `number` alone means the newest N matching flows (sent oldest
+first), `first` the oldest N, neither means everything held; since/until bound
+the time; `follow` goes on with new flows after the history. A reader that the
+ring overtakes is told how many entries it lost.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Union
+
+from .parser import FlowParser
+from .record import FlowRecord, LostRecord
+from .ring import Ring
+
+LOST_SOURCE_RING = 3  # flow.LostEventSource.HUBBLE_RING_BUFFER
+
+Entry = Union[FlowRecord, LostRecord]
+
+
+@dataclass
+class Lost:
+    """Entries a reader never saw: perf-buffer losses or ring overwrites."""
+
+    source: int
+    count: int
+    cpu: int
+    time_ns: int
+
+
+@dataclass
+class ReadRequest:
+    number: int = 0
+    first: bool = False
+    follow: bool = False
+    since_ns: int | None = None
+    until_ns: int | None = None
+
+
+class RequestError(ValueError):
+    pass
+
+
+def validate(req: ReadRequest) -> None:
+    if req.first and req.follow:
+        raise RequestError("first cannot be specified with follow")
+    if req.number and req.since_ns is not None and not req.first:
+        raise RequestError("number cannot be specified with since unless first is set")
+    if req.since_ns is not None and req.until_ns is not None and req.since_ns > req.until_ns:
+        raise RequestError("since must be before until")
+
+
+async def read_flows(ring: Ring, parser: FlowParser, req: ReadRequest,
+                     match: Callable[[object], bool]) -> AsyncIterator[tuple[object, int] | Lost]:
+    """Yields (flow.Flow, seq) for each selected flow, or Lost notices."""
+    since, until = req.since_ns, req.until_ns
+    build = parser.flow
+
+    def in_window(rec: FlowRecord) -> bool:
+        t = rec.time_ns
+        return (since is None or t >= since) and (until is None or t <= until)
+
+    end = ring.next_seq  # without follow, the history as it stands now
+    if req.number and not req.first:
+        # Walk back to the Nth newest match, then stream forward from there.
+        need, pos, start = req.number, end - 1, ring.oldest_seq
+        while pos >= ring.oldest_seq and need:
+            e = ring.get(pos)
+            if isinstance(e, FlowRecord) and in_window(e) and match(build(e)):
+                need -= 1
+                if not need:
+                    start = pos
+            pos -= 1
+    else:
+        start = ring.oldest_seq
+    limit = req.number if req.first else 0
+    history_limit = req.number if (req.number and not req.first) else 0
+
+    pos, sent = start, 0
+    while True:
+        oldest = ring.oldest_seq
+        if pos < oldest:
+            yield Lost(LOST_SOURCE_RING, oldest - pos, -1, time.time_ns())
+            pos = oldest
+        if pos >= ring.next_seq or (not req.follow and pos >= end):
+            if not req.follow:
+                return
+            await ring.wait_beyond(pos)
+            continue
+        e = ring.get(pos)
+        pos += 1
+        if isinstance(e, LostRecord):
+            yield Lost(e.source, e.count, e.cpu, e.time_ns)
+            continue
+        if e is None:
+            continue
+        t = e.time_ns
+        if until is not None and t > until:
+            if req.follow or pos >= end:
+                return
+            continue
+        if since is not None and t < since:
+            continue
+        f = build(e)
+        if not match(f):
+            continue
+        yield (f, e.seq)
+        sent += 1
+        if limit and sent >= limit:
+            return
+        if history_limit and sent >= history_limit and not req.follow:
+            return

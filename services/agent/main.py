@@ -1,0 +1,88 @@
+"""webb-agent: eBPF flows of this node's endpoints, served over Hubble's API."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .agent import Agent, AgentConfig
+from .ring import valid_capacity
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    p = argparse.ArgumentParser(
+        prog="webb-agent",
+        description="Attach webb's eBPF programs to this node's endpoint interfaces and "
+                    "serve the flows over Hubble's observer.Observer API.",
+        epilog="example: webb-agent --endpoints endpoints.yaml --listen-address :4244")
+    p.add_argument("--listen-address", default=":4244",
+                   help="gRPC address for observer, peer and health (default :4244; '' disables)")
+    p.add_argument("--unix-socket", default="/var/run/webb/hubble.sock",
+                   help="also serve on this unix socket ('' disables)")
+    p.add_argument("--node-name", default=os.environ.get("WEBB_NODE_NAME") or socket.gethostname(),
+                   help="name of this node in flows (default: host name)")
+    p.add_argument("--ring-capacity", type=int, default=65535,
+                   help="flows kept in memory; must be 2^n-1 (default 65535)")
+    p.add_argument("--endpoints", default="",
+                   help="endpoint registry file (YAML), watched for changes")
+    p.add_argument("--netns", default="",
+                   help="network namespace holding the endpoint interfaces (default: the agent's)")
+    p.add_argument("--node-ip", action="append", default=[],
+                   help="an address of this node (reserved:host); default: the addresses "
+                        "of the interfaces in --netns")
+    p.add_argument("--peer-address", default="",
+                   help="address other components use to reach this agent "
+                        "(default: 127.0.0.1 and the listen port)")
+    p.add_argument("--identity-file", default="",
+                   help="identity allocation file shared by agents on one host")
+    p.add_argument("--report-interval", type=float, default=10.0,
+                   help="seconds between reports of a long-lived connection (default 10)")
+    p.add_argument("--perf-pages", type=int, default=2048,
+                   help="perf buffer pages per CPU (default 2048 = 8 MiB)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    if not valid_capacity(a.ring_capacity):
+        p.error(f"--ring-capacity must be 2^n-1 (e.g. 4095, 65535), got {a.ring_capacity}")
+    if a.report_interval <= 0:
+        p.error("--report-interval must be positive")
+    if a.perf_pages <= 0 or a.perf_pages & (a.perf_pages - 1):
+        p.error("--perf-pages must be a power of two")
+    logging.basicConfig(level=a.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # it logs every netlink message
+    return AgentConfig(
+        listen_address=a.listen_address, unix_socket=a.unix_socket, node_name=a.node_name,
+        ring_capacity=a.ring_capacity, endpoints_file=a.endpoints, netns=a.netns,
+        node_ips=a.node_ip, peer_address=a.peer_address, identity_file=a.identity_file,
+        report_interval=a.report_interval, perf_pages=a.perf_pages)
+
+
+async def _run(cfg: AgentConfig) -> None:
+    agent = Agent(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    try:
+        asyncio.run(_run(cfg))
+    except Exception as e:  # start-up errors: one clear line, non-zero exit
+        logging.getLogger("webb-agent").error("%s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""observer.Observer for one node: GetFlows, ServerStatus, GetNodes, GetNamespaces,
+GetAgentEvents and GetDebugEvents, with Hubble's request semantics and errors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf import field_mask_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.wrappers_pb2 import Int32Value, UInt32Value
+
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+from webb.api.observer import observer_pb2_grpc
+from webb.api.relay import relay_pb2 as rpb
+from webb.filters import FilterError, build_filter
+
+from .agent_events import AgentEventLog
+from .flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
+from .parser import FlowParser
+from .record import FlowRecord
+from .ring import Ring
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_WINDOW_NS = 3600 * 1_000_000_000  # Hubble lists namespaces seen in the last hour
+
+
+def ts_ns(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def ns_ts(ns: int) -> Timestamp:
+    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+class NodeState:
+    """What ServerStatus and GetNodes report; owned by the agent, read here."""
+
+    def __init__(self, node_name: str, version: str, address: str, ring: Ring,
+                 seen: Callable[[], int]) -> None:
+        self.node_name = node_name
+        self.version = version
+        self.address = address
+        self.ring = ring
+        self.seen = seen
+        self.started_ns = time.monotonic_ns()
+        self.namespaces: dict[tuple[str, str], int] = {}
+
+    def note_batch(self, recs: list[FlowRecord]) -> None:
+        seen = self.namespaces
+        for r in recs:
+            if r.src.namespace:
+                seen[(r.src.cluster, r.src.namespace)] = r.time_ns
+            if r.dst.namespace:
+                seen[(r.dst.cluster, r.dst.namespace)] = r.time_ns
+
+    def uptime_ns(self) -> int:
+        return time.monotonic_ns() - self.started_ns
+
+    def num_flows(self) -> int:
+        return len(self.ring)
+
+    def flows_rate(self) -> float:
+        """Flows per second over the last minute, from the ring's timestamps."""
+        ring = self.ring
+        now = time.time_ns()
+        horizon = now - 60 * 1_000_000_000
+        count, pos = 0, ring.next_seq - 1
+        while pos >= ring.oldest_seq:
+            e = ring.get(pos)
+            if isinstance(e, FlowRecord):
+                if e.time_ns < horizon:
+                    break
+                count += 1
+            pos -= 1
+        window = min(60.0, self.uptime_ns() / 1e9) or 1.0
+        return count / window
+
+
+class ObserverService(observer_pb2_grpc.ObserverServicer):
+    def __init__(self, node: NodeState, parser: FlowParser, agent_events: AgentEventLog) -> None:
+        self.node = node
+        self.parser = parser
+        self.agent_events = agent_events
+
+    async def GetFlows(self, request: opb.GetFlowsRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse]:
+        try:
+            match = build_filter(request.whitelist, request.blacklist)
+            req = ReadRequest(
+                number=request.number, first=request.first, follow=request.follow,
+                since_ns=ts_ns(request.since) if request.HasField("since") else None,
+                until_ns=ts_ns(request.until) if request.HasField("until") else None)
+            validate(req)
+            mask = _field_mask(request)
+        except (FilterError, RequestError, ValueError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        node_name = self.node.node_name
+        async for item in read_flows(self.node.ring, self.parser, req, match):
+            if isinstance(item, Lost):
+                lost = fpb.LostEvent(source=item.source, num_events_lost=item.count)
+                if item.cpu >= 0:
+                    lost.cpu.CopyFrom(Int32Value(value=item.cpu))
+                yield opb.GetFlowsResponse(lost_events=lost, node_name=node_name,
+                                           time=ns_ts(item.time_ns))
+                continue
+            flow, _seq = item
+            if mask is not None:
+                out = fpb.Flow()
+                mask.MergeMessage(flow, out)
+                flow = out
+            yield opb.GetFlowsResponse(flow=flow, node_name=node_name, time=flow.time)
+
+    async def ServerStatus(self, request: opb.ServerStatusRequest,
+                           context: grpc.aio.ServicerContext) -> opb.ServerStatusResponse:
+        n = self.node
+        return opb.ServerStatusResponse(
+            num_flows=n.num_flows(), max_flows=n.ring.capacity, seen_flows=n.seen(),
+            uptime_ns=n.uptime_ns(), version=n.version, flows_rate=n.flows_rate(),
+            num_connected_nodes=UInt32Value(value=1), num_unavailable_nodes=UInt32Value(value=0))
+
+    async def GetNodes(self, request: opb.GetNodesRequest,
+                       context: grpc.aio.ServicerContext) -> opb.GetNodesResponse:
+        n = self.node
+        node = opb.Node(name=n.node_name, version=n.version, address=n.address,
+                        state=rpb.NODE_CONNECTED, uptime_ns=n.uptime_ns(),
+                        num_flows=n.num_flows(), max_flows=n.ring.capacity, seen_flows=n.seen())
+        return opb.GetNodesResponse(nodes=[node])
+
+    async def GetNamespaces(self, request: opb.GetNamespacesRequest,
+                            context: grpc.aio.ServicerContext) -> opb.GetNamespacesResponse:
+        horizon = time.time_ns() - NAMESPACE_WINDOW_NS
+        seen = self.node.namespaces
+        for key in [k for k, t in seen.items() if t < horizon]:
+            del seen[key]
+        return opb.GetNamespacesResponse(namespaces=[
+            opb.Namespace(cluster=c, namespace=ns) for c, ns in sorted(seen)])
+
+    async def GetAgentEvents(self, request: opb.GetAgentEventsRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[opb.GetAgentEventsResponse]:
+        if request.HasField("since") and request.number:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "number cannot be specified with since")
+            return
+        since = ts_ns(request.since) if request.HasField("since") else None
+        until = ts_ns(request.until) if request.HasField("until") else None
+        async for t, ev in self.agent_events.read(request.number, request.follow, since, until):
+            yield opb.GetAgentEventsResponse(agent_event=ev, node_name=self.node.node_name,
+                                             time=ns_ts(t))
+
+    async def GetDebugEvents(self, request: opb.GetDebugEventsRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[opb.GetDebugEventsResponse]:
+        # webb's datapath emits no debug events (Cilium's come from its datapath's
+        # debug mode). Following waits for the client to go away.
+        if request.follow:
+            await asyncio.Event().wait()  # cancelled when the client goes away
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+
+def _field_mask(request: opb.GetFlowsRequest) -> Any:
+    paths: list[str] = list(request.field_mask.paths) if request.HasField("field_mask") else []
+    if not paths and request.HasField("experimental") and request.experimental.HasField("field_mask"):
+        paths = list(request.experimental.field_mask.paths)
+    if not paths:
+        return None
+    mask = field_mask_pb2.FieldMask(paths=paths)
+    if not mask.IsValidForDescriptor(fpb.Flow.DESCRIPTOR):
+        raise ValueError(f"invalid field mask: {', '.join(paths)}")
+    return mask

@@ -1,0 +1,1 @@
+"""webb metrics."""

@@ -1,0 +1,140 @@
+"""Test support: agents as real processes, endpoint files, gRPC helpers."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from webb.api.admin import admin_pb2, admin_pb2_grpc
+from webb.api.flow import flow_pb2
+from webb.api.observer import observer_pb2, observer_pb2_grpc
+from webb.netlab import NetLab, Pod
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TRAFFIC = str(Path(__file__).resolve().parent / "helpers" / "traffic.py")
+NO_BDP = [("grpc.http2.bdp_probe", 0)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except grpc.RpcError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def pod_endpoint(pod: Pod, app: str, namespace: str = "demo", version: str = "v1",
+                 extra_labels: dict[str, str] | None = None, node: str | None = None) -> dict:
+    labels = {"app": app, "version": version, **(extra_labels or {})}
+    return {"name": pod.name, "namespace": namespace, "labels": labels,
+            "ips": [pod.ip4, pod.ip6], "interface": pod.host_if,
+            "node": node if node is not None else pod.node.name,
+            "service_account": app, "workload": {"name": f"{app}-{version}", "kind": "Deployment"}}
+
+
+def write_endpoints(path: Path, endpoints: Iterable[dict], nodes: Iterable[dict] = ()) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"endpoints": list(endpoints), "nodes": list(nodes)}))
+    os.replace(tmp, path)
+
+
+class AgentProc:
+    def __init__(self, workdir: Path, node: str, netns: str, endpoints: Path | None,
+                 ring: int = 4095, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.node = node
+        self.log = workdir / f"agent-{node}-{self.port}.log"
+        self.sock = str(workdir / f"agent-{node}.sock")
+        self.args = [str(BIN / "webb-agent"), "--listen-address", f"127.0.0.1:{self.port}",
+                     "--unix-socket", self.sock, "--node-name", node, "--netns", netns,
+                     "--ring-capacity", str(ring), "--log-level", "info", *(extra or [])]
+        if endpoints is not None:
+            self.args += ["--endpoints", str(endpoints)]
+        self.proc: subprocess.Popen | None = None
+        self.channel: grpc.Channel | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "AgentProc":
+        self.proc = subprocess.Popen(self.args, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+        self.channel = grpc.insecure_channel(self.address, options=NO_BDP)
+        health = health_pb2_grpc.HealthStub(self.channel)
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            r = health.Check(health_pb2.HealthCheckRequest(service="observer.Observer"), timeout=1)
+            return r.status == health_pb2.HealthCheckResponse.SERVING
+        wait_for(serving, timeout, 0.2, "agent health")
+        return self
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    @property
+    def observer(self) -> observer_pb2_grpc.ObserverStub:
+        assert self.channel is not None
+        return observer_pb2_grpc.ObserverStub(self.channel)
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        assert self.channel is not None
+        return admin_pb2_grpc.AdminStub(self.channel)
+
+    def wait_attached(self, names: Iterable[str], timeout: float = 15.0) -> None:
+        want = set(names)
+
+        def ok() -> bool:
+            eps = self.admin.ListEndpoints(admin_pb2.ListEndpointsRequest(), timeout=2).endpoints
+            return want <= {e.name for e in eps if e.attached}
+        wait_for(ok, timeout, 0.2, f"endpoints {sorted(want)} attached")
+
+    def flows(self, timeout: float = 10.0, **req: Any) -> list[flow_pb2.Flow]:
+        return [r.flow for r in self.observer.GetFlows(observer_pb2.GetFlowsRequest(**req),
+                                                       timeout=timeout) if r.HasField("flow")]
+
+
+def run_in(lab: NetLab, netns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return lab.exec(netns, sys.executable, TRAFFIC, *args, timeout=timeout)
+
+
+def start_in(lab: NetLab, netns: str, *args: str) -> subprocess.Popen:
+    p = lab.popen(netns, sys.executable, TRAFFIC, *args, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()  # type: ignore[union-attr]
+    assert line.strip() == "ready", f"traffic helper did not start: {line!r}"
+    return p

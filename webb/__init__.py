@@ -1,0 +1,3 @@
+"""Shared code of webb's deployables: the generated API and helpers every service uses."""
+
+__version__ = "0.1.0"
