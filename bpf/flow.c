@@ -155,10 +155,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
             return -1;
         p->key.family = 6;
-        p->key.proto = ip6.nexthdr;
         __builtin_memcpy(p->key.saddr, &ip6.saddr, 16);
         __builtin_memcpy(p->key.daddr, &ip6.daddr, 16);
-        return parse_l4(skb, ETH_HLEN + sizeof(ip6), p);
+        u8 next = ip6.nexthdr;
+        u32 off = ETH_HLEN + sizeof(ip6);
+        // Skip a few extension headers (hop-by-hop on MLD reports, routing,
+        // destination options); a non-first fragment has no L4 header.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (next == 0 || next == 43 || next == 60) {
+                u8 ext[2] = {};
+                if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+                    return -1;
+                next = ext[0];
+                off += (ext[1] + 1) * 8;
+            } else if (next == 44) {
+                u8 frag[4] = {};
+                if (bpf_skb_load_bytes(skb, off, frag, 4) < 0)
+                    return -1;
+                next = frag[0];
+                off += 8;
+                if ((((u16)frag[2] << 8) | frag[3]) & 0xfff8) {
+                    p->key.proto = next;
+                    return 0;
+                }
+            }
+        }
+        p->key.proto = next;
+        return parse_l4(skb, off, p);
     }
     return 1;  // not IP: nothing to report
 }

@@ -1,0 +1,252 @@
+"""Agent internals without the kernel: ring, GetFlows selection, identities,
+endpoint validation and the L3/L4 parser, on hand-made datapath records."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from webb.api.flow import flow_pb2 as fpb
+from webb_agent.datapath.event import (EVENT_SIZE, EVENT_TRACE, POINT_FROM_ENDPOINT,
+                                       POINT_TO_ENDPOINT, REASON_FLAGS, REASON_NEW, FlowEvent,
+                                       decode, pack)
+from webb_agent.endpoint import (Endpoint, EndpointError, EndpointRegistry, packed_ip,
+                                 parse_endpoint)
+from webb_agent.flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
+from webb_agent.identity import IdentityAllocator
+from webb_agent.ingest import Ingest
+from webb_agent.parser import FlowParser, tcp_flags_summary
+from webb_agent.record import WORLD, FlowRecord, LostRecord
+from webb_agent.ring import Ring, valid_capacity
+
+
+def ev(saddr="10.0.0.1", daddr="10.0.0.2", sport=40000, dport=80, proto=socket.IPPROTO_TCP,
+       flags=0x02, point=POINT_FROM_ENDPOINT, reply=0, reason=REASON_NEW, ts=1000,
+       icmp_type=0) -> FlowEvent:
+    fam = 6 if ":" in saddr else 4
+    return FlowEvent(ts=ts, packets=1, bytes=60, saddr=packed_ip(saddr), daddr=packed_ip(daddr),
+                     smac=b"\x02\x00\x00\x00\x00\x01", dmac=b"\x02\x00\x00\x00\x00\x02",
+                     sport=sport, dport=dport, ifindex=7, pkt_len=60, event_type=EVENT_TRACE,
+                     reason=reason, family=fam, proto=proto, tcp_flags=flags, point=point,
+                     is_reply=reply, icmp_type=icmp_type, icmp_code=0)
+
+
+def test_event_layout_round_trips():
+    e = ev()
+    raw = pack(e)
+    assert len(raw) == EVENT_SIZE == 96
+    assert decode(raw) == e
+
+
+def test_ring_capacity_rule_and_overwrite():
+    assert valid_capacity(65535) and valid_capacity(1) and not valid_capacity(65536)
+    with pytest.raises(ValueError):
+        Ring(100)
+    r: Ring[int] = Ring(3)
+    r.write_many([1, 2, 3, 4, 5])
+    assert len(r) == 3 and r.oldest_seq == 2 and r.next_seq == 5
+    assert r.get(1) is None and r.get(2) == 3 and r.get(4) == 5 and r.get(5) is None
+
+
+async def test_ring_wait_wakes_on_write():
+    r: Ring[int] = Ring(7)
+    waiter = asyncio.create_task(r.wait_beyond(0, timeout=2))
+    await asyncio.sleep(0.01)
+    r.write_many([1])
+    assert await waiter is True
+    assert await r.wait_beyond(5, timeout=0.05) is False
+
+
+def test_tcp_summary_order_matches_hubble():
+    assert tcp_flags_summary(0x02) == "SYN"
+    assert tcp_flags_summary(0x12) == "SYN, ACK"
+    assert tcp_flags_summary(0x18) == "ACK, PSH"
+    assert tcp_flags_summary(0x11) == "ACK, FIN"
+    assert tcp_flags_summary(0x14) == "ACK, RST"
+
+
+def make_parser() -> FlowParser:
+    return FlowParser("node-a", {7: "lxc1"}, "test")
+
+
+def run_sync(coro):
+    """Runs a coroutine that never suspends (no listeners), also inside a running loop."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("coroutine suspended")
+
+
+def client_server():
+    ids = IdentityAllocator()
+    reg = EndpointRegistry("node-a", ids)
+    c = parse_endpoint({"name": "c", "namespace": "ns", "labels": {"app": "c"},
+                        "ips": ["10.0.0.1"], "interface": "lxc1"})
+    s = parse_endpoint({"name": "s", "namespace": "ns", "labels": {"app": "s"},
+                        "ips": ["10.0.0.2"], "interface": "lxc2"})
+    run_sync(reg.upsert(c))
+    run_sync(reg.upsert(s))
+    return reg
+
+
+def test_parser_directions_and_fields():
+    reg = client_server()
+    p = make_parser()
+    c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
+    syn = p.build(FlowRecord(ev(), 1_700_000_000_123_456_789, c, s))
+    assert syn.Summary == "TCP Flags: SYN" and syn.verdict == fpb.FORWARDED
+    assert syn.traffic_direction == fpb.EGRESS and syn.trace_observation_point == fpb.FROM_ENDPOINT
+    assert syn.event_type.type == 4 and syn.event_type.sub_type == 5
+    assert syn.time.seconds == 1_700_000_000 and syn.time.nanos == 123_456_789
+    assert syn.source.pod_name == "c" and syn.destination.pod_name == "s"
+    assert syn.interface.name == "lxc1" and syn.trace_reason == fpb.NEW
+    # The reply arriving back at the client's interface: to-endpoint, still EGRESS.
+    synack = p.build(FlowRecord(ev(saddr="10.0.0.2", daddr="10.0.0.1", sport=80, dport=40000,
+                                   flags=0x12, point=POINT_TO_ENDPOINT, reply=1), 1, s, c))
+    assert synack.is_reply.value and synack.reply
+    assert synack.traffic_direction == fpb.EGRESS and synack.trace_observation_point == fpb.TO_ENDPOINT
+    assert synack.event_type.sub_type == 0 and synack.trace_reason == fpb.REPLY
+    est = p.build(FlowRecord(ev(flags=0x10, reason=REASON_FLAGS), 2, c, s))
+    assert est.trace_reason == fpb.ESTABLISHED
+    icmp6 = p.build(FlowRecord(ev(saddr="fd00::1", daddr="fd00::2", proto=socket.IPPROTO_ICMPV6,
+                                  sport=0, dport=0, icmp_type=128, flags=0), 3, WORLD, WORLD))
+    assert icmp6.Summary == "ICMPv6 EchoRequest" and icmp6.IP.ipVersion == fpb.IPv6
+    assert icmp6.IP.source == "fd00::1" and icmp6.source.labels == ["reserved:world"]
+
+
+def test_uuids_are_stable_and_distinct():
+    p = make_parser()
+    assert p.flow_uuid(5) == p.flow_uuid(5) != p.flow_uuid(6)
+    assert make_parser().flow_uuid(5) != p.flow_uuid(5)  # per-process salt
+
+
+def test_identity_allocation_is_shared_through_file(tmp_path):
+    path = str(tmp_path / "ids.json")
+    a, b = IdentityAllocator(path), IdentityAllocator(path)
+    x = a.allocate(["k8s:app=x"])
+    y = b.allocate(["k8s:app=y"])
+    assert x.id == 256 and y.id == 257
+    assert b.allocate(["k8s:app=x"]).id == 256  # learnt from the file, not re-numbered
+    assert a.get(257).labels == ("k8s:app=y",)
+    assert a.get(1).labels == ("reserved:host",) and a.get(2).labels == ("reserved:world",)
+
+
+@pytest.mark.parametrize("raw,msg", [
+    ({}, "name"),
+    ({"name": "x", "ips": ["10.0.0.300"]}, "10.0.0.300"),
+    ({"name": "x", "labels": ["a"]}, "labels"),
+    ({"name": "x", "id": "one"}, "id"),
+    ("just a string", "mapping"),
+])
+def test_endpoint_validation_names_the_field(raw, msg):
+    with pytest.raises(EndpointError, match=msg):
+        parse_endpoint(raw)
+
+
+def test_registry_identity_labels_and_local():
+    reg = client_server()
+    c = reg.by_ip("10.0.0.1")
+    assert c.identity >= 256 and c.id > 0
+    assert "k8s:io.kubernetes.pod.namespace=ns" in c.identity_labels
+    assert reg.is_local(c)
+    remote = parse_endpoint({"name": "r", "namespace": "ns", "ips": ["10.1.0.1"],
+                             "interface": "x", "node": "node-b"})
+    stored = run_sync(reg.upsert(remote))
+    assert not reg.is_local(stored) and stored.id == 0
+    assert reg.by_packed[packed_ip("10.1.0.1")] is stored
+
+
+def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowParser]:
+    reg = client_server()
+    c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
+    ring: Ring = Ring(cap)
+    recs = []
+    for i in range(n):
+        r = FlowRecord(ev(sport=30000 + i), 1_000_000_000 * (i + 1), c, s)
+        r.seq = i
+        recs.append(r)
+    ring.write_many(recs)
+    return ring, make_parser()
+
+
+async def collect(ring, parser, req, match=lambda f: True):
+    out = []
+    async for item in read_flows(ring, parser, req, match):
+        out.append(item if isinstance(item, Lost) else item[0].l4.TCP.source_port - 30000)
+    return out
+
+
+async def test_reader_number_first_since_until():
+    ring, p = filled_ring(10)
+    assert await collect(ring, p, ReadRequest()) == list(range(10))
+    assert await collect(ring, p, ReadRequest(number=3)) == [7, 8, 9]
+    assert await collect(ring, p, ReadRequest(number=3, first=True)) == [0, 1, 2]
+    odd = lambda f: f.l4.TCP.source_port % 2 == 1  # noqa: E731
+    assert await collect(ring, p, ReadRequest(number=2), odd) == [7, 9]
+    assert await collect(ring, p, ReadRequest(since_ns=4_000_000_000, until_ns=6_000_000_000)) == [3, 4, 5]
+    assert await collect(ring, p, ReadRequest(number=2, first=True, since_ns=5_000_000_000)) == [4, 5]
+
+
+async def test_reader_follow_gets_new_entries_and_lost_records():
+    ring, p = filled_ring(3)
+    got: list = []
+
+    async def follow():
+        async for item in read_flows(ring, p, ReadRequest(number=1, follow=True), lambda f: True):
+            got.append(item)
+            if len(got) == 3:
+                return
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.01)
+    lost = LostRecord(1, 42, 0, 5)
+    lost.seq = 3
+    rec = FlowRecord(ev(sport=30003), 4_000_000_000, WORLD, WORLD)
+    rec.seq = 4
+    ring.write_many([lost, rec])
+    await asyncio.wait_for(task, 2)
+    assert isinstance(got[1], Lost) and got[1].count == 42 and got[1].source == 1
+    assert got[2][0].l4.TCP.source_port == 30003
+
+
+async def test_reader_reports_ring_overwrite():
+    ring, p = filled_ring(5, cap=7)
+    gen = read_flows(ring, p, ReadRequest(follow=True), lambda f: True)
+    first = await gen.__anext__()
+    assert first[0].l4.TCP.source_port == 30000
+    more = []
+    for i in range(5, 25):  # overwrite far past the reader
+        r = FlowRecord(ev(sport=30000 + i), 10**9 * (i + 1), WORLD, WORLD)
+        r.seq = i
+        more.append(r)
+    ring.write_many(more)
+    nxt = await gen.__anext__()
+    assert isinstance(nxt, Lost) and nxt.source == 3 and nxt.count == 18 - 1
+    await gen.aclose()
+
+
+@pytest.mark.parametrize("req", [ReadRequest(first=True, follow=True),
+                                 ReadRequest(number=3, since_ns=1),
+                                 ReadRequest(since_ns=5, until_ns=1)])
+def test_invalid_requests(req):
+    with pytest.raises(RequestError):
+        validate(req)
+
+
+def test_ingest_orders_by_kernel_time_and_resolves_endpoints():
+    reg = client_server()
+    ring: Ring = Ring(15)
+    ing = Ingest(ring, reg, {packed_ip("10.0.0.254")})
+    raws = [pack(ev(ts=3000)), pack(ev(ts=1000, daddr="10.0.0.254")),
+            pack(ev(ts=2000, daddr="8.8.8.8"))]
+    ing.on_lost(1, 5)
+    assert ing.process(raws) == 4
+    entries = [ring.get(i) for i in range(4)]
+    assert isinstance(entries[0], LostRecord) and entries[0].count == 5
+    assert [e.ev.ts for e in entries[1:]] == [1000, 2000, 3000]
+    assert entries[1].dst.identity == 1  # reserved:host
+    assert entries[2].dst.identity == 2  # reserved:world
+    assert entries[3].dst.name == "s"
+    assert [e.seq for e in entries] == [0, 1, 2, 3]
+    assert ing.seen_events == 3 and ing.lost_events == 5
