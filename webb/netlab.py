@@ -33,6 +33,11 @@ def sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.C
     return res
 
 
+def underlay6(ip4: str) -> str:
+    """The IPv6 underlay address that goes with an IPv4 one: fd00:99::<last octet>."""
+    return f"fd00:99::{ip4.rsplit('.', 1)[1]}"
+
+
 def list_netns() -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -81,16 +86,27 @@ class NetLab:
         return name
 
     # -- building ---------------------------------------------------------------
+    @staticmethod
+    def _new_netns(name: str) -> None:
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        # Without duplicate address detection, a new interface's link-local address
+        # is usable at once; otherwise the first IPv6 packets wait a second for it.
+        for key in ("net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"):
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", key)
+
     def _ensure_underlay(self) -> None:
         if self.net_ns in list_netns():
             return
-        sh("ip", "netns", "add", self.net_ns)
-        sh("ip", "-n", self.net_ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.net_ns, "link", "add", "br0", "type", "bridge")
+        self._new_netns(self.net_ns)
+        sh("ip", "-n", self.net_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         sh("ip", "-n", self.net_ns, "link", "set", "br0", "up")
 
     def _plug_underlay(self, netns: str, ifname: str = "eth0") -> str:
-        """Connects a namespace to the underlay bridge; returns its address."""
+        """Connects a namespace to the underlay bridge; returns its IPv4 address.
+
+        It also gets fd00:99::<n>/64 (see underlay6) so pod IPv6 routes across nodes.
+        """
         self._ensure_underlay()
         ip = str(next(self._hosts))
         tmp = self._ifname("u")
@@ -98,14 +114,14 @@ class NetLab:
            "peer", "name", ifname, "netns", netns)
         sh("ip", "-n", self.net_ns, "link", "set", tmp, "master", "br0", "up")
         sh("ip", "-n", netns, "addr", "add", f"{ip}/{self.underlay.prefixlen}", "dev", ifname)
+        sh("ip", "-n", netns, "addr", "add", f"{underlay6(ip)}/64", "dev", ifname, "nodad")
         sh("ip", "-n", netns, "link", "set", ifname, "up")
         return ip
 
     def add_node(self, name: str, index: int) -> Node:
         """Node `index` (1..250) gets pods in 10.244.<index>.0/24 and fd00:244:<index>::/64."""
         netns = f"{self.prefix}-{name}"
-        sh("ip", "netns", "add", netns)
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        self._new_netns(netns)
         for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
             sh("ip", "netns", "exec", netns, "sysctl", "-qw", key)
         ip = self._plug_underlay(netns)
@@ -113,17 +129,19 @@ class NetLab:
         for other in self.nodes.values():
             sh("ip", "-n", netns, "route", "add", other.pod_cidr4, "via", other.ip)
             sh("ip", "-n", other.netns, "route", "add", node.pod_cidr4, "via", node.ip)
+            sh("ip", "-n", netns, "-6", "route", "add", other.pod_cidr6, "via", underlay6(other.ip))
+            sh("ip", "-n", other.netns, "-6", "route", "add", node.pod_cidr6, "via", underlay6(node.ip))
         self.nodes[name] = node
         return node
 
     def add_world(self) -> tuple[str, str]:
         """An outside host on the underlay, reachable from pods through their node."""
         self.world_ns = f"{self.prefix}-world"
-        sh("ip", "netns", "add", self.world_ns)
-        sh("ip", "-n", self.world_ns, "link", "set", "lo", "up")
+        self._new_netns(self.world_ns)
         self.world_ip = self._plug_underlay(self.world_ns)
         for node in self.nodes.values():
             sh("ip", "-n", self.world_ns, "route", "add", node.pod_cidr4, "via", node.ip)
+            sh("ip", "-n", self.world_ns, "-6", "route", "add", node.pod_cidr6, "via", underlay6(node.ip))
         return self.world_ns, self.world_ip
 
     def add_pod(self, node: Node, name: str, host_index: int) -> Pod:
@@ -131,8 +149,7 @@ class NetLab:
         ip4 = str(ipaddress.ip_network(node.pod_cidr4)[host_index])
         ip6 = str(ipaddress.ip_network(node.pod_cidr6)[host_index])
         host_if = self._ifname("v")
-        sh("ip", "netns", "add", netns)
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        self._new_netns(netns)
         sh("ip", "link", "add", host_if, "netns", node.netns, "type", "veth",
            "peer", "name", "eth0", "netns", netns)
         n, p = node.netns, netns

@@ -1,0 +1,1 @@
+"""`webb demo`: the bookinfo application on a cluster of network namespaces."""
