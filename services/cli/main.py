@@ -18,10 +18,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                "  webb demo exec details -- curl -s http://reviews:9080/reviews/0\n"
                "  webb demo clean",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help=argparse.SUPPRESS)
+    d.add_argument("--state-dir", type=Path, default=DEFAULT_STATE,
+                   help=f"where the running demo keeps its state and logs (default {DEFAULT_STATE})")
     d.add_argument("--rate", type=float, default=2.0, help="productpage requests per second (default 2)")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     d.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    d.add_argument("--agent-port", type=int, default=4244, help="agents' port, one loopback address per node (default 4244)")
+    d.add_argument("--relay-port", type=int, default=4245, help="relay port on 127.0.0.1 (default 4245)")
+    d.add_argument("--metrics-port", type=int, default=9965, help="metrics port on 127.0.0.1 (default 9965)")
+    d.add_argument("--ui-port", type=int, default=12000, help="UI port on 127.0.0.1 (default 12000)")
+    # Tests run demos beside each other: a name prefix of their own for every namespace.
+    d.add_argument("--prefix", default="wbd", help=argparse.SUPPRESS)
     ds = d.add_subparsers(dest="demo_cmd")
     sc = ds.add_parser("scale", help="change the replicas of a workload, like kubectl scale",
                        epilog="example: webb demo scale details --replicas 2")
@@ -43,8 +50,9 @@ def _demo(a: argparse.Namespace) -> int:
         cmd = a.cmd_args[1:] if a.cmd_args[:1] == ["--"] else a.cmd_args
         return run.exec_in_pod(a.state_dir, a.pod, cmd)
     if a.demo_cmd == "clean":
-        return run.clean_cmd(a.state_dir)
-    return run.run_demo(a.state_dir, a.rate, a.duration, a.nodes)
+        return run.clean_cmd(a.state_dir, a.prefix)
+    ports = run.Ports(agent=a.agent_port, relay=a.relay_port, metrics=a.metrics_port, ui=a.ui_port)
+    return run.run_demo(a.state_dir, a.rate, a.duration, a.nodes, ports, a.prefix)
 
 
 COMMANDS = {"demo": _demo}

@@ -109,12 +109,13 @@ def agent_host(node_index: int) -> str:
 
 class DemoCluster:
     def __init__(self, state_dir: Path, rate: float = 2.0, nodes: int = 2,
-                 ports: Ports | None = None) -> None:
+                 ports: Ports | None = None, prefix: str = PREFIX) -> None:
         self.state_dir = state_dir
         self.rate = rate
         self.node_count = nodes
         self.ports = ports or Ports()
-        self.lab = NetLab(PREFIX)
+        self.prefix = prefix
+        self.lab = NetLab(prefix)
         self.pods: dict[str, PodState] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.workloads = {w.name: w for w in WORKLOADS}
@@ -125,7 +126,7 @@ class DemoCluster:
 
     # -- set-up ------------------------------------------------------------------
     def build(self) -> None:
-        clean(self.state_dir)
+        clean(self.state_dir, self.prefix)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         for i in range(1, self.node_count + 1):
@@ -200,7 +201,7 @@ class DemoCluster:
                  "pids": {k: p.pid for k, p in self.procs.items()},
                  "nodes": {n.name: n.netns for n in self.lab.nodes.values()},
                  "world": {"netns": self.lab.world_ns, "ip": self.lab.world_ip},
-                 "dns_ip": self.dns_ip, "ports": asdict(self.ports)}
+                 "dns_ip": self.dns_ip, "ports": asdict(self.ports), "prefix": self.prefix}
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_dir / "state.json")
@@ -358,7 +359,7 @@ class DemoCluster:
         for proc in self.procs.values():
             _terminate(proc)
         self.procs.clear()
-        clean(self.state_dir)
+        clean(self.state_dir, self.prefix)
 
 
 def _terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -384,24 +385,29 @@ def _is_demo_process(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
-    return any(tag in cmd for tag in (b"webb", b"wbd-", b"dnsmasq"))
+    return any(tag in cmd for tag in (b"webb", b"netns exec", b"dnsmasq"))
 
 
-def clean(state_dir: Path) -> None:
+def clean(state_dir: Path, prefix: str | None = None) -> None:
     """Removes everything a demo run made: processes, namespaces, files."""
     state = state_dir / "state.json"
+    pids: dict[str, int] = {}
     if state.exists():
         try:
-            pids = json.loads(state.read_text()).get("pids", {})
+            doc = json.loads(state.read_text())
+            pids = doc.get("pids", {})
+            prefix = prefix or doc.get("prefix")
         except (ValueError, OSError):
-            pids = {}
+            pass
+    prefix = prefix or PREFIX
+    if state.exists():
         for pid in pids.values():
             if _is_demo_process(int(pid)):
                 try:
                     os.killpg(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-    cleanup_prefix(PREFIX)
-    for d in Path("/etc/netns").glob(f"{PREFIX}-*") if Path("/etc/netns").exists() else []:
+    cleanup_prefix(prefix)
+    for d in Path("/etc/netns").glob(f"{prefix}-*") if Path("/etc/netns").exists() else []:
         shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(state_dir, ignore_errors=True)

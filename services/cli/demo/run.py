@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cluster import BIN, DemoCluster, Ports, agent_host, clean
+from .cluster import BIN, PREFIX, DemoCluster, Ports, agent_host, clean
 
 DEFAULT_STATE = Path("/run/webb-demo")
 
@@ -67,13 +67,14 @@ async def _run(c: DemoCluster, duration: float | None) -> None:
 
 
 def run_demo(state_dir: Path, rate: float, duration: float | None, nodes: int,
-             with_relay: bool = True) -> int:
+             ports: Ports | None = None, prefix: str = PREFIX, with_relay: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if nodes < 2 or nodes > 8:
         print("webb demo: --nodes must be between 2 and 8", file=sys.stderr)
         return 2
-    c = DemoCluster(state_dir, rate=rate, nodes=nodes, ports=Ports())
-    busy = [p for p in (c.ports.relay,) if _port_busy("127.0.0.1", p)]
+    c = DemoCluster(state_dir, rate=rate, nodes=nodes, ports=ports or Ports(), prefix=prefix)
+    busy = [p for p in (c.ports.relay, c.ports.agent, c.ports.metrics, c.ports.ui)
+            if _port_busy("127.0.0.1", p)]
     if busy:
         print(f"webb demo: port {busy[0]} is in use (another demo running?)", file=sys.stderr)
         return 1
@@ -146,7 +147,7 @@ def exec_in_pod(state_dir: Path, pod: str, command: list[str]) -> int:
     return subprocess.call(["ip", "netns", "exec", target["netns"], *command])
 
 
-def clean_cmd(state_dir: Path) -> int:
-    clean(state_dir)
+def clean_cmd(state_dir: Path, prefix: str | None = None) -> int:
+    clean(state_dir, prefix)
     print("removed everything a demo left behind")
     return 0
