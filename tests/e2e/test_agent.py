@@ -402,3 +402,78 @@ def test_agent_without_endpoints_serves_empty_healthy_api(lab, workdir):
         assert st.num_flows == 0 and st.max_flows == 4095
     finally:
         bare.stop()
+
+
+def test_unix_socket_and_agent_events(agent, traffic):
+    with grpc.insecure_channel(f"unix://{agent.sock}") as ch:
+        from webb.api.observer import observer_pb2_grpc
+        stub = observer_pb2_grpc.ObserverStub(ch)
+        flows = [r.flow for r in stub.GetFlows(opb.GetFlowsRequest(number=2), timeout=5)]
+        assert len(flows) == 2
+        events = [r.agent_event for r in stub.GetAgentEvents(opb.GetAgentEventsRequest(), timeout=5)]
+    types = [e.type for e in events]
+    assert fpb.AGENT_STARTED in types
+    created = [e.endpoint_update.pod_name for e in events if e.type == fpb.ENDPOINT_CREATED]
+    assert {"client", "server", "other"} <= set(created)
+
+
+def test_long_lived_connection_is_reported_periodically(lab, workdir):
+    eps = workdir / "endpoints-report.yaml"
+    write_endpoints(eps, endpoints_of(lab))
+    a = AgentProc(workdir, "n1report", lab.nodes["n1"].netns, eps,
+                  extra=["--node-name", "n1", "--report-interval", "0.5"])
+    try:
+        a.start()
+        a.wait_attached(["client", "server"])
+        p = lab.pods
+        srv = start_in(lab, p["server"].netns, "tcp-server", "8095")
+        # ~2.5 s of steady data: no new flags after the first ACK+PSH, so only the
+        # periodic report produces further flows.
+        run_in(lab, p["client"].netns, "tcp-client", p["server"].ip4, "8095",
+               "--writes", "50", "--pace", "0.05")
+        srv.wait(10)
+        flows = [f for f in a.flows(whitelist=[fpb.FlowFilter(destination_port=["8095"],
+                                                              source_pod=["demo/client"])])
+                 if f.trace_observation_point == fpb.FROM_ENDPOINT]
+        psh = [f for f in flows if f.Summary == "TCP Flags: ACK, PSH"]
+        assert len(psh) >= 3, [f.Summary for f in flows]  # first sighting + reports
+        assert all(f.trace_reason == fpb.ESTABLISHED for f in psh)
+    finally:
+        a.stop()
+
+
+def test_perf_buffer_loss_becomes_lost_event(lab, workdir):
+    """One perf page per CPU and a burst of new flows: the loss is reported, not hidden."""
+    eps = workdir / "endpoints-perf.yaml"
+    write_endpoints(eps, endpoints_of(lab))
+    a = AgentProc(workdir, "n1perf", lab.nodes["n1"].netns, eps,
+                  extra=["--node-name", "n1", "--perf-pages", "1"])
+    try:
+        a.start()
+        a.wait_attached(["client", "server"])
+        p = lab.pods
+        run_in(lab, p["client"].netns, "udp-send", p["server"].ip4, "30000",
+               "--count", "5000", "--ports", "5000")
+
+        def lost():
+            resp = list(a.observer.GetFlows(opb.GetFlowsRequest(), timeout=10))
+            return [r.lost_events for r in resp if r.HasField("lost_events")
+                    and r.lost_events.source == fpb.PERF_EVENT_RING_BUFFER]
+        events = wait_for(lost, 5, what="a perf LostEvent")
+        assert sum(e.num_events_lost for e in events) > 0
+        assert a.observer.ServerStatus(opb.ServerStatusRequest(), timeout=5).seen_flows < 10000
+    finally:
+        a.stop()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--ring-capacity", "1000"], "2^n-1"),
+    (["--perf-pages", "3"], "power of two"),
+    (["--listen-address", "127.0.0.1:notaport"], ""),
+])
+def test_bad_flags_exit_with_a_message(lab, args, msg):
+    out = subprocess.run([str(BIN / "webb-agent"), "--netns", lab.nodes["n1"].netns,
+                          "--unix-socket", "", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert msg in out.stderr
+    assert "Traceback" not in out.stderr
