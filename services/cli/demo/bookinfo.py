@@ -11,11 +11,30 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
 
 STARS = {"v2": "black", "v3": "red"}
+
+
+class BalancingResolver(ThreadedResolver):
+    """Spreads calls over a service's pods the way kube-proxy would: DNS answers
+    with every pod's address, in one order, so pick one at random per call."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0):  # type: ignore[no-untyped-def]
+        addrs = await super().resolve(host, port, family)
+        random.shuffle(addrs)
+        return addrs
+
+
+def client_session(timeout: ClientTimeout) -> ClientSession:
+    # A new connection per call, as curl makes, and a short DNS cache so that
+    # name resolution stays visible in the flows.
+    return ClientSession(connector=TCPConnector(force_close=True, ttl_dns_cache=5,
+                                                resolver=BalancingResolver()),
+                         timeout=timeout)
 
 
 def make_app(service: str, version: str, pod: str) -> web.Application:
@@ -33,8 +52,7 @@ def make_app(service: str, version: str, pod: str) -> web.Application:
         return req.app["session"]
 
     async def on_start(app: web.Application) -> None:
-        app["session"] = ClientSession(connector=TCPConnector(force_close=True, ttl_dns_cache=5),
-                                       timeout=timeout)
+        app["session"] = client_session(timeout)
 
     async def on_stop(app: web.Application) -> None:
         await app["session"].close()

@@ -6,7 +6,9 @@ import asyncio
 import signal
 import time
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector
+from aiohttp import ClientTimeout
+
+from .bookinfo import client_session
 
 
 async def run(url: str, rate: float, duration: float, max_requests: int) -> None:
@@ -17,8 +19,7 @@ async def run(url: str, rate: float, duration: float, max_requests: int) -> None
     deadline = time.monotonic() + duration
     sent = ok = 0
     print("ready", flush=True)
-    async with ClientSession(connector=TCPConnector(force_close=True, ttl_dns_cache=5),
-                             timeout=ClientTimeout(total=5)) as s:
+    async with client_session(ClientTimeout(total=5)) as s:
         while not stop.is_set() and time.monotonic() < deadline and sent < max_requests:
             sent += 1
             try:

@@ -1,0 +1,170 @@
+"""`webb demo` end to end: the bookinfo cluster with real traffic, read over the relay,
+scaled while running, and torn down without leftovers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import pytest
+
+from support import BIN, free_port, wait_for
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+from webb.api.observer import observer_pb2_grpc
+from webb.netlab import list_netns
+
+pytestmark = pytest.mark.root
+
+PREFIX = "wtd"
+
+
+def app_of(ep: fpb.Endpoint) -> str:
+    for label in ep.labels:
+        if label.startswith("k8s:app="):
+            return label.split("=", 1)[1]
+        if label.startswith("k8s:k8s-app="):
+            return label.split("=", 1)[1]
+    return ",".join(ep.labels)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    state = tmp_path_factory.mktemp("demo") / "state"
+    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
+    log = open(state.parent / "demo.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
+         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
+         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
+         "--rate", "8", "--duration", "300"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info = {"proc": proc, "state": state, "ports": ports, "log": state.parent / "demo.log"}
+    try:
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"demo exited: {info['log'].read_text()[-3000:]}")
+            return (state / "ready").exists()
+        wait_for(ready, 120, 0.5, "the demo to be ready")
+        info["channel"] = grpc.insecure_channel(f"127.0.0.1:{ports['relay']}")
+        yield info
+    finally:
+        if "channel" in info:
+            info["channel"].close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        # Whatever happened, leave nothing behind.
+        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
+                        "clean"], capture_output=True, timeout=60)
+
+
+def observer(demo) -> observer_pb2_grpc.ObserverStub:
+    return observer_pb2_grpc.ObserverStub(demo["channel"])
+
+
+def talk_pairs(demo, seconds: float = 6) -> dict[tuple[str, str, int], int]:
+    pairs: dict[tuple[str, str, int], int] = defaultdict(int)
+    for r in observer(demo).GetFlows(opb.GetFlowsRequest(number=4000), timeout=seconds):
+        if not r.HasField("flow"):
+            continue
+        f = r.flow
+        if f.is_reply.value or not f.l4.HasField("TCP") and not f.l4.HasField("UDP"):
+            continue
+        port = f.l4.TCP.destination_port or f.l4.UDP.destination_port
+        pairs[(app_of(f.source), app_of(f.destination), port)] += 1
+    return pairs
+
+
+def test_flows_between_every_pair_that_talks(demo):
+    want = {("loadgen", "productpage", 9080), ("productpage", "details", 9080),
+            ("productpage", "reviews", 9080), ("reviews", "ratings", 9080),
+            ("productpage", "kube-dns", 53), ("loadgen", "kube-dns", 53),
+            ("reviews", "kube-dns", 53)}
+
+    def all_seen():
+        pairs = talk_pairs(demo)
+        missing = want - set(pairs)
+        return not missing or None
+    wait_for(all_seen, 60, 2, f"flows for {sorted(want)}")
+    pairs = talk_pairs(demo)
+    # details and ratings never call anyone; nothing calls the load generator.
+    assert not any(src in ("details", "ratings") and port == 9080 for src, _, port in pairs)
+    assert not any(dst == "loadgen" for _, dst, _ in pairs)
+
+
+def test_reviews_versions_spread_over_nodes(demo):
+    def versions():
+        seen = set()
+        for r in observer(demo).GetFlows(opb.GetFlowsRequest(
+                number=2000, whitelist=[fpb.FlowFilter(destination_label=["app=reviews"],
+                                                       destination_port=["9080"])]), timeout=6):
+            if r.HasField("flow"):
+                seen.add((r.flow.destination.workloads[0].name, r.flow.node_name))
+        return {v for v, _ in seen} >= {"reviews-v1", "reviews-v2", "reviews-v3"} and seen
+    seen = wait_for(versions, 60, 2, "calls to all three reviews versions")
+    assert {node for _, node in seen} == {"n1", "n2"}
+
+
+def test_both_nodes_in_get_nodes(demo):
+    nodes = observer(demo).GetNodes(opb.GetNodesRequest(), timeout=10).nodes
+    assert sorted(n.name for n in nodes) == ["n1", "n2"]
+    assert all(n.state == 1 for n in nodes)  # NODE_CONNECTED
+    st = observer(demo).ServerStatus(opb.ServerStatusRequest(), timeout=10)
+    assert st.num_connected_nodes.value == 2 and st.num_flows > 0
+
+
+def test_exec_resolves_service_names_like_a_cluster(demo):
+    out = subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(demo["state"]), "exec",
+                          "details", "--", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["podname"].startswith("reviews-v")
+    bad = subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(demo["state"]), "exec",
+                          "nosuchpod", "--", "true"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "no pod" in bad.stderr
+
+
+def test_scaled_pod_shows_up_with_its_siblings_identity(demo):
+    out = subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(demo["state"]), "scale",
+                          "details", "--replicas", "2"], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    state = json.loads((demo["state"] / "state.json").read_text())
+    details = sorted((p for p in state["pods"] if p["workload"] == "details-v1"),
+                     key=lambda p: p["name"])
+    assert len(details) == 2
+
+    def identities():
+        ids: dict[str, int] = {}
+        for r in observer(demo).GetFlows(opb.GetFlowsRequest(
+                number=3000, whitelist=[fpb.FlowFilter(destination_pod=["bookinfo/details-"])]),
+                timeout=6):
+            if r.HasField("flow"):
+                ids[r.flow.destination.pod_name] = r.flow.destination.identity
+        return len(ids) == 2 and ids
+    ids = wait_for(identities, 60, 2, "flows to both details pods")
+    assert len(set(ids.values())) == 1 and min(ids.values()) >= 256
+    bad = subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(demo["state"]), "scale",
+                          "nosuch", "--replicas", "2"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "no workload" in bad.stderr
+
+
+def test_teardown_leaves_nothing(demo):
+    """Runs last in this module: Ctrl-C, then no namespace, file or process remains."""
+    proc = demo["proc"]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 0
+    assert not [n for n in list_netns() if n.startswith(f"{PREFIX}-")]
+    assert not list(Path("/etc/netns").glob(f"{PREFIX}-*")) if Path("/etc/netns").exists() else True
+    assert not demo["state"].exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(demo["state"]) not in ps
