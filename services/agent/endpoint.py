@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterable
 
 import yaml
@@ -50,6 +50,15 @@ class Endpoint:
     id: int = 0
     identity: int = 0
     identity_labels: tuple[str, ...] = field(default=(), compare=False)
+    # Its flow.Endpoint message, encoded once: every flow of the endpoint reuses it.
+    wire: bytes = field(default=b"", compare=False, repr=False)
+
+    def with_wire(self) -> "Endpoint":
+        from .encoder import encode_endpoint
+
+        return replace(self, wire=encode_endpoint(
+            self.id, self.identity, self.namespace, self.identity_labels, self.name,
+            self.workload_name, self.workload_kind, self.cluster))
 
     @property
     def key(self) -> str:
@@ -189,8 +198,7 @@ class EndpointRegistry:
         if self.is_local(ep) and not ep_id:
             ep_id = old.id if old and old.id else self._next_id
             self._next_id = max(self._next_id, ep_id + 1)
-        return Endpoint(**{**ep.__dict__, "id": ep_id, "identity": ident.id,
-                           "identity_labels": ident.labels})
+        return replace(ep, id=ep_id, identity=ident.id, identity_labels=ident.labels).with_wire()
 
     async def upsert(self, ep: Endpoint) -> Endpoint:
         old = self._by_key.get(ep.key)

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Union
 
-from .parser import FlowParser
 from .record import FlowRecord, LostRecord
 from .ring import Ring
 
@@ -52,11 +51,10 @@ def validate(req: ReadRequest) -> None:
         raise RequestError("since must be before until")
 
 
-async def read_flows(ring: Ring, parser: FlowParser, req: ReadRequest,
-                     match: Callable[[object], bool]) -> AsyncIterator[tuple[object, int] | Lost]:
-    """Yields (flow.Flow, seq) for each selected flow, or Lost notices."""
+async def read_flows(ring: Ring, req: ReadRequest,
+                     match: Callable[[FlowRecord], bool] | None) -> AsyncIterator[FlowRecord | Lost]:
+    """Yields each selected flow record, or Lost notices; match=None selects all."""
     since, until = req.since_ns, req.until_ns
-    build = parser.flow
 
     def in_window(rec: FlowRecord) -> bool:
         t = rec.time_ns
@@ -68,7 +66,7 @@ async def read_flows(ring: Ring, parser: FlowParser, req: ReadRequest,
         need, pos, start = req.number, end - 1, ring.oldest_seq
         while pos >= ring.oldest_seq and need:
             e = ring.get(pos)
-            if isinstance(e, FlowRecord) and in_window(e) and match(build(e)):
+            if isinstance(e, FlowRecord) and in_window(e) and (match is None or match(e)):
                 need -= 1
                 if not need:
                     start = pos
@@ -103,10 +101,9 @@ async def read_flows(ring: Ring, parser: FlowParser, req: ReadRequest,
             continue
         if since is not None and t < since:
             continue
-        f = build(e)
-        if not match(f):
+        if match is not None and not match(e):
             continue
-        yield (f, e.seq)
+        yield e
         sent += 1
         if limit and sent >= limit:
             return

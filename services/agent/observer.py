@@ -88,9 +88,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.agent_events = agent_events
 
     async def GetFlows(self, request: opb.GetFlowsRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse]:
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse | bytes]:
         try:
-            match = build_filter(request.whitelist, request.blacklist)
+            pred = build_filter(request.whitelist, request.blacklist)
             req = ReadRequest(
                 number=request.number, first=request.first, follow=request.follow,
                 since_ns=ts_ns(request.since) if request.HasField("since") else None,
@@ -100,21 +100,26 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         except (FilterError, RequestError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return
+        parser = self.parser
         node_name = self.node.node_name
-        async for item in read_flows(self.node.ring, self.parser, req, match):
+        match = None
+        if request.whitelist or request.blacklist:
+            flow_of = parser.flow
+            match = lambda rec: pred(flow_of(rec))  # noqa: E731
+        async for item in read_flows(self.node.ring, req, match):
             if isinstance(item, Lost):
                 lost = fpb.LostEvent(source=item.source, num_events_lost=item.count)
                 if item.cpu >= 0:
                     lost.cpu.CopyFrom(Int32Value(value=item.cpu))
                 yield opb.GetFlowsResponse(lost_events=lost, node_name=node_name,
                                            time=ns_ts(item.time_ns))
-                continue
-            flow, _seq = item
-            if mask is not None:
-                out = fpb.Flow()
+            elif mask is None:
+                # Pre-encoded bytes: the same encoding serves every client.
+                yield parser.response(item)
+            else:
+                flow, out = parser.flow(item), fpb.Flow()
                 mask.MergeMessage(flow, out)
-                flow = out
-            yield opb.GetFlowsResponse(flow=flow, node_name=node_name, time=flow.time)
+                yield opb.GetFlowsResponse(flow=out, node_name=node_name, time=flow.time)
 
     async def ServerStatus(self, request: opb.ServerStatusRequest,
                            context: grpc.aio.ServicerContext) -> opb.ServerStatusResponse:

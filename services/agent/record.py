@@ -1,12 +1,10 @@
 """What the ring holds: decoded datapath events with their endpoints resolved.
 
 A FlowRecord keeps the raw event and references to the (immutable) endpoint
-snapshots valid when it was seen; the flow.Flow protobuf is built only when a
-reader asks for it, and cached.
+snapshots valid when it was seen; its flow.Flow wire bytes are encoded only when
+a reader asks for them, and cached.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from .datapath.event import FlowEvent
 from .endpoint import Endpoint
@@ -14,8 +12,9 @@ from .identity import RESERVED, RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WO
 
 
 def reserved_endpoint(identity: int) -> Endpoint:
-    return Endpoint(name="", namespace="", labels=(), ips=(), identity=identity,
-                    identity_labels=RESERVED[identity])
+    ep = Endpoint(name="", namespace="", labels=(), ips=(), identity=identity,
+                  identity_labels=RESERVED[identity])
+    return ep.with_wire()
 
 
 HOST = reserved_endpoint(RESERVED_HOST)
@@ -24,7 +23,7 @@ REMOTE_NODE = reserved_endpoint(RESERVED_REMOTE_NODE)
 
 
 class FlowRecord:
-    __slots__ = ("ev", "time_ns", "src", "dst", "seq", "flow")
+    __slots__ = ("ev", "time_ns", "src", "dst", "seq", "wire")
 
     def __init__(self, ev: FlowEvent, time_ns: int, src: Endpoint, dst: Endpoint) -> None:
         self.ev = ev
@@ -32,7 +31,7 @@ class FlowRecord:
         self.src = src
         self.dst = dst
         self.seq = 0
-        self.flow: Any = None  # flow_pb2.Flow once built
+        self.wire: bytes | None = None  # encoded flow.Flow once read
 
 
 class LostRecord:

@@ -13,6 +13,36 @@ from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.api.peer import peer_pb2, peer_pb2_grpc
 
 
+def _serialize(msg: object) -> bytes:
+    """GetFlows yields pre-encoded response bytes, or messages where it must."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()  # type: ignore[attr-defined]
+
+
+def add_observer(observer: object, server: grpc.aio.Server) -> None:
+    """Registers observer.Observer like the generated helper does, except that
+    GetFlows responses may be bytes already."""
+    generic = observer_pb2_grpc.add_ObserverServicer_to_server
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    class Capture:
+        """Stands in for the server to collect the generated handler table."""
+
+        def add_generic_rpc_handlers(self, hs):  # type: ignore[no-untyped-def]
+            pass
+
+        def add_registered_method_handlers(self, name, hs):  # type: ignore[no-untyped-def]
+            handlers.update(hs)
+
+    generic(observer, Capture())
+    gf = handlers["GetFlows"]
+    handlers["GetFlows"] = grpc.unary_stream_rpc_method_handler(
+        gf.unary_stream, request_deserializer=gf.request_deserializer,
+        response_serializer=_serialize)
+    service = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def grpc_address(listen: str) -> str:
     """Hubble-style ':4244' means every address."""
     return f"[::]{listen}" if listen.startswith(":") else listen
@@ -21,7 +51,7 @@ def grpc_address(listen: str) -> str:
 async def start_server(observer: object, peer: object, admin: object, listen: str,
                        unix_socket: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    observer_pb2_grpc.add_ObserverServicer_to_server(observer, server)
+    add_observer(observer, server)
     peer_pb2_grpc.add_PeerServicer_to_server(peer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_srv = health.aio.HealthServicer()

@@ -171,10 +171,10 @@ def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowParser]:
     return ring, make_parser()
 
 
-async def collect(ring, parser, req, match=lambda f: True):
+async def collect(ring, parser, req, match=None):
     out = []
-    async for item in read_flows(ring, parser, req, match):
-        out.append(item if isinstance(item, Lost) else item[0].l4.TCP.source_port - 30000)
+    async for item in read_flows(ring, req, match):
+        out.append(item if isinstance(item, Lost) else parser.flow(item).l4.TCP.source_port - 30000)
     return out
 
 
@@ -183,7 +183,7 @@ async def test_reader_number_first_since_until():
     assert await collect(ring, p, ReadRequest()) == list(range(10))
     assert await collect(ring, p, ReadRequest(number=3)) == [7, 8, 9]
     assert await collect(ring, p, ReadRequest(number=3, first=True)) == [0, 1, 2]
-    odd = lambda f: f.l4.TCP.source_port % 2 == 1  # noqa: E731
+    odd = lambda rec: p.flow(rec).l4.TCP.source_port % 2 == 1  # noqa: E731
     assert await collect(ring, p, ReadRequest(number=2), odd) == [7, 9]
     assert await collect(ring, p, ReadRequest(since_ns=4_000_000_000, until_ns=6_000_000_000)) == [3, 4, 5]
     assert await collect(ring, p, ReadRequest(number=2, first=True, since_ns=5_000_000_000)) == [4, 5]
@@ -194,7 +194,7 @@ async def test_reader_follow_gets_new_entries_and_lost_records():
     got: list = []
 
     async def follow():
-        async for item in read_flows(ring, p, ReadRequest(number=1, follow=True), lambda f: True):
+        async for item in read_flows(ring, ReadRequest(number=1, follow=True), None):
             got.append(item)
             if len(got) == 3:
                 return
@@ -207,14 +207,14 @@ async def test_reader_follow_gets_new_entries_and_lost_records():
     ring.write_many([lost, rec])
     await asyncio.wait_for(task, 2)
     assert isinstance(got[1], Lost) and got[1].count == 42 and got[1].source == 1
-    assert got[2][0].l4.TCP.source_port == 30003
+    assert p.flow(got[2]).l4.TCP.source_port == 30003
 
 
 async def test_reader_reports_ring_overwrite():
     ring, p = filled_ring(5, cap=7)
-    gen = read_flows(ring, p, ReadRequest(follow=True), lambda f: True)
+    gen = read_flows(ring, ReadRequest(follow=True), None)
     first = await gen.__anext__()
-    assert first[0].l4.TCP.source_port == 30000
+    assert p.flow(first).l4.TCP.source_port == 30000
     more = []
     for i in range(5, 25):  # overwrite far past the reader
         r = FlowRecord(ev(sport=30000 + i), 10**9 * (i + 1), WORLD, WORLD)
@@ -250,3 +250,19 @@ def test_ingest_orders_by_kernel_time_and_resolves_endpoints():
     assert entries[3].dst.name == "s"
     assert [e.seq for e in entries] == [0, 1, 2, 3]
     assert ing.seen_events == 3 and ing.lost_events == 5
+
+
+def test_response_bytes_parse_as_get_flows_response():
+    from webb.api.observer import observer_pb2 as opb
+    reg = client_server()
+    c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
+    p = make_parser()
+    rec = FlowRecord(ev(), 1_700_000_000_000_000_001, c, s)
+    resp = opb.GetFlowsResponse.FromString(p.response(rec))
+    assert resp.node_name == "node-a" and resp.HasField("flow")
+    assert resp.time.seconds == 1_700_000_000 and resp.time.nanos == 1
+    assert resp.flow == p.flow(rec)
+    assert resp.flow.source.workloads == [] and resp.flow.source.cluster_name == "default"
+    assert list(resp.flow.source.labels) == list(c.identity_labels)
+    # Encoding is stable: reading twice gives the same bytes and uuid.
+    assert p.response(rec) == p.response(rec)
