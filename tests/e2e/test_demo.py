@@ -168,3 +168,36 @@ def test_teardown_leaves_nothing(demo):
     assert not demo["state"].exists()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(demo["state"]) not in ps
+
+
+def test_clean_after_a_crash(tmp_path):
+    """A demo killed with SIGKILL leaves processes and namespaces; `demo clean` (and the
+    next run, which calls the same code first) removes them."""
+    state = tmp_path / "state"
+    prefix = "wtk"
+    ports = [str(free_port()) for _ in range(4)]
+    proc = subprocess.Popen(
+        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,
+         "--agent-port", ports[0], "--relay-port", ports[1], "--metrics-port", ports[2],
+         "--ui-port", ports[3], "--duration", "120"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (state / "ready").exists(), 120, 0.5, "the demo to be ready")
+        pids = json.loads((state / "state.json").read_text())["pids"]
+        proc.kill()  # no tear-down runs
+        proc.wait(10)
+        assert any(n.startswith(f"{prefix}-") for n in list_netns())
+        out = subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix",
+                              prefix, "clean"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert not [n for n in list_netns() if n.startswith(f"{prefix}-")]
+        assert not state.exists()
+        time.sleep(0.5)
+        for pid in pids.values():
+            assert not Path(f"/proc/{pid}").exists() or \
+                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", f"process {pid} survived"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,
+                        "clean"], capture_output=True, timeout=60)
