@@ -2,7 +2,8 @@
 
 Hubble's rules: `number` alone means the newest N matching flows (sent oldest
 first), `first` the oldest N, neither means everything held; since/until bound
-the time; `follow` goes on with new flows after the history. A reader that the
+the time; `follow` goes on with new flows after the history (a follow with
+neither number nor since has no history). A reader that the
 ring overtakes is told how many entries it lost.
 """
 from __future__ import annotations
@@ -71,6 +72,8 @@ async def read_flows(ring: Ring, req: ReadRequest,
                 if not need:
                     start = pos
             pos -= 1
+    elif req.follow and not req.number and since is None:
+        start = end  # like Hubble: a plain follow starts with the next flow
     else:
         start = ring.oldest_seq
     limit = req.number if req.first else 0

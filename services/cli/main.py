@@ -1,11 +1,32 @@
-"""`webb`: the command line. Subcommands register themselves on the parser."""
+"""`webb`: the command line. Subcommands register themselves on the parser; each verb
+lives in its own module (observe, status, list_cmd, monitor, identity, endpoint)."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
-from .demo.run import DEFAULT_STATE
+# Only when this process is the `webb` command (not when a test or a service imports it):
+# - Ctrl-C while the modules below load leaves quietly, not with a traceback;
+# - gRPC's own C-core logging (e.g. GOAWAY notices) stays out of our one-line errors.
+_AS_COMMAND = os.path.basename(sys.argv[0] if sys.argv else "") == "webb"
+_QUIET_GRPC = _AS_COMMAND and "GRPC_VERBOSITY" not in os.environ
+if _AS_COMMAND:
+    try:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    except ValueError:  # not the main thread
+        pass
+if _QUIET_GRPC:
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+
+import webb  # noqa: E402
+
+from . import endpoint, identity, list_cmd, monitor, observe, status  # noqa: E402
+from .cli_parser import CLIParser, HelpFormatter  # noqa: E402
+from .demo.run import DEFAULT_STATE  # noqa: E402
+from .errors import CLIError  # noqa: E402
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -55,23 +76,71 @@ def _demo(a: argparse.Namespace) -> int:
     return run.run_demo(a.state_dir, a.rate, a.duration, a.nodes, ports, a.prefix)
 
 
-COMMANDS = {"demo": _demo}
+COMMANDS = {"demo": _demo, "observe": observe.run, "status": status.run, "list": list_cmd.run,
+            "monitor": monitor.run, "identity": identity.run, "endpoint": endpoint.run}
+# Verbs that talk to a server: their failures are one line on stderr.
+SERVER_VERBS = (observe, status, list_cmd, monitor, identity, endpoint)
+
+DESCRIPTION = """\
+webb: Hubble-style network observability. Flows between workloads (pods,
+namespaces, labels, security identities), their verdicts, L7 requests, read over
+Hubble's gRPC API from the relay (localhost:4245) or from one agent (localhost:4244)."""
+
+EXAMPLES = """\
+examples:
+  webb status                                    # is the relay up, how full are the buffers
+  webb observe --namespace bookinfo --verdict DROPPED
+  webb observe -f --to-pod bookinfo/reviews -o json
+  webb list nodes
+  webb monitor --type drop
+  webb identity get 22047
+  webb endpoint list
+  webb demo                                      # a bookinfo cluster on this host (root)
+
+Run 'webb COMMAND --help' for the flags of a command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="webb", description="webb: Hubble-style network observability")
+    p = CLIParser(prog="webb", description=DESCRIPTION, epilog=EXAMPLES,
+                  formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"webb {webb.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for verb in SERVER_VERBS:
+        verb.add_parser(sub)
+    # The demo keeps plain argparse behaviour (usage on errors, abbreviated flags).
+    sub._parser_class = argparse.ArgumentParser
     _add_demo(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    if _AS_COMMAND:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     p = build_parser()
-    a = p.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in COMMANDS:
+        p.command_hint = args[0]  # type: ignore[attr-defined]
+    a = p.parse_args(args)
     if not a.command:
         p.print_help()
         sys.exit(2)
-    sys.exit(COMMANDS[a.command](a))
+    if a.command == "demo":
+        if _QUIET_GRPC:  # the demo's agents and relay log as they always do
+            os.environ.pop("GRPC_VERBOSITY", None)
+        sys.exit(COMMANDS[a.command](a))
+    try:
+        code = COMMANDS[a.command](a)
+    except CLIError as e:
+        sys.stdout.flush()
+        sys.stderr.write(f"Error: {e}\n")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `webb observe --all | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

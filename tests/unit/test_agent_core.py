@@ -35,7 +35,7 @@ def ev(saddr="10.0.0.1", daddr="10.0.0.2", sport=40000, dport=80, proto=socket.I
 def test_event_layout_round_trips():
     e = ev()
     raw = pack(e)
-    assert len(raw) == EVENT_SIZE == 96
+    assert len(raw) == EVENT_SIZE == 104
     assert decode(raw) == e
 
 
@@ -212,7 +212,7 @@ async def test_reader_follow_gets_new_entries_and_lost_records():
 
 async def test_reader_reports_ring_overwrite():
     ring, p = filled_ring(5, cap=7)
-    gen = read_flows(ring, ReadRequest(follow=True), None)
+    gen = read_flows(ring, ReadRequest(number=5, follow=True), None)
     first = await gen.__anext__()
     assert p.flow(first).l4.TCP.source_port == 30000
     more = []
@@ -266,3 +266,17 @@ def test_response_bytes_parse_as_get_flows_response():
     assert list(resp.flow.source.labels) == list(c.identity_labels)
     # Encoding is stable: reading twice gives the same bytes and uuid.
     assert p.response(rec) == p.response(rec)
+
+
+async def test_plain_follow_starts_at_the_next_flow():
+    ring, p = filled_ring(5)
+    gen = read_flows(ring, ReadRequest(follow=True), None)
+    nxt = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(0.01)
+    assert not nxt.done()  # no history
+    rec = FlowRecord(ev(sport=30077), 9_000_000_000, WORLD, WORLD)
+    rec.seq = 5
+    ring.write_many([rec])
+    got = await asyncio.wait_for(nxt, 2)
+    assert p.flow(got).l4.TCP.source_port == 30077
+    await gen.aclose()
