@@ -9,7 +9,7 @@ VENV=$ROOT/.venv
 STAMPS=$ROOT/.stamps
 mkdir -p "$STAMPS"
 
-APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq-base curl)
+APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq-base curl prometheus)
 [ -n "${WEBB_EXTRA_APT:-}" ] && APT_PKGS+=($WEBB_EXTRA_APT)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -20,6 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # Tests start their own Prometheus on loopback; a system one must not hold :9090.
+  if command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. When the distribution has no

@@ -1,0 +1,284 @@
+"""GetFlows across the cluster: one request fanned out to every connected agent,
+the answers merged in time order.
+
+The stream starts with NodeStatusEvents: NODE_CONNECTED for the nodes asked,
+NODE_UNAVAILABLE for the known ones that are not reachable. A node whose
+stream fails produces NODE_ERROR (equal messages coalesced) and the request
+goes on with the others. With follow, nodes that appear, come back or go away
+join or leave the open stream (NODE_CONNECTED / NODE_GONE); a node that joins
+late or rejoins is asked for its flows since the request started, or since the
+last flow it sent, so nothing it recorded in the meantime is lost.
+An agent's INVALID_ARGUMENT ends the request with INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from webb.api.observer import observer_pb2 as opb
+from webb.api.relay import relay_pb2 as rpb
+
+from .discovery import backoff
+from .merge_queue import MergeQueue
+from .node_status import ErrorCoalescer, error_message, status_event
+from .number import Selection, response_time_ns, ts_ns
+from .pool import Peer, PeerPool
+from .upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+S = 1_000_000_000
+
+
+@dataclass
+class FlowsOptions:
+    sort_buffer_len: int = 100  # Hubble's SortBufferMaxLen
+    sort_window: float = 1.0  # Hubble's SortBufferDrainTimeout
+    error_window: float = 10.0  # Hubble's ErrorAggregationWindow
+    queue_size: int = 1000  # responses buffered per agent per request
+    lag_timeout: float = 1.0  # a live stream's queue may stay full this long before dropping
+    rejoin_min: float = 1.0
+    rejoin_max: float = 10.0
+    relay_name: str = "webb-relay"
+
+
+class UpstreamInvalidArgument(Exception):
+    """An agent rejected the request as invalid."""
+
+
+@dataclass
+class _Retired:
+    last_time_ns: int | None
+    attempts: int
+    next_attempt: int  # monotonic ns
+
+
+class FlowsSession:
+    def __init__(self, pool: PeerPool, req: opb.GetFlowsRequest, opts: FlowsOptions) -> None:
+        self.pool = pool
+        self.req = req
+        self.opts = opts
+        self.follow = req.follow
+        self.t0 = time.time_ns()
+        self.since = ts_ns(req.since) if req.HasField("since") else None
+        self.until = ts_ns(req.until) if req.HasField("until") else None
+        now = time.monotonic_ns()
+        self.merge: MergeQueue[opb.GetFlowsResponse] = MergeQueue(
+            opts.sort_buffer_len, int(opts.sort_window * S), follow=req.follow)
+        self.selection = Selection(req.number, req.first, req.follow, self.t0,
+                                   int(opts.sort_window * S), now)
+        self.errors = ErrorCoalescer(int(opts.error_window * S), opts.relay_name)
+        self._wake = asyncio.Event()
+        self._upstreams: list[Upstream] = []  # every stream not yet merged to the end
+        self._active: dict[str, Upstream] = {}  # peer key -> its current stream
+        self._retired: dict[str, _Retired] = {}  # peer key -> why/when to ask again
+        self._pool_version = -1
+        self._next_sync: int | None = None  # when a retired node may be asked again
+        self._write_started: float | None = None  # monotonic s, while a write is blocked
+        self.stats = {"dropped": 0}
+
+    # -- upstreams ----------------------------------------------------------------
+    def _start(self, p: Peer, join_since: int | None) -> Upstream:
+        up = Upstream(p.key, p.name, p.generation, self.opts.queue_size, self.follow,
+                      self.opts.lag_timeout, self._wake.set, self._client_stalled)
+        req = self.req
+        if join_since is not None:
+            req = opb.GetFlowsRequest()
+            req.CopyFrom(self.req)
+            req.number = 0
+            req.first = False
+            since = max(join_since, self.since or 0)
+            req.since.FromNanoseconds(since)
+        stub = p.observer
+        up.start(lambda: stub.GetFlows(req))
+        self.merge.add_source(up)
+        self._upstreams.append(up)
+        self._active[p.key] = up
+        return up
+
+    def _sync_peers(self, now: int) -> list[opb.GetFlowsResponse]:
+        """Follow: starts streams for nodes that (re)appeared, stops removed ones."""
+        self._pool_version = self.pool.version
+        peers = {p.key: p for p in self.pool.list()}
+        joined: list[str] = []
+        gone: list[str] = []
+        for key, up in list(self._active.items()):
+            p = peers.get(key)
+            if p is None or p.generation != up.generation:
+                up.cancel()
+                del self._active[key]
+                if p is None:
+                    gone.append(up.name)
+                    self._retired.pop(key, None)
+                else:  # new connection to the same node: continue where it stopped
+                    self._retired[key] = _Retired(up.last_time_ns, 0, now)
+        for key, p in peers.items():
+            if key in self._active or not p.connected:
+                continue
+            r = self._retired.get(key)
+            if r is not None and now < r.next_attempt:
+                continue
+            since = self.t0
+            if r is not None and r.last_time_ns is not None:
+                since = max(since, r.last_time_ns + 1)
+            self._start(p, since)
+            joined.append(p.name)
+        waits = [r.next_attempt for k, r in self._retired.items()
+                 if k not in self._active and r.next_attempt > now]
+        self._next_sync = min(waits) if waits else None
+        out = []
+        if joined:
+            out.append(status_event(rpb.NODE_CONNECTED, joined, self.opts.relay_name))
+        if gone:
+            out.append(status_event(rpb.NODE_GONE, gone, self.opts.relay_name))
+        return out
+
+    def _collect(self, now: int) -> list[opb.GetFlowsResponse]:
+        """Moves what the agents sent into the merge; handles ended streams."""
+        out: list[opb.GetFlowsResponse] = []
+        merge = self.merge
+        wall = time.time_ns()
+        for up in list(self._upstreams):
+            items = up.items
+            while items and merge.accepts(up):
+                resp = up.take()
+                out.extend(merge.push(up, response_time_ns(resp, wall), resp, now))
+            if up.finished and not items:
+                merge.close_source(up)
+                self._upstreams.remove(up)
+                self.stats["dropped"] += up.dropped_total
+                if self._active.get(up.key) is up:
+                    del self._active[up.key]
+                    self._ended(up, now)
+                out.extend(self._errors_of(up, now))
+        return out
+
+    def _ended(self, up: Upstream, now: int) -> None:
+        prev = self._retired.get(up.key)
+        attempts = 0 if up.received else (prev.attempts + 1 if prev else 1)
+        last = up.last_time_ns
+        if last is None and prev is not None:
+            last = prev.last_time_ns
+        if up.error is None and self.until is not None:
+            nxt = 2**63  # it reached `until`: nothing more to ask for
+        else:
+            nxt = now + int(backoff(attempts, self.opts.rejoin_min, self.opts.rejoin_max) * S)
+        self._retired[up.key] = _Retired(last, attempts, nxt)
+        if self._next_sync is None or nxt < self._next_sync:
+            self._next_sync = nxt
+
+    def _errors_of(self, up: Upstream, now: int) -> list[opb.GetFlowsResponse]:
+        err = up.error
+        if err is None:
+            return []
+        if isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise UpstreamInvalidArgument(err.details() or "invalid argument")
+        log.warning("node %s: GetFlows failed: %s", up.name, error_message(err))
+        return self.errors.add(up.name, error_message(err), now)
+
+    def _client_stalled(self) -> bool:
+        """Whether the current write to the client has been blocked for the lag timeout."""
+        w = self._write_started
+        return w is not None and time.monotonic() - w >= self.opts.lag_timeout
+
+    # -- the stream ---------------------------------------------------------------
+    def _deadline(self, now: int) -> float | None:
+        ds = [d for d in (self.merge.next_deadline(), self.errors.deadline(),
+                          self.selection.settle_deadline()) if d is not None]
+        if self.follow:
+            if self._next_sync is not None and self._next_sync < 2**62:
+                ds.append(self._next_sync)
+            if self.until is not None:
+                ds.append(now + max(0, self.until + int(self.opts.sort_window * S) - time.time_ns()))
+        if not ds:
+            return None
+        return max(0.0, (min(ds) - now) / S) + 0.001
+
+    def _idle(self) -> bool:
+        return not len(self.merge) and all(not up.items for up in self._upstreams)
+
+    def _finished(self) -> bool:
+        if self.selection.done:
+            return True
+        if not self.follow:
+            return not self._upstreams
+        if self.until is not None:
+            past = time.time_ns() > self.until + int(self.opts.sort_window * S)
+            return past or (time.time_ns() > self.until and not self._upstreams)
+        return False
+
+    async def run(self) -> AsyncIterator[opb.GetFlowsResponse]:
+        peers = self.pool.list()
+        self._pool_version = self.pool.version
+        connected = [p for p in peers if p.connected]
+        unavailable = [p.name for p in peers if not p.connected]
+        if self.follow:
+            self.pool.watch(self._wake)
+        try:
+            for p in connected:
+                self._start(p, None)
+            # the client learns first which nodes it will hear from (as Hubble)
+            if connected:
+                yield status_event(rpb.NODE_CONNECTED, [p.name for p in connected],
+                                   self.opts.relay_name)
+            if unavailable:
+                yield status_event(rpb.NODE_UNAVAILABLE, unavailable, self.opts.relay_name)
+            async for resp in self._loop():
+                yield resp
+        finally:
+            self.pool.unwatch(self._wake)
+            dropped = self.stats["dropped"] + sum(up.dropped_total for up in self._upstreams)
+            if dropped:
+                log.info("GetFlows ended; %d responses were dropped for this slow client", dropped)
+            for up in self._upstreams:
+                up.cancel()
+            tasks = [up.task for up in self._upstreams if up.task is not None]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self) -> AsyncIterator[opb.GetFlowsResponse]:
+        merge, selection = self.merge, self.selection
+        while True:
+            self._wake.clear()
+            now = time.monotonic_ns()
+            out: list[opb.GetFlowsResponse] = []
+            if self.follow and (self._pool_version != self.pool.version
+                                or (self._next_sync is not None and now >= self._next_sync)):
+                out.extend(self._sync_peers(now))
+            released = self._collect(now)
+            released.extend(merge.pop_ready(now))
+            for r in released:
+                out.extend(selection.offer(r, now))
+            out.extend(self.errors.due(now))
+            if self.follow:
+                out.extend(selection.tick(now, self._idle()))
+            finished = self._finished()
+            if finished:
+                if not selection.done:
+                    for r in merge.drain():
+                        out.extend(selection.offer(r, now))
+                    out.extend(selection.finish())
+                out.extend(self.errors.flush())
+            for r in out:
+                self._write_started = time.monotonic()
+                yield r
+            self._write_started = None
+            if finished:
+                return
+            if out or released:  # released items may have made room for more
+                continue
+            timeout = self._deadline(now)
+            if timeout is None:
+                await self._wake.wait()
+            else:  # a timer handle is much cheaper than wait_for's task
+                timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
