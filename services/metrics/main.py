@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .flow_source import FlowSource, FlowSourceConfig
 from .handlers import PLUGINS
 from .pipeline import Pipeline
+from .presets import PRESETS
 from .self_metrics import ExporterCollector, http_handler_metrics
 from .series import SeriesStore
 from .series_gc import SeriesGC
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--metrics", action="append", default=[], metavar="SPEC",
                    help="metrics to enable, Hubble's syntax: name[:opt[=value][;opt...]], "
                         "separated by commas or spaces (repeatable)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="",
+                   help="add a named option set: 'recommended' (Hubble's recommended metrics) or "
+                        "'dashboards' (what webb's Grafana dashboards need; the demo uses it)")
     p.add_argument("--metrics-config", default="", metavar="FILE",
                    help="Hubble's metrics config file (YAML/JSON: metrics with contextOptions, "
                         "includeFilters, excludeFilters)")
@@ -117,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         raise UsageError(f"--listen-address: {e}") from None
     if not a.server:
         raise UsageError("--server must not be empty")
-    specs = parse_metrics(a.metrics, PLUGINS)
+    specs = parse_metrics(list(PRESETS.get(a.preset, ())) + a.metrics, PLUGINS)
     if a.metrics_config:
         specs += load_config_file(a.metrics_config, PLUGINS)
         names = [s.name for s in specs]

@@ -34,3 +34,5 @@ def command_line(server: str = "127.0.0.1:4245", listen: str = "127.0.0.1:9965",
     for m in metrics:
         args += ["--metrics", m]
     return args
+
+PRESETS: dict[str, tuple[str, ...]] = {"recommended": RECOMMENDED, "dashboards": DASHBOARDS}

@@ -158,6 +158,18 @@ def test_scaled_pod_shows_up_with_its_siblings_identity(demo):
     assert bad.returncode != 0 and "no workload" in bad.stderr
 
 
+def test_metrics_exporter_counts_the_demo_traffic(demo):
+    import urllib.request
+
+    def scrape():
+        url = f"http://127.0.0.1:{demo['ports']['metrics']}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return [line for line in text.splitlines()
+                if line.startswith("hubble_flows_processed_total") and "bookinfo" in line] or None
+    lines = wait_for(scrape, 60, 1, "hubble_flows_processed_total for bookinfo")
+    assert any('verdict="FORWARDED"' in line for line in lines)
+
+
 def test_teardown_leaves_nothing(demo):
     """Runs last in this module: Ctrl-C, then no namespace, file or process remains."""
     proc = demo["proc"]

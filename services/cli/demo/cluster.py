@@ -252,6 +252,13 @@ class DemoCluster:
                               f"127.0.0.1:{self.ports.relay}", "--peer-service",
                               f"{agent_host(1)}:{self.ports.agent}"])
 
+    def start_metrics(self) -> None:
+        # Hubble's recommended metrics plus what webb's Grafana dashboards need.
+        self._spawn("metrics", [str(BIN / "webb-metrics"), "--server",
+                                f"127.0.0.1:{self.ports.relay}", "--listen-address",
+                                f"127.0.0.1:{self.ports.metrics}", "--enable-openmetrics",
+                                "--preset", "dashboards"])
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Waits until every agent has attached every local endpoint."""
         import grpc

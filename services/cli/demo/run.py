@@ -31,7 +31,11 @@ def _banner(c: DemoCluster) -> str:
     if c.procs.get("relay"):
         lines.append(f"  .venv/bin/grpcurl -plaintext -d '{{\"number\": 10}}' {relay} observer.Observer/GetFlows")
         lines.append(f"  .venv/bin/grpcurl -plaintext {relay} observer.Observer/GetNodes")
+    if c.procs.get("metrics"):
+        lines.append(f"  curl -s http://127.0.0.1:{c.ports.metrics}/metrics | grep hubble_flows_processed_total")
     lines += [
+        f"  .venv/bin/webb observe --server {relay} --namespace bookinfo --last 20",
+        f"  .venv/bin/webb observe --server {relay} -f --to-pod bookinfo/reviews",
         f"  .venv/bin/grpcurl -plaintext -d '{{\"follow\": true, \"whitelist\": [{{\"source_pod\": [\"bookinfo/\"]}}]}}' "
         f"{agent_host(1)}:{c.ports.agent} observer.Observer/GetFlows",
         "  .venv/bin/webb demo exec details -- curl -s http://reviews:9080/reviews/0",
@@ -83,8 +87,9 @@ def run_demo(state_dir: Path, rate: float, duration: float | None, nodes: int,
         c.build()
         c.start_agents()
         c.start_pods()
-        if with_relay and (BIN / "webb-relay").exists():
+        if with_relay:
             c.start_relay()
+            c.start_metrics()
         c.wait_ready()
         c.start_pods(("loadgen",))
         asyncio.run(_run(c, duration))
