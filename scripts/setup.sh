@@ -9,7 +9,7 @@ VENV=$ROOT/.venv
 STAMPS=$ROOT/.stamps
 mkdir -p "$STAMPS"
 
-APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq-base curl prometheus)
+APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq-base curl prometheus chromium)
 [ -n "${WEBB_EXTRA_APT:-}" ] && APT_PKGS+=($WEBB_EXTRA_APT)
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -259,6 +259,11 @@ class DemoCluster:
                                 f"127.0.0.1:{self.ports.metrics}", "--enable-openmetrics",
                                 "--preset", "dashboards"])
 
+    def start_ui(self) -> None:
+        self._spawn("ui", [str(BIN / "webb-ui"), "--listen-address",
+                           f"127.0.0.1:{self.ports.ui}", "--server",
+                           f"127.0.0.1:{self.ports.relay}"])
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Waits until every agent has attached every local endpoint."""
         import grpc

@@ -26,6 +26,10 @@ def _banner(c: DemoCluster) -> str:
                                    for i, n in enumerate(c.lab.nodes, start=1)),
         "  pods:   " + ", ".join(sorted(f"{p.namespace}/{p.name}" for p in c.pods.values())),
         "",
+    ]
+    if c.procs.get("ui"):
+        lines += [f"  Open the service map:  http://127.0.0.1:{c.ports.ui}/", ""]
+    lines += [
         "Try, in another terminal:",
     ]
     if c.procs.get("relay"):
@@ -90,6 +94,7 @@ def run_demo(state_dir: Path, rate: float, duration: float | None, nodes: int,
         if with_relay:
             c.start_relay()
             c.start_metrics()
+            c.start_ui()
         c.wait_ready()
         c.start_pods(("loadgen",))
         asyncio.run(_run(c, duration))

@@ -1,0 +1,342 @@
+"""The service map of one view, aggregated from its flows in bounded memory.
+
+Cards: one per service (see ``service.py``) with the identities, workloads, labels
+and pods seen, and the ports it serves with their L7 protocols.
+Arrows: one per (client card, server card, server port, protocol) with flow counts
+by verdict, drop reasons, and HTTP/DNS statistics where L7 flows exist.
+
+Replies (``is_reply``) draw no arrow of their own: an L7 response feeds the status
+and latency of its request's arrow; a dropped reply counts as a drop on it. Cards
+and arrows not seen for ``ttl`` seconds go away; at most ``max_cards`` cards and
+``max_arrows`` arrows are kept (the least recently seen are dropped first).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from webb.api.flow import flow_pb2 as fpb
+
+from .l7stats import DnsStats, HttpStats
+from .service import ServiceCache, ServiceId, visible_labels
+
+FORWARDED = fpb.FORWARDED
+DROPPED = fpb.DROPPED
+L7 = fpb.L7
+RESPONSE = fpb.RESPONSE
+INGRESS = fpb.INGRESS
+EGRESS = fpb.EGRESS
+MAX_SET = 32  # per-card sets (identities, pods, label values, ...) keep at most this many
+
+
+def _add_bounded(s: set, v: object) -> None:
+    if len(s) < MAX_SET:
+        s.add(v)
+
+
+class Port:
+    __slots__ = ("port", "protocol", "l7", "flows")
+
+    def __init__(self, port: int, protocol: str) -> None:
+        self.port = port
+        self.protocol = protocol
+        self.l7: set[str] = set()
+        self.flows = 0
+
+
+class Card:
+    __slots__ = ("sid", "identities", "workloads", "labels", "pods", "ips", "nodes",
+                 "ports", "flows_in", "flows_out", "first_seen", "last_seen", "ep_keys")
+
+    def __init__(self, sid: ServiceId, now: float) -> None:
+        self.sid = sid
+        self.identities: set[int] = set()
+        self.workloads: set[str] = set()
+        self.labels: dict[str, set[str]] = {}
+        self.pods: set[str] = set()
+        self.ips: set[str] = set()
+        self.nodes: set[str] = set()
+        self.ports: dict[tuple[int, str], Port] = {}
+        self.flows_in = 0
+        self.flows_out = 0
+        self.first_seen = now
+        self.last_seen = now
+        self.ep_keys: set[tuple] = set()
+
+    def learn(self, ep: Any) -> None:
+        """Records what a (new) endpoint of this card says about it."""
+        if ep.identity:
+            _add_bounded(self.identities, ep.identity)
+        for w in ep.workloads:
+            _add_bounded(self.workloads, f"{w.kind}/{w.name}" if w.kind else w.name)
+        if ep.pod_name:
+            _add_bounded(self.pods, ep.pod_name)
+        for k, v in visible_labels(ep.labels):
+            vals = self.labels.get(k)
+            if vals is None:
+                if len(self.labels) >= MAX_SET:
+                    continue
+                vals = self.labels[k] = set()
+            _add_bounded(vals, v)
+
+    def port(self, port: int, protocol: str) -> Port:
+        k = (port, protocol)
+        p = self.ports.get(k)
+        if p is None:
+            if len(self.ports) >= MAX_SET:
+                # keep the busiest ports
+                drop = min(self.ports.values(), key=lambda x: x.flows)
+                del self.ports[(drop.port, drop.protocol)]
+            p = self.ports[k] = Port(port, protocol)
+        return p
+
+
+class Arrow:
+    __slots__ = ("key", "forwarded", "dropped", "other", "drop_reasons", "http", "dns",
+                 "first_seen", "last_seen")
+
+    def __init__(self, key: tuple[str, str, int, str], now: float) -> None:
+        self.key = key
+        self.forwarded = 0
+        self.dropped = 0
+        self.other = 0
+        self.drop_reasons: dict[str, int] = {}
+        self.http: HttpStats | None = None
+        self.dns: DnsStats | None = None
+        self.first_seen = now
+        self.last_seen = now
+
+    @property
+    def verdict(self) -> str:
+        if self.dropped and (self.forwarded or self.other):
+            return "mixed"
+        if self.dropped:
+            return "dropped"
+        if self.forwarded:
+            return "forwarded"
+        return "other" if self.other else "unknown"
+
+
+def _l4(flow: Any) -> tuple[str, int, int]:
+    """(protocol, source port, destination port); ICMP uses its type as 'port' 0."""
+    l4 = flow.l4
+    which = l4.WhichOneof("protocol")
+    if which == "TCP":
+        t = l4.TCP
+        return "TCP", t.source_port, t.destination_port
+    if which == "UDP":
+        u = l4.UDP
+        return "UDP", u.source_port, u.destination_port
+    if which == "SCTP":
+        s = l4.SCTP
+        return "SCTP", s.source_port, s.destination_port
+    if which is None:
+        return "", 0, 0
+    return which, 0, 0
+
+
+EPHEMERAL_MIN = 32768  # Linux's default ip_local_port_range starts here
+
+
+def _guess_reply(flow: Any, src: "Card", dst: "Card", proto: str, sport: int, dport: int) -> bool:
+    """Whether a flow whose is_reply is unknown (e.g. a kernel drop) goes from server
+    to client: by TCP flags, then by the ports the cards are known to serve, then by
+    which port looks ephemeral."""
+    if flow.reply:
+        return True
+    if proto == "TCP":
+        f = flow.l4.TCP.flags
+        if f.SYN:
+            return f.ACK
+    if not sport or not dport:
+        return False
+    if (dport, proto) in dst.ports:
+        return False
+    if (sport, proto) in src.ports:
+        return True
+    return sport < EPHEMERAL_MIN <= dport
+
+
+def _drop_reason(flow: Any) -> str:
+    r = flow.drop_reason_desc
+    if r:
+        try:
+            return fpb.DropReason.Name(r)
+        except ValueError:
+            return str(r)
+    return flow.ext_drop_reason_desc or "DROP_REASON_UNKNOWN"
+
+
+class ServiceMap:
+    def __init__(self, max_cards: int = 500, max_arrows: int = 2000, ttl: float = 900.0) -> None:
+        self.max_cards = max_cards
+        self.max_arrows = max_arrows
+        self.ttl = ttl
+        self.cards: dict[str, Card] = {}
+        self.arrows: dict[tuple[str, str, int, str], Arrow] = {}
+        self._eps: dict[tuple, Card] = {}
+        self._ids = ServiceCache()
+        self.version = 0
+        self.flows = 0
+        self.evicted = 0
+
+    # -- ingest -----------------------------------------------------------------
+    def _card(self, ep: Any, now: float) -> Card:
+        k = (ep.identity, ep.namespace, ep.pod_name)
+        card = self._eps.get(k)
+        if card is not None:
+            card.last_seen = now
+            return card
+        sid = self._ids(ep)
+        card = self.cards.get(sid.key)
+        if card is None:
+            if len(self.cards) >= self.max_cards:
+                self._evict_card(min(self.cards.values(), key=lambda c: c.last_seen))
+            card = self.cards[sid.key] = Card(sid, now)
+        card.learn(ep)
+        card.ep_keys.add(k)
+        self._eps[k] = card
+        card.last_seen = now
+        return card
+
+    def add(self, flow: Any, now: float) -> None:
+        self.flows += 1
+        self.version += 1
+        src = self._card(flow.source, now)
+        dst = self._card(flow.destination, now)
+        proto, sport, dport = _l4(flow)
+        if flow.HasField("is_reply"):
+            reply = flow.is_reply.value
+        else:
+            reply = _guess_reply(flow, src, dst, proto, sport, dport)
+        verdict = flow.verdict
+        is_l7 = flow.Type == L7
+        if not proto:
+            proto = "IP"
+        if reply:
+            if not is_l7 and verdict != DROPPED:
+                return
+            client, server, port = dst, src, sport
+        else:
+            client, server, port = src, dst, dport
+        if server.sid.kind == "world":
+            ip = flow.IP.destination if not reply else flow.IP.source
+            if ip:
+                _add_bounded(server.ips, ip)
+        elif client.sid.kind == "world":
+            ip = flow.IP.source if not reply else flow.IP.destination
+            if ip:
+                _add_bounded(client.ips, ip)
+        key = (client.sid.key, server.sid.key, port, proto)
+        arrow = self.arrows.get(key)
+        if arrow is None:
+            if len(self.arrows) >= self.max_arrows:
+                self._evict_arrow(min(self.arrows.values(), key=lambda a: a.last_seen))
+            arrow = self.arrows[key] = Arrow(key, now)
+        arrow.last_seen = now
+        p = server.port(port, proto)
+        node = flow.node_name
+        if node:
+            # the node that saw the flow hosts the endpoint it was observed at:
+            # the client for egress, the server for ingress
+            direction = flow.traffic_direction
+            if direction == INGRESS:
+                _add_bounded(server.nodes, node)
+            elif direction == EGRESS:
+                _add_bounded(client.nodes, node)
+        if is_l7:
+            l7 = flow.l7
+            which = l7.WhichOneof("record")
+            is_resp = l7.type == RESPONSE
+            if which == "http":
+                if arrow.http is None:
+                    arrow.http = HttpStats()
+                arrow.http.add(l7, is_resp)
+                p.l7.add("HTTP")
+            elif which == "dns":
+                if arrow.dns is None:
+                    arrow.dns = DnsStats()
+                arrow.dns.add(l7, is_resp)
+                p.l7.add("DNS")
+            elif which:
+                p.l7.add(which.upper())
+            if reply and verdict != DROPPED:
+                return
+        if verdict == FORWARDED:
+            arrow.forwarded += 1
+        elif verdict == DROPPED:
+            arrow.dropped += 1
+            r = _drop_reason(flow)
+            if r in arrow.drop_reasons or len(arrow.drop_reasons) < MAX_SET:
+                arrow.drop_reasons[r] = arrow.drop_reasons.get(r, 0) + 1
+        else:
+            arrow.other += 1
+        p.flows += 1
+        client.flows_out += 1
+        server.flows_in += 1
+
+    # -- bounds -------------------------------------------------------------------
+    def _evict_arrow(self, a: Arrow) -> None:
+        self.arrows.pop(a.key, None)
+        self.evicted += 1
+        self.version += 1
+
+    def _evict_card(self, c: Card) -> None:
+        self.cards.pop(c.sid.key, None)
+        for k in c.ep_keys:
+            self._eps.pop(k, None)
+        for key in [k for k in self.arrows if k[0] == c.sid.key or k[1] == c.sid.key]:
+            del self.arrows[key]
+        self.evicted += 1
+        self.version += 1
+
+    def expire(self, now: float) -> None:
+        horizon = now - self.ttl
+        for a in [a for a in self.arrows.values() if a.last_seen < horizon]:
+            self._evict_arrow(a)
+        used = {k[0] for k in self.arrows} | {k[1] for k in self.arrows}
+        for c in [c for c in self.cards.values() if c.last_seen < horizon and c.sid.key not in used]:
+            self._evict_card(c)
+
+    def clear(self) -> None:
+        self.cards.clear()
+        self.arrows.clear()
+        self._eps.clear()
+        self.version += 1
+
+    # -- output -------------------------------------------------------------------
+    def cards_json(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.cards.values():
+            sid = c.sid
+            ports = sorted(c.ports.values(), key=lambda p: (p.protocol not in ("TCP", "UDP", "SCTP"),
+                                                             p.port, p.protocol))
+            out.append({
+                "id": sid.key, "kind": sid.kind, "name": sid.name, "namespace": sid.namespace,
+                "filter": sid.term,
+                "identities": sorted(c.identities),
+                "workloads": sorted(c.workloads),
+                "labels": [[k, sorted(v)] for k, v in sorted(c.labels.items())],
+                "pods": len(c.pods), "pod_names": sorted(c.pods)[:8],
+                "ips": sorted(c.ips)[:8], "nodes": sorted(c.nodes),
+                "ports": [{"port": p.port, "protocol": p.protocol, "l7": sorted(p.l7),
+                           "flows": p.flows} for p in ports],
+                "flows_in": c.flows_in, "flows_out": c.flows_out,
+                "first_seen": c.first_seen, "last_seen": c.last_seen,
+            })
+        return out
+
+    def arrows_json(self) -> list[dict[str, Any]]:
+        out = []
+        for a in self.arrows.values():
+            src, dst, port, proto = a.key
+            out.append({
+                "id": f"{src}>{dst}:{port}/{proto}", "source": src, "target": dst,
+                "port": port, "protocol": proto, "verdict": a.verdict,
+                "flows": {"forwarded": a.forwarded, "dropped": a.dropped, "other": a.other,
+                          "total": a.forwarded + a.dropped + a.other},
+                "drop_reasons": dict(sorted(a.drop_reasons.items(), key=lambda kv: -kv[1])),
+                "http": a.http.to_json() if a.http else None,
+                "dns": a.dns.to_json() if a.dns else None,
+                "first_seen": a.first_seen, "last_seen": a.last_seen,
+            })
+        return out

@@ -1,0 +1,360 @@
+"""A view: what one set of browser filters sees (namespace + filter terms).
+
+Each distinct view owns one GetFlows stream from the relay with its FlowFilters
+(the relay filters; the UI only aggregates), a ServiceMap and a bounded window of
+recent flows. Browsers with the same URL share the view. Views nobody watches are
+closed after ``idle`` seconds; at most ``max_views`` exist.
+
+Stream life: first GetFlows(number=history) to fill the map and table, then
+GetFlows(follow, since=<last flow seen>) so nothing is read twice; after an error
+the follow resumes from the last flow seen, with a back-off of 0.5 s to 5 s.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Iterator
+
+import grpc
+
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+
+from .flow_row import to_row
+from .layout import layout
+from .query import Query
+from .relay import RelayClient, rpc_error_text, ts
+from .service_map import ServiceMap
+from .settings import Settings
+
+log = logging.getLogger("webb.ui.view")
+
+
+def _arrow_label(a: dict[str, Any]) -> list[str]:
+    # the port is the row of the callee's card the arrow ends at
+    f = a["flows"]
+    first = f"{_n(f['total'])} flow{'s' if f['total'] != 1 else ''}"
+    if f["dropped"]:
+        first += f" · {_n(f['dropped'])} dropped"
+    lines = [first]
+    h = a.get("http")
+    if h:
+        st = h["statuses"]
+        classes: dict[str, int] = {}
+        for code, n in st.items():
+            k = f"{code[0]}xx" if code and code != "0" else "?"
+            classes[k] = classes.get(k, 0) + n
+        parts = [f"{k}×{_n(v)}" for k, v in sorted(classes.items())] or [f"{_n(h['requests'])} req"]
+        lat = h.get("latency")
+        if lat:
+            parts.append(f"p95 ≤{_ms(lat['p95_ms'])}")
+        lines.append("HTTP " + " ".join(parts))
+    elif not f["total"] and a["protocol"]:
+        lines[0] = a["protocol"]
+    d = a.get("dns")
+    if d:
+        bad = {k: v for k, v in d["rcodes"].items() if k != "NOERROR"}
+        lines.append(f"DNS {_n(d['requests'])} q" + "".join(f" {k}×{_n(v)}" for k, v in bad.items()))
+    return lines
+
+
+def _pair_labels(arrows: list[dict[str, Any]]) -> None:
+    """One label per pair of cards (its arrows differ by port): on the busiest arrow."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for a in arrows:
+        a["label"] = []
+        groups.setdefault((a["source"], a["target"]), []).append(a)
+    for group in groups.values():
+        group.sort(key=lambda a: (-a["flows"]["total"], a["id"]))
+        if len(group) == 1:
+            group[0]["label"] = _arrow_label(group[0])
+            continue
+        merged: dict[str, Any] = {"flows": {k: sum(a["flows"][k] for a in group)
+                                            for k in ("forwarded", "dropped", "other", "total")},
+                                  "protocol": group[0]["protocol"], "http": None, "dns": None}
+        https = [a["http"] for a in group if a.get("http")]
+        if https:
+            statuses: dict[str, int] = {}
+            for h in https:
+                for code, n in h["statuses"].items():
+                    statuses[code] = statuses.get(code, 0) + n
+            p95s = [h["latency"]["p95_ms"] for h in https if h.get("latency")]
+            merged["http"] = {"statuses": statuses, "requests": sum(h["requests"] for h in https),
+                              "latency": {"p95_ms": max(p95s)} if p95s else None}
+        dnss = [a["dns"] for a in group if a.get("dns")]
+        if dnss:
+            rcodes: dict[str, int] = {}
+            for d in dnss:
+                for k, n in d["rcodes"].items():
+                    rcodes[k] = rcodes.get(k, 0) + n
+            merged["dns"] = {"requests": sum(d["requests"] for d in dnss), "rcodes": rcodes}
+        ports = sorted(f"{a['port']}" if a["port"] else a["protocol"] for a in group)
+        lines = _arrow_label(merged)
+        lines.insert(1, "ports " + " ".join(ports[:4]) + (f" +{len(ports) - 4}" if len(ports) > 4 else ""))
+        group[0]["label"] = lines
+
+
+def _n(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f}k"
+    if n >= 1000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "?"
+    return f"{v:g}ms" if v < 1000 else f"{v / 1000:g}s"
+
+
+class View:
+    def __init__(self, query: Query, relay: RelayClient, settings: Settings) -> None:
+        self.query = query
+        self.key = query.key
+        self.relay = relay
+        self.settings = settings
+        filters = query.flow_filters()
+        self.unsatisfiable = filters is None
+        self.whitelist, self.blacklist = filters if filters is not None else ([], [])
+        self.map = ServiceMap(settings.max_cards, settings.max_arrows, settings.map_ttl)
+        self.window: deque[tuple[int, fpb.Flow]] = deque(maxlen=settings.flows_window)
+        self.seq = 0
+        self.lost = 0
+        self.state = "starting"  # starting | history | live | retrying | error | empty
+        self.error = ""
+        self.version = 0  # bumped when state/error change
+        self.ready = asyncio.Event()
+        self.subscribers = 0
+        self.last_used = time.monotonic()
+        self.created = time.time()
+        self._last_time_ns = 0
+        self._snapshot: tuple[int, dict[str, Any]] | None = None
+        self._layout_cache: dict[str, Any] = {}
+        self.snapshot_cost = 0.0  # seconds to build a map snapshot (moving average)
+        self._task: asyncio.Task | None = None
+
+    # -- life -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.unsatisfiable:
+            self._set_state("empty", "these filters can never match a flow")
+            self.ready.set()
+            return
+        self._task = asyncio.create_task(self._run(), name=f"view {self.key}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        if (state, error) != (self.state, self.error):
+            self.state, self.error = state, error
+            self.version += 1
+
+    def request(self, follow: bool) -> opb.GetFlowsRequest:
+        req = opb.GetFlowsRequest(whitelist=self.whitelist, blacklist=self.blacklist)
+        if follow:
+            req.follow = True
+            req.since.CopyFrom(ts(self._last_time_ns + 1))
+        else:
+            req.number = self.settings.history
+        return req
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        history_done = False
+        while True:
+            try:
+                if not history_done:
+                    self._set_state("history")
+                    started = time.time_ns()
+                    await self._consume(self.relay.get_flows(self.request(follow=False)))
+                    history_done = True
+                    if not self._last_time_ns:
+                        # late flows (the relay's sort buffer) may still come for this time
+                        self._last_time_ns = started - 5_000_000_000
+                    self.ready.set()
+                self._set_state("live")
+                backoff = 0.5
+                consume = asyncio.ensure_future(self._consume(self.relay.get_flows(self.request(follow=True))))
+                lost = asyncio.ensure_future(self.relay.lost())
+                try:
+                    await asyncio.wait({consume, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                    if not consume.done():
+                        consume.cancel()
+                        await asyncio.gather(consume, return_exceptions=True)
+                if consume.cancelled():
+                    self._set_state("retrying", "the relay stopped answering")
+                else:
+                    consume.result()  # raises the stream's error
+                    # a clean end of a follow stream: the relay went away politely
+                    self._set_state("retrying", "the relay closed the stream")
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                self.relay.note_failure(e)
+                if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                    self._set_state("error", rpc_error_text(e))
+                    self.ready.set()
+                    await asyncio.sleep(30)
+                    continue
+                self._set_state("retrying", rpc_error_text(e))
+            except Exception as e:  # keep the view alive; say what happened
+                log.exception("view %s: stream failed", self.key)
+                self._set_state("retrying", rpc_error_text(e))
+            self.ready.set()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _consume(self, call: Any) -> None:
+        window = self.window
+        add = self.map.add
+        try:
+            clock = time.time
+            async for resp in call:
+                which = resp.WhichOneof("response_types")
+                if which == "flow":
+                    flow = resp.flow
+                    self.seq += 1
+                    window.append((self.seq, flow))
+                    add(flow, clock())
+                    t = flow.time
+                    tn = t.seconds * 1_000_000_000 + t.nanos
+                    if tn > self._last_time_ns:
+                        self._last_time_ns = tn
+                    if self.state != "live" and self.state != "history":
+                        self._set_state("live")
+                elif which == "lost_events":
+                    self.lost += resp.lost_events.num_events_lost
+                    self.version += 1
+        finally:
+            call.cancel()
+
+    # -- reads ------------------------------------------------------------------------
+    def _rows(self, items: Iterator[tuple[int, fpb.Flow]]) -> list[dict[str, Any]]:
+        rows = []
+        for seq, flow in items:
+            row = to_row(flow)
+            if not row["id"]:
+                row["id"] = f"~{seq}"
+            row["seq"] = seq
+            rows.append(row)
+        return rows
+
+    def rows_since(self, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` flows with seq > after (oldest first) and how many
+        newer-than-``after`` flows were left out."""
+        picked: list[tuple[int, fpb.Flow]] = []
+        for item in reversed(self.window):
+            if item[0] <= after or len(picked) >= limit:
+                break
+            picked.append(item)
+        newest = self.seq
+        skipped = max(0, newest - after - len(picked))
+        picked.reverse()
+        return self._rows(iter(picked)), skipped
+
+    def find(self, flow_id: str) -> fpb.Flow | None:
+        if flow_id.startswith("~"):
+            try:
+                want = int(flow_id[1:])
+            except ValueError:
+                return None
+            return next((f for s, f in self.window if s == want), None)
+        return next((f for _, f in reversed(self.window) if f.uuid == flow_id), None)
+
+    def status(self) -> dict[str, Any]:
+        return {"key": self.key, "state": self.state, "error": self.error,
+                "flows_seen": self.seq, "lost_events": self.lost, "window": len(self.window),
+                "subscribers": self.subscribers, "cards": len(self.map.cards),
+                "arrows": len(self.map.arrows)}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The map with its layout; computed at most once per map change."""
+        v = self.map.version
+        if self._snapshot is not None and self._snapshot[0] == v:
+            return self._snapshot[1]
+        t0 = time.perf_counter()
+        cards = self.map.cards_json()
+        arrows = self.map.arrows_json()
+        _pair_labels(arrows)
+        box = layout(cards, arrows, self._layout_cache)
+        self.snapshot_cost = 0.8 * self.snapshot_cost + 0.2 * (time.perf_counter() - t0)
+        snap = {"namespace": self.query.namespace, "filters": [str(t) for t in self.query.terms],
+                "cards": cards, "arrows": arrows, "bounds": box,
+                "flows_seen": self.map.flows, "evicted": self.map.evicted,
+                "generated": time.time(), "version": v}
+        self._snapshot = (v, snap)
+        return snap
+
+
+class Views:
+    """All open views, bounded in number, shared by key."""
+
+    def __init__(self, relay: RelayClient, settings: Settings) -> None:
+        self.relay = relay
+        self.settings = settings
+        self.views: dict[str, View] = {}
+        self._task: asyncio.Task | None = None
+
+    async def get(self, query: Query) -> View:
+        v = self.views.get(query.key)
+        if v is None:
+            if len(self.views) >= self.settings.max_views:
+                idle = sorted((x for x in self.views.values() if not x.subscribers),
+                              key=lambda x: x.last_used)
+                victim = idle[0] if idle else min(self.views.values(), key=lambda x: x.last_used)
+                await self.drop(victim)
+            v = self.views[query.key] = View(query, self.relay, self.settings)
+            v.start()
+        v.touch()
+        return v
+
+    async def drop(self, v: View) -> None:
+        self.views.pop(v.key, None)
+        await v.close()
+
+    async def ready(self, query: Query, timeout: float = 5.0) -> View:
+        v = await self.get(query)
+        try:
+            await asyncio.wait_for(asyncio.shield(v.ready.wait()), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return v
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            now_wall, now = time.time(), time.monotonic()
+            for v in list(self.views.values()):
+                v.map.expire(now_wall)
+                if not v.subscribers and now - v.last_used > self.settings.view_idle:
+                    log.info("closing idle view %s", v.key)
+                    await self.drop(v)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._housekeeping(), name="views-housekeeping")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for v in list(self.views.values()):
+            await self.drop(v)
