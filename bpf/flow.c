@@ -1,4 +1,5 @@
-// webb datapath: L3/L4 flow events from TC hooks on endpoint interfaces.
+// webb datapath: L3/L4 flow events and network policy, from TC hooks on endpoint
+// interfaces.
 //
 // Compiled at run time by bcc. Only UAPI structures (__sk_buff, IP/TCP/UDP headers)
 // are used, so the program does not depend on the exact kernel header version.
@@ -7,6 +8,13 @@
 // observation point, has an entry in agg_map; a perf event is emitted only when
 // something a user would see changes (first packet of the direction, a TCP flag
 // combination not yet reported, or a periodic report for long connections).
+//
+// Policy (policy.h): a packet leaving the endpoint is checked against its egress
+// policy, one entering it against its ingress policy. A direction whose opposite
+// direction passed this interface first is a reply and passes (the agg_map entry is
+// the connection tracking). Other directions are checked on their first packet and
+// again whenever the agent bumps the policy revision; denied packets are dropped
+// (TC_ACT_SHOT) and reported like traces, aggregated in drop_map.
 
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -19,12 +27,8 @@
 #include <uapi/linux/icmpv6.h>
 #include <uapi/linux/pkt_cls.h>
 
-// Observation points, as seen from the endpoint: a packet entering the host-side
-// interface (TC ingress) is leaving the endpoint.
-#define POINT_FROM_ENDPOINT 0
-#define POINT_TO_ENDPOINT 1
-
-#define EVENT_TRACE 1
+#include "event.h"
+#include "policy.h"
 
 #define REASON_NEW 0
 #define REASON_FLAGS 1
@@ -33,9 +37,18 @@
 #define STAT_PACKETS 0
 #define STAT_EVENTS 1
 #define STAT_PARSE_ERRORS 2
+#define STAT_POLICY_DROPS 3
 #define STAT_MAX 4
 
 #define CONF_REPORT_NS 0
+#define CONF_DROP_REPORT_NS 1
+#define CONF_POLICY_REVISION 2
+
+// Hubble's DropReason for a packet the policy denied.
+#define DROP_POLICY_DENIED 133
+// Marks a packet this program drops, so that the kernel-drop tracepoint (drop.c)
+// does not report it a second time. Keep in sync with datapath/event.py.
+#define WEBB_DROP_MARK 0x7765626d
 
 struct agg_key {
     u8 saddr[16];
@@ -54,43 +67,47 @@ struct agg_val {
     u64 bytes;
     u64 last_report;
     u64 flags_seen;  // bit (tcp_flags & 0x3f): combinations already reported
-    u64 is_reply;
+    u32 is_reply;    // as flows report it (TCP flags may decide)
+    u32 ct_reply;    // the opposite direction passed here first: a reply, policy-wise
+    u64 policy_rev;  // policy revision the direction was last checked against
 };
 
-// Keep in sync with services/agent/datapath/event.py (EVENT_STRUCT).
-struct flow_event {
-    u64 ts;
-    u64 packets;
-    u64 bytes;
+// Denied packets are aggregated by peer and destination port, not source port, so
+// that a flood of SYNs from ever new ports stays a handful of events.
+struct drop_key {
     u8 saddr[16];
     u8 daddr[16];
-    u8 smac[6];
-    u8 dmac[6];
-    u16 sport;
     u16 dport;
-    u32 ifindex;
-    u32 pkt_len;
-    u8 event_type;
-    u8 reason;
-    u8 family;
     u8 proto;
-    u8 tcp_flags;
+    u8 family;
+    u32 ifindex;
     u8 point;
-    u8 is_reply;
-    u8 icmp_type;
-    u8 icmp_code;
-    u8 pad[7];
+    u8 pad[3];
+};
+
+struct drop_val {
+    u64 packets;
+    u64 reported;
+    u64 last_report;
 };
 
 BPF_TABLE("lru_hash", struct agg_key, struct agg_val, agg_map, AGG_MAP_SIZE);
+BPF_TABLE("lru_hash", struct drop_key, struct drop_val, drop_map, DROP_MAP_SIZE);
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
 BPF_ARRAY(config, u64, 4);
+// The event under construction: too big for the stack next to everything else.
+BPF_PERCPU_ARRAY(scratch, struct flow_event, 1);
 
 static __always_inline void stat_inc(int idx) {
     u64 *v = stats.lookup(&idx);
     if (v)
         *v += 1;
+}
+
+static __always_inline u64 config_get(int idx) {
+    u64 *v = config.lookup(&idx);
+    return v ? *v : 0;
 }
 
 struct parsed {
@@ -100,9 +117,11 @@ struct parsed {
     u8 tcp_flags;
     u8 icmp_type;
     u8 icmp_code;
+    u16 l4off;  // where the L4 header starts (0: none)
 };
 
 static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parsed *p) {
+    p->l4off = off;
     if (p->key.proto == IPPROTO_TCP) {
         struct tcphdr th = {};
         if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)) < 0)
@@ -204,6 +223,119 @@ static __always_inline u8 reply_by_flags(struct parsed *p, u8 *known) {
     return 0;
 }
 
+// An ICMP error (unreachable, time exceeded, parameter problem; "packet too big" for
+// path MTU discovery) about a packet that passed this interface the other way is
+// related to an allowed connection, and passes like a reply.
+static __always_inline int icmp_related(struct __sk_buff *skb, struct parsed *p, u8 point) {
+    u8 t = p->icmp_type;
+    int err4 = p->key.proto == IPPROTO_ICMP && (t == 3 || t == 11 || t == 12);
+    int err6 = p->key.proto == IPPROTO_ICMPV6 && t >= 1 && t <= 4;
+    if ((!err4 && !err6) || !p->l4off)
+        return 0;
+    u32 off = p->l4off + 8;
+    struct agg_key k = {};
+    if (err4) {
+        struct iphdr ih = {};
+        if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)) < 0)
+            return 0;
+        k.family = 4;
+        k.proto = ih.protocol;
+        __builtin_memcpy(k.saddr, &ih.saddr, 4);
+        __builtin_memcpy(k.daddr, &ih.daddr, 4);
+        off += ih.ihl * 4;
+    } else {
+        struct ipv6hdr ih = {};
+        if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)) < 0)
+            return 0;
+        k.family = 6;
+        k.proto = ih.nexthdr;
+        __builtin_memcpy(k.saddr, &ih.saddr, 16);
+        __builtin_memcpy(k.daddr, &ih.daddr, 16);
+        off += sizeof(ih);
+    }
+    if (k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP)
+        return 0;
+    u8 ports[4] = {};
+    if (bpf_skb_load_bytes(skb, off, ports, 4) < 0)
+        return 0;
+    k.sport = ((u16)ports[0] << 8) | ports[1];
+    k.dport = ((u16)ports[2] << 8) | ports[3];
+    k.ifindex = p->key.ifindex;
+    k.point = point ^ 1;
+    return agg_map.lookup(&k) ? 1 : 0;
+}
+
+// Fills the scratch event with what every kind of record carries.
+static __always_inline struct flow_event *new_event(struct __sk_buff *skb, struct parsed *p,
+                                                    u8 point, u64 now, u8 event_type) {
+    int zero = 0;
+    struct flow_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return 0;
+    __builtin_memset(ev, 0, sizeof(*ev));
+    ev->ts = now;
+    __builtin_memcpy(ev->saddr, p->key.saddr, 16);
+    __builtin_memcpy(ev->daddr, p->key.daddr, 16);
+    __builtin_memcpy(ev->smac, p->smac, 6);
+    __builtin_memcpy(ev->dmac, p->dmac, 6);
+    ev->sport = p->key.sport;
+    ev->dport = p->key.dport;
+    if (p->key.proto == IPPROTO_ICMP || p->key.proto == IPPROTO_ICMPV6)
+        ev->sport = 0;
+    ev->ifindex = p->key.ifindex;
+    ev->pkt_len = skb->len;
+    ev->event_type = event_type;
+    ev->family = p->key.family;
+    ev->proto = p->key.proto;
+    ev->tcp_flags = p->tcp_flags;
+    ev->point = point;
+    ev->icmp_type = p->icmp_type;
+    ev->icmp_code = p->icmp_code;
+    return ev;
+}
+
+static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, u8 point,
+                                       u64 now, u32 identity, struct policy_result *res) {
+    skb->mark = WEBB_DROP_MARK;
+    stat_inc(STAT_POLICY_DROPS);
+    struct drop_key dk = {};
+    __builtin_memcpy(dk.saddr, p->key.saddr, 16);
+    __builtin_memcpy(dk.daddr, p->key.daddr, 16);
+    dk.dport = p->key.dport;
+    dk.proto = p->key.proto;
+    dk.family = p->key.family;
+    dk.ifindex = p->key.ifindex;
+    dk.point = point;
+    u64 count = 1;
+    struct drop_val *dv = drop_map.lookup(&dk);
+    if (dv) {
+        u64 n = __sync_fetch_and_add(&dv->packets, 1) + 1;
+        if (now - dv->last_report < config_get(CONF_DROP_REPORT_NS))
+            return TC_ACT_SHOT;
+        count = n - dv->reported;
+        dv->reported = n;
+        dv->last_report = now;
+    } else {
+        struct drop_val nv = {};
+        nv.packets = 1;
+        nv.reported = 1;
+        nv.last_report = now;
+        drop_map.update(&dk, &nv);
+    }
+    struct flow_event *ev = new_event(skb, p, point, now, EVENT_DROP);
+    if (!ev)
+        return TC_ACT_SHOT;
+    ev->packets = count;
+    ev->bytes = skb->len;
+    ev->drop_reason = DROP_POLICY_DENIED;
+    ev->policy_set = res->set_id;
+    ev->match_type = res->match_type;
+    ev->remote_id = identity;
+    events.perf_submit(skb, ev, sizeof(*ev));
+    stat_inc(STAT_EVENTS);
+    return TC_ACT_SHOT;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     struct parsed p = {};
     stat_inc(STAT_PACKETS);
@@ -213,83 +345,130 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             stat_inc(STAT_PARSE_ERRORS);
         return TC_ACT_OK;
     }
-    p.key.ifindex = skb->ifindex;
+    u32 ifindex = skb->ifindex;
+    p.key.ifindex = ifindex;
     p.key.point = point;
-
     u64 now = bpf_ktime_get_ns();
+
+    // Policy of this endpoint in this direction: 0 none, else 1 (deny entries
+    // apply) and 2 (default deny) bits.
+    u8 dir = point == POINT_FROM_ENDPOINT ? DIR_EGRESS : DIR_INGRESS;
+    u32 pflags = 0, ep_id = 0, default_set = 0;
+    struct ep_info *ep = ep_map.lookup(&ifindex);
+    if (ep) {
+        u32 f = ep->flags;
+        ep_id = ep->ep_id;
+        if (dir == DIR_INGRESS) {
+            pflags = ((f & EP_POLICY_INGRESS) ? 1 : 0) | ((f & EP_ENFORCE_INGRESS) ? 2 : 0);
+            default_set = ep->ingress_set;
+        } else {
+            pflags = ((f & EP_POLICY_EGRESS) ? 1 : 0) | ((f & EP_ENFORCE_EGRESS) ? 2 : 0);
+            default_set = ep->egress_set;
+        }
+        if (pflags && policy_exempt(p.key.proto, p.icmp_type))
+            pflags = 0;
+    }
+    u64 rev = config_get(CONF_POLICY_REVISION);
+    u8 *remote = dir == DIR_EGRESS ? p.key.daddr : p.key.saddr;
+    struct policy_result res = {};
+
     u8 reason = REASON_NEW;
     u64 packets = 1, bytes = skb->len;
     u8 is_reply = 0;
+    u8 verdict_event = 0;
+    u32 identity = 0;
     struct agg_val *v = agg_map.lookup(&p.key);
     if (v) {
+        if (pflags && !v->ct_reply && v->policy_rev != rev) {
+            identity = lookup_identity(p.key.family, remote);
+            int verdict = policy_check(ep_id, dir, identity, p.key.proto, p.key.dport,
+                                       pflags & 2, default_set, &res);
+            if (verdict >= VERDICT_DENY)
+                return policy_drop(skb, &p, point, now, identity, &res);
+            v->policy_rev = rev;
+        }
         packets = __sync_fetch_and_add(&v->packets, 1) + 1;
         bytes = __sync_fetch_and_add(&v->bytes, skb->len) + skb->len;
         is_reply = v->is_reply;
         u64 bit = 1ULL << (p.tcp_flags & 0x3f);
-        int key0 = CONF_REPORT_NS;
-        u64 *interval = config.lookup(&key0);
+        u64 interval = config_get(CONF_REPORT_NS);
         if (p.key.proto == IPPROTO_TCP && !(v->flags_seen & bit)) {
             __sync_fetch_and_or(&v->flags_seen, bit);
             reason = REASON_FLAGS;
-        } else if (interval && *interval && now - v->last_report >= *interval) {
+        } else if (interval && now - v->last_report >= interval) {
             reason = REASON_REPORT;
         } else {
             return TC_ACT_OK;
         }
         v->last_report = now;
     } else {
-        // A new direction: it is the reply side if the opposite direction is already
-        // known at this interface (flags such as SYN-ACK decide when they can).
+        // A new direction. It is a reply if the opposite direction already passed
+        // this interface; flows may know better from TCP flags or ICMP types.
+        struct agg_key rev_key = p.key;
+        __builtin_memcpy(rev_key.saddr, p.key.daddr, 16);
+        __builtin_memcpy(rev_key.daddr, p.key.saddr, 16);
+        rev_key.sport = p.key.dport;
+        rev_key.dport = p.key.sport;
+        rev_key.point = point ^ 1;
+        if (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6) {
+            // Echo replies answer echo requests (ICMP keys carry the type as sport).
+            u8 t = p.icmp_type;
+            if (p.key.proto == IPPROTO_ICMP && t == 0)
+                t = 8;
+            else if (p.key.proto == IPPROTO_ICMPV6 && t == 129)
+                t = 128;
+            rev_key.sport = t;
+            rev_key.dport = 0;
+        }
+        u8 ct_reply = agg_map.lookup(&rev_key) ? 1 : 0;
         u8 known = 0;
         is_reply = reply_by_flags(&p, &known);
-        if (!known) {
-            struct agg_key rev = p.key;
-            __builtin_memcpy(rev.saddr, p.key.daddr, 16);
-            __builtin_memcpy(rev.daddr, p.key.saddr, 16);
-            rev.sport = p.key.dport;
-            rev.dport = p.key.sport;
-            rev.point = point ^ 1;
-            if (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6) {
-                rev.sport = p.key.sport;
-                rev.dport = 0;
-            }
-            struct agg_val *rv = agg_map.lookup(&rev);
-            is_reply = rv ? 1 : 0;
+        if (!known)
+            is_reply = ct_reply;
+        if (pflags && !ct_reply && icmp_related(skb, &p, point))
+            ct_reply = 1;
+        if (pflags && !ct_reply) {
+            identity = lookup_identity(p.key.family, remote);
+            int verdict = policy_check(ep_id, dir, identity, p.key.proto, p.key.dport,
+                                       pflags & 2, default_set, &res);
+            if (verdict >= VERDICT_DENY)
+                return policy_drop(skb, &p, point, now, identity, &res);
+            verdict_event = verdict == VERDICT_ALLOW;
         }
         struct agg_val nv = {};
         nv.packets = 1;
         nv.bytes = skb->len;
         nv.last_report = now;
         nv.is_reply = is_reply;
+        nv.ct_reply = ct_reply;
+        nv.policy_rev = rev;
         if (p.key.proto == IPPROTO_TCP)
             nv.flags_seen = 1ULL << (p.tcp_flags & 0x3f);
         agg_map.update(&p.key, &nv);
     }
 
-    struct flow_event ev = {};
-    ev.ts = now;
-    ev.packets = packets;
-    ev.bytes = bytes;
-    __builtin_memcpy(ev.saddr, p.key.saddr, 16);
-    __builtin_memcpy(ev.daddr, p.key.daddr, 16);
-    __builtin_memcpy(ev.smac, p.smac, 6);
-    __builtin_memcpy(ev.dmac, p.dmac, 6);
-    ev.sport = p.key.sport;
-    ev.dport = p.key.dport;
-    if (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6)
-        ev.sport = 0;
-    ev.ifindex = p.key.ifindex;
-    ev.pkt_len = skb->len;
-    ev.event_type = EVENT_TRACE;
-    ev.reason = reason;
-    ev.family = p.key.family;
-    ev.proto = p.key.proto;
-    ev.tcp_flags = p.tcp_flags;
-    ev.point = point;
-    ev.is_reply = is_reply;
-    ev.icmp_type = p.icmp_type;
-    ev.icmp_code = p.icmp_code;
-    events.perf_submit(skb, &ev, sizeof(ev));
+    struct flow_event *ev;
+    if (verdict_event) {
+        ev = new_event(skb, &p, point, now, EVENT_POLICY_VERDICT);
+        if (ev) {
+            ev->packets = 1;
+            ev->bytes = skb->len;
+            ev->policy_set = res.set_id;
+            ev->match_type = res.match_type;
+            ev->remote_id = identity;
+            events.perf_submit(skb, ev, sizeof(*ev));
+            stat_inc(STAT_EVENTS);
+        }
+    }
+    ev = new_event(skb, &p, point, now, EVENT_TRACE);
+    if (!ev)
+        return TC_ACT_OK;
+    ev->packets = packets;
+    ev->bytes = bytes;
+    ev->reason = reason;
+    ev->is_reply = is_reply;
+    ev->remote_id = identity;
+    events.perf_submit(skb, ev, sizeof(*ev));
     stat_inc(STAT_EVENTS);
     return TC_ACT_OK;
 }

@@ -1,5 +1,7 @@
-"""webb.admin.Admin: endpoints and identities of this agent (webb's own API)."""
+"""webb.admin.Admin: endpoints, identities and policies of this agent (webb's own API)."""
 from __future__ import annotations
+
+import json
 
 import grpc
 
@@ -7,10 +9,17 @@ from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
 
 from .endpoint import Endpoint, EndpointError, EndpointRegistry, parse_endpoint
+from .policy.engine import PolicyEngine
+from .policy.model import Policy, PolicyError, parse_documents
 
 
-def endpoint_to_pb(ep: Endpoint, attached: bool, error: str = "") -> apb.Endpoint:
+def endpoint_to_pb(ep: Endpoint, attached: bool, error: str = "",
+                   policy: tuple[bool, bool, tuple[str, ...], tuple[str, ...]] | None = None
+                   ) -> apb.Endpoint:
+    ing, eg, ing_pols, eg_pols = policy or (False, False, (), ())
     return apb.Endpoint(
+        policy_enforcement_ingress=ing, policy_enforcement_egress=eg,
+        ingress_policies=list(ing_pols), egress_policies=list(eg_pols),
         id=ep.id, name=ep.name, namespace=ep.namespace, labels=dict(ep.labels),
         ips=list(ep.ips), interface=ep.interface, node=ep.node,
         service_account=ep.service_account,
@@ -19,14 +28,34 @@ def endpoint_to_pb(ep: Endpoint, attached: bool, error: str = "") -> apb.Endpoin
         attached=attached, attach_error=error)
 
 
+def policy_to_pb(p: Policy, engine: PolicyEngine | None = None) -> apb.Policy:
+    ing: list[str] = []
+    eg: list[str] = []
+    if engine is not None:
+        for ep in engine.registry.list():
+            _, _, ip, ep_ = engine.endpoint_status(ep)
+            ref = p.ref if p.kind != "NetworkPolicy" else f"{p.ref} (NetworkPolicy)"
+            if ref in ip:
+                ing.append(ep.key)
+            if ref in ep_:
+                eg.append(ep.key)
+    return apb.Policy(kind=p.kind, name=p.name, namespace=p.namespace, revision=p.revision,
+                      document=json.dumps(p.document, sort_keys=True), labels=p.labels(),
+                      source=p.source, ingress_endpoints=ing, egress_endpoints=eg,
+                      rule_count=p.rule_count())
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, registry: EndpointRegistry, attach_state) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, registry: EndpointRegistry, attach_state,  # type: ignore[no-untyped-def]
+                 policy: PolicyEngine | None = None) -> None:
         self.registry = registry
         self.attach_state = attach_state  # callable: Endpoint -> (attached, error)
+        self.policy = policy
 
     def _pb(self, ep: Endpoint) -> apb.Endpoint:
         attached, err = self.attach_state(ep)
-        return endpoint_to_pb(ep, attached, err)
+        status = self.policy.endpoint_status(ep) if self.policy is not None else None
+        return endpoint_to_pb(ep, attached, err, status)
 
     async def ListEndpoints(self, request, context):  # type: ignore[no-untyped-def]
         return apb.ListEndpointsResponse(endpoints=[self._pb(e) for e in self.registry.list()])
@@ -50,12 +79,60 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         old = await self.registry.remove(f"{request.namespace or 'default'}/{request.name}")
         return apb.DeleteEndpointResponse(deleted=old is not None)
 
+    def _local_identities(self) -> dict[int, tuple[str, ...]]:
+        """CIDR identities of policies (node-local, like Cilium's)."""
+        return self.policy.local_identities() if self.policy is not None else {}
+
     async def ListIdentities(self, request, context):  # type: ignore[no-untyped-def]
-        return apb.ListIdentitiesResponse(identities=[
-            apb.Identity(id=i.id, labels=list(i.labels)) for i in self.registry.identities.all()])
+        out = [apb.Identity(id=i.id, labels=list(i.labels)) for i in self.registry.identities.all()]
+        out += [apb.Identity(id=n, labels=list(labels))
+                for n, labels in sorted(self._local_identities().items())]
+        return apb.ListIdentitiesResponse(identities=out)
 
     async def GetIdentity(self, request, context):  # type: ignore[no-untyped-def]
+        local = self._local_identities().get(request.id)
+        if local is not None:
+            return apb.Identity(id=request.id, labels=list(local))
         ident = self.registry.identities.get(request.id)
         if ident is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"identity {request.id} not found")
         return apb.Identity(id=ident.id, labels=list(ident.labels))
+
+    # -- policies ------------------------------------------------------------------------
+    async def _engine(self, context) -> PolicyEngine:  # type: ignore[no-untyped-def]
+        if self.policy is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this agent enforces no policy")
+        return self.policy  # type: ignore[return-value]
+
+    async def ApplyPolicies(self, request, context):  # type: ignore[no-untyped-def]
+        engine = await self._engine(context)
+        try:
+            policies = parse_documents(request.documents)
+            if not request.dry_run:
+                policies = await engine.apply(policies)
+        except PolicyError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return apb.ApplyPoliciesResponse(policies=[policy_to_pb(p, engine) for p in policies],
+                                         revision=engine.revision)
+
+    async def ListPolicies(self, request, context):  # type: ignore[no-untyped-def]
+        engine = await self._engine(context)
+        pols = [p for p in engine.list()
+                if not request.namespace or p.namespace == request.namespace]
+        return apb.ListPoliciesResponse(policies=[policy_to_pb(p, engine) for p in pols],
+                                        revision=engine.revision)
+
+    async def DeletePolicy(self, request, context):  # type: ignore[no-untyped-def]
+        engine = await self._engine(context)
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
+        try:
+            gone = await engine.delete(request.name, request.namespace, request.kind)
+        except PolicyError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not gone:
+            ns = request.namespace or "default"
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"policy {ns}/{request.name} not found")
+        return apb.DeletePolicyResponse(deleted=[policy_to_pb(p) for p in gone],
+                                        revision=engine.revision)

@@ -10,6 +10,7 @@ import webb
 
 from .admin import AdminService
 from .agent_events import AgentEventLog
+from .datapath.kernel_drops import KernelDrops, current_netns_inode, netns_inodes
 from .datapath.loader import AttachError, Datapath
 from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
 from .identity import IdentityAllocator
@@ -17,6 +18,8 @@ from .ingest import Ingest
 from .observer import NodeState, ObserverService
 from .parser import FlowParser
 from .peer import PeerDirectory, PeerService
+from .policy.engine import PolicyEngine, watch_policy_dir
+from .policy.model import Policy
 from .ring import Ring
 from .server import start_server
 
@@ -40,6 +43,10 @@ class AgentConfig:
     perf_pages: int = 2048
     wakeup_events: int = 64
     drain_interval: float = 0.01
+    policy_dir: str = ""
+    allow_localhost: bool = True
+    kernel_drops: bool = True
+    drop_report_interval: float = 1.0
 
 
 class Agent:
@@ -49,6 +56,8 @@ class Agent:
         self.registry = EndpointRegistry(cfg.node_name, self.identities)
         self.ring: Ring = Ring(cfg.ring_capacity)
         self.datapath: Datapath | None = None
+        self.policy: PolicyEngine | None = None
+        self.kernel_drops: KernelDrops | None = None
         self.attach_errors: dict[str, str] = {}
         self.agent_events = AgentEventLog()
         self.peers = PeerDirectory()
@@ -59,29 +68,81 @@ class Agent:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.datapath = Datapath(cfg.netns or None, cfg.report_interval)
+        self.datapath = Datapath(cfg.netns or None, cfg.report_interval,
+                                 drop_report_interval_s=cfg.drop_report_interval)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
+        self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost)
+        self.policy.on_change = self._on_policy
+        self.policy.bind_datapath(self.datapath)
         self.ingest = Ingest(self.ring, self.registry, {packed_ip(ip) for ip in node_ips})
+        self.ingest.cidr_endpoint = self.policy.cidr_endpoint
         self.parser = FlowParser(cfg.node_name, {}, VERSION)
+        self.parser.encoder.policies = self.policy.policies_field
         self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
                               lambda: self.ingest.seen_events)
         self.ingest.on_batch = self.node.note_batch
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
+        if cfg.kernel_drops:
+            await self._start_kernel_drops()
+        # The policy listener goes first: an endpoint's enforcement is in the maps
+        # before its programs are attached.
+        self.registry.subscribe(self.policy.on_endpoint)
         self.registry.subscribe(self._on_endpoint)
         self.registry.subscribe_nodes(self._on_nodes)
+        self.registry.subscribe_nodes(self.policy.on_nodes)
         self._on_nodes([])
         observer = ObserverService(self.node, self.parser, self.agent_events)
         self.server, self.health = await start_server(
-            observer, PeerService(self.peers), AdminService(self.registry, self._attach_state),
+            observer, PeerService(self.peers),
+            AdminService(self.registry, self._attach_state, self.policy),
             cfg.listen_address, cfg.unix_socket)
         self.agent_events.agent_started()
-        self._spawn(self.ingest.run(self.datapath.consume, cfg.drain_interval), "ingest")
+        self._spawn(self.ingest.run(self._consume, cfg.drain_interval), "ingest")
         self._spawn(self._retry_attach(), "attach")
         if cfg.endpoints_file:
             self._spawn(watch_registry_file(cfg.endpoints_file, self.registry), "registry")
+        if cfg.policy_dir:
+            self._spawn(watch_policy_dir(cfg.policy_dir, self.policy), "policy-dir")
         log.info("agent %s serving on %s%s", cfg.node_name, cfg.listen_address or "-",
                  f" and unix://{cfg.unix_socket}" if cfg.unix_socket else "")
+
+    async def _start_kernel_drops(self) -> None:
+        assert self.datapath is not None
+        try:
+            kd = KernelDrops(self.cfg.drop_report_interval)
+        except Exception as e:  # the flows and the policy work without it
+            log.warning("kernel drops will not be reported: %s", e)
+            return
+        kd.set_node_netns(await self.datapath.in_netns(current_netns_inode))
+        kd.open_events(self.ingest.on_event, self.ingest.on_lost, max(self.cfg.perf_pages // 8, 64),
+                       self.cfg.wakeup_events)
+        self.parser.encoder.kernel_reason = kd.reason
+        self.kernel_drops = kd
+
+    def _consume(self) -> None:
+        assert self.datapath is not None
+        self.datapath.consume()
+        if self.kernel_drops is not None:
+            self.kernel_drops.consume()
+
+    async def _sync_kernel_drops(self) -> None:
+        """Tells drop.c which addresses are local endpoints, in which namespaces."""
+        dp, kd = self.datapath, self.kernel_drops
+        if dp is None or kd is None:
+            return
+        inodes = await dp.in_netns(lambda: netns_inodes(dp.netlink()))
+        eps: dict[bytes, tuple[int, int]] = {}
+        for ep in self.registry.list():
+            att = dp.attached.get(ep.interface) if self.registry.is_local(ep) else None
+            if att is not None:
+                for ip in ep.ips:
+                    eps[packed_ip(ip)] = (att.ifindex, inodes.get(ep.interface, 0))
+        kd.set_endpoints(eps)
+
+    def _on_policy(self, p: Policy, deleted: bool) -> None:
+        assert self.policy is not None
+        self.agent_events.policy_changed(p.labels(), self.policy.revision, p.rule_count(), deleted)
 
     def _spawn(self, coro, name: str) -> None:  # type: ignore[no-untyped-def]
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -108,6 +169,8 @@ class Agent:
             self.attach_errors.pop(old.interface, None)  # type: ignore[union-attr]
         if local_new:
             await self._try_attach(new.interface)  # type: ignore[union-attr]
+        if local_old or local_new:
+            await self._sync_kernel_drops()
         if (old is None) != (new is None):
             self.agent_events.endpoint_changed(old, new)
 
@@ -127,9 +190,13 @@ class Agent:
         """Interfaces that did not exist yet (a pod still starting) are retried."""
         while True:
             await asyncio.sleep(1.0)
+            retried = False
             for ep in self.registry.list():
                 if self.registry.is_local(ep) and ep.interface in self.attach_errors:
                     await self._try_attach(ep.interface)
+                    retried = True
+            if retried:
+                await self._sync_kernel_drops()
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -137,6 +204,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace=0.5)
+        if self.kernel_drops is not None:
+            self.kernel_drops.close()
         if self.datapath is not None:
             self.datapath.close()
         if self.cfg.unix_socket and os.path.exists(self.cfg.unix_socket):

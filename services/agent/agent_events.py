@@ -1,4 +1,5 @@
-"""Agent events (GetAgentEvents): agent start, endpoint created and deleted."""
+"""Agent events (GetAgentEvents): agent start, endpoints created and deleted, policies
+updated and deleted."""
 from __future__ import annotations
 
 import time
@@ -31,6 +32,15 @@ class AgentEventLog:
         n.labels.extend(ep.identity_labels)
         n.pod_name = ep.name
         n.namespace = ep.namespace
+        self._add(ev)
+
+    def policy_changed(self, labels: list[str], revision: int, rule_count: int,
+                       deleted: bool) -> None:
+        ev = fpb.AgentEvent(type=fpb.POLICY_DELETED if deleted else fpb.POLICY_UPDATED)
+        n = ev.policy_update
+        n.labels.extend(labels)
+        n.revision = revision
+        n.rule_count = rule_count
         self._add(ev)
 
     async def read(self, number: int, follow: bool, since: int | None,

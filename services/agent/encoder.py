@@ -13,10 +13,19 @@ from __future__ import annotations
 import socket
 import uuid
 
-from .datapath.event import EVENT_TRACE, POINT_TO_ENDPOINT, REASON_NEW, FlowEvent
+from typing import Callable
+
+from .datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
+                             POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
 
 # Values of flow.proto enums used here.
 VERDICT_FORWARDED = 1
+VERDICT_DROPPED = 2
+CILIUM_EVENT_DROP = 1
+CILIUM_EVENT_POLICY_VERDICT = 5
+# Flow fields of the policies behind a verdict.
+EGRESS_ALLOWED_BY, INGRESS_ALLOWED_BY = 21001, 21002
+EGRESS_DENIED_BY, INGRESS_DENIED_BY = 21004, 21005
 FLOW_TYPE_L3_L4 = 1
 IPV4, IPV6 = 1, 2
 TRAFFIC_INGRESS, TRAFFIC_EGRESS = 1, 2
@@ -129,16 +138,42 @@ _V = [varint(i) for i in range(65536)]
 _K1, _K2 = key(1, 0), key(2, 0)
 
 
+def summary_text(ev: FlowEvent) -> str:
+    if ev.proto == 6:
+        return "TCP Flags: " + tcp_flags_summary(ev.tcp_flags)
+    if ev.proto == 17:
+        return "UDP"
+    if ev.proto == 1:
+        return "ICMPv4 " + ICMP4_TYPES.get(ev.icmp_type, f"Type{ev.icmp_type}")
+    if ev.proto == 58:
+        return "ICMPv6 " + ICMP6_TYPES.get(ev.icmp_type, f"Type{ev.icmp_type}")
+    return f"IP protocol {ev.proto}"
+
+
 def ip_text(family: int, raw: bytes) -> str:
     return _ntop(socket.AF_INET, raw[:4]) if family == 4 else _ntop(socket.AF_INET6, raw)
+
+
+def _no_policies(set_id: int, field: int) -> bytes:
+    return b""
+
+
+def _unknown_kernel_reason(value: int) -> tuple[str, int]:
+    return str(value), 0
 
 
 class FlowEncoder:
     def __init__(self, node_name: str, version: str, ifnames: dict[int, str]) -> None:
         self.node_name = node_name
         self.ifnames = ifnames  # kept current by the agent as interfaces come and go
-        self._static = (ld(41, s(1, EMITTER_NAME) + s(2, version)) + vi(2, VERDICT_FORWARDED)
-                        + vi(10, FLOW_TYPE_L3_L4) + s(11, node_name))
+        emitter = ld(41, s(1, EMITTER_NAME) + s(2, version))
+        tail = vi(10, FLOW_TYPE_L3_L4) + s(11, node_name)
+        self._static = emitter + vi(2, VERDICT_FORWARDED) + tail
+        self._static_dropped = emitter + vi(2, VERDICT_DROPPED) + tail
+        # Set by the agent: a policy set's flow.Policy fields, and a kernel drop
+        # reason's (name, Hubble DropReason).
+        self.policies: Callable[[int, int], bytes] = _no_policies
+        self.kernel_reason: Callable[[int], tuple[str, int]] = _unknown_kernel_reason
         self._node_field = s(1000, node_name)
         salt = uuid.uuid4().hex
         # Stable per flow (so two reads agree), distinct across agents and restarts.
@@ -190,22 +225,51 @@ class FlowEncoder:
         ip = b"\x0a" + V[len(sip)] + sip + b"\x12" + V[len(dip)] + dip + _IP_VERSION[fam]
         reply = ev.is_reply != 0
         point = ev.point
+        et = ev.event_type
+        static = self._static
+        if et == EVENT_TRACE:
+            kind = (_EVENT_TYPE[point] + _DIRECTION[(point, reply)]
+                    + _TRACE_REASON[(ev.reason == REASON_NEW, reply)] + _IS_REPLY[reply])
+        else:
+            kind, summary = self._verdict(ev, summary)
+            if et != EVENT_POLICY_VERDICT:
+                static = self._static_dropped
+            if et == EVENT_KERNEL_DROP and not any(ev.smac) and not any(ev.dmac):
+                eth = b""
         return b"".join((
             b"\x0a", V[len(ts)], ts,
             b"\x92\x02", V[len(uid)], uid,
-            self._static,
-            b"\x22", V[len(eth)], eth,
+            static,
+            b"\x22" + V[len(eth)] + eth if eth else b"",
             b"\x2a", V[len(ip)], ip,
             l4,
             b"\x42", V[len(src)], src,
             b"\x4a", V[len(dst)], dst,
-            _EVENT_TYPE[point] if ev.event_type == EVENT_TRACE else b"",
-            _DIRECTION[(point, reply)],
-            _TRACE_REASON[(ev.reason == REASON_NEW, reply)],
-            _IS_REPLY[reply],
-            self._interface(ev.ifindex),
+            kind,
+            self._interface(ev.ifindex) if ev.ifindex else b"",
             summary,
         ))
+
+    def _verdict(self, ev: FlowEvent, summary: bytes) -> tuple[bytes, bytes]:
+        """Fields of policy verdicts and drops (rarer than traces: written plainly)."""
+        ingress = ev.point == POINT_TO_ENDPOINT
+        direction = vi(22, TRAFFIC_INGRESS if ingress else TRAFFIC_EGRESS)
+        if ev.event_type == EVENT_POLICY_VERDICT:
+            field = INGRESS_ALLOWED_BY if ingress else EGRESS_ALLOWED_BY
+            return (ld(19, vi(1, CILIUM_EVENT_POLICY_VERDICT)) + direction
+                    + vi(23, ev.match_type) + _IS_REPLY[False]
+                    + self.policies(ev.policy_set, field)), summary
+        count = ld(21007, vi(1 if ingress else 2, ev.packets))  # drops this event stands for
+        if ev.event_type == EVENT_DROP:
+            code = ev.drop_reason
+            field = INGRESS_DENIED_BY if ingress else EGRESS_DENIED_BY
+            return (vi(3, code) + ld(19, vi(1, CILIUM_EVENT_DROP) + vi(2, code)) + direction
+                    + vi(25, code) + self.policies(ev.policy_set, field) + count), summary
+        # A drop the kernel made: the closest Hubble reason, the kernel's name kept.
+        name, code = self.kernel_reason(ev.drop_reason)
+        text = summary_text(ev)
+        return (vi(3, code) + ld(19, vi(1, CILIUM_EVENT_DROP) + vi(2, code)) + direction
+                + vi(25, code) + s(43, name) + count), s(100000, f"{text} (kernel: {name})")
 
     def response(self, flow: bytes, time_ns: int) -> bytes:
         """observer.GetFlowsResponse bytes around encoded flow bytes."""

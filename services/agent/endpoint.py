@@ -132,6 +132,32 @@ class NodeInfo:
 
 def load_registry_file(path: str) -> tuple[list[Endpoint], list[NodeInfo]]:
     """Returns the endpoints and nodes (`nodes: [{name, ips, agent_address}]`) of a file."""
+    eps, nodes, _ = read_registry_file(path)
+    return eps, nodes
+
+
+def parse_namespaces(raw: Any, where: str = "namespaces") -> dict[str, dict[str, str]]:
+    """`namespaces: [{name, labels}]` (or a mapping name -> labels): the labels that
+    namespaceSelectors of network policies match."""
+    if raw is None:
+        return {}
+    items = ([{"name": k, "labels": v} for k, v in raw.items()] if isinstance(raw, dict)
+             else raw)
+    if not isinstance(items, list):
+        raise EndpointError(f"{where}: must be a list of {{name, labels}}")
+    out: dict[str, dict[str, str]] = {}
+    for n in items:
+        if not isinstance(n, dict) or not isinstance(n.get("name"), str) or not n["name"]:
+            raise EndpointError(f"{where}: each namespace needs a name")
+        labels = n.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise EndpointError(f"{where}: namespace {n['name']}: labels must be a mapping")
+        out[n["name"]] = {str(k): str(v) for k, v in labels.items()}
+    return out
+
+
+def read_registry_file(path: str) -> tuple[list[Endpoint], list[NodeInfo], dict[str, dict[str, str]]]:
+    """Endpoints, nodes and namespace labels of a registry file."""
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
     if not isinstance(doc, dict):
@@ -146,7 +172,7 @@ def load_registry_file(path: str) -> tuple[list[Endpoint], list[NodeInfo]]:
         except ValueError as e:
             raise EndpointError(f"{path}: node {n['name']}: {e}") from None
         nodes.append(NodeInfo(str(n["name"]), ips, str(n.get("agent_address", "") or "")))
-    return eps, nodes
+    return eps, nodes, parse_namespaces(doc.get("namespaces"), f"{path}: namespaces")
 
 
 Listener = Callable[[Endpoint | None, Endpoint | None], Awaitable[None]]
@@ -171,6 +197,7 @@ class EndpointRegistry:
         self._next_id = 1
         self._file_keys: set[str] = set()
         self.nodes: list[NodeInfo] = []
+        self.namespaces: dict[str, dict[str, str]] = {}  # namespace -> its labels
         self._node_listeners: list[Callable[[list[NodeInfo]], None]] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -240,10 +267,13 @@ class EndpointRegistry:
     def subscribe_nodes(self, listener: Callable[[list[NodeInfo]], None]) -> None:
         self._node_listeners.append(listener)
 
-    async def sync_file(self, endpoints: Iterable[Endpoint], nodes: Iterable[NodeInfo]) -> None:
+    async def sync_file(self, endpoints: Iterable[Endpoint], nodes: Iterable[NodeInfo],
+                        namespaces: dict[str, dict[str, str]] | None = None) -> None:
         """Makes the file-sourced endpoints equal to `endpoints`."""
         eps = list(endpoints)
         self.nodes = list(nodes)
+        if namespaces is not None:
+            self.namespaces = namespaces
         for nl in self._node_listeners:
             nl(self.nodes)
         keys = {e.key for e in eps}
@@ -264,8 +294,8 @@ async def watch_registry_file(path: str, registry: EndpointRegistry,
             sig = (st.st_mtime, st.st_size)
             if sig != last:
                 last = sig
-                eps, nodes = load_registry_file(path)
-                await registry.sync_file(eps, nodes)
+                eps, nodes, namespaces = read_registry_file(path)
+                await registry.sync_file(eps, nodes, namespaces)
                 log.info("endpoints file %s: %d endpoints", path, len(eps))
         except FileNotFoundError:
             if last is not None:

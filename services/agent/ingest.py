@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from .datapath.event import EVENT_SIZE, EVENT_STRUCT, FlowEvent
-from .endpoint import EndpointRegistry
+from .endpoint import Endpoint, EndpointRegistry
 from .record import HOST, REMOTE_NODE, WORLD, FlowRecord, LostRecord
 from .ring import Ring
 
@@ -34,6 +34,8 @@ class Ingest:
         self.seen_events = 0
         self.lost_events = 0
         self.remote_node_ips: set[bytes] = set()
+        # Set by the agent when policies give world addresses CIDR identities.
+        self.cidr_endpoint: Callable[[int, bytes], Endpoint | None] | None = None
 
     # bcc callbacks: keep them minimal, they run once per event.
     def on_event(self, cpu: int, data: int, size: int) -> None:
@@ -45,7 +47,7 @@ class Ingest:
         cpu = args[0] if len(args) > 1 else -1
         self._lost.append((cpu, lost))
 
-    def _endpoint(self, packed: bytes):  # type: ignore[no-untyped-def]
+    def _endpoint(self, packed: bytes, family: int = 4):  # type: ignore[no-untyped-def]
         ep = self.registry.by_packed.get(packed)
         if ep is not None:
             return ep
@@ -53,6 +55,8 @@ class Ingest:
             return HOST
         if packed in self.remote_node_ips:
             return REMOTE_NODE
+        if self.cidr_endpoint is not None:
+            return self.cidr_endpoint(family, packed) or WORLD
         return WORLD
 
     def process(self, raws: list[bytes] | None = None) -> int:
@@ -70,8 +74,8 @@ class Ingest:
         recs = []
         for raw in raws:
             ev = make(unpack(raw))
-            src = by_packed.get(ev.saddr) or endpoint(ev.saddr)
-            dst = by_packed.get(ev.daddr) or endpoint(ev.daddr)
+            src = by_packed.get(ev.saddr) or endpoint(ev.saddr, ev.family)
+            dst = by_packed.get(ev.daddr) or endpoint(ev.daddr, ev.family)
             recs.append(FlowRecord(ev, ev.ts + offset, src, dst))
         # Per-CPU buffers deliver out of order across CPUs: order by kernel time.
         recs.sort(key=lambda r: r.time_ns)

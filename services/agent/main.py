@@ -43,6 +43,17 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                    help="seconds between reports of a long-lived connection (default 10)")
     p.add_argument("--perf-pages", type=int, default=2048,
                    help="perf buffer pages per CPU (default 2048 = 8 MiB)")
+    p.add_argument("--policy-dir", default="",
+                   help="directory of policy files (CiliumNetworkPolicy, NetworkPolicy YAML), "
+                        "watched for changes; policies also come from `webb policy apply`")
+    p.add_argument("--allow-localhost", default="always", choices=["always", "policy"],
+                   help="always (default, as Cilium): this node may always reach its endpoints; "
+                        "policy: only if a policy allows the host entity")
+    p.add_argument("--drop-report-interval", type=float, default=1.0,
+                   help="seconds between reports of repeated drops of one peer and port "
+                        "(default 1); drops in between are counted")
+    p.add_argument("--no-kernel-drops", action="store_true",
+                   help="do not report packets the kernel drops (skb:kfree_skb)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
@@ -52,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--report-interval must be positive")
     if a.perf_pages <= 0 or a.perf_pages & (a.perf_pages - 1):
         p.error("--perf-pages must be a power of two")
+    if a.drop_report_interval <= 0:
+        p.error("--drop-report-interval must be positive")
     logging.basicConfig(level=a.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # it logs every netlink message
@@ -59,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         listen_address=a.listen_address, unix_socket=a.unix_socket, node_name=a.node_name,
         ring_capacity=a.ring_capacity, endpoints_file=a.endpoints, netns=a.netns,
         node_ips=a.node_ip, peer_address=a.peer_address, identity_file=a.identity_file,
-        report_interval=a.report_interval, perf_pages=a.perf_pages)
+        report_interval=a.report_interval, perf_pages=a.perf_pages, policy_dir=a.policy_dir,
+        allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
+        drop_report_interval=a.drop_report_interval)
 
 
 async def _run(cfg: AgentConfig) -> None:

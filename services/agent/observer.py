@@ -172,8 +172,6 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
 
 def _field_mask(request: opb.GetFlowsRequest) -> Any:
     paths: list[str] = list(request.field_mask.paths) if request.HasField("field_mask") else []
-    if not paths and request.HasField("experimental") and request.experimental.HasField("field_mask"):
-        paths = list(request.experimental.field_mask.paths)
     if not paths:
         return None
     mask = field_mask_pb2.FieldMask(paths=paths)

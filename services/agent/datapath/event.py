@@ -1,4 +1,5 @@
-"""Layout of the records bpf/flow.c writes to the perf buffer, and their decoding.
+"""Layout of the records bpf/ programs write to their perf buffers (bpf/event.h), and
+their decoding.
 
 Decoding is one struct.unpack per record (about a microsecond); everything else a
 Flow needs is built later, only for flows someone reads.
@@ -8,11 +9,17 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-# struct flow_event in bpf/flow.c
-EVENT_STRUCT = struct.Struct("<QQQ16s16s6s6sHHIIBBBBBBBBB7x")
-EVENT_SIZE = EVENT_STRUCT.size  # 96
+# struct flow_event in bpf/event.h
+EVENT_STRUCT = struct.Struct("<QQQ16s16s6s6sHHIIBBBBBBBBBB2xIII")
+EVENT_SIZE = EVENT_STRUCT.size  # 104
 
 EVENT_TRACE = 1
+EVENT_DROP = 2             # dropped by the datapath (policy); drop_reason: Hubble's code
+EVENT_POLICY_VERDICT = 3   # first packet of an allowed connection of a policed endpoint
+EVENT_KERNEL_DROP = 4      # freed by the kernel with a drop reason; drop_reason: the kernel's
+
+# bpf/flow.c marks the packets it drops with this, so drop.c does not report them again.
+WEBB_DROP_MARK = 0x7765626D
 
 POINT_FROM_ENDPOINT = 0
 POINT_TO_ENDPOINT = 1
@@ -24,6 +31,7 @@ REASON_REPORT = 2
 STAT_PACKETS = 0
 STAT_EVENTS = 1
 STAT_PARSE_ERRORS = 2
+STAT_POLICY_DROPS = 3
 
 
 class FlowEvent(NamedTuple):
@@ -47,6 +55,10 @@ class FlowEvent(NamedTuple):
     is_reply: int
     icmp_type: int
     icmp_code: int
+    match_type: int = 0    # policy verdicts and drops: Cilium's policy match type
+    drop_reason: int = 0
+    policy_set: int = 0    # the agent's id of the set of policies behind a verdict
+    remote_id: int = 0     # the peer's identity as the policy saw it (0: not checked)
 
 
 _unpack = EVENT_STRUCT.unpack_from

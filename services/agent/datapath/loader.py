@@ -10,11 +10,12 @@ import ctypes
 import errno
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .event import STAT_EVENTS, STAT_PACKETS, STAT_PARSE_ERRORS
+from .event import STAT_EVENTS, STAT_PACKETS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
 from .netns import netlink_executor
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,35 @@ TC_EGRESS = "ffff:fff3"
 FILTER_PRIO = 0xC0DE & 0x7FFF  # ours, distinct from the default 49152
 FILTER_HANDLE = 0xC0DE
 
+CONF_REPORT_NS = 0
+CONF_DROP_REPORT_NS = 1
+CONF_POLICY_REVISION = 2
+
 
 class AttachError(RuntimeError):
     pass
+
+
+_LOCAL_INCLUDE = re.compile(rb'^#include "([\w.]+)"[ \t]*$', re.M)
+
+
+def bpf_source(name: str) -> bytes:
+    """A bpf/ source with its local includes ("event.h", "policy.h") pasted in.
+
+    bcc rewrites its table syntax (`map.lookup(...)`) only in the main file, so
+    headers that use maps cannot be left to the preprocessor.
+    """
+    seen: set[str] = set()
+
+    def expand(fname: str) -> bytes:
+        seen.add(fname)
+        text = (BPF_DIR / fname).read_bytes()
+
+        def sub(m: "re.Match[bytes]") -> bytes:
+            inc = m.group(1).decode()
+            return b"" if inc in seen else expand(inc)
+        return _LOCAL_INCLUDE.sub(sub, text)
+    return expand(name)
 
 
 @dataclass
@@ -41,20 +68,43 @@ class Datapath:
     """One loaded copy of the programs and maps, shared by every endpoint interface."""
 
     def __init__(self, netns: str | None = None, report_interval_s: float = 10.0,
-                 agg_entries: int = 131072) -> None:
+                 agg_entries: int = 131072, drop_report_interval_s: float = 1.0,
+                 policy_entries: int = 65536, ipcache_entries: int = 65536) -> None:
         from bcc import BPF  # imported here so that tools without bcc can import the agent
 
         self._BPF = BPF
         self.netns = netns
-        src = (BPF_DIR / "flow.c").read_bytes()
-        self.bpf = BPF(text=src, cflags=[f"-DAGG_MAP_SIZE={agg_entries}", "-w"])
+        self.bpf = BPF(text=bpf_source("flow.c"), cflags=[
+            f"-DAGG_MAP_SIZE={agg_entries}", f"-DDROP_MAP_SIZE={agg_entries // 4}",
+            "-DEP_MAP_SIZE=4096", f"-DIPCACHE_SIZE={ipcache_entries}",
+            f"-DPOLICY_MAP_SIZE={policy_entries}", "-w"])
         self._prog_from = self.bpf.load_func(b"tc_from_endpoint", BPF.SCHED_CLS)
         self._prog_to = self.bpf.load_func(b"tc_to_endpoint", BPF.SCHED_CLS)
         cfg = self.bpf[b"config"]
-        cfg[ctypes.c_int(0)] = ctypes.c_uint64(int(report_interval_s * 1e9))
+        cfg[ctypes.c_int(CONF_REPORT_NS)] = ctypes.c_uint64(int(report_interval_s * 1e9))
+        cfg[ctypes.c_int(CONF_DROP_REPORT_NS)] = ctypes.c_uint64(int(drop_report_interval_s * 1e9))
         self._ipr: Any = None
         self._nl = netlink_executor(netns)
         self.attached: dict[str, Attachment] = {}
+        # Called in the netlink thread with (ifname, ifindex) before the programs go
+        # on an interface, and after they came off: the policy writes the endpoint's
+        # enforcement first, so that no packet passes an unconfigured program.
+        self.before_attach: Callable[[str, int], None] | None = None
+        self.after_detach: Callable[[str, int], None] | None = None
+
+    def table(self, name: str) -> Any:
+        return self.bpf[name.encode()]
+
+    def set_policy_revision(self, revision: int) -> None:
+        self.bpf[b"config"][ctypes.c_int(CONF_POLICY_REVISION)] = ctypes.c_uint64(revision)
+
+    async def in_netns(self, fn: Callable[[], Any]) -> Any:
+        """Runs fn in the netlink thread (the node's namespace)."""
+        return await asyncio.get_running_loop().run_in_executor(self._nl, fn)
+
+    def netlink(self) -> Any:
+        """The netlink socket of the node's namespace; only from the netlink thread."""
+        return self._netlink()
 
     def _netlink(self) -> Any:
         if self._ipr is None:
@@ -84,6 +134,11 @@ class Datapath:
         if not found:
             raise AttachError(f"interface {ifname} not found")
         idx = found[0]
+        if self.before_attach is not None:
+            try:
+                self.before_attach(ifname, idx)
+            except Exception as e:
+                raise AttachError(f"{ifname}: preparing its policy: {e}") from e
         created = False
         try:
             ipr.tc("add", "clsact", idx)
@@ -116,15 +171,24 @@ class Datapath:
             return
         ipr = self._netlink()
         if not ipr.link_lookup(ifname=ifname):
+            self._after_detach(att)
             return  # the interface went away and took its qdisc with it
         for parent in (TC_INGRESS, TC_EGRESS):
             self._del_filter(att.ifindex, parent)
+        self._after_detach(att)
         if att.created_qdisc:
             try:
                 ipr.tc("del", "clsact", att.ifindex)
             except Exception as e:
                 log.warning("%s: removing clsact: %s", ifname, e)
         log.info("detached from %s", ifname)
+
+    def _after_detach(self, att: Attachment) -> None:
+        if self.after_detach is not None:
+            try:
+                self.after_detach(att.ifname, att.ifindex)
+            except Exception as e:
+                log.warning("%s: clearing its policy: %s", att.ifname, e)
 
     def ifindex_names(self) -> dict[int, str]:
         return {a.ifindex: a.ifname for a in self.attached.values()}
@@ -141,7 +205,7 @@ class Datapath:
         table = self.bpf[b"stats"]
         out = {}
         for name, idx in (("packets", STAT_PACKETS), ("events", STAT_EVENTS),
-                          ("parse_errors", STAT_PARSE_ERRORS)):
+                          ("parse_errors", STAT_PARSE_ERRORS), ("policy_drops", STAT_POLICY_DROPS)):
             out[name] = int(sum(table[ctypes.c_int(idx)]))
         return out
 

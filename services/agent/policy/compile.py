@@ -1,0 +1,329 @@
+"""Policies -> the entries of the datapath's policy maps (see bpf/policy.h).
+
+For each local endpoint a policy selects, each rule becomes entries keyed by
+(endpoint, direction, remote identity, protocol, port prefix): identity 0 stands for
+every identity, a missing protocol for every protocol, a port range for as many
+aligned prefixes as it takes. Entries of several policies with the same key share
+one "policy set" id, from which flows name the policies (allowed_by / denied_by).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from ..identity import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
+                        RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
+                        RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
+                        RESERVED_WORLD_IPV6)
+from .ipcache import CIDRIdentities
+from .model import ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, Network, Peer, Policy, PortRange
+from .selector import CLUSTER_KEY, NAMESPACE_KEY, LabelSet, namespace_labels
+
+DIR_INGRESS, DIR_EGRESS = 0, 1
+DIRECTIONS = {INGRESS: DIR_INGRESS, EGRESS: DIR_EGRESS}
+
+# bpf/policy.h ep_info.flags
+EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS = 1, 2
+EP_POLICY_INGRESS, EP_POLICY_EGRESS = 4, 8
+
+# Cilium's policy match types (flow.policy_match_type).
+MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
+
+ANY_IDENTITY = 0
+
+_ENTITY_IDS = {
+    "host": (RESERVED_HOST,), "remote-node": (RESERVED_REMOTE_NODE,), "init": (RESERVED_INIT,),
+    "health": (RESERVED_HEALTH,), "unmanaged": (RESERVED_UNMANAGED,),
+    "kube-apiserver": (RESERVED_KUBE_APISERVER,), "ingress": (RESERVED_INGRESS,), "none": (),
+}
+_CLUSTER_RESERVED = (RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_INIT, RESERVED_HEALTH,
+                     RESERVED_UNMANAGED, RESERVED_KUBE_APISERVER, RESERVED_INGRESS)
+
+
+@dataclass(frozen=True, order=True)
+class PolicyKey:
+    ep_id: int
+    direction: int        # DIR_INGRESS or DIR_EGRESS
+    identity: int         # 0: any identity
+    protocol: int         # 0: any protocol
+    port: int = 0
+    port_bits: int = 0    # 0: every port; 16: one port; else a range prefix
+
+    @property
+    def prefixlen(self) -> int:
+        """Bits of the BPF LPM key that count (after the prefixlen field)."""
+        if not self.protocol:
+            return 96
+        return 104 if not self.port_bits else 112 + self.port_bits
+
+    def match_type(self) -> int:
+        if self.identity:
+            return MATCH_L3_L4 if self.protocol else MATCH_L3_ONLY
+        return MATCH_L4_ONLY if self.protocol else MATCH_ALL
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """What a flow says about a policy (flow.Policy)."""
+
+    kind: str
+    namespace: str
+    name: str
+    revision: int
+    labels: tuple[str, ...]
+
+
+class PolicySets:
+    """Interned sets of policies; entries and flows carry the set's number.
+
+    Numbers are never reused, so a flow read long after a policy changed still
+    names the policies that decided it.
+    """
+
+    def __init__(self) -> None:
+        self._by_refs: dict[frozenset[PolicyRef], int] = {frozenset(): 0}
+        self._by_id: dict[int, tuple[PolicyRef, ...]] = {0: ()}
+
+    def intern(self, refs: Iterable[PolicyRef]) -> int:
+        key = frozenset(refs)
+        num = self._by_refs.get(key)
+        if num is None:
+            num = len(self._by_id)
+            self._by_refs[key] = num
+            self._by_id[num] = tuple(sorted(key, key=lambda r: (r.namespace, r.name, r.kind)))
+        return num
+
+    def get(self, num: int) -> tuple[PolicyRef, ...]:
+        return self._by_id.get(num, ())
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    ep_id: int
+    flags: int = 0
+    ingress_set: int = 0  # the policies behind default deny, per direction
+    egress_set: int = 0
+
+    @property
+    def ingress_enforced(self) -> bool:
+        return bool(self.flags & EP_ENFORCE_INGRESS)
+
+    @property
+    def egress_enforced(self) -> bool:
+        return bool(self.flags & EP_ENFORCE_EGRESS)
+
+
+@dataclass
+class ClusterView:
+    """What the compiler needs to know about the cluster."""
+
+    identities: dict[int, tuple[str, ...]]            # every known identity and its labels
+    local: dict[int, tuple[str, ...]]                 # local endpoint id -> its identity labels
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    cluster: str = "default"
+
+
+@dataclass
+class Compiled:
+    allow: dict[PolicyKey, tuple[int, int]]  # -> (policy set, match type)
+    deny: dict[PolicyKey, tuple[int, int]]
+    endpoints: dict[int, EndpointPolicy]
+    # Which policies select each local endpoint, per direction (for the admin API).
+    selected_by: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]
+    cidrs: dict[Network, int] = field(default_factory=dict)  # policy prefixes in use
+
+
+def port_prefixes(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end] as aligned (port, prefix bits) blocks, fewest first to last."""
+    out = []
+    while start <= end:
+        size = start & -start if start else 1 << 16
+        while size > end - start + 1:
+            size >>= 1
+        out.append((start, 16 - size.bit_length() + 1))
+        start += size
+    return out
+
+
+def _extended(labels: tuple[str, ...], ns_labels: Mapping[str, Mapping[str, str]]) -> LabelSet:
+    ns = next((lbl.split("=", 1)[1] for lbl in labels
+               if lbl.startswith(f"k8s:{NAMESPACE_KEY}=")), None)
+    if ns is None:
+        return LabelSet(labels)
+    return LabelSet((*labels, *namespace_labels(ns, ns_labels.get(ns, {}))))
+
+
+def cidr_prefixes(policies: Iterable[Policy]) -> list[Network]:
+    """Every prefix policies name, excepts included: each needs an identity."""
+    out: list[Network] = []
+    for p in policies:
+        for spec in p.specs:
+            for rule in spec.rules:
+                for peer in rule.peers or ():
+                    if peer.cidr is not None:
+                        out.append(peer.cidr.network)
+                        out.extend(peer.cidr.excepts)
+    return out
+
+
+class Compiler:
+    def __init__(self, sets: PolicySets, cidr_ids: CIDRIdentities,
+                 allow_localhost: bool = True) -> None:
+        self.sets = sets
+        self.cidr_ids = cidr_ids
+        self.allow_localhost = allow_localhost
+
+    def compile(self, policies: Iterable[Policy], view: ClusterView) -> Compiled:
+        policies = list(policies)
+        cidrs = {net: self.cidr_ids.get(net) for net in cidr_prefixes(policies)}
+        universe: dict[int, LabelSet] = {
+            num: _extended(tuple(labels), view.namespace_labels)
+            for num, labels in view.identities.items()}
+        for num, labels in RESERVED.items():
+            universe.setdefault(num, LabelSet(labels))
+        cidr_nets = CIDRIndex()
+        for net, num in cidrs.items():
+            universe[num] = LabelSet(CIDRIdentities.labels(net))
+            cidr_nets.add(net, num)
+        local = {ep: _extended(labels, view.namespace_labels) for ep, labels in view.local.items()}
+
+        allow_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        deny_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        flags: dict[int, int] = {}
+        default_refs: dict[tuple[int, int], set[PolicyRef]] = {}
+        selected_by: dict[int, tuple[set[str], set[str]]] = {}
+        for pol in policies:
+            ref = PolicyRef(pol.kind, pol.namespace, pol.name, pol.revision, tuple(pol.labels()))
+            for spec in pol.specs:
+                eps = [ep for ep, ls in local.items() if spec.subject.matches(ls)]
+                if not eps:
+                    continue
+                has = {DIR_INGRESS: spec.default_deny_ingress, DIR_EGRESS: spec.default_deny_egress}
+                for rule in spec.rules:
+                    has[DIRECTIONS[rule.direction]] = True
+                for ep in eps:
+                    sel = selected_by.setdefault(ep, (set(), set()))
+                    for d, bit, enforce, dd in (
+                            (DIR_INGRESS, EP_POLICY_INGRESS, EP_ENFORCE_INGRESS,
+                             spec.default_deny_ingress),
+                            (DIR_EGRESS, EP_POLICY_EGRESS, EP_ENFORCE_EGRESS,
+                             spec.default_deny_egress)):
+                        if has[d]:
+                            flags[ep] = flags.get(ep, 0) | bit
+                            sel[d].add(pol.ref if pol.kind != "NetworkPolicy"
+                                       else f"{pol.ref} (NetworkPolicy)")
+                        if dd:
+                            flags[ep] = flags.get(ep, 0) | enforce
+                            default_refs.setdefault((ep, d), set()).add(ref)
+                for rule in spec.rules:
+                    ids = self._identities(rule.peers, universe, cidr_nets, view.cluster)
+                    if not ids:
+                        continue
+                    ports = _port_keys(rule.ports)
+                    target = deny_refs if rule.deny else allow_refs
+                    d = DIRECTIONS[rule.direction]
+                    for ep in eps:
+                        for ident in ids:
+                            for proto, port, bits in ports:
+                                target.setdefault(PolicyKey(ep, d, ident, proto, port, bits),
+                                                  set()).add(ref)
+        if self.allow_localhost:
+            # Cilium's allow-localhost=always: the node may always reach its endpoints
+            # (probes), unless a deny rule says otherwise.
+            for ep, f in flags.items():
+                if f & EP_ENFORCE_INGRESS:
+                    allow_refs.setdefault(PolicyKey(ep, DIR_INGRESS, RESERVED_HOST, 0), set())
+        endpoints = {}
+        for ep, f in flags.items():
+            endpoints[ep] = EndpointPolicy(
+                ep, f, self.sets.intern(default_refs.get((ep, DIR_INGRESS), ())),
+                self.sets.intern(default_refs.get((ep, DIR_EGRESS), ())))
+        return Compiled(
+            allow={k: (self.sets.intern(v), k.match_type()) for k, v in allow_refs.items()},
+            deny={k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()},
+            endpoints=endpoints,
+            selected_by={ep: (tuple(sorted(i)), tuple(sorted(e)))
+                         for ep, (i, e) in selected_by.items()},
+            cidrs=cidrs)
+
+    def _identities(self, peers: tuple[Peer, ...] | None, universe: dict[int, LabelSet],
+                    cidr_nets: "CIDRIndex", cluster: str) -> set[int]:
+        if peers is None:
+            return {ANY_IDENTITY}
+        out: set[int] = set()
+        for peer in peers:
+            if peer.selector is not None:
+                if not peer.selector.requirements:
+                    return {ANY_IDENTITY}  # a cluster-wide {}: every identity
+                out.update(n for n, ls in universe.items() if peer.selector.matches(ls))
+            elif peer.cidr is not None:
+                out.update(cidr_nets.inside(peer.cidr))
+            else:
+                e = peer.entity
+                if e == "all":
+                    return {ANY_IDENTITY}
+                if e in ("world", "world-ipv4", "world-ipv6"):
+                    out.update((RESERVED_WORLD, RESERVED_WORLD_IPV4, RESERVED_WORLD_IPV6))
+                    out.update(cidr_nets.ids)
+                elif e == "cluster":
+                    out.update(_CLUSTER_RESERVED)
+                    out.update(n for n, ls in universe.items()
+                               if cluster in ls.values("k8s", CLUSTER_KEY))
+                else:
+                    out.update(_ENTITY_IDS[e])
+        return out
+
+
+class CIDRIndex:
+    """Policy prefixes by the leading bits they share, so that "every prefix inside this
+    CIDR" is a dictionary lookup rather than a scan (thousands of prefixes)."""
+
+    def __init__(self) -> None:
+        self._nets: list[tuple[int, int, int, int]] = []  # (version, int, prefixlen, id)
+        self._by_len: dict[tuple[int, int], dict[int, list[tuple[int, int, int]]]] = {}
+        self.ids: set[int] = set()
+
+    def add(self, net: Network, num: int) -> None:
+        self._nets.append((net.version, int(net.network_address), net.prefixlen, num))
+        self.ids.add(num)
+
+    def _index(self, version: int, plen: int) -> dict[int, list[tuple[int, int, int]]]:
+        key = (version, plen)
+        idx = self._by_len.get(key)
+        if idx is None:
+            bits = 32 if version == 4 else 128
+            idx = {}
+            for v, addr, n, num in self._nets:
+                if v == version and n >= plen:
+                    idx.setdefault(addr >> (bits - plen), []).append((addr, n, num))
+            self._by_len[key] = idx
+        return idx
+
+    def inside(self, cidr: CIDR) -> set[int]:
+        """CIDR identities inside the prefix and outside every except."""
+        net = cidr.network
+        bits = net.max_prefixlen
+        found = self._index(net.version, net.prefixlen).get(
+            int(net.network_address) >> (bits - net.prefixlen), [])
+        excepts = [(int(e.network_address) >> (bits - e.prefixlen), e.prefixlen)
+                   for e in cidr.excepts]
+        out = set()
+        for addr, n, num in found:
+            if any(n >= elen and addr >> (bits - elen) == etop for etop, elen in excepts):
+                continue
+            out.add(num)
+        return out
+
+
+def _port_keys(ports: tuple[PortRange, ...] | None) -> list[tuple[int, int, int]]:
+    """(protocol, port, prefix bits) triples; (0, 0, 0) for any protocol."""
+    if ports is None:
+        return [(0, 0, 0)]
+    out: list[tuple[int, int, int]] = []
+    for pr in ports:
+        for proto in (pr.protocol,) if pr.protocol else ANY_PROTOCOLS:
+            if pr.start == 0:
+                out.append((proto, 0, 0))
+            else:
+                out.extend((proto, port, bits) for port, bits in port_prefixes(pr.start, pr.end))
+    return list(dict.fromkeys(out))

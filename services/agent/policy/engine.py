@@ -1,0 +1,309 @@
+"""The agent's policy repository and what keeps the datapath in step with it.
+
+Policies come from the admin API (`webb policy apply`) or from files in a watched
+directory. Any change to them, to the endpoints or to the nodes recompiles the
+policy of every local endpoint and writes the difference into the BPF maps
+(maps.py), without restarting anything. A batch of documents is applied whole or
+not at all: a malformed document, or maps that cannot take the result, leave the
+enforced policy as it was.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..encoder import ld, s, vi
+from ..endpoint import Endpoint, EndpointRegistry, NodeInfo
+from ..identity import RESERVED
+from .compile import ClusterView, Compiled, Compiler, EndpointPolicy, PolicySets
+from .ipcache import CIDRIdentities, IPKey, PrefixLookup, build
+from .maps import BPFTables, EpEntry, MapState, MapWriter, Tables
+from .model import KIND_CCNP, Policy, PolicyError, normalize_kind, parse_documents
+
+log = logging.getLogger(__name__)
+
+POLICY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class NullTables:
+    """Tables for an agent without a datapath (and for tests)."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, dict[Any, Any]] = {}
+        self.revision = 0
+
+    def set(self, table: str, key: Any, value: Any) -> None:
+        self.maps.setdefault(table, {})[key] = value
+
+    def delete(self, table: str, key: Any) -> None:
+        del self.maps.setdefault(table, {})[key]
+
+    def set_revision(self, revision: int) -> None:
+        self.revision = revision
+
+
+class PolicyEngine:
+    def __init__(self, registry: EndpointRegistry, node_ips: Iterable[str] = (),
+                 cluster: str = "default", allow_localhost: bool = True,
+                 tables: Tables | None = None) -> None:
+        self.registry = registry
+        self.node_ips = set(node_ips)
+        self.cluster = cluster
+        self.sets = PolicySets()
+        self.cidr_ids = CIDRIdentities()
+        self.compiler = Compiler(self.sets, self.cidr_ids, allow_localhost)
+        self.writer = MapWriter(tables or NullTables())
+        self.policies: dict[tuple[str, str, str], Policy] = {}
+        self.revision = 1  # like Cilium's repository revision
+        self.compiled = Compiled({}, {}, {}, {})
+        self.attached: dict[str, int] = {}  # host-side interface -> ifindex
+        self.lookup = PrefixLookup({})
+        self._cidr_eps: dict[int, Endpoint] = {}
+        self._wire: dict[tuple[int, int], bytes] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._by_interface: dict[str, Endpoint] = {}
+        self.on_change: Callable[[Policy, bool], None] | None = None  # (policy, deleted)
+
+    # -- wiring ------------------------------------------------------------------------
+    def bind_datapath(self, datapath: Any) -> None:
+        """Writes into the datapath's maps from now on; hooks its attach and detach."""
+        self.writer = MapWriter(BPFTables(datapath))
+        datapath.before_attach = self.before_attach
+        datapath.after_detach = self.after_detach
+        self._recompile()
+
+    def _local_by_interface(self, ifname: str) -> Endpoint | None:
+        # A snapshot taken on the event loop: the netlink thread reads it too.
+        return self._by_interface.get(ifname)
+
+    def _snapshot_interfaces(self) -> None:
+        self._by_interface = {ep.interface: ep for ep in self.registry.list()
+                              if self.registry.is_local(ep)}
+
+    def _ep_entry(self, ep: Endpoint) -> EpEntry:
+        pol = self.compiled.endpoints.get(ep.id) or EndpointPolicy(ep.id)
+        return EpEntry(ep.id, pol.flags, pol.ingress_set, pol.egress_set)
+
+    def before_attach(self, ifname: str, ifindex: int) -> None:
+        """Netlink thread: the endpoint's enforcement goes in before its programs."""
+        ep = self._local_by_interface(ifname)
+        self.attached[ifname] = ifindex
+        if ep is not None:
+            self.writer.set_endpoint(ifindex, self._ep_entry(ep))
+
+    def after_detach(self, ifname: str, ifindex: int) -> None:
+        if self.attached.get(ifname) == ifindex:
+            del self.attached[ifname]
+        self.writer.set_endpoint(ifindex, None)
+
+    async def on_endpoint(self, old: Endpoint | None, new: Endpoint | None) -> None:
+        """Registry listener; subscribed before the one that attaches programs."""
+        async with self._lock:
+            self._recompile()
+
+    def on_nodes(self, nodes: list[NodeInfo]) -> None:
+        """Node (and namespace label) changes: recompiled in the background."""
+        task = asyncio.get_running_loop().create_task(self._recompile_locked())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recompile_locked(self) -> None:
+        async with self._lock:
+            self._recompile()
+
+    # -- compiling -----------------------------------------------------------------------
+    def _view(self) -> ClusterView:
+        idents: dict[int, tuple[str, ...]] = {n: l for n, l in RESERVED.items()}
+        local: dict[int, tuple[str, ...]] = {}
+        for ep in self.registry.list():
+            idents[ep.identity] = ep.identity_labels
+            if self.registry.is_local(ep) and ep.id:
+                local[ep.id] = ep.identity_labels
+        return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster)
+
+    def _compile(self, policies: Iterable[Policy]) -> tuple[Compiled, MapState]:
+        self._snapshot_interfaces()
+        compiled = self.compiler.compile(policies, self._view())
+        remote = [ip for n in self.registry.nodes if n.name != self.registry.node_name
+                  for ip in n.ips]
+        eps = [(ip, ep.identity) for ep in self.registry.list() for ip in ep.ips]
+        ipcache = build(eps, self.node_ips, remote, compiled.cidrs.items())
+        endpoints = {}
+        for ifname, ifindex in list(self.attached.items()):
+            ep = self._local_by_interface(ifname)
+            if ep is not None:
+                pol = compiled.endpoints.get(ep.id) or EndpointPolicy(ep.id)
+                endpoints[ifindex] = EpEntry(ep.id, pol.flags, pol.ingress_set, pol.egress_set)
+        return compiled, MapState(ipcache, compiled.allow, compiled.deny, endpoints)
+
+    def _recompile(self) -> None:
+        compiled, state = self._compile(self.policies.values())
+        self.writer.apply(state)
+        self._installed(compiled, state)
+
+    def _installed(self, compiled: Compiled, state: MapState) -> None:
+        if (len(compiled.allow), len(compiled.deny), len(compiled.endpoints)) != (
+                len(self.compiled.allow), len(self.compiled.deny), len(self.compiled.endpoints)):
+            log.info("policy maps: %d allow, %d deny, %d ipcache entries; %d policed endpoints",
+                     len(state.allow), len(state.deny), len(state.ipcache),
+                     len(compiled.endpoints))
+        self.compiled = compiled
+        cidr_entries = {k: v for k, v in state.ipcache.items() if v in compiled.cidrs.values()}
+        self.lookup = PrefixLookup(cidr_entries)
+
+    # -- the repository ------------------------------------------------------------------
+    def list(self) -> list[Policy]:
+        return sorted(self.policies.values(), key=lambda p: (p.namespace, p.name, p.kind))
+
+    async def apply_text(self, text: str, source: str = "api") -> list[Policy]:
+        """Parses and applies a batch of documents; raises PolicyError, changing nothing."""
+        return await self.apply(parse_documents(text), source)
+
+    async def apply(self, policies: list[Policy], source: str = "api",
+                    replace_source: bool = False) -> list[Policy]:
+        async with self._lock:
+            new = dict(self.policies)
+            if replace_source:  # a file's policies replace what the file said before
+                for k in [k for k, p in new.items() if p.source == source]:
+                    del new[k]
+            changed: list[Policy] = []
+            for p in policies:
+                old = self.policies.get(p.key)
+                if old is not None and old.document == p.document and old.source == source:
+                    new[p.key] = old
+                    continue
+                self.revision += 1
+                p = replace(p, revision=self.revision, source=source)
+                new[p.key] = p
+                changed.append(p)
+            removed = [p for k, p in self.policies.items() if k not in new]
+            if not changed and not removed:
+                return [new[p.key] for p in policies]
+            if removed:
+                self.revision += 1
+            self._install(new)
+        for p in changed:
+            self._notify(p, False)
+        for p in removed:
+            self._notify(p, True)
+        return [new[p.key] for p in policies]
+
+    def _install(self, policies: dict[tuple[str, str, str], Policy]) -> None:
+        compiled, state = self._compile(policies.values())
+        try:
+            self.writer.apply(state)
+        except Exception as e:
+            raise PolicyError(f"the datapath could not take the policy ({e}); "
+                              "the previous policy stays in force") from None
+        self.policies = policies
+        self._installed(compiled, state)
+
+    async def delete(self, name: str, namespace: str = "", kind: str = "") -> list[Policy]:
+        """Deletes policies by name (and namespace, and kind if given)."""
+        kind = normalize_kind(kind) if kind else ""
+        async with self._lock:
+            gone = [p for p in self.policies.values()
+                    if p.name == name and (not kind or p.kind == kind)
+                    and (p.namespace == (namespace or "default") or p.kind == KIND_CCNP
+                         and not namespace)]
+            if not gone:
+                return []
+            self.revision += 1
+            keys = {p.key for p in gone}
+            self._install({k: p for k, p in self.policies.items() if k not in keys})
+        for p in gone:
+            self._notify(p, True)
+        return gone
+
+    def _notify(self, p: Policy, deleted: bool) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(p, deleted)
+            except Exception:
+                log.exception("policy change listener failed")
+        log.info("policy %s %s %s (revision %d)", p.kind, p.ref,
+                 "deleted" if deleted else "applied", self.revision)
+
+    # -- what others read ------------------------------------------------------------------
+    def endpoint_status(self, ep: Endpoint) -> tuple[bool, bool, tuple[str, ...], tuple[str, ...]]:
+        """(ingress enforced, egress enforced, ingress policies, egress policies)."""
+        pol = self.compiled.endpoints.get(ep.id) if self.registry.is_local(ep) else None
+        sel = self.compiled.selected_by.get(ep.id, ((), ())) if pol else ((), ())
+        return (bool(pol and pol.ingress_enforced), bool(pol and pol.egress_enforced),
+                sel[0], sel[1])
+
+    def policies_field(self, set_id: int, field: int) -> bytes:
+        """A set's policies as repeated flow.Policy field `field` of a Flow (wire bytes)."""
+        w = self._wire.get((set_id, field))
+        if w is None:
+            w = b"".join(ld(field, s(1, r.name) + s(2, r.namespace)
+                            + b"".join(s(3, x) for x in r.labels) + vi(4, r.revision)
+                            + s(5, r.kind))
+                         for r in self.sets.get(set_id))
+            self._wire[(set_id, field)] = w
+        return w
+
+    def cidr_endpoint(self, family: int, packed: bytes) -> Endpoint | None:
+        """The CIDR identity of a world address, as flows should show it."""
+        num = self.lookup.lookup(family, packed)
+        if num not in self.compiled.cidrs.values():
+            return None
+        ep = self._cidr_eps.get(num)
+        if ep is None:
+            net = self.cidr_ids.network(num)
+            assert net is not None
+            ep = Endpoint(name="", namespace="", labels=(), ips=(), identity=num,
+                          identity_labels=CIDRIdentities.labels(net)).with_wire()
+            self._cidr_eps[num] = ep
+        return ep
+
+    def local_identities(self) -> dict[int, tuple[str, ...]]:
+        return {num: CIDRIdentities.labels(net) for net, num in self.compiled.cidrs.items()}
+
+    def ipcache(self) -> dict[IPKey, int]:
+        return dict(self.writer.current.ipcache)
+
+
+# -- policy files ---------------------------------------------------------------------------
+
+async def watch_policy_dir(path: str, engine: PolicyEngine, interval: float = 0.5) -> None:
+    """Applies every policy file of a directory, and each change to them.
+
+    A file's policies are replaced as a whole when it changes; a file that goes away
+    takes its policies with it; a malformed file is logged and its last good state kept.
+    """
+    last: dict[str, tuple[float, int]] = {}
+    while True:
+        try:
+            names = sorted(n for n in os.listdir(path) if n.endswith(POLICY_FILE_SUFFIXES)
+                           and not n.startswith("."))
+        except FileNotFoundError:
+            names = []
+        current = {}
+        for n in names:
+            f = os.path.join(path, n)
+            try:
+                st = os.stat(f)
+            except FileNotFoundError:
+                continue
+            current[f] = (st.st_mtime, st.st_size)
+        for f in sorted(set(last) - set(current)):
+            await engine.apply([], source=f, replace_source=True)
+            log.info("policy file %s removed: its policies are deleted", f)
+        for f, sig in current.items():
+            if last.get(f) == sig:
+                continue
+            try:
+                text = Path(f).read_text(encoding="utf-8")
+                pols = parse_documents(text) if text.strip() else []
+                await engine.apply(pols, source=f, replace_source=True)
+                log.info("policy file %s: %d policies", f, len(pols))
+            except (PolicyError, OSError, UnicodeDecodeError) as e:
+                log.error("policy file %s rejected, keeping its previous policies: %s", f, e)
+        last = current
+        await asyncio.sleep(interval)

@@ -1,0 +1,182 @@
+"""The tutorial's security part replayed on `webb demo`: the `reviews` L4 policy lets
+only productpage talk to reviews on 9080; details -> reviews is dropped in the
+kernel and seen over the relay as a DROPPED flow with "Policy denied"."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from support import lab_prefix, BIN, free_port, wait_for
+from webb.api.admin import admin_pb2 as apb
+from webb.api.admin import admin_pb2_grpc
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+from webb.api.observer import observer_pb2_grpc
+
+pytestmark = pytest.mark.root
+
+PREFIX = lab_prefix("wtp")
+
+REVIEWS_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: reviews
+  namespace: bookinfo
+spec:
+  description: "L4 policy: only productpage may talk to reviews, on 9080"
+  endpointSelector:
+    matchLabels:
+      app: reviews
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: productpage
+    toPorts:
+    - ports:
+      - port: "9080"
+        protocol: TCP
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    state = tmp_path_factory.mktemp("policy-demo") / "state"
+    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
+    log = open(state.parent / "demo.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
+         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
+         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
+         "--duration", "300"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info = {"proc": proc, "state": state, "ports": ports, "dir": state.parent}
+    channels: list[grpc.Channel] = []
+    try:
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"demo exited: {(state.parent / 'demo.log').read_text()[-3000:]}")
+            return (state / "ready").exists()
+        wait_for(ready, 120, 0.5, "the demo to be ready")
+        info["relay"] = grpc.insecure_channel(f"127.0.0.1:{ports['relay']}")
+        info["agents"] = [grpc.insecure_channel(f"127.0.0.{i}:{ports['agent']}") for i in (1, 2)]
+        channels.extend([info["relay"], *info["agents"]])
+        yield info
+    finally:
+        for ch in channels:
+            ch.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
+                        "clean"], capture_output=True, timeout=60)
+
+
+def exec_in(demo, pod: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(demo["state"]), "exec",
+                           pod, "--", *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def policy_cli(demo, *args: str) -> subprocess.CompletedProcess:
+    agents = ",".join(f"127.0.0.{i}:{demo['ports']['agent']}" for i in (1, 2))
+    return subprocess.run([str(BIN / "python"), "-m", "webb_cli.policy", "policy", *args,
+                           "--server", agents], capture_output=True, text=True, timeout=60)
+
+
+def endpoints(demo) -> list[apb.Endpoint]:
+    out = []
+    for ch in demo["agents"]:
+        out += [e for e in admin_pb2_grpc.AdminStub(ch).ListEndpoints(
+            apb.ListEndpointsRequest(), timeout=5).endpoints if e.attached]
+    return out
+
+
+def relay_flows(demo, since: Timestamp, **filt) -> list[fpb.Flow]:
+    req = opb.GetFlowsRequest(since=since, whitelist=[fpb.FlowFilter(**filt)])
+    return [r.flow for r in observer_pb2_grpc.ObserverStub(demo["relay"]).GetFlows(req, timeout=10)
+            if r.HasField("flow")]
+
+
+def test_reviews_l4_policy_drops_details_and_keeps_productpage(demo, tmp_path):
+    f = tmp_path / "reviews-l4.yaml"
+    f.write_text(REVIEWS_POLICY)
+    out = policy_cli(demo, "apply", "-f", str(f))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("ciliumnetworkpolicy.cilium.io/reviews created") == 2, out.stdout
+
+    # Like `kubectl get cep`: the reviews endpoints enforce ingress, nothing else does.
+    eps = endpoints(demo)
+    enforcing = {e.name for e in eps if e.policy_enforcement_ingress}
+    assert enforcing == {e.name for e in eps if e.labels.get("app") == "reviews"}
+    assert len(enforcing) == 3 and not any(e.policy_enforcement_egress for e in eps)
+
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    # productpage still gets its reviews (three pods on two nodes: try a few times).
+    for _ in range(3):
+        ok = exec_in(demo, "productpage", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["podname"].startswith("reviews-v")
+    # details may not.
+    denied = exec_in(demo, "details", "curl", "-s", "-m", "3", "http://reviews:9080/reviews/0")
+    assert denied.returncode == 28, (denied.returncode, denied.stdout, denied.stderr)  # timed out
+
+    drops = wait_for(lambda: relay_flows(demo, t0, verdict=[fpb.DROPPED],
+                                         source_label=["k8s:app=details"]), 20, 0.5,
+                     "the DROPPED flow over the relay")
+    d = drops[0]
+    details = next(e for e in endpoints(demo) if e.labels.get("app") == "details")
+    reviews_ids = {e.identity for e in endpoints(demo) if e.labels.get("app") == "reviews"}
+    assert d.drop_reason_desc == fpb.POLICY_DENIED and d.verdict == fpb.DROPPED
+    assert d.source.identity == details.identity and d.destination.identity in reviews_ids
+    assert d.source.namespace == "bookinfo" and d.destination.namespace == "bookinfo"
+    assert "k8s:app=reviews" in d.destination.labels
+    assert d.l4.TCP.destination_port == 9080 and d.traffic_direction == fpb.INGRESS
+    assert [(p.name, p.namespace) for p in d.ingress_denied_by] == [("reviews", "bookinfo")]
+
+    # productpage -> reviews: allowed by the policy (policy verdict flows).
+    pvs = wait_for(lambda: relay_flows(demo, t0, event_type=[fpb.EventTypeFilter(type=5)],
+                                       source_label=["k8s:app=productpage"],
+                                       destination_label=["k8s:app=reviews"]), 20, 0.5,
+                   "policy verdicts for productpage -> reviews")
+    assert all(p.verdict == fpb.FORWARDED and p.policy_match_type == 2 for p in pvs)
+
+    # The CLI a user types: observe --verdict DROPPED over the relay.
+    obs = subprocess.run([str(BIN / "webb"), "observe", "--server",
+                          f"127.0.0.1:{demo['ports']['relay']}", "--verdict", "DROPPED",
+                          "--last", "1000", "-o", "json"], capture_output=True, text=True,
+                         timeout=60)
+    assert obs.returncode == 0, obs.stderr
+    seen = []
+    for line in obs.stdout.splitlines():
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        flow = obj.get("flow", obj)
+        seen.append(flow)
+    assert seen and all(x.get("verdict") == "DROPPED" for x in seen)
+    hit = [x for x in seen if x.get("drop_reason_desc") == "POLICY_DENIED"
+           and x["source"].get("identity") == details.identity]
+    assert hit and hit[0]["destination"]["identity"] in reviews_ids
+
+    listed = policy_cli(demo, "get", "-A")
+    assert listed.returncode == 0 and listed.stdout.count("reviews") == 2, listed.stdout
+    # Deleting the policy opens the way again, on both nodes (found through the relay).
+    out = subprocess.run([str(BIN / "python"), "-m", "webb_cli.policy", "policy", "delete",
+                          "bookinfo/reviews", "--all-nodes", "--relay",
+                          f"127.0.0.1:{demo['ports']['relay']}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.count("deleted") == 2, out.stderr
+    assert not any(e.policy_enforcement_ingress for e in endpoints(demo))
+    again = exec_in(demo, "details", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0")
+    assert again.returncode == 0, again.stderr

@@ -1,0 +1,240 @@
+"""Policies compiled against a registry: map entries, identities of peers (selectors,
+entities, CIDRs with except), enforcement flags, the ipcache and policy sets."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from webb.api.flow import flow_pb2 as fpb
+from webb_agent.endpoint import EndpointRegistry, NodeInfo, parse_endpoint
+from webb_agent.identity import IdentityAllocator
+from webb_agent.policy.compile import (DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS,
+                                       EP_ENFORCE_INGRESS, EP_POLICY_INGRESS, MATCH_ALL,
+                                       MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, PolicyKey,
+                                       port_prefixes)
+from webb_agent.policy.engine import PolicyEngine
+from webb_agent.policy.ipcache import CIDR_IDENTITY_BASE, IPKey, PrefixLookup
+
+NODE_IP = "10.99.0.1"
+
+
+def ep(name, ns, labels, ip, local=True):
+    return parse_endpoint({"name": name, "namespace": ns, "labels": labels, "ips": [ip],
+                           "interface": f"veth-{name}" if local else "",
+                           "node": "" if local else "n2"})
+
+
+@pytest.fixture
+async def world():
+    reg = EndpointRegistry("n1", IdentityAllocator())
+    eng = PolicyEngine(reg, [NODE_IP])
+    reg.subscribe(eng.on_endpoint)
+    await reg.sync_file([
+        ep("productpage", "bookinfo", {"app": "productpage"}, "10.244.1.10"),
+        ep("details", "bookinfo", {"app": "details"}, "10.244.1.11"),
+        ep("reviews", "bookinfo", {"app": "reviews"}, "10.244.1.12"),
+        ep("reviews2", "bookinfo", {"app": "reviews"}, "10.244.2.12", local=False),
+        ep("dns", "kube-system", {"k8s-app": "kube-dns"}, "10.244.1.2"),
+    ], [NodeInfo("n1", (NODE_IP,)), NodeInfo("n2", ("10.99.0.2",))],
+        {"bookinfo": {"team": "books"}})
+    for i, e in enumerate(reg.list(), start=10):
+        if reg.is_local(e):
+            eng.before_attach(e.interface, i)
+    return reg, eng
+
+
+def by(reg, name):
+    return next(e for e in reg.list() if e.name == name)
+
+
+async def test_tutorial_policy_entries(world):
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: reviews}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: productpage}}]
+    toPorts: [{ports: [{port: "9080", protocol: TCP}]}]
+""")
+    rv, pp = by(reg, "reviews"), by(reg, "productpage")
+    c = eng.compiled
+    key = PolicyKey(rv.id, DIR_INGRESS, pp.identity, 6, 9080, 16)
+    set_id, match = c.allow[key]
+    assert match == MATCH_L3_L4 and key.prefixlen == 128
+    refs = eng.sets.get(set_id)
+    assert [(r.name, r.namespace, r.kind) for r in refs] == [("reviews", "bookinfo",
+                                                              "CiliumNetworkPolicy")]
+    # allow-localhost: the node may reach a policed endpoint.
+    assert c.allow[PolicyKey(rv.id, DIR_INGRESS, 1, 0)] == (0, MATCH_L3_ONLY)
+    assert len(c.allow) == 2 and not c.deny
+    assert c.endpoints[rv.id].flags == EP_ENFORCE_INGRESS | EP_POLICY_INGRESS
+    assert rv.id in c.endpoints and pp.id not in c.endpoints
+    assert [r.name for r in eng.sets.get(c.endpoints[rv.id].ingress_set)] == ["reviews"]
+    assert eng.endpoint_status(rv) == (True, False, ("bookinfo/reviews",), ())
+    assert eng.endpoint_status(by(reg, "reviews2"))[0] is False  # not local
+    # The datapath's view: the endpoint entry by ifindex carries the flags.
+    eps = eng.writer.current.endpoints
+    assert any(e.ep_id == rv.id and e.flags & EP_ENFORCE_INGRESS for e in eps.values())
+    # Flows name the policy: flow.Policy messages, parsed back.
+    flow = fpb.Flow.FromString(eng.policies_field(set_id, 21005))
+    assert [(p.name, p.namespace, p.kind) for p in flow.ingress_denied_by] == \
+        [("reviews", "bookinfo", "CiliumNetworkPolicy")]
+    assert flow.ingress_denied_by[0].revision == refs[0].revision > 0
+
+
+async def test_selectors_reach_remote_endpoints_and_namespaces(world):
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pp, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: reviews}}]
+  - toEndpoints:
+    - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}
+    toPorts: [{ports: [{port: "53", protocol: ANY}]}]
+  - toEndpoints: [{}]
+    toPorts: [{ports: [{port: "9080"}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns-from-books, namespace: kube-system}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: books}}}]
+""")
+    pp, dns, rv = by(reg, "productpage"), by(reg, "dns"), by(reg, "reviews")
+    c = eng.compiled
+    eg = {k for k in c.allow if k.ep_id == pp.id and k.direction == DIR_EGRESS}
+    assert PolicyKey(pp.id, DIR_EGRESS, rv.identity, 0) in eg  # both reviews pods: one identity
+    assert {(k.protocol, k.port) for k in eg if k.identity == dns.identity} >= \
+        {(6, 53), (17, 53), (132, 53)}
+    # {} in a CNP: every endpoint of the namespace, on 9080 of any protocol.
+    ids = {k.identity for k in eg if k.port == 9080}
+    assert ids == {e.identity for e in reg.list() if e.namespace == "bookinfo"}
+    assert c.endpoints[pp.id].flags & EP_ENFORCE_EGRESS
+    # namespaceSelector: pods of namespaces labelled team=books.
+    ing = {k.identity for k in c.allow if k.ep_id == dns.id and k.direction == DIR_INGRESS}
+    assert ing == {e.identity for e in reg.list() if e.namespace == "bookinfo"} | {1}
+
+
+async def test_entities_cidrs_and_the_ipcache(world):
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: d, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: details}}
+  egress:
+  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toEntities: [cluster]
+    toPorts: [{ports: [{port: "8000", endPort: 8003, protocol: UDP}]}]
+  - toEntities: [remote-node, host]
+  - toEntities: [all]
+    toPorts: [{ports: [{port: "1", protocol: SCTP}]}]
+  egressDeny:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "25", protocol: TCP}]}]
+""")
+    d = by(reg, "details")
+    c = eng.compiled
+    cidr8 = c.cidrs[ipaddress.ip_network("10.0.0.0/8")]
+    cidr12 = c.cidrs[ipaddress.ip_network("10.96.0.0/12")]
+    assert cidr8 >= CIDR_IDENTITY_BASE and cidr12 >= CIDR_IDENTITY_BASE and cidr8 != cidr12
+    keys = [k for k in c.allow if k.ep_id == d.id]
+    l3 = {k.identity for k in keys if not k.protocol}
+    assert cidr8 in l3 and cidr12 not in l3 and {1, 6} <= l3
+    https = {k.identity for k in keys if k.port == 443}
+    assert {2, cidr8, cidr12} <= https and d.identity not in https
+    udp = {k for k in keys if k.protocol == 17}
+    assert {(k.port, k.port_bits) for k in udp if k.identity == 1} == {(8000, 14)}
+    assert {k.identity for k in udp} >= {1, 6, by(reg, "reviews").identity, by(reg, "dns").identity}
+    assert 2 not in {k.identity for k in udp}
+    assert PolicyKey(d.id, DIR_EGRESS, 0, 132, 1, 16) in c.allow
+    assert c.allow[PolicyKey(d.id, DIR_EGRESS, 0, 132, 1, 16)][1] == MATCH_L4_ONLY
+    assert {k.identity for k in c.deny} >= {2, cidr8, cidr12}
+    # The ipcache: the most specific prefix wins; endpoints and nodes keep theirs.
+    look = PrefixLookup(eng.ipcache())
+    v4 = lambda ip: ipaddress.ip_address(ip).packed.ljust(16, b"\0")  # noqa: E731
+    assert look.lookup(4, v4("10.1.2.3")) == cidr8
+    assert look.lookup(4, v4("10.97.0.1")) == cidr12
+    assert look.lookup(4, v4("11.0.0.1")) == 2
+    assert look.lookup(4, v4("10.244.1.11")) == d.identity
+    assert look.lookup(4, v4("10.244.2.12")) == by(reg, "reviews2").identity
+    assert look.lookup(4, v4(NODE_IP)) == 1 and look.lookup(4, v4("10.99.0.2")) == 6
+    cep = eng.cidr_endpoint(4, v4("10.200.0.1"))
+    assert cep is not None and cep.identity == cidr8
+    assert cep.identity_labels == ("cidr:10.0.0.0/8", "reserved:world")
+    assert eng.cidr_endpoint(4, v4("11.0.0.1")) is None
+    assert eng.local_identities()[cidr8] == ("cidr:10.0.0.0/8", "reserved:world")
+    # Deleting the policy takes its prefixes out of the ipcache.
+    await eng.delete("d", "bookinfo")
+    assert IPKey.of(ipaddress.ip_network("10.0.0.0/8")) not in eng.ipcache()
+    assert not eng.compiled.allow and not eng.compiled.endpoints
+
+
+async def test_l3_only_and_all_match_types(world):
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: everyone}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: details}}]
+  - fromEntities: [all]
+    toPorts: [{ports: [{port: "0", protocol: TCP}]}]
+""")
+    d = by(reg, "details")
+    c = eng.compiled
+    local = [e for e in reg.list() if reg.is_local(e)]
+    assert set(c.endpoints) == {e.id for e in local}
+    for e in local:
+        assert c.allow[PolicyKey(e.id, DIR_INGRESS, d.identity, 0)][1] == MATCH_L3_ONLY
+        k = PolicyKey(e.id, DIR_INGRESS, 0, 6)
+        assert k.prefixlen == 104 and c.allow[k][1] == MATCH_L4_ONLY
+    assert PolicyKey(1, DIR_INGRESS, 0, 0).match_type() == MATCH_ALL
+
+
+async def test_endpoint_changes_recompile(world):
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: reviews}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: ratings}}]}]
+""")
+    assert not [k for k in eng.compiled.allow if k.identity > 255]
+    await reg.upsert(ep("ratings", "bookinfo", {"app": "ratings"}, "10.244.1.20", local=False))
+    ratings = by(reg, "ratings")
+    assert any(k.identity == ratings.identity for k in eng.compiled.allow)
+    assert IPKey.host("10.244.1.20") in eng.ipcache()
+    await reg.remove("bookinfo/ratings")
+    assert not any(k.identity == ratings.identity for k in eng.compiled.allow)
+
+
+@pytest.mark.parametrize("start,end", [(1, 1), (80, 80), (8000, 8080), (1, 65535), (1024, 2047),
+                                       (65535, 65535), (3, 17)])
+def test_port_prefixes_cover_the_range_exactly(start, end):
+    covered = set()
+    for port, bits in port_prefixes(start, end):
+        size = 1 << (16 - bits)
+        assert port % size == 0
+        block = set(range(port, port + size))
+        assert not covered & block
+        covered |= block
+    assert covered == set(range(start, end + 1))
+    assert len(port_prefixes(1, 65535)) == 16
