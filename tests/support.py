@@ -138,3 +138,10 @@ def start_in(lab: NetLab, netns: str, *args: str) -> subprocess.Popen:
     line = p.stdout.readline()  # type: ignore[union-attr]
     assert line.strip() == "ready", f"traffic helper did not start: {line!r}"
     return p
+
+
+def lab_prefix(base: str) -> str:
+    """Namespace name prefix of a test module; WEBB_TEST_PREFIX_TAG (one letter or
+    digit) lets two runs of the suite share a machine without touching each
+    other's namespaces."""
+    return base + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2]

@@ -23,7 +23,7 @@ if _QUIET_GRPC:
 
 import webb  # noqa: E402
 
-from . import endpoint, identity, list_cmd, monitor, observe, status  # noqa: E402
+from . import endpoint, identity, list_cmd, monitor, observe, policy, status  # noqa: E402
 from .cli_parser import CLIParser, HelpFormatter  # noqa: E402
 from .demo.run import DEFAULT_STATE  # noqa: E402
 from .errors import CLIError  # noqa: E402
@@ -77,9 +77,10 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _demo, "observe": observe.run, "status": status.run, "list": list_cmd.run,
-            "monitor": monitor.run, "identity": identity.run, "endpoint": endpoint.run}
+            "monitor": monitor.run, "identity": identity.run, "endpoint": endpoint.run,
+            "policy": policy.run}
 # Verbs that talk to a server: their failures are one line on stderr.
-SERVER_VERBS = (observe, status, list_cmd, monitor, identity, endpoint)
+SERVER_VERBS = (observe, status, list_cmd, monitor, identity, endpoint, policy)
 
 DESCRIPTION = """\
 webb: Hubble-style network observability. Flows between workloads (pods,
@@ -95,6 +96,7 @@ examples:
   webb monitor --type drop
   webb identity get 22047
   webb endpoint list
+  webb policy apply -f reviews-l4.yaml --all-nodes
   webb demo                                      # a bookinfo cluster on this host (root)
 
 Run 'webb COMMAND --help' for the flags of a command."""

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support import (BIN, AgentProc, pod_endpoint, run_in, start_in, wait_for,
+from support import (lab_prefix, BIN, AgentProc, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
 from webb.api.admin import admin_pb2
 from webb.api.flow import flow_pb2 as fpb
@@ -23,7 +23,7 @@ from webb.netlab import NetLab
 
 pytestmark = pytest.mark.root
 
-PREFIX = "wta"
+PREFIX = lab_prefix("wta")
 
 
 @pytest.fixture(scope="module")
@@ -477,3 +477,18 @@ def test_bad_flags_exit_with_a_message(lab, args, msg):
     assert out.returncode != 0
     assert msg in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_field_mask_and_experimental(agent, traffic):
+    from google.protobuf.field_mask_pb2 import FieldMask
+    req = opb.GetFlowsRequest(number=3, field_mask=FieldMask(paths=["source.pod_name", "verdict"]))
+    req.experimental.SetInParent()
+    flows = [r.flow for r in agent.observer.GetFlows(req, timeout=5)]
+    assert len(flows) == 3
+    for f in flows:
+        assert f.verdict != fpb.VERDICT_UNKNOWN
+        assert not f.HasField("IP") and not f.HasField("l4") and not f.source.labels
+    with pytest.raises(grpc.RpcError) as e:
+        list(agent.observer.GetFlows(opb.GetFlowsRequest(
+            field_mask=FieldMask(paths=["no_such_field"])), timeout=5))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import (BIN, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in, wait_for,
+from support import (lab_prefix, BIN, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
 from webb.netlab import NetLab
 from webb_cli.main import main
 
 pytestmark = pytest.mark.root
 
-PREFIX = "wtc"
+PREFIX = lab_prefix("wtc")
 WEBB = str(BIN / "webb")
 # Every flow of the buffers. (--all asks for 2^64-1 flows; the relay in progress cannot
 # take that number yet, so relay tests ask for more flows than both rings hold.)

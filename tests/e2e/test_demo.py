@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from support import BIN, free_port, wait_for
+from support import lab_prefix, BIN, free_port, wait_for
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
@@ -21,7 +21,7 @@ from webb.netlab import list_netns
 
 pytestmark = pytest.mark.root
 
-PREFIX = "wtd"
+PREFIX = lab_prefix("wtd")
 
 
 def app_of(ep: fpb.Endpoint) -> str:
@@ -186,7 +186,7 @@ def test_clean_after_a_crash(tmp_path):
     """A demo killed with SIGKILL leaves processes and namespaces; `demo clean` (and the
     next run, which calls the same code first) removes them."""
     state = tmp_path / "state"
-    prefix = "wtk"
+    prefix = lab_prefix("wtk")
     ports = [str(free_port()) for _ in range(4)]
     proc = subprocess.Popen(
         [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,

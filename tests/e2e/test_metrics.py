@@ -28,7 +28,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support import (BIN, NO_BDP, ROOT, AgentProc, free_port, pod_endpoint, run_in,
+from support import (lab_prefix, BIN, NO_BDP, ROOT, AgentProc, free_port, pod_endpoint, run_in,
                      start_in, wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.netlab import NetLab
@@ -37,7 +37,7 @@ from webb_metrics.presets import DASHBOARDS, command_line
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
-PREFIX = "wtm"
+PREFIX = lab_prefix("wtm")
 DASHBOARD_DIR = ROOT / "charts" / "webb" / "dashboards"
 PROMETHEUS = "/usr/bin/prometheus"
 

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support import (BIN, NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in,
+from support import (lab_prefix, BIN, NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in,
                      wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -29,7 +29,7 @@ from webb.netlab import NetLab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
-PREFIX = "wtr"
+PREFIX = lab_prefix("wtr")
 WINDOW = 1.0  # the relay's sorting window in these tests (Hubble's default)
 NODES = ("n1", "n2", "n3")
 NAMESPACE = {"n1": "demo", "n2": "demo", "n3": "shop", "n4": "demo"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, ROOT, free_port, wait_for
+from support import lab_prefix, BIN, ROOT, free_port, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from test_ui_flowserver import FlowServer, UIProc, bookinfo_flows, http_pair, make_flow  # noqa: E402
@@ -33,7 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 RESULTS = ROOT / "test-results"
-PREFIX = "wtu"
+PREFIX = lab_prefix("wtu")
 BOOKINFO = ["bookinfo/productpage", "bookinfo/details", "bookinfo/reviews", "bookinfo/ratings"]
 
 

@@ -451,7 +451,12 @@ def all_commands():
     for name, parser in sub.choices.items():
         nested = [a for a in parser._actions if isinstance(a, type(sub))]
         if nested:
-            out.extend([name, n] for n in nested[0].choices if n not in ("node", "namespace", "ns", "ls"))
+            # aliases (list nodes = node, policy get = list, ls) share their parser
+            seen: set[int] = set()
+            for n, sp in nested[0].choices.items():
+                if id(sp) not in seen:
+                    seen.add(id(sp))
+                    out.append([name, n])
         out.append([name])
     return out
 
