@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from support import lab_prefix, BIN, free_port, wait_for
+from support import lab_prefix, BIN, ROOT, free_port, wait_for
 from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
 from webb.api.flow import flow_pb2 as fpb
@@ -23,26 +23,8 @@ pytestmark = pytest.mark.root
 
 PREFIX = lab_prefix("wtp")
 
-REVIEWS_POLICY = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: reviews
-  namespace: bookinfo
-spec:
-  description: "L4 policy: only productpage may talk to reviews, on 9080"
-  endpointSelector:
-    matchLabels:
-      app: reviews
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: productpage
-    toPorts:
-    - ports:
-      - port: "9080"
-        protocol: TCP
-"""
+# The tutorial's L4 policy, as shipped for users (README).
+REVIEWS_POLICY = (ROOT / "examples" / "reviews-l4.yaml").read_text()
 
 
 @pytest.fixture(scope="module")
