@@ -178,6 +178,11 @@ int on_kfree_skb(void *ctx) {
                 ev->dport = ((u16)th[2] << 8) | th[3];
                 ev->tcp_flags = th[13];
             }
+            // Without a socket, only a connection attempt (SYN, no ACK) is a drop a
+            // user loses something to; other segments are stragglers of connections
+            // that already closed, which the kernel answers with a RST.
+            if (reason == R_NO_SOCKET && (ev->tcp_flags & 0x12) != 0x02)
+                return 0;
         } else if (ev->proto == IPPROTO_UDP) {
             u8 uh[4] = {};
             if (bpf_probe_read_kernel(uh, sizeof(uh), l4) == 0) {
