@@ -15,6 +15,8 @@ import uuid
 
 from typing import Callable
 
+from webb.icmp import icmp_type_code
+
 from .datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
                              POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
 
@@ -102,17 +104,20 @@ def _tcp_flags_message(flags: int) -> bytes:
 _TCP_FLAGS = [ld(3, _tcp_flags_message(f)) for f in range(256)]
 _TCP_SUMMARY = [s(100000, "TCP Flags: " + tcp_flags_summary(f)) for f in range(256)]
 
-ICMP4_TYPES = {0: "EchoReply", 3: "DestinationUnreachable", 4: "SourceQuench", 5: "Redirect",
-               8: "EchoRequest", 9: "RouterAdvertisement", 10: "RouterSolicitation",
-               11: "TimeExceeded", 12: "ParameterProblem", 13: "TimestampRequest",
-               14: "TimestampReply"}
-ICMP6_TYPES = {1: "DestinationUnreachable", 2: "PacketTooBig", 3: "TimeExceeded",
-               4: "ParameterProblem", 128: "EchoRequest", 129: "EchoReply",
-               130: "MLDQuery", 131: "MLDReport", 132: "MLDDone", 133: "RouterSolicitation",
-               134: "RouterAdvertisement", 135: "NeighborSolicitation",
-               136: "NeighborAdvertisement", 137: "Redirect", 143: "MLDv2Report"}
-_ICMP4_SUMMARY = [s(100000, "ICMPv4 " + ICMP4_TYPES.get(t, f"Type{t}")) for t in range(256)]
-_ICMP6_SUMMARY = [s(100000, "ICMPv6 " + ICMP6_TYPES.get(t, f"Type{t}")) for t in range(256)]
+_ICMP_SUMMARY: dict[tuple[int, int, int], bytes] = {}
+
+
+def icmp_summary(proto: int, icmp_type: int, code: int) -> bytes:
+    """Hubble's "ICMPv4 DestinationUnreachable(Port)", encoded once per kind."""
+    key_ = (proto, icmp_type, code)
+    b = _ICMP_SUMMARY.get(key_)
+    if b is None:
+        v6 = proto == 58
+        text = ("ICMPv6 " if v6 else "ICMPv4 ") + icmp_type_code(icmp_type, code, v6)
+        b = _ICMP_SUMMARY[key_] = s(100000, text)
+    return b
+
+
 _UDP_SUMMARY = s(100000, "UDP")
 
 _IS_REPLY = {True: ld(26, vi(1, 1)) + vi(16, 1), False: ld(26, b"")}
@@ -143,10 +148,9 @@ def summary_text(ev: FlowEvent) -> str:
         return "TCP Flags: " + tcp_flags_summary(ev.tcp_flags)
     if ev.proto == 17:
         return "UDP"
-    if ev.proto == 1:
-        return "ICMPv4 " + ICMP4_TYPES.get(ev.icmp_type, f"Type{ev.icmp_type}")
-    if ev.proto == 58:
-        return "ICMPv6 " + ICMP6_TYPES.get(ev.icmp_type, f"Type{ev.icmp_type}")
+    if ev.proto in (1, 58):
+        v6 = ev.proto == 58
+        return ("ICMPv6 " if v6 else "ICMPv4 ") + icmp_type_code(ev.icmp_type, ev.icmp_code, v6)
     return f"IP protocol {ev.proto}"
 
 
@@ -210,7 +214,7 @@ class FlowEncoder:
         elif proto == 1 or proto == 58:
             p = _K1 + V[ev.icmp_type] + _K2 + V[ev.icmp_code]
             l4 = b"\x32" + V[len(p) + 2] + (b"\x1a" if proto == 1 else b"\x22") + V[len(p)] + p
-            summary = (_ICMP4_SUMMARY if proto == 1 else _ICMP6_SUMMARY)[ev.icmp_type]
+            summary = icmp_summary(proto, ev.icmp_type, ev.icmp_code)
         else:
             l4 = b""
             summary = s(100000, f"IP protocol {proto}")

@@ -10,6 +10,8 @@ every event of one direction of a connection, which is what the hash tells a rea
 """
 from __future__ import annotations
 
+from webb.icmp import icmp_type_code
+
 import zlib
 
 from webb.api.flow import flow_pb2 as fpb
@@ -50,7 +52,7 @@ def connection_summary(f: fpb.Flow) -> str:
     proto = f.l4.WhichOneof("protocol") if f.HasField("l4") else None
     if proto in ("ICMPv4", "ICMPv6"):
         icmp = getattr(f.l4, proto)
-        return f"{src} -> {dst} {names.icmp_type_code(icmp.type, icmp.code, proto == 'ICMPv6')}"
+        return f"{src} -> {dst} {icmp_type_code(icmp.type, icmp.code, proto == 'ICMPv6')}"
     if proto in ("TCP", "UDP", "SCTP"):
         p = getattr(f.l4, proto)
         s = (f"{join_host_port(src, str(p.source_port))} -> "
