@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 import yaml
@@ -145,3 +146,36 @@ def lab_prefix(base: str) -> str:
     digit) lets two runs of the suite share a machine without touching each
     other's namespaces."""
     return base + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2]
+
+
+@contextmanager
+def running_demo(workdir: Path, prefix: str, rate: float = 2.0,
+                 duration: int = 300) -> Iterator[dict[str, Any]]:
+    """`webb demo` as a real process on free ports with its own namespace prefix;
+    stopped with Ctrl-C (SIGINT) and cleaned up whatever happened."""
+    state = workdir / "state"
+    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
+    log = workdir / "demo.log"
+    proc = subprocess.Popen(
+        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,
+         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
+         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
+         "--rate", str(rate), "--duration", str(duration)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"demo exited: {log.read_text()[-3000:]}")
+            return (state / "ready").exists()
+        wait_for(ready, 120, 0.5, "the demo to be ready")
+        yield {"proc": proc, "state": state, "ports": ports, "log": log, "dir": workdir}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,
+                        "clean"], capture_output=True, timeout=60)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from support import lab_prefix, BIN, free_port, wait_for
+from support import BIN, free_port, lab_prefix, running_demo, wait_for
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
@@ -35,37 +35,12 @@ def app_of(ep: fpb.Endpoint) -> str:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    state = tmp_path_factory.mktemp("demo") / "state"
-    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
-    log = open(state.parent / "demo.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
-         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
-         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
-         "--rate", "8", "--duration", "300"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    info = {"proc": proc, "state": state, "ports": ports, "log": state.parent / "demo.log"}
-    try:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"demo exited: {info['log'].read_text()[-3000:]}")
-            return (state / "ready").exists()
-        wait_for(ready, 120, 0.5, "the demo to be ready")
-        info["channel"] = grpc.insecure_channel(f"127.0.0.1:{ports['relay']}")
-        yield info
-    finally:
-        if "channel" in info:
+    with running_demo(tmp_path_factory.mktemp("demo"), PREFIX, rate=8, duration=300) as info:
+        info["channel"] = grpc.insecure_channel(f"127.0.0.1:{info['ports']['relay']}")
+        try:
+            yield info
+        finally:
             info["channel"].close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        # Whatever happened, leave nothing behind.
-        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
-                        "clean"], capture_output=True, timeout=60)
 
 
 def observer(demo) -> observer_pb2_grpc.ObserverStub:

@@ -4,15 +4,13 @@ kernel and seen over the relay as a DROPPED flow with "Policy denied"."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from support import lab_prefix, BIN, ROOT, free_port, wait_for
+from support import BIN, ROOT, lab_prefix, running_demo, wait_for
 from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
 from webb.api.flow import flow_pb2 as fpb
@@ -29,39 +27,15 @@ REVIEWS_POLICY = (ROOT / "examples" / "reviews-l4.yaml").read_text()
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    state = tmp_path_factory.mktemp("policy-demo") / "state"
-    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
-    log = open(state.parent / "demo.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
-         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
-         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
-         "--duration", "300"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    info = {"proc": proc, "state": state, "ports": ports, "dir": state.parent}
-    channels: list[grpc.Channel] = []
-    try:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"demo exited: {(state.parent / 'demo.log').read_text()[-3000:]}")
-            return (state / "ready").exists()
-        wait_for(ready, 120, 0.5, "the demo to be ready")
-        info["relay"] = grpc.insecure_channel(f"127.0.0.1:{ports['relay']}")
-        info["agents"] = [grpc.insecure_channel(f"127.0.0.{i}:{ports['agent']}") for i in (1, 2)]
-        channels.extend([info["relay"], *info["agents"]])
-        yield info
-    finally:
-        for ch in channels:
-            ch.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
-                        "clean"], capture_output=True, timeout=60)
+    with running_demo(tmp_path_factory.mktemp("policy-demo"), PREFIX) as info:
+        info["relay"] = grpc.insecure_channel(f"127.0.0.1:{info['ports']['relay']}")
+        info["agents"] = [grpc.insecure_channel(f"127.0.0.{i}:{info['ports']['agent']}")
+                          for i in (1, 2)]
+        try:
+            yield info
+        finally:
+            for ch in (info["relay"], *info["agents"]):
+                ch.close()
 
 
 def exec_in(demo, pod: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:

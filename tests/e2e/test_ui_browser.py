@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support import lab_prefix, BIN, ROOT, free_port, wait_for
+from support import BIN, ROOT, free_port, lab_prefix, running_demo, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from test_ui_flowserver import FlowServer, UIProc, bookinfo_flows, http_pair, make_flow  # noqa: E402
@@ -95,32 +94,8 @@ def no_overlaps(boxes: list[dict]) -> None:
 def demo(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root (the demo)")
-    state = tmp_path_factory.mktemp("uidemo") / "state"
-    ports = {"agent": free_port(), "relay": free_port(), "metrics": free_port(), "ui": free_port()}
-    log = state.parent / "demo.log"
-    proc = subprocess.Popen(
-        [str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX,
-         "--agent-port", str(ports["agent"]), "--relay-port", str(ports["relay"]),
-         "--metrics-port", str(ports["metrics"]), "--ui-port", str(ports["ui"]),
-         "--rate", "4", "--duration", "600"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"demo exited: {log.read_text()[-3000:]}")
-            return (state / "ready").exists()
-        wait_for(ready, 120, 0.5, "the demo to be ready")
-        yield {"ports": ports, "state": state, "dir": state.parent}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", PREFIX, "clean"],
-                       capture_output=True, timeout=60)
+    with running_demo(tmp_path_factory.mktemp("uidemo"), PREFIX, rate=4, duration=600) as info:
+        yield info
 
 
 def _is_webb_ui(url: str) -> bool:
