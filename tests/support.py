@@ -62,18 +62,16 @@ def write_endpoints(path: Path, endpoints: Iterable[dict], nodes: Iterable[dict]
     os.replace(tmp, path)
 
 
-class AgentProc:
-    def __init__(self, workdir: Path, node: str, netns: str, endpoints: Path | None,
-                 ring: int = 4095, extra: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.node = node
-        self.log = workdir / f"agent-{node}-{self.port}.log"
-        self.sock = str(workdir / f"agent-{node}.sock")
-        self.args = [str(BIN / "webb-agent"), "--listen-address", f"127.0.0.1:{self.port}",
-                     "--unix-socket", self.sock, "--node-name", node, "--netns", netns,
-                     "--ring-capacity", str(ring), "--log-level", "info", *(extra or [])]
-        if endpoints is not None:
-            self.args += ["--endpoints", str(endpoints)]
+class ServiceProc:
+    """A webb deployable as a real process on a free loopback port, ready once its
+    gRPC health service says observer.Observer is SERVING."""
+
+    kind = "service"
+
+    def __init__(self, args: list[str], port: int, log: Path) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
         self.proc: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
 
@@ -81,18 +79,24 @@ class AgentProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "AgentProc":
+    def spawn(self):  # type: ignore[no-untyped-def]
+        """Starts the process without waiting (e.g. a TLS server a plaintext check cannot ask)."""
         self.proc = subprocess.Popen(self.args, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT)
+        return self
+
+    def start(self, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+        self.spawn()
         self.channel = grpc.insecure_channel(self.address, options=NO_BDP)
         health = health_pb2_grpc.HealthStub(self.channel)
 
         def serving() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+                raise AssertionError(f"{self.kind} exited {self.proc.returncode}: "
+                                     f"{self.log.read_text()[-3000:]}")
             r = health.Check(health_pb2.HealthCheckRequest(service="observer.Observer"), timeout=1)
             return r.status == health_pb2.HealthCheckResponse.SERVING
-        wait_for(serving, timeout, 0.2, "agent health")
+        wait_for(serving, timeout, 0.2, f"{self.kind} health")
         return self
 
     def stop(self) -> None:
@@ -111,6 +115,33 @@ class AgentProc:
     def observer(self) -> observer_pb2_grpc.ObserverStub:
         assert self.channel is not None
         return observer_pb2_grpc.ObserverStub(self.channel)
+
+
+class RelayProc(ServiceProc):
+    """webb-relay; healthy once it has at least one agent."""
+
+    kind = "relay"
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        port = free_port()
+        super().__init__([str(BIN / "webb-relay"), "--listen-address", f"127.0.0.1:{port}",
+                          "--log-level", "debug", *args], port, workdir / f"relay-{port}.log")
+
+
+class AgentProc(ServiceProc):
+    kind = "agent"
+
+    def __init__(self, workdir: Path, node: str, netns: str, endpoints: Path | None,
+                 ring: int = 4095, extra: list[str] | None = None) -> None:
+        port = free_port()
+        self.node = node
+        self.sock = str(workdir / f"agent-{node}.sock")
+        args = [str(BIN / "webb-agent"), "--listen-address", f"127.0.0.1:{port}",
+                "--unix-socket", self.sock, "--node-name", node, "--netns", netns,
+                "--ring-capacity", str(ring), "--log-level", "info", *(extra or [])]
+        if endpoints is not None:
+            args += ["--endpoints", str(endpoints)]
+        super().__init__(args, port, workdir / f"agent-{node}-{port}.log")
 
     @property
     def admin(self) -> admin_pb2_grpc.AdminStub:

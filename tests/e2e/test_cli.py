@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import (lab_prefix, BIN, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in, wait_for,
+from support import (lab_prefix, BIN, RelayProc, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
 from webb.netlab import NetLab
 from webb_cli.main import main
@@ -75,32 +75,10 @@ def agents(lab, workdir):
             a.stop()
 
 
-class RelayProc:
-    def __init__(self, workdir: Path, peers: list[str], extra: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.log = workdir / f"relay-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "webb-relay"), "--listen-address", f"127.0.0.1:{self.port}",
-             "--peers", ",".join(peers), "--node-name", "relay", *(extra or [])],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def relay(agents, workdir):
-    r = RelayProc(workdir, [a.address for a in agents.values()])
+    r = RelayProc(workdir, "--peers", ",".join(a.address for a in agents.values()),
+                  "--node-name", "relay").start()
     try:
         def two_nodes() -> bool:
             if r.proc.poll() is not None:
@@ -381,9 +359,9 @@ def tls_relay(agents, workdir):
         (d / f"{name}.ext").write_text(f"subjectAltName=DNS:{cn}\n")
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
-    r = RelayProc(workdir, [a.address for a in agents.values()],
-                  ["--tls-cert", str(d / "relay.pem"), "--tls-key", str(d / "relay.key"),
-                   "--tls-client-ca", str(d / "ca.pem")])
+    r = RelayProc(workdir, "--peers", ",".join(a.address for a in agents.values()),
+                  "--node-name", "relay", "--tls-cert", str(d / "relay.pem"),
+                  "--tls-key", str(d / "relay.key"), "--tls-client-ca", str(d / "ca.pem")).spawn()
     try:
         yield r, d
     finally:

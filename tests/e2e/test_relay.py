@@ -5,7 +5,6 @@ follow stream."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -17,13 +16,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support import (lab_prefix, BIN, NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in,
+import support
+from support import (BIN, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in,
                      wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
-from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
 from webb.netlab import NetLab
 
@@ -45,51 +43,8 @@ def now_ts() -> Timestamp:
     return t
 
 
-class RelayProc:
-    """webb-relay as a process on a free loopback port."""
-
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log = workdir / f"relay-{self.port}.log"
-        self.args = [str(BIN / "webb-relay"), "--listen-address", f"127.0.0.1:{self.port}",
-                     "--log-level", "debug", *args]
-        self.proc: subprocess.Popen | None = None
-        self.channel: grpc.Channel | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "RelayProc":
-        self.proc = subprocess.Popen(self.args, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(self.address, options=NO_BDP)
-        health = health_pb2_grpc.HealthStub(self.channel)
-
-        def serving() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"relay exited: {self.log.read_text()[-3000:]}")
-            r = health.Check(health_pb2.HealthCheckRequest(service="observer.Observer"), timeout=1)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-        wait_for(serving, 20, 0.1, "relay health")
-        return self
-
-    def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    @property
-    def observer(self) -> observer_pb2_grpc.ObserverStub:
-        assert self.channel is not None
-        return observer_pb2_grpc.ObserverStub(self.channel)
+class RelayProc(support.RelayProc):
+    """The shared relay process, with the queries these tests make."""
 
     def nodes(self) -> dict[str, opb.Node]:
         return {n.name: n for n in self.observer.GetNodes(opb.GetNodesRequest(), timeout=10).nodes}
