@@ -15,6 +15,9 @@
 // the connection tracking). Other directions are checked on their first packet and
 // again whenever the agent bumps the policy revision; denied packets are dropped
 // (TC_ACT_SHOT) and reported like traces, aggregated in drop_map.
+// An established direction touches no policy map (not even ep_map) while the
+// revision it stored is current: the agent bumps the revision after every change of
+// the policy maps and of ep_map.
 
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -34,14 +37,13 @@
 #define REASON_FLAGS 1
 #define REASON_REPORT 2
 
-#define STAT_PACKETS 0
+#define STAT_PACKETS 0  // no longer counted (per-packet cost); the slot stays for the layout
 #define STAT_EVENTS 1
 #define STAT_PARSE_ERRORS 2
 #define STAT_POLICY_DROPS 3
 #define STAT_MAX 4
 
-#define CONF_REPORT_NS 0
-#define CONF_DROP_REPORT_NS 1
+// config slots 0 and 1 (report intervals) are compile-time constants now, see below.
 #define CONF_POLICY_REVISION 2
 
 // Hubble's DropReason for a packet the policy denied.
@@ -99,6 +101,32 @@ BPF_ARRAY(config, u64, 4);
 // The event under construction: too big for the stack next to everything else.
 BPF_PERCPU_ARRAY(scratch, struct flow_event, 1);
 
+// Report intervals are fixed for the life of the programs: the loader passes them as
+// -DREPORT_NS / -DDROP_REPORT_NS, so that no packet reads them from a map.
+#ifndef REPORT_NS
+#define REPORT_NS 10000000000ULL
+#endif
+#ifndef DROP_REPORT_NS
+#define DROP_REPORT_NS 1000000000ULL
+#endif
+
+// Headers are read straight from the packet (skb->data) when they are in its linear
+// part, which they normally are; else through bpf_skb_load_bytes. Offsets are clamped
+// for the verifier.
+#define PKT_MAX_OFF 0x3ff
+
+static __always_inline u8 *pkt_ptr(struct __sk_buff *skb, u32 off, u32 len) {
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    if (off > PKT_MAX_OFF)
+        return 0;
+    off &= PKT_MAX_OFF;
+    u8 *ptr = data + off;
+    if ((void *)(ptr + len) > end)
+        return 0;
+    return ptr;
+}
+
 static __always_inline void stat_inc(int idx) {
     u64 *v = stats.lookup(&idx);
     if (v)
@@ -123,6 +151,13 @@ struct parsed {
 static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parsed *p) {
     p->l4off = off;
     if (p->key.proto == IPPROTO_TCP) {
+        u8 *h = pkt_ptr(skb, off, sizeof(struct tcphdr));
+        if (h) {
+            p->key.sport = ((u16)h[0] << 8) | h[1];
+            p->key.dport = ((u16)h[2] << 8) | h[3];
+            p->tcp_flags = h[13];
+            return 0;
+        }
         struct tcphdr th = {};
         if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)) < 0)
             return -1;
@@ -131,6 +166,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parse
         // Byte 13 of the TCP header holds CWR..FIN.
         p->tcp_flags = ((u8 *)&th)[13];
     } else if (p->key.proto == IPPROTO_UDP) {
+        u8 *h = pkt_ptr(skb, off, sizeof(struct udphdr));
+        if (h) {
+            p->key.sport = ((u16)h[0] << 8) | h[1];
+            p->key.dport = ((u16)h[2] << 8) | h[3];
+            return 0;
+        }
         struct udphdr uh = {};
         if (bpf_skb_load_bytes(skb, off, &uh, sizeof(uh)) < 0)
             return -1;
@@ -150,7 +191,28 @@ static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parse
     return 0;
 }
 
+static __always_inline int parse_slow(struct __sk_buff *skb, struct parsed *p);
+
 static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *iph = data + ETH_HLEN;
+    if ((void *)(iph + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return parse_slow(skb, p);
+    __builtin_memcpy(p->smac, eth->h_source, 6);
+    __builtin_memcpy(p->dmac, eth->h_dest, 6);
+    p->key.family = 4;
+    p->key.proto = iph->protocol;
+    __builtin_memcpy(p->key.saddr, &iph->saddr, 4);
+    __builtin_memcpy(p->key.daddr, &iph->daddr, 4);
+    if (iph->frag_off & bpf_htons(0x1fff))
+        return 0;
+    return parse_l4(skb, ETH_HLEN + iph->ihl * 4, p);
+}
+
+// Everything else (IPv6, headers outside the linear data, non-IP) the careful way.
+static __always_inline int parse_slow(struct __sk_buff *skb, struct parsed *p) {
     struct ethhdr eth = {};
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return -1;
@@ -310,7 +372,7 @@ static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, 
     struct drop_val *dv = drop_map.lookup(&dk);
     if (dv) {
         u64 n = __sync_fetch_and_add(&dv->packets, 1) + 1;
-        if (now - dv->last_report < config_get(CONF_DROP_REPORT_NS))
+        if (now - dv->last_report < DROP_REPORT_NS)
             return TC_ACT_SHOT;
         count = n - dv->reported;
         dv->reported = n;
@@ -336,9 +398,34 @@ static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, 
     return TC_ACT_SHOT;
 }
 
+// Policy of the endpoint behind ifindex in direction dir: 0 none, else bits 1 (deny
+// entries apply) and 2 (default deny).
+struct ep_policy {
+    u32 pflags;
+    u32 ep_id;
+    u32 default_set;
+};
+
+static __always_inline void ep_policy_get(u32 ifindex, u8 dir, struct parsed *p,
+                                          struct ep_policy *e) {
+    struct ep_info *ep = ep_map.lookup(&ifindex);
+    if (!ep)
+        return;
+    u32 f = ep->flags;
+    e->ep_id = ep->ep_id;
+    if (dir == DIR_INGRESS) {
+        e->pflags = ((f & EP_POLICY_INGRESS) ? 1 : 0) | ((f & EP_ENFORCE_INGRESS) ? 2 : 0);
+        e->default_set = ep->ingress_set;
+    } else {
+        e->pflags = ((f & EP_POLICY_EGRESS) ? 1 : 0) | ((f & EP_ENFORCE_EGRESS) ? 2 : 0);
+        e->default_set = ep->egress_set;
+    }
+    if (e->pflags && policy_exempt(p->key.proto, p->icmp_type))
+        e->pflags = 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     struct parsed p = {};
-    stat_inc(STAT_PACKETS);
     int rc = parse(skb, &p);
     if (rc != 0) {
         if (rc < 0)
@@ -348,60 +435,61 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     u32 ifindex = skb->ifindex;
     p.key.ifindex = ifindex;
     p.key.point = point;
-    u64 now = bpf_ktime_get_ns();
 
-    // Policy of this endpoint in this direction: 0 none, else 1 (deny entries
-    // apply) and 2 (default deny) bits.
-    u8 dir = point == POINT_FROM_ENDPOINT ? DIR_EGRESS : DIR_INGRESS;
-    u32 pflags = 0, ep_id = 0, default_set = 0;
-    struct ep_info *ep = ep_map.lookup(&ifindex);
-    if (ep) {
-        u32 f = ep->flags;
-        ep_id = ep->ep_id;
-        if (dir == DIR_INGRESS) {
-            pflags = ((f & EP_POLICY_INGRESS) ? 1 : 0) | ((f & EP_ENFORCE_INGRESS) ? 2 : 0);
-            default_set = ep->ingress_set;
-        } else {
-            pflags = ((f & EP_POLICY_EGRESS) ? 1 : 0) | ((f & EP_ENFORCE_EGRESS) ? 2 : 0);
-            default_set = ep->egress_set;
-        }
-        if (pflags && policy_exempt(p.key.proto, p.icmp_type))
-            pflags = 0;
-    }
+    // The revision is read before any policy map: the agent bumps it after every
+    // change of ep_map and the policy maps, so a direction that stores it has been
+    // checked against maps at least that new.
     u64 rev = config_get(CONF_POLICY_REVISION);
+    u8 dir = point == POINT_FROM_ENDPOINT ? DIR_EGRESS : DIR_INGRESS;
     u8 *remote = dir == DIR_EGRESS ? p.key.daddr : p.key.saddr;
+    struct ep_policy pol = {};
     struct policy_result res = {};
 
     u8 reason = REASON_NEW;
+    u64 now;
     u64 packets = 1, bytes = skb->len;
     u8 is_reply = 0;
     u8 verdict_event = 0;
     u32 identity = 0;
     struct agg_val *v = agg_map.lookup(&p.key);
     if (v) {
-        if (pflags && !v->ct_reply && v->policy_rev != rev) {
-            identity = lookup_identity(p.key.family, remote);
-            int verdict = policy_check(ep_id, dir, identity, p.key.proto, p.key.dport,
-                                       pflags & 2, default_set, &res);
-            if (verdict >= VERDICT_DENY)
-                return policy_drop(skb, &p, point, now, identity, &res);
+        // Established direction: the endpoint's policy is consulted again only when
+        // the revision changed since the direction was last checked.
+        if (v->policy_rev != rev) {
+            if (!v->ct_reply) {
+                ep_policy_get(ifindex, dir, &p, &pol);
+                if (pol.pflags) {
+                    identity = lookup_identity(p.key.family, remote);
+                    int verdict = policy_check(pol.ep_id, dir, identity, p.key.proto,
+                                               p.key.dport, pol.pflags & 2, pol.default_set,
+                                               &res);
+                    if (verdict >= VERDICT_DENY)
+                        return policy_drop(skb, &p, point, bpf_ktime_get_ns(), identity, &res);
+                }
+            }
             v->policy_rev = rev;
         }
         packets = __sync_fetch_and_add(&v->packets, 1) + 1;
         bytes = __sync_fetch_and_add(&v->bytes, skb->len) + skb->len;
         is_reply = v->is_reply;
         u64 bit = 1ULL << (p.tcp_flags & 0x3f);
-        u64 interval = config_get(CONF_REPORT_NS);
         if (p.key.proto == IPPROTO_TCP && !(v->flags_seen & bit)) {
             __sync_fetch_and_or(&v->flags_seen, bit);
             reason = REASON_FLAGS;
-        } else if (interval && now - v->last_report >= interval) {
-            reason = REASON_REPORT;
+            now = bpf_ktime_get_ns();
         } else {
-            return TC_ACT_OK;
+            // The coarse clock (same base, tick resolution) is enough to tell
+            // whether a report is due; signed, as it may lag last_report a little.
+            if (!REPORT_NS ||
+                (s64)(bpf_ktime_get_coarse_ns() - v->last_report) < (s64)REPORT_NS)
+                return TC_ACT_OK;
+            reason = REASON_REPORT;
+            now = bpf_ktime_get_ns();
         }
         v->last_report = now;
     } else {
+        now = bpf_ktime_get_ns();
+        ep_policy_get(ifindex, dir, &p, &pol);
         // A new direction. It is a reply if the opposite direction already passed
         // this interface; flows may know better from TCP flags or ICMP types.
         struct agg_key rev_key = p.key;
@@ -425,12 +513,12 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         is_reply = reply_by_flags(&p, &known);
         if (!known)
             is_reply = ct_reply;
-        if (pflags && !ct_reply && icmp_related(skb, &p, point))
+        if (pol.pflags && !ct_reply && icmp_related(skb, &p, point))
             ct_reply = 1;
-        if (pflags && !ct_reply) {
+        if (pol.pflags && !ct_reply) {
             identity = lookup_identity(p.key.family, remote);
-            int verdict = policy_check(ep_id, dir, identity, p.key.proto, p.key.dport,
-                                       pflags & 2, default_set, &res);
+            int verdict = policy_check(pol.ep_id, dir, identity, p.key.proto, p.key.dport,
+                                       pol.pflags & 2, pol.default_set, &res);
             if (verdict >= VERDICT_DENY)
                 return policy_drop(skb, &p, point, now, identity, &res);
             verdict_event = verdict == VERDICT_ALLOW;

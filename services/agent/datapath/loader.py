@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .event import STAT_EVENTS, STAT_PACKETS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
+from .event import STAT_EVENTS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
 from .netns import netlink_executor
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,8 @@ TC_EGRESS = "ffff:fff3"
 FILTER_PRIO = 0xC0DE & 0x7FFF  # ours, distinct from the default 49152
 FILTER_HANDLE = 0xC0DE
 
-CONF_REPORT_NS = 0
-CONF_DROP_REPORT_NS = 1
+# Slots 0 and 1 of the config map (report intervals) are unused: the intervals are
+# compiled into the programs (-DREPORT_NS, -DDROP_REPORT_NS).
 CONF_POLICY_REVISION = 2
 
 
@@ -77,12 +77,11 @@ class Datapath:
         self.bpf = BPF(text=bpf_source("flow.c"), cflags=[
             f"-DAGG_MAP_SIZE={agg_entries}", f"-DDROP_MAP_SIZE={agg_entries // 4}",
             "-DEP_MAP_SIZE=4096", f"-DIPCACHE_SIZE={ipcache_entries}",
-            f"-DPOLICY_MAP_SIZE={policy_entries}", "-w"])
+            f"-DPOLICY_MAP_SIZE={policy_entries}",
+            f"-DREPORT_NS={int(report_interval_s * 1e9)}ULL",
+            f"-DDROP_REPORT_NS={int(drop_report_interval_s * 1e9)}ULL", "-w"])
         self._prog_from = self.bpf.load_func(b"tc_from_endpoint", BPF.SCHED_CLS)
         self._prog_to = self.bpf.load_func(b"tc_to_endpoint", BPF.SCHED_CLS)
-        cfg = self.bpf[b"config"]
-        cfg[ctypes.c_int(CONF_REPORT_NS)] = ctypes.c_uint64(int(report_interval_s * 1e9))
-        cfg[ctypes.c_int(CONF_DROP_REPORT_NS)] = ctypes.c_uint64(int(drop_report_interval_s * 1e9))
         self._ipr: Any = None
         self._nl = netlink_executor(netns)
         self.attached: dict[str, Attachment] = {}
@@ -204,7 +203,7 @@ class Datapath:
     def stats(self) -> dict[str, int]:
         table = self.bpf[b"stats"]
         out = {}
-        for name, idx in (("packets", STAT_PACKETS), ("events", STAT_EVENTS),
+        for name, idx in (("events", STAT_EVENTS),
                           ("parse_errors", STAT_PARSE_ERRORS), ("policy_drops", STAT_POLICY_DROPS)):
             out[name] = int(sum(table[ctypes.c_int(idx)]))
         return out

@@ -119,6 +119,10 @@ class MapWriter:
                 self._delete("endpoints", ifindex)
             else:
                 self._set("endpoints", ifindex, ep)
+            # The datapath caches an endpoint's enforcement per connection until the
+            # revision changes (directions left over from an earlier interface with
+            # this ifindex must see the new entry).
+            self._bump()
 
 
 class BPFTables:
