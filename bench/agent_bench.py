@@ -72,7 +72,7 @@ from webb.api.admin import admin_pb2, admin_pb2_grpc  # noqa: E402
 from webb.api.observer import observer_pb2, observer_pb2_grpc  # noqa: E402
 from webb.netlab import NetLab  # noqa: E402
 
-PREFIX = "wbb"
+PREFIX = "wbb" + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2]  # tag: runs side by side
 AGENT_BIN = Path(sys.executable).parent / "webb-agent"
 UDPGEN_SRC = Path(__file__).resolve().parent / "udpgen.c"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -292,8 +292,8 @@ class Agent:
         return self.observer.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5).seen_flows
 
     def progress(self) -> int:
-        """seen_flows from GetNodes: ServerStatus computes flows_rate by walking the
-        ring (tens of ms of agent CPU with a full ring), too dear to poll with."""
+        """seen_flows from GetNodes: before per-second counters, ServerStatus computed
+        flows_rate by walking the ring (tens of ms with a full ring), too dear to poll."""
         nodes = self.observer.GetNodes(observer_pb2.GetNodesRequest(), timeout=5).nodes
         return nodes[0].seen_flows if nodes else self.seen()
 
@@ -676,6 +676,31 @@ class Bench:
         self.results["mem_ingest"] = m1
         self.results["mem_start"] = m0
 
+    def part_stall(self, datagrams: int = 60_000) -> None:
+        """Peak memory of the drain after a stall: the agent is stopped (SIGSTOP) while
+        `datagrams` new flows (2 events each) fill its perf buffers, then resumed."""
+        assert self.agent is not None and self.stats is not None
+        a = self.agent
+        print("\n== (3b) drain after a stall (agent stopped while its perf buffers fill) ==")
+        seen0, k0 = a.progress(), self.stats.events()
+        with contextlib.suppress(OSError):  # VmHWM from here on (Linux >= 4.0)
+            Path(f"/proc/{a.pid}/clear_refs").write_text("5")
+        m0 = proc_mem(a.pid)
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            r = self.churn(0, 5, datagrams)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        kernel = self.stats.events() - k0
+        c0 = proc_cpu_s(a.pid)
+        t = self.drain(kernel, seen0, timeout=20)
+        m1 = proc_mem(a.pid)
+        got = a.progress() - seen0
+        self.results["stall_hwm"] = m1["VmHWM"]
+        print(f"{int(r['sent'])} datagrams, {kernel} events while stopped; drained {got} "
+              f"({kernel - got} lost) in {t:.2f} s, agent CPU {proc_cpu_s(a.pid) - c0:.2f} s")
+        print(f"before: {mem_str(m0)}\nafter:  {mem_str(m1)} (VmHWM: the drain's peak)")
+
     def part_pps(self) -> None:
         assert self.agent is not None and self.stats is not None
         a = self.agent
@@ -818,7 +843,7 @@ def main() -> None:
     p.add_argument("--agent-arg", action="append", default=[],
                    help="extra webb-agent flag (repeatable), e.g. --agent-arg=--perf-pages=4096")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
-                   help="parts to skip: ingest,memory,pps")
+                   help="parts to skip: memory,stall,ingest,pps")
     p.add_argument("--no-bpf-stats", dest="bpf_stats", action="store_false",
                    help="skip the extra 1-s runs with the kernel's BPF run-time accounting "
                         "(it is turned on host-wide, through an fd, only for those runs)")
@@ -836,6 +861,8 @@ def main() -> None:
         b.setup()
         if "memory" not in args.skip:
             b.part_memory()
+        if "stall" not in args.skip:
+            b.part_stall()
         if "ingest" not in args.skip:
             b.part_ingest()
         if "pps" not in args.skip:

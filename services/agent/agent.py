@@ -15,6 +15,7 @@ from .datapath.loader import AttachError, Datapath
 from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
 from .identity import IdentityAllocator
 from .ingest import Ingest
+from .memory import release_freed_heap
 from .observer import NodeState, ObserverService
 from .parser import FlowParser
 from .peer import PeerDirectory, PeerService
@@ -85,6 +86,7 @@ class Agent:
                                   cfg.perf_pages, cfg.wakeup_events)
         if cfg.kernel_drops:
             await self._start_kernel_drops()
+        release_freed_heap()  # what LLVM freed after compiling the programs
         # The policy listener goes first: an endpoint's enforcement is in the maps
         # before its programs are attached.
         self.registry.subscribe(self.policy.on_endpoint)

@@ -2,7 +2,9 @@
 
 bcc's per-event callback only copies bytes into a list; the kernel wakes user space
 once per `wakeup_events` records and the agent drains every `interval` seconds,
-so a busy datapath costs about a microsecond of Python per event.
+so a busy datapath costs a few microseconds of Python per event. The list is
+turned into ring records every CHUNK events, so a drain after a stall (bcc reads
+whole buffers) never holds the backlog at once. Records keep the raw event bytes.
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import asyncio
 import ctypes
 import logging
 import time
+from operator import attrgetter
 from typing import Callable
 
-from .datapath.event import EVENT_SIZE, EVENT_STRUCT, FlowEvent
+from .datapath.event import EVENT_SIZE, HEAD_STRUCT
 from .endpoint import Endpoint, EndpointRegistry
 from .record import HOST, REMOTE_NODE, WORLD, FlowRecord, LostRecord
 from .ring import Ring
@@ -22,13 +25,18 @@ log = logging.getLogger(__name__)
 LOST_SOURCE_PERF = 1  # flow.LostEventSource.PERF_EVENT_RING_BUFFER
 
 
+CHUNK = 8192  # most raw events held in one list: a drain after a stall goes by chunks
+
+
 class Ingest:
     def __init__(self, ring: Ring, registry: EndpointRegistry, node_ips: set[bytes],
-                 on_batch: Callable[[list[FlowRecord]], None] | None = None) -> None:
+                 on_batch: Callable[[list[FlowRecord]], None] | None = None,
+                 chunk: int = CHUNK) -> None:
         self.ring = ring
         self.registry = registry
         self.node_ips = node_ips  # packed addresses of this node: reserved:host
         self.on_batch = on_batch
+        self.chunk = chunk
         self._raw: list[bytes] = []
         self._lost: list[tuple[int, int]] = []
         self.seen_events = 0
@@ -39,7 +47,15 @@ class Ingest:
 
     # bcc callbacks: keep them minimal, they run once per event.
     def on_event(self, cpu: int, data: int, size: int) -> None:
-        self._raw.append(ctypes.string_at(data, EVENT_SIZE))
+        raw = self._raw
+        raw.append(ctypes.string_at(data, EVENT_SIZE))
+        if len(raw) >= self.chunk:
+            # bcc's consume drains whole buffers: after a stall that is the whole
+            # backlog, so it goes to the ring a chunk at a time.
+            try:
+                self.process()
+            except Exception:  # an exception must not unwind through bcc's C code
+                log.exception("ingest chunk failed")
 
     def on_lost(self, *args: int) -> None:
         # bcc passes (lost,) or (cpu, lost) depending on version
@@ -60,25 +76,27 @@ class Ingest:
         return WORLD
 
     def process(self, raws: list[bytes] | None = None) -> int:
-        """Turns the collected raw events into ring entries; returns how many."""
+        """Turns the collected raw events into ring entries; returns how many.
+
+        Records keep the raw bytes: only the kernel time and the addresses are read
+        here (no full decode, no per-event tuple kept)."""
         if raws is None:
             raws, self._raw = self._raw, []
         lost, self._lost = self._lost, []
         if not raws and not lost:
             return 0
         offset = time.time_ns() - time.monotonic_ns()
-        unpack = EVENT_STRUCT.unpack_from
-        make = FlowEvent._make
-        by_packed = self.registry.by_packed
+        head = HEAD_STRUCT.unpack_from
+        get = self.registry.by_packed.get
         endpoint = self._endpoint
         recs = []
+        append = recs.append
         for raw in raws:
-            ev = make(unpack(raw))
-            src = by_packed.get(ev.saddr) or endpoint(ev.saddr, ev.family)
-            dst = by_packed.get(ev.daddr) or endpoint(ev.daddr, ev.family)
-            recs.append(FlowRecord(ev, ev.ts + offset, src, dst))
+            ts, saddr, daddr, fam = head(raw)
+            append(FlowRecord(raw, ts + offset, get(saddr) or endpoint(saddr, fam),
+                              get(daddr) or endpoint(daddr, fam)))
         # Per-CPU buffers deliver out of order across CPUs: order by kernel time.
-        recs.sort(key=lambda r: r.time_ns)
+        recs.sort(key=_time_ns)
         entries: list[FlowRecord | LostRecord] = []
         now = time.time_ns()
         for cpu, n in lost:
@@ -105,3 +123,6 @@ class Ingest:
             except Exception:
                 log.exception("ingest batch failed")
             await asyncio.sleep(interval)
+
+
+_time_ns = attrgetter("time_ns")

@@ -10,6 +10,7 @@ import socket
 import sys
 
 from .agent import Agent, AgentConfig
+from .memory import tune_gc
 from .ring import valid_capacity
 
 
@@ -84,6 +85,7 @@ async def _run(cfg: AgentConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await agent.start()
+    tune_gc()
     try:
         await stop.wait()
     finally:

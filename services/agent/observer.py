@@ -27,6 +27,7 @@ from .ring import Ring
 log = logging.getLogger(__name__)
 
 NAMESPACE_WINDOW_NS = 3600 * 1_000_000_000  # Hubble lists namespaces seen in the last hour
+RATE_WINDOW_S = 60  # ServerStatus.flows_rate: flows per second over the last minute
 
 
 def ts_ns(ts: Timestamp) -> int:
@@ -49,14 +50,32 @@ class NodeState:
         self.seen = seen
         self.started_ns = time.monotonic_ns()
         self.namespaces: dict[tuple[str, str], int] = {}
+        # Flows ingested per wall-clock second, the last RATE_WINDOW_S seconds.
+        self._rate_count = [0] * RATE_WINDOW_S
+        self._rate_second = [-1] * RATE_WINDOW_S
 
     def note_batch(self, recs: list[FlowRecord]) -> None:
+        self.count_flows(len(recs), time.time_ns() // 1_000_000_000)
         seen = self.namespaces
+        t = recs[-1].time_ns  # per batch: the namespace list has an hour's resolution
+        src = dst = None
         for r in recs:
-            if r.src.namespace:
-                seen[(r.src.cluster, r.src.namespace)] = r.time_ns
-            if r.dst.namespace:
-                seen[(r.dst.cluster, r.dst.namespace)] = r.time_ns
+            if r.src is not src:
+                src = r.src
+                if src.namespace:
+                    seen[(src.cluster, src.namespace)] = t
+            if r.dst is not dst:
+                dst = r.dst
+                if dst.namespace:
+                    seen[(dst.cluster, dst.namespace)] = t
+
+    def count_flows(self, n: int, second: int) -> None:
+        """Adds n flows to the per-second counters behind flows_rate."""
+        i = second % RATE_WINDOW_S
+        if self._rate_second[i] != second:
+            self._rate_second[i] = second
+            self._rate_count[i] = 0
+        self._rate_count[i] += n
 
     def uptime_ns(self) -> int:
         return time.monotonic_ns() - self.started_ns
@@ -65,19 +84,11 @@ class NodeState:
         return len(self.ring)
 
     def flows_rate(self) -> float:
-        """Flows per second over the last minute, from the ring's timestamps."""
-        ring = self.ring
-        now = time.time_ns()
-        horizon = now - 60 * 1_000_000_000
-        count, pos = 0, ring.next_seq - 1
-        while pos >= ring.oldest_seq:
-            e = ring.get(pos)
-            if isinstance(e, FlowRecord):
-                if e.time_ns < horizon:
-                    break
-                count += 1
-            pos -= 1
-        window = min(60.0, self.uptime_ns() / 1e9) or 1.0
+        """Flows per second over the last minute, from per-second counters: O(60)."""
+        now = time.time_ns() // 1_000_000_000
+        count = sum(c for c, sec in zip(self._rate_count, self._rate_second)
+                    if now - RATE_WINDOW_S < sec <= now)
+        window = min(float(RATE_WINDOW_S), self.uptime_ns() / 1e9) or 1.0
         return count / window
 
 

@@ -1,12 +1,14 @@
-"""What the ring holds: decoded datapath events with their endpoints resolved.
+"""What the ring holds: raw datapath events with their endpoints resolved.
 
-A FlowRecord keeps the raw event and references to the (immutable) endpoint
-snapshots valid when it was seen; its flow.Flow wire bytes are encoded only when
-a reader asks for them, and cached.
+A FlowRecord keeps the event's raw perf record bytes (104 bytes, one object, not
+tracked by the garbage collector) and references to the (immutable) endpoint
+snapshots valid when it was seen. The event is decoded (`ev`) only when a reader
+needs it; its flow.Flow wire bytes are encoded once and cached, and then the raw
+bytes are dropped.
 """
 from __future__ import annotations
 
-from .datapath.event import FlowEvent
+from .datapath.event import FlowEvent, decode, pack
 from .endpoint import Endpoint
 from .identity import RESERVED, RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WORLD
 
@@ -23,15 +25,27 @@ REMOTE_NODE = reserved_endpoint(RESERVED_REMOTE_NODE)
 
 
 class FlowRecord:
-    __slots__ = ("ev", "time_ns", "src", "dst", "seq", "wire")
+    __slots__ = ("raw", "time_ns", "src", "dst", "seq", "wire")
 
-    def __init__(self, ev: FlowEvent, time_ns: int, src: Endpoint, dst: Endpoint) -> None:
-        self.ev = ev
+    def __init__(self, raw: bytes | FlowEvent, time_ns: int, src: Endpoint,
+                 dst: Endpoint) -> None:
+        # bytes from the perf buffer; a FlowEvent (tests, benchmarks) is packed.
+        if raw.__class__ is not bytes:
+            raw = pack(raw)  # type: ignore[arg-type]
+        self.raw: bytes | None = raw  # type: ignore[assignment]
         self.time_ns = time_ns
         self.src = src
         self.dst = dst
         self.seq = 0
         self.wire: bytes | None = None  # encoded flow.Flow once read
+
+    @property
+    def ev(self) -> FlowEvent:
+        """The decoded event (decoded on each access: nothing keeps it)."""
+        raw = self.raw
+        if raw is None:
+            raise AttributeError("the raw event was dropped once the flow was encoded")
+        return decode(raw)
 
 
 class LostRecord:

@@ -280,3 +280,122 @@ async def test_plain_follow_starts_at_the_next_flow():
     got = await asyncio.wait_for(nxt, 2)
     assert p.flow(got).l4.TCP.source_port == 30077
     await gen.aclose()
+
+
+def test_records_keep_raw_bytes_until_encoded():
+    from webb_agent.datapath.event import HEAD_STRUCT
+    e = ev(saddr="fd00::1", daddr="fd00::2", ts=123456789)
+    raw = pack(e)
+    assert HEAD_STRUCT.unpack_from(raw) == (e.ts, e.saddr, e.daddr, e.family)
+    reg = client_server()
+    ring: Ring = Ring(15)
+    ing = Ingest(ring, reg, set())
+    ing.process([raw, pack(ev(ts=5))])
+    rec = ring.get(1)
+    assert rec.raw is raw and type(rec.raw) is bytes  # no decoded tuple kept
+    assert rec.ev == e and rec.ev.ts == 123456789
+    p = make_parser()
+    flow = p.flow(rec)
+    assert rec.raw is None and rec.wire is not None  # encoded: raw bytes dropped
+    assert flow.IP.source == "fd00::1" and flow.l4.TCP.source_port == 40000
+    assert p.flow(rec) == flow
+    with pytest.raises(AttributeError):
+        rec.ev  # noqa: B018
+    # A FlowEvent given by hand is kept packed, like the datapath's bytes.
+    assert FlowRecord(e, 1, WORLD, WORLD).raw == raw
+
+
+def test_ingest_drains_in_bounded_chunks():
+    import ctypes
+    reg = client_server()
+    ring: Ring = Ring(63)
+    batches: list[int] = []
+    ing = Ingest(ring, reg, set(), on_batch=lambda recs: batches.append(len(recs)), chunk=4)
+    bufs = [ctypes.create_string_buffer(pack(ev(ts=1000 + i, sport=30000 + i)), EVENT_SIZE)
+            for i in range(10)]
+    peak = 0
+    for b in bufs:  # what bcc's consume does with a backlog: one callback per event
+        ing.on_event(0, ctypes.addressof(b), EVENT_SIZE)
+        peak = max(peak, len(ing._raw))
+    assert peak < 4 and batches == [4, 4] and ring.next_seq == 8
+    assert ing.process() == 2 and batches == [4, 4, 2]
+    assert [ring.get(i).ev.sport for i in range(10)] == list(range(30000, 30010))
+    assert ing.seen_events == 10
+
+
+def test_flows_rate_from_per_second_counters(monkeypatch):
+    from webb_agent import observer
+    from webb_agent.observer import NodeState
+
+    class NoWalk(Ring):
+        def get(self, seq):  # flows_rate must not walk the ring
+            raise AssertionError("ring walked")
+
+    now = [1_000 * 10**9]
+    monkeypatch.setattr(observer.time, "time_ns", lambda: now[0])
+    node = NodeState("n", "v", "", NoWalk(7), lambda: 0)
+    node.started_ns -= 3600 * 10**9  # up for an hour: a full minute's window
+    reg = client_server()
+    c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
+    node.note_batch([FlowRecord(ev(), now[0], c, s)] * 30)
+    now[0] += 30 * 10**9
+    node.count_flows(90, now[0] // 10**9)
+    assert node.flows_rate() == pytest.approx(120 / 60)
+    assert node.namespaces == {("default", "ns"): 1_000 * 10**9}
+    now[0] += 31 * 10**9  # the first 30 flows are now more than a minute old
+    assert node.flows_rate() == pytest.approx(90 / 60)
+    now[0] += 60 * 10**9
+    assert node.flows_rate() == 0
+    # A slot reused a minute later starts from zero.
+    node.count_flows(6, now[0] // 10**9)
+    assert node.flows_rate() == pytest.approx(6 / 60)
+
+
+def test_memory_settings():
+    import gc
+    from webb_agent.memory import GC_THRESHOLD, release_freed_heap, tune_gc
+    before = gc.get_threshold()
+    try:
+        assert tune_gc() is True
+        assert gc.get_threshold() == GC_THRESHOLD and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert release_freed_heap() is True  # glibc here
+
+
+def test_drop_clean_file_pages(tmp_path):
+    import mmap
+    import re
+    from webb_agent.memory import drop_clean_file_pages
+
+    def resident(name):
+        rss, cur = 0, False
+        for line in open("/proc/self/smaps"):
+            if "-" in line.split(" ", 1)[0]:
+                cur = line.rstrip().endswith(name)
+            elif cur and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+        return rss
+
+    f = tmp_path / "libwebbtest.so"
+    f.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    with open(f, "rb") as fh:
+        m = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    try:
+        assert sum(m[i] for i in range(0, len(m), 4096)) == 0  # touch every page
+        assert resident("libwebbtest.so") >= 1024
+        assert drop_clean_file_pages(re.compile(r"/libwebbtest\.so$")) >= 1024 * 1024
+        assert resident("libwebbtest.so") == 0
+        assert m[4097] == 1 and m[-1] == 255  # read again from the file
+    finally:
+        m.close()
+    # A mapping with a copied-on-write page (relocated library data) is left alone.
+    with open(f, "r+b") as fh:
+        w = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE)
+    try:
+        w[0] = 42
+        assert drop_clean_file_pages(re.compile(r"/libwebbtest\.so$")) == 0
+        assert w[0] == 42
+    finally:
+        w.close()

@@ -1,8 +1,9 @@
 """Layout of the records bpf/ programs write to their perf buffers (bpf/event.h), and
 their decoding.
 
-Decoding is one struct.unpack per record (about a microsecond); everything else a
-Flow needs is built later, only for flows someone reads.
+The agent keeps records raw: ingest reads only the few fields it needs per event
+(HEAD_STRUCT); a full decode (one struct.unpack) and everything else a Flow needs
+happen later, only for flows someone reads.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import NamedTuple
 # struct flow_event in bpf/event.h
 EVENT_STRUCT = struct.Struct("<QQQ16s16s6s6sHHIIBBBBBBBBBB2xIII")
 EVENT_SIZE = EVENT_STRUCT.size  # 104
+# What ingest needs of every event, without a full decode: ts, saddr, daddr, family.
+HEAD_STRUCT = struct.Struct("<Q16x16s16s26xB")
 
 EVENT_TRACE = 1
 EVENT_DROP = 2             # dropped by the datapath (policy); drop_reason: Hubble's code
