@@ -350,7 +350,38 @@ def traffic(lab, cluster, exporters, prometheus):
     lab.exec(p["client"].netns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", p["cart"].ip6)
     tcp(lab, "tmp", lab.world_ip, 443, server_ns=lab.world_ns)                        # to the world
     lab.exec(p["tmp"].netns, "ping", "-c", "1", "-W", "1", lab.world_ip)
+    policed(lab, cluster[0]["n1"])  # n1: both exporters (relay, per-node on n1) see it
     return p
+
+
+SERVER_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-from-client, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: client}
+    toPorts:
+    - ports: [{port: "8082", protocol: TCP}]
+"""
+
+
+def policed(lab: NetLab, agent: AgentProc) -> None:
+    """A policy on server for a while: client's connection is allowed (a policy
+    verdict), tmp's is denied (a Policy denied drop). Removed again for the tests after."""
+    from webb.api.admin import admin_pb2 as apb
+    agent.admin.ApplyPolicies(apb.ApplyPoliciesRequest(documents=SERVER_POLICY), timeout=10)
+    try:
+        tcp(lab, "client", lab.pods["server"].ip4, 8082, server_ns=lab.pods["server"].netns)
+        lab.exec(lab.pods["tmp"].netns, sys.executable, "-c",
+                 "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8082), 1)\n"
+                 "except OSError:\n pass\nelse:\n sys.exit('the policy let tmp in')",
+                 lab.pods["server"].ip4)
+    finally:
+        agent.admin.DeletePolicy(apb.DeletePolicyRequest(namespace="demo", name="server-from-client"),
+                                 timeout=10)
 
 
 @pytest.fixture(scope="module")
