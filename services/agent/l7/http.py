@@ -1,0 +1,316 @@
+"""HTTP/1.x request/response heads from a bounded payload prefix.
+
+The datapath copies only the first N bytes of a segment, so the parser must
+decide from a prefix: a head whose start line is complete is reported, with
+``headers_complete`` telling whether the blank line was seen. Anything that is
+not plainly HTTP/1.x (TLS, the HTTP/2 preface, binary, a start line cut off by
+the prefix) yields an ``Unparsable`` with a reason the agent counts, so the
+packet degrades to an L3/L4 flow instead of a wrong L7 one.
+
+Output follows flow.proto's HTTP message: method, url
+(``http://host/path?query``), protocol ("HTTP/1.1"), code, and headers as
+{key, value} with Go's canonical key spelling, sorted by key like Hubble.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+from .redact import RedactSettings, redact_header_value, redact_url
+
+__all__ = ["HTTPHeader", "HTTPRequest", "HTTPResponse", "Unparsable", "HTTPParseResult",
+           "parse_http", "canonical_header_key", "http_record", "http_summary",
+           "MAX_MESSAGES", "MAX_HEADERS"]
+
+# Bounds so a hostile payload cannot make one call expensive.
+MAX_MESSAGES = 32          # pipelined heads reported per payload
+MAX_HEADERS = 100          # header lines per head (Go's default limit is by bytes; this is simpler)
+MAX_START_LINE = 8192
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(rb"[A-Z][A-Z_\-]{0,31}")
+_VERSION = re.compile(rb"HTTP/1\.[01]")
+_TARGET = re.compile(rb"[\x21-\x7e]+")          # visible ASCII, no spaces
+_STATUS = re.compile(rb"(HTTP/1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class HTTPHeader:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    method: str
+    target: str                       # request-target as sent
+    protocol: str                     # "HTTP/1.1" / "HTTP/1.0"
+    headers: tuple[HTTPHeader, ...]   # wire order, canonical keys
+    url: str                          # http://host/path?query (unredacted)
+    headers_complete: bool
+    length: int                       # bytes of head (+ body when known) consumed
+
+    def header(self, key: str) -> str | None:
+        return _first(self.headers, key)
+
+
+@dataclass(frozen=True)
+class HTTPResponse:
+    protocol: str
+    code: int
+    reason: str
+    headers: tuple[HTTPHeader, ...]
+    headers_complete: bool
+    length: int
+
+    def header(self, key: str) -> str | None:
+        return _first(self.headers, key)
+
+
+@dataclass(frozen=True)
+class Unparsable:
+    """Why a payload (or the rest of it) is not HTTP/1.x.
+
+    reason: "empty", "tls", "http2", "binary", "truncated" (start line beyond the
+    prefix), "malformed" (text but not an HTTP/1.x head).
+    """
+    reason: str
+    offset: int = 0
+
+
+HTTPMessage = Union[HTTPRequest, HTTPResponse]
+
+
+@dataclass(frozen=True)
+class HTTPParseResult:
+    messages: tuple[HTTPMessage, ...] = ()
+    # Set when parsing stopped on something that is not HTTP (at ``offset``);
+    # None when the payload was consumed or the rest is an unknown-length body.
+    unparsable: Unparsable | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.messages)
+
+
+def _first(headers: tuple[HTTPHeader, ...], key: str) -> str | None:
+    k = key.lower()
+    for h in headers:
+        if h.key.lower() == k:
+            return h.value
+    return None
+
+
+def canonical_header_key(name: str) -> str:
+    """Go's textproto.CanonicalMIMEHeaderKey: "content-type" -> "Content-Type".
+
+    Hubble's header keys come from Go's http.Header, so this spelling is what
+    its JSON shows. Keys with characters outside a token are left as they are,
+    as Go does.
+    """
+    if not name or _TOKEN.fullmatch(name.encode("latin-1", "replace")) is None:
+        return name
+    out, upper = [], True
+    for c in name:
+        out.append(c.upper() if upper else c.lower())
+        upper = c == "-"
+    return "".join(out)
+
+
+def _classify_garbage(data: bytes) -> str:
+    """Reason for a payload that did not start with an HTTP/1.x start line."""
+    if len(data) >= 3 and data[0] in (0x14, 0x15, 0x16, 0x17) and data[1] == 0x03 and data[2] <= 0x04:
+        return "tls"                               # TLS record header
+    if _H2_PREFACE.startswith(data[: len(_H2_PREFACE)]) and data[:3] == b"PRI":
+        return "http2"
+    head = data[:64]
+    if any(b < 0x09 or 0x0d < b < 0x20 or b >= 0x7f for b in head):
+        return "binary"
+    return "malformed"
+
+
+def _split_line(data: bytes, start: int, limit: int) -> tuple[bytes, int] | None:
+    """One line starting at ``start`` (LF or CRLF ended) and the next offset, or None."""
+    end = data.find(b"\n", start, min(len(data), start + limit + 1))
+    if end < 0:
+        return None
+    line = data[start:end]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line, end + 1
+
+
+def _parse_headers(data: bytes, pos: int) -> tuple[list[HTTPHeader], int, bool] | None:
+    """Header lines from ``pos``; (headers, next offset, complete) or None if malformed."""
+    headers: list[HTTPHeader] = []
+    while len(headers) <= MAX_HEADERS:
+        got = _split_line(data, pos, MAX_START_LINE)
+        if got is None:
+            return headers, len(data), False       # head continues beyond the prefix
+        line, nxt = got
+        if not line:
+            return headers, nxt, True
+        if line[0] in (0x20, 0x09):
+            # obs-fold is forbidden by RFC 9112; Go rejects it, and so do we.
+            return None
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            return None
+        if any(b < 0x20 and b != 0x09 or b == 0x7f for b in value):
+            return None
+        headers.append(HTTPHeader(canonical_header_key(name.decode("ascii")),
+                                  value.strip(b" \t").decode("latin-1")))
+        pos = nxt
+    return None                                     # too many headers: not trusted
+
+
+def _body_length(headers: list[HTTPHeader], *, request: bool, code: int = 0) -> int | None:
+    """Body length where it is known from the head; None if it is not (chunked, to-close)."""
+    if not request and (100 <= code < 200 or code in (204, 304)):
+        return 0
+    te = _first(tuple(headers), "Transfer-Encoding")
+    if te is not None:
+        return None
+    cl = _first(tuple(headers), "Content-Length")
+    if cl is None:
+        return 0 if request else None
+    cl = cl.strip()
+    return int(cl) if cl.isdigit() and len(cl) <= 15 else None
+
+
+def _build_url(target: str, host: str | None, default_host: str | None) -> str:
+    if "://" in target and not target.startswith("/"):
+        return target                               # absolute-form (proxy request)
+    h = host if host else (default_host or "")
+    if target == "*" or not target.startswith("/"):
+        return f"http://{h}" if target != "*" else f"http://{h}*"
+    return f"http://{h}{target}"
+
+
+def _parse_one(data: bytes, pos: int, default_host: str | None) -> HTTPMessage | Unparsable:
+    got = _split_line(data, pos, MAX_START_LINE)
+    if got is None:
+        rest = data[pos:]
+        reason = _classify_garbage(rest)
+        # A text prefix that could still become a start line is a truncation.
+        if reason == "malformed" and len(rest) <= MAX_START_LINE and _looks_like_start(rest):
+            reason = "truncated"
+        return Unparsable(reason, pos)
+    line, nxt = got
+    if line.startswith(b"HTTP/"):
+        return _parse_response(data, line, nxt, pos)
+    return _parse_request(data, line, nxt, pos, default_host)
+
+
+def _looks_like_start(rest: bytes) -> bool:
+    first = rest.split(b" ", 1)[0]
+    return bool(first) and (_METHOD.fullmatch(first) is not None or b"HTTP/".startswith(first[:5])
+                            or first.startswith(b"HTTP/"))
+
+
+def _parse_request(data: bytes, line: bytes, nxt: int, pos: int,
+                   default_host: str | None) -> HTTPMessage | Unparsable:
+    parts = line.split(b" ")
+    if len(parts) != 3 or _METHOD.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
+        return Unparsable(_classify_garbage(data[pos:]), pos)
+    if _VERSION.fullmatch(parts[2]) is None:
+        return Unparsable("http2" if parts[2] == b"HTTP/2.0" else "malformed", pos)
+    parsed = _parse_headers(data, nxt)
+    if parsed is None:
+        return Unparsable("malformed", pos)
+    headers, end, complete = parsed
+    method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
+    url = _build_url(target, _first(tuple(headers), "Host"), default_host)
+    body = _body_length(headers, request=True) if complete else None
+    length = end - pos + body if body is not None else len(data) - pos
+    return HTTPRequest(method, target, parts[2].decode("ascii"), tuple(headers), url,
+                       complete, length)
+
+
+def _parse_response(data: bytes, line: bytes, nxt: int, pos: int) -> HTTPMessage | Unparsable:
+    m = _STATUS.fullmatch(line)
+    if m is None:
+        return Unparsable("http2" if line.startswith(b"HTTP/2") else "malformed", pos)
+    parsed = _parse_headers(data, nxt)
+    if parsed is None:
+        return Unparsable("malformed", pos)
+    headers, end, complete = parsed
+    code = int(m.group(2))
+    body = _body_length(headers, request=False, code=code) if complete else None
+    length = end - pos + body if body is not None else len(data) - pos
+    return HTTPResponse(m.group(1).decode("ascii"), code, (m.group(3) or b"").decode("latin-1"),
+                        tuple(headers), complete, length)
+
+
+def parse_http(payload: bytes, *, default_host: str | None = None) -> HTTPParseResult:
+    """Parse the HTTP/1.x heads in ``payload`` (a prefix of a TCP segment's data).
+
+    Pipelined messages are followed while each one's extent is known (complete
+    head and a Content-Length or no body). ``default_host`` (e.g. "10.0.0.2:80",
+    the destination) fills the URL when there is no Host header. Never raises.
+    """
+    try:
+        return _parse_all(bytes(payload), default_host)
+    except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
+        return HTTPParseResult((), Unparsable("error", 0))
+
+
+def _parse_all(data: bytes, default_host: str | None) -> HTTPParseResult:
+    if not data:
+        return HTTPParseResult((), Unparsable("empty", 0))
+    messages: list[HTTPMessage] = []
+    pos = 0
+    while pos < len(data) and len(messages) < MAX_MESSAGES:
+        msg = _parse_one(data, pos, default_host)
+        if isinstance(msg, Unparsable):
+            return HTTPParseResult(tuple(messages), msg)
+        messages.append(msg)
+        if not msg.headers_complete:
+            break                                   # the head itself goes on beyond the prefix
+        # An unknown-length body was given length "to the end", so this also
+        # stops there rather than reading body bytes as a next message.
+        pos += msg.length
+    return HTTPParseResult(tuple(messages), None)
+
+
+# --- flow.proto rendering -------------------------------------------------
+
+def _hubble_headers(headers: tuple[HTTPHeader, ...], settings: RedactSettings) -> list[dict]:
+    # Hubble sorts by key (stable, so repeated keys keep their wire order).
+    ordered = sorted(headers, key=lambda h: h.key)
+    return [{"key": h.key, "value": redact_header_value(h.key, h.value, settings)} for h in ordered]
+
+
+def http_record(msg: HTTPMessage, settings: RedactSettings | None = None,
+                request: HTTPRequest | None = None) -> dict:
+    """flow.proto ``HTTP`` as a JSON-style dict, redacted.
+
+    A response carries method and url of its paired ``request`` as Hubble's do.
+    Empty fields are omitted, as protobuf JSON does.
+    """
+    settings = settings or RedactSettings()
+    req = msg if isinstance(msg, HTTPRequest) else request
+    rec: dict = {}
+    if isinstance(msg, HTTPResponse):
+        rec["code"] = msg.code
+    if req is not None:
+        rec["method"] = req.method
+        rec["url"] = redact_url(req.url, settings)
+    rec["protocol"] = msg.protocol
+    headers = _hubble_headers(msg.headers, settings)
+    if headers:
+        rec["headers"] = headers
+    return rec
+
+
+def http_summary(msg: HTTPMessage, settings: RedactSettings | None = None,
+                 request: HTTPRequest | None = None, latency_ns: int = 0) -> str:
+    """Hubble's summary: "HTTP/1.1 GET http://h/p" or "HTTP/1.1 200 3ms (GET http://h/p)"."""
+    settings = settings or RedactSettings()
+    req = msg if isinstance(msg, HTTPRequest) else request
+    what = f"{req.method} {redact_url(req.url, settings)}" if req is not None else ""
+    if isinstance(msg, HTTPRequest):
+        return f"{msg.protocol} {what}"
+    return f"{msg.protocol} {msg.code} {latency_ns // 1_000_000}ms ({what})"

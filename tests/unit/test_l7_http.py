@@ -1,0 +1,188 @@
+"""HTTP/1.x prefix parser and Hubble-style redaction (services/agent/l7)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from webb_agent.l7.http import (HTTPRequest, HTTPResponse, canonical_header_key, http_record,
+                                http_summary, parse_http)
+from webb_agent.l7.redact import REDACTED, RedactSettings, redact_header_value, redact_url
+
+GET = (b"GET /reviews/0?x=1 HTTP/1.1\r\nHost: reviews:9080\r\nuser-agent: curl/8.7.1\r\n"
+       b"Accept: */*\r\nAuthorization: Bearer MY_TOKEN\r\n\r\n")
+RESP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
+        b"Set-Cookie: s=1\r\n\r\nhello")
+
+
+def test_request_fields_and_url():
+    r = parse_http(GET)
+    assert r.unparsable is None and len(r.messages) == 1
+    m = r.messages[0]
+    assert isinstance(m, HTTPRequest)
+    assert (m.method, m.target, m.protocol) == ("GET", "/reviews/0?x=1", "HTTP/1.1")
+    assert m.url == "http://reviews:9080/reviews/0?x=1"
+    assert m.header("user-agent") == "curl/8.7.1" and m.headers_complete
+    assert m.length == len(GET)
+
+
+def test_response_fields():
+    (m,) = parse_http(RESP).messages
+    assert isinstance(m, HTTPResponse)
+    assert (m.protocol, m.code, m.reason) == ("HTTP/1.1", 200, "OK")
+    assert m.length == len(RESP)
+
+
+def test_record_matches_hubble_shape_and_redacts():
+    req = parse_http(GET).messages[0]
+    rec = http_record(req)
+    assert rec["method"] == "GET" and rec["protocol"] == "HTTP/1.1"
+    assert rec["url"] == "http://reviews:9080/reviews/0?x=1" and "code" not in rec
+    # Sorted by canonical key, one entry per value, sensitive values redacted.
+    assert rec["headers"] == [
+        {"key": "Accept", "value": "*/*"},
+        {"key": "Authorization", "value": REDACTED},
+        {"key": "Host", "value": "reviews:9080"},
+        {"key": "User-Agent", "value": "curl/8.7.1"},
+    ]
+    resp = parse_http(RESP).messages[0]
+    rrec = http_record(resp, request=req)
+    assert rrec["code"] == 200 and rrec["method"] == "GET" and rrec["url"].startswith("http://reviews")
+    assert {"key": "Set-Cookie", "value": REDACTED} in rrec["headers"]
+
+
+def test_summaries():
+    req = parse_http(GET).messages[0]
+    resp = parse_http(RESP).messages[0]
+    assert http_summary(req) == "HTTP/1.1 GET http://reviews:9080/reviews/0?x=1"
+    assert http_summary(resp, request=req, latency_ns=3_400_000) == \
+        "HTTP/1.1 200 3ms (GET http://reviews:9080/reviews/0?x=1)"
+
+
+def test_pipelined_and_keepalive():
+    post = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody"
+    data = post + GET + b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
+    r = parse_http(data)
+    assert [m.target for m in r.messages] == ["/a", "/reviews/0?x=1", "/c"]
+    assert r.unparsable is None
+    resps = b"HTTP/1.1 204 No Content\r\n\r\n" + RESP + b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    assert [m.code for m in parse_http(resps).messages] == [204, 200, 404]
+
+
+def test_last_pipelined_request_cut_by_prefix():
+    data = GET + b"GET /second HTTP/1.1\r\nHost: h\r\nAcc"
+    r = parse_http(data)
+    assert len(r.messages) == 2 and not r.messages[1].headers_complete
+    assert r.messages[1].url == "http://h/second"
+    # Cut inside the request line: the first is kept, the rest is "truncated".
+    r = parse_http(GET + b"GET /sec")
+    assert len(r.messages) == 1 and r.unparsable.reason == "truncated"
+
+
+def test_body_not_read_as_next_message():
+    # Chunked / unknown body length: stop, never parse body bytes as HTTP.
+    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nHTTP/1.1 500 X\r\n\r\n")
+    assert [m.code for m in parse_http(data).messages] == [200]
+    # Body longer than the prefix.
+    data = b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    assert [m.target for m in parse_http(data).messages] == ["/u"]
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"", "empty"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "tls"),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", "http2"),
+    (b"PRI * HTTP/2", "http2"),
+    (b"\x00\x01\x02\xff\xfe binary", "binary"),
+    (b"GET /a-very-long-path-cut-by-the-capture", "truncated"),
+    (b"hello world\r\n\r\n", "malformed"),
+    (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", "malformed"),
+    (b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", "malformed"),
+    (b"GET / HTTP/3.0\r\n\r\n", "malformed"),
+    (b"get / HTTP/1.1\r\n\r\n", "malformed"),
+])
+def test_unparsable(payload, reason):
+    r = parse_http(payload)
+    assert r.messages == () and r.unparsable is not None and r.unparsable.reason == reason
+
+
+def test_url_forms():
+    r = parse_http(b"GET http://u:pw@example.com/x?token=abc&q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    m = r.messages[0]
+    assert m.url == "http://u:pw@example.com/x?token=abc&q=1"
+    assert http_record(m)["url"] == f"http://u:{REDACTED}@example.com/x?token={REDACTED}&q=1"
+    m = parse_http(b"GET /p HTTP/1.0\r\n\r\n", default_host="10.0.0.2:80").messages[0]
+    assert m.url == "http://10.0.0.2:80/p" and m.protocol == "HTTP/1.0"
+
+
+def test_canonical_header_key():
+    assert canonical_header_key("content-type") == "Content-Type"
+    assert canonical_header_key("X-REQUEST-ID") == "X-Request-Id"
+    assert canonical_header_key("bad key") == "bad key"
+
+
+def test_redact_header_semantics():
+    dflt = RedactSettings()
+    assert redact_header_value("Cookie", "a=b", dflt) == REDACTED
+    assert redact_header_value("Accept", "*/*", dflt) == "*/*"
+    # Hubble: enabled with both lists empty redacts everything.
+    everything = RedactSettings(headers_deny=frozenset())
+    assert redact_header_value("Accept", "*/*", everything) == REDACTED
+    allow = RedactSettings(headers_allow=frozenset({"User-Agent"}))
+    assert redact_header_value("user-agent", "c", allow) == "c"
+    assert redact_header_value("Accept", "*/*", allow) == REDACTED
+    assert redact_header_value("Authorization", "x", RedactSettings.hubble_defaults()) == "x"
+
+
+def test_redact_url_options():
+    url = "http://u:pw@h/p?Token=1&a=2&api%5Fkey=3&flag#frag"
+    assert redact_url(url, RedactSettings()) == \
+        f"http://u:{REDACTED}@h/p?Token={REDACTED}&a=2&api%5Fkey={REDACTED}&flag#frag"
+    assert redact_url(url, RedactSettings(http_urlquery=True)) == f"http://u:{REDACTED}@h/p"
+    assert redact_url(url, RedactSettings.disabled()) == url
+    assert redact_url("http://user@h/p", RedactSettings()) == "http://user@h/p"
+    assert redact_url("http://[::1/p?token=1", RedactSettings()) == "http://[::1/p"
+    custom = RedactSettings(query_params=frozenset({"a"}))
+    assert redact_url("http://h/?a=1&token=2", custom) == f"http://h/?a={REDACTED}&token=2"
+
+
+def test_random_bytes_never_raise():
+    rnd = random.Random(8)
+    seeds = [GET, RESP, b"HTTP/1.1 ", b"GET / HTTP/1.1\r\n"]
+    for i in range(3000):
+        if i % 2:
+            data = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 300)))
+        else:  # mutate real messages so the parser goes deep
+            base = bytearray(rnd.choice(seeds) * rnd.randrange(1, 3))
+            for _ in range(rnd.randrange(1, 6)):
+                if base:
+                    base[rnd.randrange(len(base))] = rnd.getrandbits(8)
+            data = bytes(base[: rnd.randrange(0, len(base) + 1)])
+        r = parse_http(data)
+        assert r.unparsable is None or r.unparsable.reason != "error", data
+        for m in r.messages:
+            http_record(m)
+            http_summary(m)
+
+
+def test_pairing_in_order_with_pipelining_and_bounds():
+    from webb_agent.l7.pairing import HTTPPairer
+    p: HTTPPairer[str] = HTTPPairer(max_pending_per_conn=2, max_conns=2)
+    c = ("10.0.0.1", 40000, "10.0.0.2", 9080)
+    p.request(c, "r1", 1_000)
+    p.request(c, "r2", 2_000)                    # pipelined
+    assert p.response(c, 5_000, informational=True).request == "r1"   # 100 Continue
+    assert (p.response(c, 6_000).request, p.response(c, 9_000).latency_ns) == ("r1", 7_000)
+    assert p.response(c, 10_000) is None and p.unmatched == 1
+    # Per-connection bound: the oldest pending request is dropped.
+    for i in range(3):
+        p.request(c, f"k{i}", i)
+    assert p.pending() == 2 and p.evicted == 1 and p.response(c, 10).request == "k1"
+    # Total bound: a third connection evicts the least recently active one.
+    p.request(("b",), "b", 0)
+    p.request(("c",), "c", 0)
+    assert p.response(c, 20) is None and p.response(("b",), 5).request == "b"
+    p.request(("d",), "d", 0)
+    p.expire(61 * 10**9)
+    assert p.pending() == 0
