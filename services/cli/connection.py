@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .durations import parse_duration
+from webb.durations import parse_duration
 from .errors import CLIError, rpc_error
 from .tls_proxy import InsecureTLSProxy, TLSProxyError
 

@@ -11,7 +11,7 @@ from webb.api.relay import relay_pb2 as rpb
 from . import protojson
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection, unary
-from .durations import format_duration
+from webb.durations import format_duration
 from .errors import CLIError
 from .formats.flow_fields import safe
 from .tabwriter import tabulate

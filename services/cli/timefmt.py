@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .durations import parse_duration
+from webb.durations import parse_duration
 
 FORMAT_NAMES = ["YearMonthDay", "YearMonthDayHour", "YearMonthDayHourMinute", "StampMilli",
                 "RFC3339", "RFC3339Milli", "RFC3339Micro", "RFC3339Nano", "RFC1123Z"]

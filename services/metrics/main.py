@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 import webb
+from webb.durations import duration_arg as duration
 
 from .config import MetricSpec, load_config_file, parse_metrics
 from .endpoint_events import EndpointEvents
@@ -34,24 +34,6 @@ from .server import MetricsServer, parse_listen_address
 log = logging.getLogger("webb-metrics")
 
 VERSION = f"{webb.__version__}+webb-metrics"
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from a Go-style duration ("1m", "500ms", "1m30s") or a plain number."""
-    t = text.strip()
-    try:
-        value = float(t)
-    except ValueError:
-        parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
-        if not parts or "".join(n + u for n, u in parts) != t:
-            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1m, 30s, 500ms)")
-        value = sum(float(n) * _UNITS[u] for n, u in parts)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
-    return value
-
-
 @dataclass
 class Config:
     server: str = "localhost:4245"

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
 
 import webb
+from webb.durations import duration_arg as duration
 
 from .discovery import DEFAULT_PEER_PORT, PeerServiceWatcher, add_static, normalize_address
 from .fanout import FlowsOptions
@@ -22,22 +22,6 @@ from .tls import TLSConfigError, agent_tls, server_credentials
 log = logging.getLogger("webb-relay")
 
 VERSION = f"{webb.__version__}+webb-relay"
-
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from Go-style durations ("1s", "500ms", "1m30s") or a plain number."""
-    t = text.strip()
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
-    if not parts or "".join(n + u for n, u in parts) != t:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1s, 500ms)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
 
 @dataclass
 class RelayConfig:

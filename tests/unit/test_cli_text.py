@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from webb.api.flow import flow_pb2 as fpb
 from webb_cli import protojson
-from webb_cli.durations import format_duration, parse_duration
+from webb.durations import format_duration, parse_duration
 from webb_cli.tabwriter import tabulate
 from webb_cli.timefmt import format_time, parse_time
 

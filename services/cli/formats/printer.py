@@ -14,7 +14,7 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
 
 from .. import protojson
-from ..durations import format_duration
+from webb.durations import format_duration
 from ..tabwriter import TabWriter
 from ..timefmt import DEFAULT_FORMAT, format_time
 from . import flow_fields as ff

@@ -78,3 +78,21 @@ def format_duration(ns: int) -> str:
             if hours:
                 out = f"{hours}h" + out
     return "-" + out if neg else out
+
+
+def duration_arg(text: str) -> float:
+    """An argparse type for duration flags: seconds, from "1m30s"/"500ms" or a plain
+    number of seconds; never negative."""
+    import argparse
+
+    t = text.strip()
+    try:
+        value = float(t)
+    except ValueError:
+        try:
+            value = parse_duration(t) / 1e9
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1m, 30s, 500ms)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
+    return value
