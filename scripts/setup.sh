@@ -28,7 +28,7 @@ fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. When the distribution has no
 # headers for the running kernel, point it at Debian's generic ones: the programs use
-# only stable UAPI structures (see docs/architecture.md).
+# only stable UAPI structures (see docs/agent.md).
 KDIR=/lib/modules/$(uname -r)
 if [ ! -e "$KDIR/build/include" ]; then
   hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
