@@ -156,6 +156,10 @@ def test_udp_icmp_ipv6_and_world(agent, traffic):
     assert all(f.is_reply.value for f in rep) and not any(f.is_reply.value for f in req)
     v6 = conn_flows(flows, 8086)
     assert v6 and v6[0].IP.ipVersion == fpb.IPv6 and v6[0].IP.source == traffic["client"].ip6
+    # The pod's IPv6 gateway (neighbour discovery) is the node's link-local address: host.
+    to_gateway = [f for f in flows if f.IP.destination == "fe80::1"]
+    assert to_gateway and all(f.destination.identity == 1 for f in to_gateway)
+    assert list(to_gateway[0].destination.labels) == ["reserved:host"]
     world = [f for f in flows if f.IP.destination == traffic_world(agent)]
     assert world and world[0].destination.identity == 2
     assert list(world[0].destination.labels) == ["reserved:world"]

@@ -119,10 +119,11 @@ class Datapath:
         await asyncio.get_running_loop().run_in_executor(self._nl, self._detach, ifname)
 
     async def addresses(self) -> list[str]:
-        """The global addresses of the namespace's interfaces: this node's own."""
+        """The node's own addresses: global and link-local ones of the namespace's
+        interfaces (a pod's IPv6 gateway is the node's link-local address on its veth)."""
         def read() -> list[str]:
             return [a.get_attr("IFA_ADDRESS") for a in self._netlink().get_addr()
-                    if a.get_attr("IFA_ADDRESS") and a["scope"] == 0]
+                    if a.get_attr("IFA_ADDRESS") and a["scope"] in (0, 253)]
         return await asyncio.get_running_loop().run_in_executor(self._nl, read)
 
     def _attach(self, ifname: str) -> Attachment:

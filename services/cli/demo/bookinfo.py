@@ -106,8 +106,9 @@ def make_app(service: str, version: str, pod: str) -> web.Application:
 async def serve(service: str, version: str, pod: str, port: int) -> None:
     runner = web.AppRunner(make_app(service, version, pod), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host="::", port=port)  # dual-stack
-    await site.start()
+    # asyncio makes IPv6 listeners v6-only: listen on both families explicitly.
+    for host in ("0.0.0.0", "::"):
+        await web.TCPSite(runner, host=host, port=port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
