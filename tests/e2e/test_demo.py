@@ -77,6 +77,15 @@ def test_flows_between_every_pair_that_talks(demo):
     assert not any(dst == "loadgen" for _, dst, _ in pairs)
 
 
+def test_healthy_bookinfo_traffic_has_no_drops(demo):
+    """No policy is applied: a drop on :9080 would be a broken service (e.g. one that
+    listens on IPv6 only while clients also try IPv4), which kernel-drop flows expose."""
+    drops = [r.flow for r in observer(demo).GetFlows(opb.GetFlowsRequest(
+        number=4000, whitelist=[fpb.FlowFilter(verdict=[fpb.DROPPED], destination_port=["9080"])]),
+        timeout=6) if r.HasField("flow")]
+    assert drops == [], [f.Summary for f in drops[:5]]
+
+
 def test_reviews_versions_spread_over_nodes(demo):
     def versions():
         seen = set()
