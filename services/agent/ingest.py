@@ -63,10 +63,8 @@ class Ingest:
         cpu = args[0] if len(args) > 1 else -1
         self._lost.append((cpu, lost))
 
-    def _endpoint(self, packed: bytes, family: int = 4):  # type: ignore[no-untyped-def]
-        ep = self.registry.by_packed.get(packed)
-        if ep is not None:
-            return ep
+    def _endpoint(self, packed: bytes, family: int = 4) -> Endpoint:
+        """An address that is no known endpoint (process() looked that up first)."""
         if packed in self.node_ips:
             return HOST
         if packed in self.remote_node_ips:

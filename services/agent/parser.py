@@ -38,7 +38,5 @@ class FlowParser:
     def flow(self, rec: FlowRecord) -> fpb.Flow:
         return fpb.Flow.FromString(self.wire(rec))
 
-    build = flow
-
     def response(self, rec: FlowRecord) -> bytes:
         return self.encoder.response(self.wire(rec), rec.time_ns)

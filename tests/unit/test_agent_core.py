@@ -95,7 +95,7 @@ def test_parser_directions_and_fields():
     reg = client_server()
     p = make_parser()
     c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
-    syn = p.build(FlowRecord(ev(), 1_700_000_000_123_456_789, c, s))
+    syn = p.flow(FlowRecord(ev(), 1_700_000_000_123_456_789, c, s))
     assert syn.Summary == "TCP Flags: SYN" and syn.verdict == fpb.FORWARDED
     assert syn.traffic_direction == fpb.EGRESS and syn.trace_observation_point == fpb.FROM_ENDPOINT
     assert syn.event_type.type == 4 and syn.event_type.sub_type == 5
@@ -103,14 +103,14 @@ def test_parser_directions_and_fields():
     assert syn.source.pod_name == "c" and syn.destination.pod_name == "s"
     assert syn.interface.name == "lxc1" and syn.trace_reason == fpb.NEW
     # The reply arriving back at the client's interface: to-endpoint, still EGRESS.
-    synack = p.build(FlowRecord(ev(saddr="10.0.0.2", daddr="10.0.0.1", sport=80, dport=40000,
+    synack = p.flow(FlowRecord(ev(saddr="10.0.0.2", daddr="10.0.0.1", sport=80, dport=40000,
                                    flags=0x12, point=POINT_TO_ENDPOINT, reply=1), 1, s, c))
     assert synack.is_reply.value and synack.reply
     assert synack.traffic_direction == fpb.EGRESS and synack.trace_observation_point == fpb.TO_ENDPOINT
     assert synack.event_type.sub_type == 0 and synack.trace_reason == fpb.REPLY
-    est = p.build(FlowRecord(ev(flags=0x10, reason=REASON_FLAGS), 2, c, s))
+    est = p.flow(FlowRecord(ev(flags=0x10, reason=REASON_FLAGS), 2, c, s))
     assert est.trace_reason == fpb.ESTABLISHED
-    icmp6 = p.build(FlowRecord(ev(saddr="fd00::1", daddr="fd00::2", proto=socket.IPPROTO_ICMPV6,
+    icmp6 = p.flow(FlowRecord(ev(saddr="fd00::1", daddr="fd00::2", proto=socket.IPPROTO_ICMPV6,
                                   sport=0, dport=0, icmp_type=128, flags=0), 3, WORLD, WORLD))
     assert icmp6.Summary == "ICMPv6 EchoRequest" and icmp6.IP.ipVersion == fpb.IPv6
     assert icmp6.IP.source == "fd00::1" and icmp6.source.labels == ["reserved:world"]

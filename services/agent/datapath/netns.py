@@ -9,9 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
 
-T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -42,20 +40,3 @@ def netlink_executor(name: str | None) -> ThreadPoolExecutor:
     """
     return ThreadPoolExecutor(1, thread_name_prefix=f"netlink-{name or 'self'}",
                               initializer=enter_netns, initargs=(name,))
-
-
-def run_in_netns(name: str | None, fn: Callable[[], T]) -> T:
-    if not name:
-        return fn()
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns_path(name), os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-        return fn()
-    finally:
-        if _libc.setns(orig, CLONE_NEWNET) != 0:  # pragma: no cover - would leave the thread astray
-            raise SystemExit("cannot return to the agent's network namespace")
-        os.close(orig)
-        os.close(target)

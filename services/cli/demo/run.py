@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cluster import BIN, PREFIX, DemoCluster, Ports, agent_host, clean
+from .cluster import PREFIX, DemoCluster, Ports, agent_host, clean
 
 DEFAULT_STATE = Path("/run/webb-demo")
 
