@@ -32,6 +32,7 @@
 
 #include "event.h"
 #include "policy.h"
+#include "l7.h"
 
 #define REASON_NEW 0
 #define REASON_FLAGS 1
@@ -41,7 +42,8 @@
 #define STAT_EVENTS 1
 #define STAT_PARSE_ERRORS 2
 #define STAT_POLICY_DROPS 3
-#define STAT_MAX 4
+#define STAT_L7_EVENTS 4
+#define STAT_MAX 5
 
 // config slots 0 and 1 (report intervals) are compile-time constants now, see below.
 #define CONF_POLICY_REVISION 2
@@ -72,6 +74,9 @@ struct agg_val {
     u32 is_reply;    // as flows report it (TCP flags may decide)
     u32 ct_reply;    // the opposite direction passed here first: a reply, policy-wise
     u64 policy_rev;  // policy revision the direction was last checked against
+    u8 l7;           // L7 parsing of this direction (l7.h): kind | L7_RESPONSE_SIDE
+    u8 l7_seen;      // a payload of the direction went to user space already
+    u8 pad[6];
 };
 
 // Denied packets are aggregated by peer and destination port, not source port, so
@@ -145,6 +150,7 @@ struct parsed {
     u8 tcp_flags;
     u8 icmp_type;
     u8 icmp_code;
+    u8 l4hlen;  // TCP header length
     u16 l4off;  // where the L4 header starts (0: none)
 };
 
@@ -156,6 +162,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parse
             p->key.sport = ((u16)h[0] << 8) | h[1];
             p->key.dport = ((u16)h[2] << 8) | h[3];
             p->tcp_flags = h[13];
+            p->l4hlen = (h[12] >> 4) * 4;
             return 0;
         }
         struct tcphdr th = {};
@@ -165,6 +172,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct parse
         p->key.dport = bpf_ntohs(th.dest);
         // Byte 13 of the TCP header holds CWR..FIN.
         p->tcp_flags = ((u8 *)&th)[13];
+        p->l4hlen = th.doff * 4;
     } else if (p->key.proto == IPPROTO_UDP) {
         u8 *h = pkt_ptr(skb, off, sizeof(struct udphdr));
         if (h) {
@@ -398,6 +406,73 @@ static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, 
     return TC_ACT_SHOT;
 }
 
+// Which L7 parser (if any) the direction of p at this point goes to: the request side
+// matches its destination port, the answering side its source port.
+static __always_inline u8 l7_select(struct parsed *p, u8 point) {
+    if (p->key.proto != IPPROTO_TCP && p->key.proto != IPPROTO_UDP)
+        return L7_NONE;
+    struct l7_sel_key k = {};
+    k.ifindex = p->key.ifindex;
+    k.proto = p->key.proto;
+    k.port = p->key.dport;
+    k.mode = point;
+    u8 *kind = l7_sel.lookup(&k);
+    if (kind)
+        return *kind;
+    k.port = p->key.sport;
+    k.mode = point | L7_MODE_SPORT;
+    kind = l7_sel.lookup(&k);
+    return kind ? (*kind | L7_RESPONSE_SIDE) : L7_NONE;
+}
+
+// Sends the packet's first bytes to user space when the payload is worth parsing;
+// *seen is the direction's "a payload was sent already".
+static __always_inline void l7_capture(struct __sk_buff *skb, struct parsed *p, u8 point,
+                                       u8 l7, u8 *seen, u8 is_reply) {
+    if (!p->l4off)
+        return;
+    u32 off = p->l4off + (p->key.proto == IPPROTO_TCP ? p->l4hlen : 8);
+    u32 len = skb->len;
+    if (len <= off || off > 0xffff)
+        return;
+    if ((l7 & L7_KIND_MASK) == L7_HTTP && *seen) {
+        u32 sig = 0;
+        if (bpf_skb_load_bytes(skb, off, &sig, 4) < 0 || !http_head_start(sig))
+            return;
+    }
+    *seen = 1;
+    int zero = 0;
+    struct l7_event *ev = l7_scratch.lookup(&zero);
+    if (!ev)
+        return;
+    ev->ts = bpf_ktime_get_ns();
+    __builtin_memcpy(ev->saddr, p->key.saddr, 16);
+    __builtin_memcpy(ev->daddr, p->key.daddr, 16);
+    ev->sport = p->key.sport;
+    ev->dport = p->key.dport;
+    ev->ifindex = p->key.ifindex;
+    ev->seq = 0;
+    if (p->key.proto == IPPROTO_TCP) {
+        u32 seq = 0;
+        if (bpf_skb_load_bytes(skb, p->l4off + 4, &seq, 4) == 0)
+            ev->seq = bpf_ntohl(seq);
+    }
+    ev->payload_len = len - off;
+    ev->payload_off = off;
+    u32 cap = off + L7_PREFIX;
+    if (cap > len)
+        cap = len;
+    ev->cap_len = cap;
+    ev->family = p->key.family;
+    ev->proto = p->key.proto;
+    ev->point = point;
+    ev->l7 = l7;
+    ev->is_reply = is_reply;
+    ev->tcp_flags = p->tcp_flags;
+    l7_events.perf_submit_skb(skb, cap, ev, sizeof(*ev));
+    stat_inc(STAT_L7_EVENTS);
+}
+
 // Policy of the endpoint behind ifindex in direction dir: 0 none, else bits 1 (deny
 // entries apply) and 2 (default deny).
 struct ep_policy {
@@ -467,8 +542,11 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
                         return policy_drop(skb, &p, point, bpf_ktime_get_ns(), identity, &res);
                 }
             }
+            v->l7 = l7_select(&p, point);  // the agent bumps the revision for L7 changes too
             v->policy_rev = rev;
         }
+        if (v->l7)
+            l7_capture(skb, &p, point, v->l7, &v->l7_seen, v->is_reply);
         packets = __sync_fetch_and_add(&v->packets, 1) + 1;
         bytes = __sync_fetch_and_add(&v->bytes, skb->len) + skb->len;
         is_reply = v->is_reply;
@@ -532,6 +610,9 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         nv.policy_rev = rev;
         if (p.key.proto == IPPROTO_TCP)
             nv.flags_seen = 1ULL << (p.tcp_flags & 0x3f);
+        nv.l7 = l7_select(&p, point);
+        if (nv.l7)
+            l7_capture(skb, &p, point, nv.l7, &nv.l7_seen, is_reply);
         agg_map.update(&p.key, &nv);
     }
 

@@ -15,6 +15,11 @@ from .datapath.loader import AttachError, Datapath
 from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
 from .identity import IdentityAllocator
 from .ingest import Ingest
+from .l7.encode import L7Encoder
+from .l7.fqdn import FQDNCache
+from .l7.redact import RedactSettings
+from .l7.tracker import L7Tracker
+from .l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
 from .memory import release_freed_heap
 from .observer import NodeState, ObserverService
 from .parser import FlowParser
@@ -48,6 +53,9 @@ class AgentConfig:
     allow_localhost: bool = True
     kernel_drops: bool = True
     drop_report_interval: float = 1.0
+    l7_visibility: str = DEFAULT_RULES  # applies to every endpoint; annotations add more
+    l7_prefix: int = 1024
+    redact: RedactSettings = field(default_factory=RedactSettings)
 
 
 class Agent:
@@ -70,7 +78,8 @@ class Agent:
     async def start(self) -> None:
         cfg = self.cfg
         self.datapath = Datapath(cfg.netns or None, cfg.report_interval,
-                                 drop_report_interval_s=cfg.drop_report_interval)
+                                 drop_report_interval_s=cfg.drop_report_interval,
+                                 l7_prefix=cfg.l7_prefix)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
         self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost)
         self.policy.on_change = self._on_policy
@@ -79,11 +88,18 @@ class Agent:
         self.ingest.cidr_endpoint = self.policy.cidr_endpoint
         self.parser = FlowParser(cfg.node_name, {}, VERSION)
         self.parser.encoder.policies = self.policy.policies_field
+        self.fqdn = FQDNCache()
+        self.l7_rules = parse_visibility(cfg.l7_visibility)
+        self.ingest.l7 = L7Tracker(self.fqdn)
+        self.parser.l7 = L7Encoder(cfg.node_name, VERSION, cfg.redact, self.fqdn)
+        self.parser.encoder.fqdn = self.fqdn
         self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
                               lambda: self.ingest.seen_events)
         self.ingest.on_batch = self.node.note_batch
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
+        self.datapath.open_l7_events(self.ingest.on_l7_event, self.ingest.on_lost,
+                                     max(cfg.perf_pages // 4, 64), cfg.wakeup_events)
         if cfg.kernel_drops:
             await self._start_kernel_drops()
         release_freed_heap()  # what LLVM freed after compiling the programs
@@ -142,6 +158,22 @@ class Agent:
                     eps[packed_ip(ip)] = (att.ifindex, inodes.get(ep.interface, 0))
         kd.set_endpoints(eps)
 
+    def _sync_l7(self) -> None:
+        """Tells flow.c which ports of which attached endpoints are parsed at L7."""
+        dp = self.datapath
+        if dp is None:
+            return
+        entries: dict[tuple[int, int, int, int], int] = {}
+        for ep in self.registry.list():
+            att = dp.attached.get(ep.interface) if self.registry.is_local(ep) else None
+            if att is None:
+                continue
+            # parse_endpoint validated the annotation already
+            rules = self.l7_rules + parse_visibility(dict(ep.annotations).get(ANNOTATION, ""))
+            entries.update(selection_keys(att.ifindex, rules))
+        if dp.set_l7_selection(entries):
+            log.info("L7 visibility: %d selector entries", len(entries))
+
     def _on_policy(self, p: Policy, deleted: bool) -> None:
         assert self.policy is not None
         self.agent_events.policy_changed(p.labels(), self.policy.revision, p.rule_count(), deleted)
@@ -173,6 +205,7 @@ class Agent:
             await self._try_attach(new.interface)  # type: ignore[union-attr]
         if local_old or local_new:
             await self._sync_kernel_drops()
+            self._sync_l7()
         if (old is None) != (new is None):
             self.agent_events.endpoint_changed(old, new)
 
@@ -199,6 +232,7 @@ class Agent:
                     retried = True
             if retried:
                 await self._sync_kernel_drops()
+                self._sync_l7()
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import uuid
 
-from typing import Callable
+from typing import Any, Callable
 
 from webb.icmp import icmp_type_code
 
@@ -166,6 +166,10 @@ def _unknown_kernel_reason(value: int) -> tuple[str, int]:
     return str(value), 0
 
 
+def _no_services(ev: FlowEvent) -> bytes:
+    return b""
+
+
 class FlowEncoder:
     def __init__(self, node_name: str, version: str, ifnames: dict[int, str]) -> None:
         self.node_name = node_name
@@ -178,11 +182,16 @@ class FlowEncoder:
         # reason's (name, Hubble DropReason).
         self.policies: Callable[[int, int], bytes] = _no_policies
         self.kernel_reason: Callable[[int], tuple[str, int]] = _unknown_kernel_reason
+        # Set in Kubernetes mode: Flow fields 20/21 (source/destination_service) of an
+        # event, from the Services the agent watches (k8s/services.py).
+        self.services: Callable[[FlowEvent], bytes] = _no_services
         self._node_field = s(1000, node_name)
         salt = uuid.uuid4().hex
         # Stable per flow (so two reads agree), distinct across agents and restarts.
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
         self._iface: dict[int, bytes] = {}
+        # Set by the agent: names from DNS answers (l7/fqdn.py FQDNCache).
+        self.fqdn: Any = None
 
     def flow_uuid(self, seq: int) -> str:
         return f"{self._uuid_prefix}{(seq >> 48) & 0xFFFF:04x}-{seq & 0xFFFFFFFFFFFF:012x}"
@@ -251,7 +260,10 @@ class FlowEncoder:
             b"\x4a", V[len(dst)], dst,
             kind,
             self._interface(ev.ifindex) if ev.ifindex else b"",
+            self.services(ev),
             summary,
+            self.fqdn.fields(ev.saddr, ev.daddr, time_ns)
+            if self.fqdn is not None and self.fqdn.active else b"",
         ))
 
     def _verdict(self, ev: FlowEvent, summary: bytes) -> tuple[bytes, bytes]:

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Iterable
 import yaml
 
 from .identity import Identity, IdentityAllocator
+from .l7.visibility import ANNOTATION, VisibilityError, parse_visibility
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Endpoint:
     id: int = 0
     identity: int = 0
     identity_labels: tuple[str, ...] = field(default=(), compare=False)
+    # Kubernetes-style annotations webb reads (L7 visibility: l7/visibility.py).
+    annotations: tuple[tuple[str, str], ...] = ()
     # Its flow.Endpoint message, encoded once: every flow of the endpoint reuses it.
     wire: bytes = field(default=b"", compare=False, repr=False)
 
@@ -78,6 +81,7 @@ class Endpoint:
             "node": self.node, "service_account": self.service_account,
             "workload": {"name": self.workload_name, "kind": self.workload_kind},
             "identity": self.identity, "identity_labels": list(self.identity_labels),
+            "annotations": dict(self.annotations),
         }
 
 
@@ -110,7 +114,16 @@ def parse_endpoint(raw: Any) -> Endpoint:
         ep_id = int(raw.get("id", 0) or 0)
     except (TypeError, ValueError):
         raise EndpointError(f"endpoint {name}: id must be an integer") from None
+    annotations = raw.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise EndpointError(f"endpoint {name}: annotations must be a mapping")
+    annotations = {str(k): str(v) for k, v in annotations.items()}
+    try:
+        parse_visibility(annotations.get(ANNOTATION, ""))
+    except VisibilityError as e:
+        raise EndpointError(f"endpoint {name}: annotation {ANNOTATION}: {e}") from None
     return Endpoint(
+        annotations=tuple(sorted(annotations.items())),
         name=name, namespace=ns,
         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
         ips=tuple(norm_ips), interface=str(raw.get("interface", "") or ""),
@@ -266,6 +279,17 @@ class EndpointRegistry:
 
     def subscribe_nodes(self, listener: Callable[[list[NodeInfo]], None]) -> None:
         self._node_listeners.append(listener)
+
+    def set_cluster(self, nodes: Iterable[NodeInfo] | None = None,
+                    namespaces: dict[str, dict[str, str]] | None = None) -> None:
+        """Nodes and/or namespace labels from a source other than the file (the
+        Kubernetes watchers); node listeners hear of it as of a file change."""
+        if nodes is not None:
+            self.nodes = list(nodes)
+        if namespaces is not None:
+            self.namespaces = dict(namespaces)
+        for nl in self._node_listeners:
+            nl(self.nodes)
 
     async def sync_file(self, endpoints: Iterable[Endpoint], nodes: Iterable[NodeInfo],
                         namespaces: dict[str, dict[str, str]] | None = None) -> None:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from .datapath.event import EVENT_SIZE, HEAD_STRUCT
 from .endpoint import Endpoint, EndpointRegistry
-from .record import HOST, REMOTE_NODE, WORLD, FlowRecord, LostRecord
+from .l7.tracker import L7Tracker
+from .record import HOST, REMOTE_NODE, WORLD, FlowRecord, L7Record, LostRecord
 from .ring import Ring
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class Ingest:
         self.remote_node_ips: set[bytes] = set()
         # Set by the agent when policies give world addresses CIDR identities.
         self.cidr_endpoint: Callable[[int, bytes], Endpoint | None] | None = None
+        # L7 payload records (their own perf buffer) and what turns them into messages.
+        self.l7: L7Tracker | None = None
+        self._l7_raw: list[bytes] = []
 
     # bcc callbacks: keep them minimal, they run once per event.
     def on_event(self, cpu: int, data: int, size: int) -> None:
@@ -56,6 +60,9 @@ class Ingest:
                 self.process()
             except Exception:  # an exception must not unwind through bcc's C code
                 log.exception("ingest chunk failed")
+
+    def on_l7_event(self, cpu: int, data: int, size: int) -> None:
+        self._l7_raw.append(ctypes.string_at(data, size))
 
     def on_lost(self, *args: int) -> None:
         # bcc passes (lost,) or (cpu, lost) depending on version
@@ -81,7 +88,8 @@ class Ingest:
         if raws is None:
             raws, self._raw = self._raw, []
         lost, self._lost = self._lost, []
-        if not raws and not lost:
+        l7raws, self._l7_raw = self._l7_raw, []
+        if not raws and not lost and not l7raws:
             return 0
         offset = time.time_ns() - time.monotonic_ns()
         head = HEAD_STRUCT.unpack_from
@@ -93,6 +101,11 @@ class Ingest:
             ts, saddr, daddr, fam = head(raw)
             append(FlowRecord(raw, ts + offset, get(saddr) or endpoint(saddr, fam),
                               get(daddr) or endpoint(daddr, fam)))
+        if l7raws and self.l7 is not None:
+            for m in self.l7.process(l7raws, offset):
+                ev = m.ev
+                append(L7Record(m, m.time_ns, get(ev.saddr) or endpoint(ev.saddr, ev.family),
+                                get(ev.daddr) or endpoint(ev.daddr, ev.family)))
         # Per-CPU buffers deliver out of order across CPUs: order by kernel time.
         recs.sort(key=_time_ns)
         entries: list[FlowRecord | LostRecord] = []

@@ -10,6 +10,8 @@ import socket
 import sys
 
 from .agent import Agent, AgentConfig
+from .l7.redact import DEFAULT_DENY_HEADERS, DEFAULT_SENSITIVE_QUERY_PARAMS, RedactSettings
+from .l7.visibility import DEFAULT_RULES, VisibilityError, parse_visibility
 from .memory import tune_gc
 from .ring import valid_capacity
 
@@ -55,6 +57,28 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                         "(default 1); drops in between are counted")
     p.add_argument("--no-kernel-drops", action="store_true",
                    help="do not report packets the kernel drops (skb:kfree_skb)")
+    g = p.add_argument_group("L7 visibility (HTTP/1.x and DNS, read from packets, no proxy)")
+    g.add_argument("--l7-visibility", default=DEFAULT_RULES, metavar="RULES",
+                   help="rules for every endpoint, in Cilium's proxy-visibility syntax, e.g. "
+                        "'<Ingress/9080/TCP/HTTP>,<Egress/53/UDP/DNS>' (default: DNS on 53; "
+                        "'' for none); an endpoint adds its own with the annotation "
+                        "policy.cilium.io/proxy-visibility")
+    g.add_argument("--l7-prefix", type=int, default=1024, metavar="BYTES",
+                   help="payload bytes captured per message (default 1024)")
+    g.add_argument("--redact-enabled", default="true", choices=["true", "false"],
+                   help="redact HTTP header values (default true: the deny list below)")
+    g.add_argument("--redact-http-headers-allow", default="", metavar="H1,H2",
+                   help="show only these headers' values, redact the rest")
+    g.add_argument("--redact-http-headers-deny", default=",".join(sorted(DEFAULT_DENY_HEADERS)),
+                   metavar="H1,H2", help="redact these headers' values (default: credentials "
+                                         "and cookies)")
+    g.add_argument("--redact-http-urlquery", action="store_true",
+                   help="drop URL queries from HTTP flows entirely")
+    g.add_argument("--redact-http-query-params",
+                   default=",".join(sorted(DEFAULT_SENSITIVE_QUERY_PARAMS)), metavar="P1,P2",
+                   help="redact the values of these URL query parameters")
+    g.add_argument("--redact-http-userinfo", default="true", choices=["true", "false"],
+                   help="redact passwords in URLs (default true)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
@@ -66,6 +90,20 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--perf-pages must be a power of two")
     if a.drop_report_interval <= 0:
         p.error("--drop-report-interval must be positive")
+    try:
+        parse_visibility(a.l7_visibility)
+    except VisibilityError as e:
+        p.error(f"--l7-visibility: {e}")
+    if not 64 <= a.l7_prefix <= 4096:
+        p.error("--l7-prefix must be between 64 and 4096")
+
+    def names(text: str) -> frozenset[str]:
+        return frozenset(n.strip() for n in text.split(",") if n.strip())
+    redact = RedactSettings(
+        headers_enabled=a.redact_enabled == "true", headers_allow=names(a.redact_http_headers_allow),
+        headers_deny=names(a.redact_http_headers_deny), http_urlquery=a.redact_http_urlquery,
+        query_params=names(a.redact_http_query_params),
+        http_userinfo=a.redact_http_userinfo == "true")
     logging.basicConfig(level=a.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # it logs every netlink message
@@ -75,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         node_ips=a.node_ip, peer_address=a.peer_address, identity_file=a.identity_file,
         report_interval=a.report_interval, perf_pages=a.perf_pages, policy_dir=a.policy_dir,
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
-        drop_report_interval=a.drop_report_interval)
+        drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
+        l7_prefix=a.l7_prefix, redact=redact)
 
 
 async def _run(cfg: AgentConfig) -> None:

@@ -11,7 +11,8 @@ from webb.api.flow import flow_pb2 as fpb
 
 from .datapath.event import decode
 from .encoder import FlowEncoder, tcp_flags_summary
-from .record import FlowRecord
+from .l7.encode import L7Encoder
+from .record import FlowRecord, L7Record
 
 __all__ = ["FlowParser", "tcp_flags_summary"]
 
@@ -21,6 +22,7 @@ class FlowParser:
         self.node_name = node_name
         self.ifnames = ifnames
         self.encoder = FlowEncoder(node_name, version, ifnames)
+        self.l7 = L7Encoder(node_name, version)
 
     def flow_uuid(self, seq: int) -> str:
         return self.encoder.flow_uuid(seq)
@@ -28,11 +30,20 @@ class FlowParser:
     def wire(self, rec: FlowRecord) -> bytes:
         w = rec.wire
         if w is None:
+            if rec.__class__ is L7Record:
+                return self._l7_wire(rec)  # type: ignore[arg-type]
             ev = decode(rec.raw)  # type: ignore[arg-type]
             w = rec.wire = self.encoder.encode(ev, rec.time_ns, rec.seq,
                                                rec.src.wire or rec.src.with_wire().wire,
                                                rec.dst.wire or rec.dst.with_wire().wire)
             rec.raw = None  # the wire bytes say it all now
+        return w
+
+    def _l7_wire(self, rec: L7Record) -> bytes:
+        w = rec.wire = self.l7.encode(rec.msg, rec.time_ns, self.flow_uuid(rec.seq),  # type: ignore[arg-type]
+                                      rec.src.wire or rec.src.with_wire().wire,
+                                      rec.dst.wire or rec.dst.with_wire().wire)
+        rec.msg = None
         return w
 
     def flow(self, rec: FlowRecord) -> fpb.Flow:

@@ -48,6 +48,21 @@ class FlowRecord:
         return decode(raw)
 
 
+class L7Record(FlowRecord):
+    """An L7 message (services/agent/l7/tracker.py); it has no raw event."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: object, time_ns: int, src: Endpoint, dst: Endpoint) -> None:
+        self.raw = None
+        self.time_ns = time_ns
+        self.src = src
+        self.dst = dst
+        self.seq = 0
+        self.wire = None
+        self.msg = msg  # an L7Message; dropped once encoded
+
+
 class LostRecord:
     """Events lost before they reached the ring (perf buffer overrun)."""
 

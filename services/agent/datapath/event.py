@@ -35,6 +35,7 @@ STAT_PACKETS = 0
 STAT_EVENTS = 1
 STAT_PARSE_ERRORS = 2
 STAT_POLICY_DROPS = 3
+STAT_L7_EVENTS = 4
 
 
 class FlowEvent(NamedTuple):
@@ -74,3 +75,54 @@ def decode(raw: bytes) -> FlowEvent:
 def pack(ev: FlowEvent) -> bytes:
     """The inverse of decode, for tests and benchmarks that feed records by hand."""
     return EVENT_STRUCT.pack(*ev)
+
+
+# struct l7_event in bpf/l7.h: a header, then the first cap_len bytes of the packet.
+L7_EVENT_STRUCT = struct.Struct("<Q16s16sHHIIIHHBBBBBB6x")
+L7_EVENT_SIZE = L7_EVENT_STRUCT.size  # 72
+
+L7_NONE = 0
+L7_HTTP = 1
+L7_DNS = 2
+L7_KIND_MASK = 0x0F
+L7_RESPONSE_SIDE = 0x10
+L7_MODE_SPORT = 2  # l7_sel key mode bit: the port is the packet's source port
+
+
+class L7Event(NamedTuple):
+    ts: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    ifindex: int
+    seq: int
+    payload_len: int
+    payload_off: int
+    cap_len: int
+    family: int
+    proto: int
+    point: int
+    l7: int
+    is_reply: int
+    tcp_flags: int
+
+    @property
+    def kind(self) -> int:
+        return self.l7 & L7_KIND_MASK
+
+    @property
+    def response_side(self) -> bool:
+        return bool(self.l7 & L7_RESPONSE_SIDE)
+
+
+def decode_l7(raw: bytes) -> tuple[L7Event, bytes]:
+    """The header and the captured payload (the packet bytes after its L4 header)."""
+    ev = L7Event._make(L7_EVENT_STRUCT.unpack_from(raw))
+    start = L7_EVENT_SIZE + ev.payload_off
+    return ev, raw[start:L7_EVENT_SIZE + ev.cap_len]
+
+
+def pack_l7(ev: L7Event, packet: bytes) -> bytes:
+    """The inverse of decode_l7 for tests: packet = the bytes the kernel would append."""
+    return L7_EVENT_STRUCT.pack(*ev) + packet

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .event import STAT_EVENTS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
+from .event import STAT_EVENTS, STAT_L7_EVENTS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
 from .netns import netlink_executor
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class Datapath:
 
     def __init__(self, netns: str | None = None, report_interval_s: float = 10.0,
                  agg_entries: int = 131072, drop_report_interval_s: float = 1.0,
-                 policy_entries: int = 65536, ipcache_entries: int = 65536) -> None:
+                 policy_entries: int = 65536, ipcache_entries: int = 65536,
+                 l7_prefix: int = 1024) -> None:
         from bcc import BPF  # imported here so that tools without bcc can import the agent
 
         self._BPF = BPF
@@ -79,7 +80,8 @@ class Datapath:
             "-DEP_MAP_SIZE=4096", f"-DIPCACHE_SIZE={ipcache_entries}",
             f"-DPOLICY_MAP_SIZE={policy_entries}",
             f"-DREPORT_NS={int(report_interval_s * 1e9)}ULL",
-            f"-DDROP_REPORT_NS={int(drop_report_interval_s * 1e9)}ULL", "-w"])
+            f"-DDROP_REPORT_NS={int(drop_report_interval_s * 1e9)}ULL",
+            f"-DL7_PREFIX={int(l7_prefix)}", "-DL7_SEL_SIZE=16384", "-w"])
         self._prog_from = self.bpf.load_func(b"tc_from_endpoint", BPF.SCHED_CLS)
         self._prog_to = self.bpf.load_func(b"tc_to_endpoint", BPF.SCHED_CLS)
         self._ipr: Any = None
@@ -90,12 +92,42 @@ class Datapath:
         # enforcement first, so that no packet passes an unconfigured program.
         self.before_attach: Callable[[str, int], None] | None = None
         self.after_detach: Callable[[str, int], None] | None = None
+        # The kernel's revision is the policy engine's plus the L7 selection's changes:
+        # a bump of either makes established directions look again (flow.c).
+        self._policy_revision = 0
+        self._l7_changes = 0
+        self._l7_sel: dict[tuple[int, int, int, int], int] = {}
 
     def table(self, name: str) -> Any:
         return self.bpf[name.encode()]
 
     def set_policy_revision(self, revision: int) -> None:
-        self.bpf[b"config"][ctypes.c_int(CONF_POLICY_REVISION)] = ctypes.c_uint64(revision)
+        self._policy_revision = revision
+        self._write_revision()
+
+    def _write_revision(self) -> None:
+        rev = self._policy_revision + self._l7_changes
+        self.bpf[b"config"][ctypes.c_int(CONF_POLICY_REVISION)] = ctypes.c_uint64(rev)
+
+    def set_l7_selection(self, entries: dict[tuple[int, int, int, int], int]) -> bool:
+        """Makes l7_sel hold exactly entries: (ifindex, port, proto, mode) -> kind.
+
+        Returns whether anything changed (then established directions re-select)."""
+        if entries == self._l7_sel:
+            return False
+        table = self.bpf[b"l7_sel"]
+        for k in self._l7_sel.keys() - entries.keys():
+            try:
+                del table[table.Key(*k)]
+            except KeyError:
+                pass
+        for k, kind in entries.items():
+            if self._l7_sel.get(k) != kind:
+                table[table.Key(*k)] = ctypes.c_uint8(kind)
+        self._l7_sel = dict(entries)
+        self._l7_changes += 1
+        self._write_revision()
+        return True
 
     async def in_netns(self, fn: Callable[[], Any]) -> Any:
         """Runs fn in the netlink thread (the node's namespace)."""
@@ -198,6 +230,11 @@ class Datapath:
         self.bpf[b"events"].open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
                                              wakeup_events=wakeup_events)
 
+    def open_l7_events(self, on_event: Callable[[int, int, int], None],
+                       on_lost: Callable[[int], None], page_cnt: int, wakeup_events: int) -> None:
+        self.bpf[b"l7_events"].open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
+                                                wakeup_events=wakeup_events)
+
     def consume(self) -> None:
         self.bpf.perf_buffer_consume()
 
@@ -205,7 +242,8 @@ class Datapath:
         table = self.bpf[b"stats"]
         out = {}
         for name, idx in (("events", STAT_EVENTS),
-                          ("parse_errors", STAT_PARSE_ERRORS), ("policy_drops", STAT_POLICY_DROPS)):
+                          ("parse_errors", STAT_PARSE_ERRORS), ("policy_drops", STAT_POLICY_DROPS),
+                          ("l7_events", STAT_L7_EVENTS)):
             out[name] = int(sum(table[ctypes.c_int(idx)]))
         return out
 

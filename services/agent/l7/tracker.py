@@ -1,0 +1,177 @@
+"""From captured payloads to L7 messages: per-connection HTTP streams, DNS
+queries and answers, paired for latency.
+
+The kernel sends, per selected direction, its first payload and then only
+segments that start like an HTTP head (every DNS message). Here a TCP direction
+remembers the sequence number where its next message can start, so a
+retransmission or a body segment that happens to start like a head is not read
+as a new message. What is not HTTP/DNS, or a head cut off by the capture prefix,
+is counted and yields no L7 message: the connection stays visible at L3/L4.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Union
+
+from ..datapath.event import L7_DNS, L7_HTTP, L7Event, decode_l7
+from .dns import DNSMessage, parse_dns
+from .fqdn import FQDNCache
+from .http import HTTPRequest, HTTPResponse, parse_http
+from .pairing import DNSPairer, HTTPPairer
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 65536
+EXPIRE_EVERY_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class L7Message:
+    ev: L7Event                      # the packet: addresses, ports, point, interface
+    time_ns: int                     # wall clock
+    response: bool
+    latency_ns: int = 0
+    http: Union[HTTPRequest, HTTPResponse, None] = None
+    request: HTTPRequest | None = None  # the request an HTTP response answers
+    dns: DNSMessage | None = None
+
+
+class _Truncated:
+    """Stands in the pairing queue for a request whose head the capture cut."""
+
+
+_TRUNCATED = _Truncated()
+
+
+def _ip_port(family: int, addr: bytes, port: int) -> str:
+    import socket
+
+    if family == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, addr[:4])}:{port}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
+
+
+class L7Tracker:
+    def __init__(self, fqdn: FQDNCache | None = None) -> None:
+        self.fqdn = fqdn if fqdn is not None else FQDNCache()
+        self.http: HTTPPairer[HTTPRequest | _Truncated] = HTTPPairer()
+        self.dns: DNSPairer[DNSMessage] = DNSPairer()
+        # TCP direction -> sequence number before which no message starts.
+        self._next_seq: OrderedDict[tuple[bytes, int, bytes, int], int] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        self._last_expire = 0
+
+    def process(self, raws: list[bytes], offset_ns: int) -> list[L7Message]:
+        """Decodes a batch of l7_events records (offset_ns: kernel -> wall clock)."""
+        events = []
+        for raw in raws:
+            try:
+                events.append(decode_l7(raw))
+            except Exception:  # a short record: count it, never stop the batch
+                self.counters["bad_record"] += 1
+        # Per-CPU buffers: a response may arrive before its request.
+        events.sort(key=lambda e: e[0].ts)
+        out: list[L7Message] = []
+        for ev, payload in events:
+            try:
+                if ev.kind == L7_HTTP:
+                    self._http(ev, payload, ev.ts + offset_ns, out)
+                elif ev.kind == L7_DNS:
+                    self._dns(ev, payload, ev.ts + offset_ns, out)
+            except Exception:
+                log.exception("L7 payload of %s failed to parse", ev)
+                self.counters["error"] += 1
+        if events:
+            now = events[-1][0].ts
+            if now - self._last_expire > EXPIRE_EVERY_NS:
+                self._last_expire = now
+                self.http.expire(now)
+                self.dns.expire(now)
+        return out
+
+    def _seq_check(self, ev: L7Event) -> bool:
+        """False for a segment before the direction's next possible message start."""
+        k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
+        nxt = self._next_seq.get(k)
+        if nxt is not None:
+            self._next_seq.move_to_end(k)
+            if (ev.seq - nxt) & 0xFFFFFFFF >= 0x80000000:
+                self.counters["http_skipped_segments"] += 1
+                return False
+        return True
+
+    def _advance(self, ev: L7Event, consumed: int) -> None:
+        k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
+        if k not in self._next_seq and len(self._next_seq) >= MAX_STREAMS:
+            self._next_seq.popitem(last=False)
+        self._next_seq[k] = (ev.seq + max(consumed, ev.payload_len)) & 0xFFFFFFFF
+
+    def _http(self, ev: L7Event, payload: bytes, time_ns: int, out: list[L7Message]) -> None:
+        if ev.proto == 6 and not self._seq_check(ev):
+            return
+        answers = ev.response_side
+        if answers:  # pairing key: the request direction
+            conn = (ev.daddr, ev.dport, ev.saddr, ev.sport)
+            host = _ip_port(ev.family, ev.saddr, ev.sport)
+        else:
+            conn = (ev.saddr, ev.sport, ev.daddr, ev.dport)
+            host = _ip_port(ev.family, ev.daddr, ev.dport)
+        res = parse_http(payload, default_host=host)
+        if not res.messages:
+            reason = res.unparsable.reason if res.unparsable else "empty"
+            self.counters[f"http_unparsable_{reason}"] += 1
+            if ev.proto == 6:
+                self._advance(ev, 0)
+            return
+        consumed = 0
+        for msg in res.messages:
+            is_request = isinstance(msg, HTTPRequest)
+            if is_request == answers:
+                # A request where answers go (or the reverse): not the protocol we
+                # were told; better no flow than a wrong one.
+                self.counters["http_unparsable_direction"] += 1
+                break
+            consumed += msg.length
+            if not msg.headers_complete:
+                self.counters["http_truncated"] += 1
+                if is_request:
+                    self.http.request(conn, _TRUNCATED, ev.ts)
+                else:
+                    self.http.response(conn, ev.ts)
+                break
+            if is_request:
+                self.counters["http_requests"] += 1
+                self.http.request(conn, msg, ev.ts)
+                out.append(L7Message(ev, time_ns, False, http=msg))
+                continue
+            informational = 100 <= msg.code < 200  # type: ignore[union-attr]
+            paired = self.http.response(conn, ev.ts, informational=informational)
+            if paired is None:
+                self.counters["http_unmatched_responses"] += 1
+                continue
+            if paired.request is _TRUNCATED:
+                self.counters["http_truncated_pairs"] += 1
+                continue
+            self.counters["http_responses"] += 1
+            out.append(L7Message(ev, time_ns, True, paired.latency_ns, http=msg,
+                                 request=paired.request))  # type: ignore[arg-type]
+        if ev.proto == 6:
+            self._advance(ev, consumed)
+
+    def _dns(self, ev: L7Event, payload: bytes, time_ns: int, out: list[L7Message]) -> None:
+        msg = parse_dns(payload, tcp=ev.proto == 6)
+        if msg is None:
+            self.counters["dns_unparsable"] += 1
+            return
+        if not msg.is_response:
+            self.counters["dns_queries"] += 1
+            self.dns.query((ev.saddr, ev.sport, ev.daddr, msg.id), msg, ev.ts)
+            out.append(L7Message(ev, time_ns, False, dns=msg))
+            return
+        self.counters["dns_responses"] += 1
+        paired = self.dns.response((ev.daddr, ev.dport, ev.saddr, msg.id), ev.ts)
+        out.append(L7Message(ev, time_ns, True, paired.latency_ns if paired else 0, dns=msg))
+        if msg.rcode == 0 and msg.ips:
+            self.fqdn.learn([msg.query, *msg.cnames], list(msg.ips), msg.ttl, time_ns)
