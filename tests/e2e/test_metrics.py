@@ -3,12 +3,11 @@ real traffic, two exporters (one on the relay with the demo's option set, one pe
 an agent), and a real Prometheus scraping both and answering PromQL for every metric
 family and for every panel of the Grafana dashboards.
 
-Families whose flows the datapath may not produce yet (drops, policy verdicts, L7 DNS
-and HTTP) are listed in DEPENDS_ON_DATAPATH with a test on the agents' own flows: when
-the agents hold such flows after the traffic, the family's checks and panels must pass;
-when they hold none, those checks are xfailed as pending, naming what is missing. So a
-family starts being checked, without editing this file, the day its flows exist (add the
-traffic that makes them to `traffic`: e.g. a DNS query and an HTTP call for L7)."""
+Families that need flows of a particular kind (drops, policy verdicts, L7 DNS and HTTP)
+are listed in DEPENDS_ON_DATAPATH with a test on the agents' own flows: `traffic` makes
+every kind (a denied connection, a policed one, HTTP calls to an endpoint with L7
+visibility, DNS queries to a real dnsmasq), and a family whose flows the agents do not
+hold fails the test that needs it, naming what is missing."""
 from __future__ import annotations
 
 import json
@@ -61,9 +60,10 @@ def datapath_family(expr: str) -> str:
 
 
 def skip_if_not_produced(expr: str, produced: set[str]) -> None:
+    """Fails (not skips) when the traffic did not give the agents the flows expr needs."""
     family = datapath_family(expr)
     if family and family not in produced:
-        pytest.xfail(f"pending: the datapath produced no {DEPENDS_ON_DATAPATH[family][0]}")
+        pytest.fail(f"the datapath produced no {DEPENDS_ON_DATAPATH[family][0]} for {expr}")
 
 
 # The per-node exporter also runs the families outside the dashboards' set, with pod
@@ -248,18 +248,25 @@ def lab():
         lab.add_pod(n1, "server", 11)
         lab.add_pod(n1, "tmp", 12)
         lab.add_pod(n2, "cart", 10)
+        lab.add_pod(n2, "dns", 11)
         lab.add_world()
         yield lab
     finally:
         lab.cleanup()
 
 
+HTTP_PORT = 8090  # parsed at L7 on server (its visibility annotation)
+L7_TRAFFIC = str(ROOT / "tests" / "helpers" / "l7_traffic.py")
+
+
 def endpoint_list(lab: NetLab, without: tuple[str, ...] = ()) -> list[dict]:
     p = lab.pods
-    eps = [pod_endpoint(p["client"], "client", namespace="demo"),
-           pod_endpoint(p["server"], "server", namespace="demo"),
+    server = pod_endpoint(p["server"], "server", namespace="demo")
+    server["annotations"] = {"policy.cilium.io/proxy-visibility": f"<Ingress/{HTTP_PORT}/TCP/HTTP>"}
+    eps = [pod_endpoint(p["client"], "client", namespace="demo"), server,
            pod_endpoint(p["tmp"], "tmp", namespace="demo"),
-           pod_endpoint(p["cart"], "cart", namespace="shop")]
+           pod_endpoint(p["cart"], "cart", namespace="shop"),
+           pod_endpoint(p["dns"], "kube-dns", namespace="kube-system")]
     return [e for e in eps if e["name"] not in without]
 
 
@@ -277,7 +284,7 @@ def cluster(lab, workdir):
         with ThreadPoolExecutor(2) as pool:  # bcc compiles for seconds: start both at once
             list(pool.map(lambda a: a.start(), agents.values()))
         agents["n1"].wait_attached(["client", "server", "tmp"])
-        agents["n2"].wait_attached(["cart"])
+        agents["n2"].wait_attached(["cart", "dns"])
         yield agents, eps
     finally:
         for a in agents.values():
@@ -337,7 +344,7 @@ def refused(lab: NetLab, src: str, dst_ip: str, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def traffic(lab, cluster, exporters, prometheus):
-    """Bounded real traffic of every kind the datapath sees today."""
+    """Bounded real traffic of every kind the datapath sees."""
     p = lab.pods
     tcp(lab, "client", p["cart"].ip4, 8080, connections=3, server_ns=p["cart"].netns)  # across nodes
     tcp(lab, "client", p["server"].ip4, 8081, server_ns=p["server"].netns)             # same node
@@ -351,7 +358,44 @@ def traffic(lab, cluster, exporters, prometheus):
     tcp(lab, "tmp", lab.world_ip, 443, server_ns=lab.world_ns)                        # to the world
     lab.exec(p["tmp"].netns, "ping", "-c", "1", "-W", "1", lab.world_ip)
     policed(lab, cluster[0]["n1"])  # n1: both exporters (relay, per-node on n1) see it
+    l7(lab)
     return p
+
+
+def l7(lab: NetLab) -> None:
+    """HTTP calls to server's L7-visible port, DNS queries to a real dnsmasq on n2."""
+    p = lab.pods
+    procs = []
+    try:
+        web = lab.popen(p["server"].netns, sys.executable, L7_TRAFFIC, "http-server",
+                        str(HTTP_PORT), "--timeout", "60", stdout=subprocess.PIPE, text=True)
+        procs.append(web)
+        assert web.stdout.readline().strip() == "ready"
+        procs.append(lab.popen(
+            p["dns"].netns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+            f"--listen-address={p['dns'].ip4}", "--bind-interfaces", "--local=/test/",
+            "--local-ttl=30", f"--host-record=cart.test,{p['cart'].ip4}", "--log-facility=-",
+            "--user=root", "--pid-file=", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        reqs = json.dumps([{"path": "/ok"}, {"path": "/status/404"}, {"path": "/status/500"}])
+        lab.exec(p["client"].netns, sys.executable, L7_TRAFFIC, "http-client", p["server"].ip4,
+                 str(HTTP_PORT), "--requests", reqs, "--host-header", f"server:{HTTP_PORT}")
+
+        def query(name: str) -> None:
+            lab.exec(p["client"].netns, sys.executable, L7_TRAFFIC, "dns-query", p["dns"].ip4,
+                     name, "A")
+        for attempt in range(30):  # dnsmasq takes a moment to listen
+            try:
+                query("cart.test")
+                break
+            except RuntimeError:
+                if attempt == 29:
+                    raise
+                time.sleep(0.3)
+        query("nope.test")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
 
 
 SERVER_POLICY = """\
