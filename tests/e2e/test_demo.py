@@ -154,6 +154,33 @@ def test_metrics_exporter_counts_the_demo_traffic(demo):
     assert any('verdict="FORWARDED"' in line for line in lines)
 
 
+def test_bookinfo_calls_are_l7_flows(demo):
+    """productpage -> reviews as Cilium's tutorial shows them, with no proxy."""
+    def got():
+        req = opb.GetFlowsRequest(number=200, whitelist=[fpb.FlowFilter(
+            protocol=["http"], http_url=["^http://reviews:9080/reviews/"])])
+        fl = [r.flow for r in observer(demo).GetFlows(req, timeout=10) if r.HasField("flow")]
+        kinds = {f.l7.type for f in fl}
+        return fl if {fpb.REQUEST, fpb.RESPONSE} <= kinds else None
+    flows = wait_for(got, 60, 2, "L7 flows productpage -> reviews")
+    req = next(f for f in flows if f.l7.type == fpb.REQUEST)
+    assert req.Type == fpb.L7 and req.event_type.type == 129
+    assert req.Summary == "HTTP/1.1 GET http://reviews:9080/reviews/0"
+    assert app_of(req.source) == "productpage" and app_of(req.destination) == "reviews"
+    resp = next(f for f in flows if f.l7.type == fpb.RESPONSE)
+    assert resp.l7.http.code == 200 and resp.l7.latency_ns > 0 and resp.is_reply.value
+    # DNS, parsed by default on every endpoint's port 53.
+    dns = [r.flow for r in observer(demo).GetFlows(opb.GetFlowsRequest(number=50, whitelist=[
+        fpb.FlowFilter(protocol=["dns"], dns_query=[r"cluster\.local\.$"])]), timeout=10)
+        if r.HasField("flow")]
+    assert dns and any(f.l7.dns.ips for f in dns if f.l7.type == fpb.RESPONSE)
+    # Names learnt from those answers are on later L3/L4 flows to the services.
+    named = [r.flow for r in observer(demo).GetFlows(opb.GetFlowsRequest(number=20, whitelist=[
+        fpb.FlowFilter(destination_fqdn=["reviews.bookinfo.svc.cluster.local"])]), timeout=10)
+        if r.HasField("flow")]
+    assert named and all(app_of(f.destination) == "reviews" for f in named)
+
+
 def test_teardown_leaves_nothing(demo):
     """Runs last in this module: Ctrl-C, then no namespace, file or process remains."""
     proc = demo["proc"]
@@ -197,3 +224,4 @@ def test_clean_after_a_crash(tmp_path):
             proc.kill()
         subprocess.run([str(BIN / "webb"), "demo", "--state-dir", str(state), "--prefix", prefix,
                         "clean"], capture_output=True, timeout=60)
+

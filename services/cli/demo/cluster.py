@@ -32,6 +32,9 @@ PREFIX = "wbd"
 PY = sys.executable
 BIN = Path(sys.executable).parent
 DNS_DOMAIN = "cluster.local"
+BOOKINFO_PORT = 9080
+# Cilium's annotation for L7 visibility, which webb's agent reads too.
+VISIBILITY_ANNOTATION = "policy.cilium.io/proxy-visibility"
 
 
 @dataclass
@@ -185,10 +188,14 @@ class DemoCluster:
         eps = []
         for p in self.pods.values():
             w = self.workloads[p.workload]
-            eps.append({"name": p.name, "namespace": p.namespace, "labels": w.pod_labels(),
-                        "ips": [p.ip4, p.ip6], "interface": p.host_if, "node": p.node,
-                        "service_account": w.service_account,
-                        "workload": {"name": w.name, "kind": "Deployment"}})
+            ep = {"name": p.name, "namespace": p.namespace, "labels": w.pod_labels(),
+                  "ips": [p.ip4, p.ip6], "interface": p.host_if, "node": p.node,
+                  "service_account": w.service_account,
+                  "workload": {"name": w.name, "kind": "Deployment"}}
+            if w.kind == "bookinfo":
+                # As in Cilium's tutorial: HTTP visibility on the services' port.
+                ep["annotations"] = {VISIBILITY_ANNOTATION: f"<Ingress/{BOOKINFO_PORT}/TCP/HTTP>"}
+            eps.append(ep)
         nodes = [{"name": n.name, "ips": [n.ip],
                   "agent_address": f"{agent_host(i)}:{self.ports.agent}"}
                  for i, n in enumerate(self.lab.nodes.values(), start=1)]
@@ -224,14 +231,16 @@ class DemoCluster:
                 "--unix-socket", str(self.state_dir / f"{node.name}.sock"),
                 "--node-name", node.name, "--netns", node.netns,
                 "--endpoints", str(self.endpoints_file),
-                "--identity-file", str(self.state_dir / "identities.json")])
+                "--identity-file", str(self.state_dir / "identities.json"),
+                # flows beyond the ring: `webb observe --since 1h` (docs/history.md)
+                "--history-dir", str(self.state_dir / "history" / node.name)])
 
     def start_pod(self, pod: PodState) -> None:
         w = self.workloads[pod.workload]
         if w.kind == "dns":
             args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
                     f"--addn-hosts={self.hosts_file}", f"--listen-address={pod.ip4}",
-                    "--bind-interfaces", f"--local=/{DNS_DOMAIN}/", "--domain-needed",
+                    "--bind-interfaces", f"--local=/{DNS_DOMAIN}/", "--domain-needed", "--local-ttl=30",
                     "--log-facility=-", "--user=root", "--pid-file="]
         elif w.kind == "loadgen":
             args = [PY, "-m", "webb_cli.demo.loadgen", "--rate", str(self.rate)]
