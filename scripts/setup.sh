@@ -68,4 +68,8 @@ if [ "$(cat "$STAMPS/proto" 2>/dev/null)" != "$proto_hash" ] || [ ! -e webb/api/
   "$VENV/bin/python" scripts/gen_proto.py
   echo "$proto_hash" > "$STAMPS/proto"
 fi
+# A real Kubernetes API server and controller manager for tests/k8s_cluster.py, built
+# once per machine outside the repository (a few minutes the first time; then instant).
+scripts/build_kube.sh
+
 "$VENV/bin/python" -c 'import bcc, grpc, webb.api.flow.flow_pb2' || { echo "setup: venv check failed" >&2; exit 1; }

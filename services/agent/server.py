@@ -49,7 +49,10 @@ def grpc_address(listen: str) -> str:
 
 
 async def start_server(observer: object, peer: object, admin: object, listen: str,
-                       unix_socket: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+                       unix_socket: str, credentials: grpc.ServerCredentials | None = None
+                       ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """With credentials (webb.tls.server_credentials) the TCP address serves TLS or
+    mTLS; the unix socket stays plaintext (only local users reach it, as Hubble's)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     add_observer(observer, server)
     peer_pb2_grpc.add_PeerServicer_to_server(peer, server)
@@ -64,7 +67,9 @@ async def start_server(observer: object, peer: object, admin: object, listen: st
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    if listen:
+    if listen and credentials is not None:
+        server.add_secure_port(grpc_address(listen), credentials)
+    elif listen:
         server.add_insecure_port(grpc_address(listen))
     if unix_socket:
         os.makedirs(os.path.dirname(unix_socket) or ".", exist_ok=True)

@@ -3,39 +3,12 @@ client certificates) and its client side towards the agents (optionally mTLS).""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
-
-class TLSConfigError(ValueError):
-    pass
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise TLSConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
-    if b"-----BEGIN" not in data:
-        raise TLSConfigError(f"{what}: {path} is not a PEM file")
-    return data
-
-
-def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials | None:
-    """None (plaintext) unless cert and key are given; with client_ca, clients
-    must present a certificate signed by it (mTLS)."""
-    if not cert and not key:
-        if client_ca:
-            raise TLSConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        return None
-    if not (cert and key):
-        raise TLSConfigError("--tls-cert and --tls-key go together")
-    pair = (_read(key, "--tls-key"), _read(cert, "--tls-cert"))
-    if client_ca:
-        return grpc.ssl_server_credentials([pair], root_certificates=_read(client_ca, "--tls-client-ca"),
-                                           require_client_auth=True)
-    return grpc.ssl_server_credentials([pair])
+# The server side is shared with the agent (webb/tls.py); re-exported for main.py.
+from webb.tls import TLSConfigError, server_credentials  # noqa: F401
+from webb.tls import read_pem as _read
 
 
 @dataclass
