@@ -53,8 +53,12 @@ def validate(req: ReadRequest) -> None:
 
 
 async def read_flows(ring: Ring, req: ReadRequest,
-                     match: Callable[[FlowRecord], bool] | None) -> AsyncIterator[FlowRecord | Lost]:
-    """Yields each selected flow record, or Lost notices; match=None selects all."""
+                     match: Callable[[FlowRecord], bool] | None,
+                     start_seq: int | None = None) -> AsyncIterator[FlowRecord | Lost]:
+    """Yields each selected flow record, or Lost notices; match=None selects all.
+
+    start_seq (the history reader's) starts at that sequence number instead; a span
+    older than the ring comes first as a Lost notice, which history fills in."""
     since, until = req.since_ns, req.until_ns
 
     def in_window(rec: FlowRecord) -> bool:
@@ -62,7 +66,9 @@ async def read_flows(ring: Ring, req: ReadRequest,
         return (since is None or t >= since) and (until is None or t <= until)
 
     end = ring.next_seq  # without follow, the history as it stands now
-    if req.number and not req.first:
+    if start_seq is not None:
+        start = start_seq
+    elif req.number and not req.first:
         # Walk back to the Nth newest match, then stream forward from there.
         need, pos, start = req.number, end - 1, ring.oldest_seq
         while pos >= ring.oldest_seq and need:

@@ -97,6 +97,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.node = node
         self.parser = parser
         self.agent_events = agent_events
+        # The ring alone, or (history/reader.py) the store and the ring as one.
+        self.read_flows: Callable[..., AsyncIterator[Any]] = read_flows
 
     async def GetFlows(self, request: opb.GetFlowsRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse | bytes]:
@@ -117,7 +119,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         if request.whitelist or request.blacklist:
             flow_of = parser.flow
             match = lambda rec: pred(flow_of(rec))  # noqa: E731
-        async for item in read_flows(self.node.ring, req, match):
+        async for item in self.read_flows(self.node.ring, req, match):
             if isinstance(item, Lost):
                 lost = fpb.LostEvent(source=item.source, num_events_lost=item.count)
                 if item.cpu >= 0:

@@ -20,12 +20,14 @@ def valid_capacity(n: int) -> bool:
 
 
 class Ring(Generic[T]):
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, start_seq: int = 0) -> None:
         if not valid_capacity(capacity):
             raise ValueError(f"ring capacity must be 2^n-1 (e.g. 4095, 65535), got {capacity}")
         self.capacity = capacity
         self._buf: list[T | None] = [None] * capacity
-        self._next = 0  # sequence number the next write gets
+        # A history store continues the sequence numbers of a previous run.
+        self._start = start_seq
+        self._next = start_seq  # sequence number the next write gets
         self._wakeup: asyncio.Future[None] | None = None
 
     @property
@@ -34,7 +36,7 @@ class Ring(Generic[T]):
 
     @property
     def oldest_seq(self) -> int:
-        return max(0, self._next - self.capacity)
+        return max(self._start, self._next - self.capacity)
 
     def __len__(self) -> int:
         return self._next - self.oldest_seq

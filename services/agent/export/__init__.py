@@ -1,0 +1,32 @@
+"""Hubble's flow exporter (JSON lines in a rotated file), off the ingest hot path.
+
+    exporter.py  batches from ingest → filter → field mask → JSON lines
+    rotate.py    size rotation, backups, gzip (lumberjack's behaviour)
+    protojson.py the JSON mapping Hubble's exporter writes
+    options.py   the --export-* flags in Hubble's formats
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from google.protobuf import field_mask_pb2
+
+from webb.api.flow import flow_pb2 as fpb
+
+from ..history.encoding import wire_encoder
+from ..parser import FlowParser
+from .exporter import FlowExporter
+from .options import ExportOptionError, parse_fieldmask, parse_filters
+from .rotate import RotatingFile
+
+__all__ = ["ExportOptionError", "FlowExporter", "RotatingFile", "open_exporter",
+           "parse_fieldmask", "parse_filters"]
+
+
+def open_exporter(path: str, max_size_mb: int, max_backups: int, compress: bool,
+                  allow: Sequence[fpb.FlowFilter], deny: Sequence[fpb.FlowFilter],
+                  fieldmask: field_mask_pb2.FieldMask | None, parser: FlowParser,
+                  node_name: str, **kw: Any) -> FlowExporter:
+    out = RotatingFile(path, max_size_mb * 1024 * 1024, max_backups, compress)
+    return FlowExporter(out, wire_encoder(parser), allow, deny, fieldmask,
+                        loop_wire=parser.wire, node_name=node_name, **kw)
