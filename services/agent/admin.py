@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from typing import Callable
 
 import grpc
 
@@ -11,6 +13,11 @@ from webb.api.admin import admin_pb2_grpc
 from .endpoint import Endpoint, EndpointError, EndpointRegistry, parse_endpoint
 from .policy.engine import PolicyEngine
 from .policy.model import Policy, PolicyError, parse_documents
+
+log = logging.getLogger(__name__)
+
+# GetStatus's source: () -> (node name, version, counters by "<group>.<name>").
+StatusSource = Callable[[], tuple[str, str, dict[str, int]]]
 
 
 def endpoint_to_pb(ep: Endpoint, attached: bool, error: str = "",
@@ -47,10 +54,11 @@ def policy_to_pb(p: Policy, engine: PolicyEngine | None = None) -> apb.Policy:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, registry: EndpointRegistry, attach_state,  # type: ignore[no-untyped-def]
-                 policy: PolicyEngine | None = None) -> None:
+                 policy: PolicyEngine | None = None, status: StatusSource | None = None) -> None:
         self.registry = registry
         self.attach_state = attach_state  # callable: Endpoint -> (attached, error)
         self.policy = policy
+        self.status = status
 
     def _pb(self, ep: Endpoint) -> apb.Endpoint:
         attached, err = self.attach_state(ep)
@@ -136,3 +144,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                 f"policy {ns}/{request.name} not found")
         return apb.DeletePolicyResponse(deleted=[policy_to_pb(p) for p in gone],
                                         revision=engine.revision)
+
+    # -- status --------------------------------------------------------------------------
+    async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
+        if self.status is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this agent keeps no counters")
+        try:
+            node, version, counters = self.status()  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - report it, keep serving
+            log.exception("collecting the agent's counters")
+            await context.abort(grpc.StatusCode.INTERNAL, f"collecting counters: {e}")
+        # uint64 on the wire: a negative value would be a bug, not a reason to fail.
+        return apb.AgentStatus(node_name=node, version=version,
+                               counters={k: max(0, int(v)) for k, v in counters.items()})

@@ -5,14 +5,18 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import webb
+from webb.tls import server_credentials
 
 from .admin import AdminService
 from .agent_events import AgentEventLog
+from .counters import agent_counters
 from .datapath.kernel_drops import KernelDrops, current_netns_inode, netns_inodes
 from .datapath.loader import AttachError, Datapath
 from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
+from .history.hooks import PersistConfig, Persistence
 from .identity import IdentityAllocator
 from .ingest import Ingest
 from .l7.encode import L7Encoder
@@ -28,6 +32,9 @@ from .policy.engine import PolicyEngine, watch_policy_dir
 from .policy.model import Policy
 from .ring import Ring
 from .server import start_server
+
+if TYPE_CHECKING:
+    from .k8s.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +60,38 @@ class AgentConfig:
     allow_localhost: bool = True
     kernel_drops: bool = True
     drop_report_interval: float = 1.0
+    persist: PersistConfig = field(default_factory=PersistConfig)  # flow history and export
     l7_visibility: str = DEFAULT_RULES  # applies to every endpoint; annotations add more
     l7_prefix: int = 1024
+    l7_perf_pages: int = 1024  # 4 MiB per CPU: bursts of L7 messages, not their rate, fill it
     redact: RedactSettings = field(default_factory=RedactSettings)
+    # Kubernetes mode (k8s/): pods, nodes, namespaces, Services and policies from the
+    # API server, identities allocated cluster-wide through it.
+    k8s: bool = False
+    kubeconfig: str = ""
+    cluster_name: str = "default"
+    install_crds: bool = True
+    identity_gc_interval: float = 60.0
+    identity_gc_grace: float = 900.0
+    # TLS on the TCP address (webb.tls); the unix socket stays plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
 
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.identities = IdentityAllocator(cfg.identity_file or None)
+        self.kube = None  # the KubeSource, in Kubernetes mode
+        if cfg.k8s:  # numbers every node agrees on, from the API server
+            from .k8s.identity_crd import CRDIdentityAllocator
+
+            self.identities = CRDIdentityAllocator()
         self.registry = EndpointRegistry(cfg.node_name, self.identities)
-        self.ring: Ring = Ring(cfg.ring_capacity)
+        # History opens first: the ring continues its sequence numbers.
+        self.persist = Persistence(cfg.persist)
+        self.ring: Ring = Ring(cfg.ring_capacity, self.persist.start_seq)
         self.datapath: Datapath | None = None
         self.policy: PolicyEngine | None = None
         self.kernel_drops: KernelDrops | None = None
@@ -77,6 +105,12 @@ class Agent:
 
     async def start(self) -> None:
         cfg = self.cfg
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        kube_client = None
+        if cfg.k8s:  # a bad kubeconfig fails here, before seconds of compiling programs
+            from .k8s.client import KubeClient
+
+            kube_client = await KubeClient.connect(cfg.kubeconfig)
         self.datapath = Datapath(cfg.netns or None, cfg.report_interval,
                                  drop_report_interval_s=cfg.drop_report_interval,
                                  l7_prefix=cfg.l7_prefix)
@@ -95,11 +129,11 @@ class Agent:
         self.parser.encoder.fqdn = self.fqdn
         self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
                               lambda: self.ingest.seen_events)
-        self.ingest.on_batch = self.node.note_batch
+        self.ingest.on_batch = self.persist.bind(self.parser, cfg.node_name, self.node.note_batch)
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
         self.datapath.open_l7_events(self.ingest.on_l7_event, self.ingest.on_lost,
-                                     max(cfg.perf_pages // 4, 64), cfg.wakeup_events)
+                                     cfg.l7_perf_pages, cfg.wakeup_events)
         if cfg.kernel_drops:
             await self._start_kernel_drops()
         release_freed_heap()  # what LLVM freed after compiling the programs
@@ -110,13 +144,20 @@ class Agent:
         self.registry.subscribe_nodes(self._on_nodes)
         self.registry.subscribe_nodes(self.policy.on_nodes)
         self._on_nodes([])
+        if kube_client is not None:
+            await self._start_kube(kube_client)
         observer = ObserverService(self.node, self.parser, self.agent_events)
+        self.persist.serve(observer)
         self.server, self.health = await start_server(
             observer, PeerService(self.peers),
-            AdminService(self.registry, self._attach_state, self.policy),
-            cfg.listen_address, cfg.unix_socket)
+            AdminService(self.registry, self._attach_state, self.policy,
+                         status=lambda: (cfg.node_name, VERSION,
+                                         agent_counters(self.datapath, self.ingest))),
+            cfg.listen_address, cfg.unix_socket, credentials)
         self.agent_events.agent_started()
         self._spawn(self.ingest.run(self._consume, cfg.drain_interval), "ingest")
+        for name, task in self.persist.tasks():
+            self._spawn(task, name)
         self._spawn(self._retry_attach(), "attach")
         if cfg.endpoints_file:
             self._spawn(watch_registry_file(cfg.endpoints_file, self.registry), "registry")
@@ -137,6 +178,45 @@ class Agent:
                        self.cfg.wakeup_events)
         self.parser.encoder.kernel_reason = kd.reason
         self.kernel_drops = kd
+
+    async def _start_kube(self, client: "KubeClient") -> None:
+        """Kubernetes mode: the API server feeds the registry, the policy engine and
+        the Services on flows (k8s/watcher.py)."""
+        from .k8s.interfaces import host_interface
+        from .k8s.services import ServiceMap
+        from .k8s.watcher import KubeOptions, KubeSource
+
+        cfg, dp = self.cfg, self.datapath
+        assert dp is not None and self.policy is not None
+        services = ServiceMap()
+        self.parser.encoder.services = services.fields
+        port = cfg.listen_address.rsplit(":", 1)[-1] if cfg.listen_address else ""
+        opts = KubeOptions(node_name=cfg.node_name, cluster=cfg.cluster_name,
+                           agent_port=int(port) if port.isdigit() else 4244,
+                           peer_address=cfg.peer_address, install_crds=cfg.install_crds,
+                           identity_gc_interval=cfg.identity_gc_interval,
+                           identity_gc_grace=cfg.identity_gc_grace)
+
+        async def find_interface(ips: tuple[str, ...]) -> str:
+            return await dp.in_netns(lambda: host_interface(dp.netlink(), ips, cfg.netns))
+
+        self.kube = KubeSource(client, opts, self.registry, self.identities,  # type: ignore[arg-type]
+                               self.policy, services, find_interface, self._on_node_ips)
+        try:
+            await self.kube.start()
+        except BaseException:
+            await self.kube.stop()  # its watches and HTTP session, before the agent exits
+            self.kube = None
+            raise
+
+    def _on_node_ips(self, ips: set[str]) -> None:
+        """This node's addresses from its Node object are reserved:host too."""
+        assert self.policy is not None
+        new = ips - self.policy.node_ips
+        if new:
+            self.policy.node_ips |= new
+            self.ingest.node_ips |= {packed_ip(ip) for ip in new}
+            self.policy.on_nodes(self.registry.nodes)
 
     def _consume(self) -> None:
         assert self.datapath is not None
@@ -185,7 +265,10 @@ class Agent:
         self.ingest.remote_node_ips = {packed_ip(ip) for n in nodes
                                        if n.name != self.cfg.node_name for ip in n.ips}
         peers = {n.name: n.agent_address for n in nodes if n.agent_address}
-        if self.address:
+        # In Kubernetes mode this node's address comes from its Node object like the
+        # others' (InternalIP and the agent port), unless --peer-address says otherwise.
+        if self.address and (self.cfg.peer_address or not self.cfg.k8s
+                             or self.cfg.node_name not in peers):
             peers[self.cfg.node_name] = self.address
         self.peers.set(peers)
 
@@ -238,6 +321,9 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.persist.close(self.ring.next_seq)
+        if self.kube is not None:
+            await self.kube.stop()
         if self.server is not None:
             await self.server.stop(grace=0.5)
         if self.kernel_drops is not None:

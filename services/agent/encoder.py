@@ -193,6 +193,12 @@ class FlowEncoder:
         # Set by the agent: names from DNS answers (l7/fqdn.py FQDNCache).
         self.fqdn: Any = None
 
+    def set_uuid_salt(self, salt: str) -> None:
+        """Flow UUIDs are salt + seq; the history store keeps its salt across restarts."""
+        if len(salt) < 16:
+            raise ValueError("a UUID salt needs 16 hex digits")
+        self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
+
     def flow_uuid(self, seq: int) -> str:
         return f"{self._uuid_prefix}{(seq >> 48) & 0xFFFF:04x}-{seq & 0xFFFFFFFFFFFF:012x}"
 

@@ -9,7 +9,10 @@ import signal
 import socket
 import sys
 
+from webb.tls import TLSConfigError, server_credentials
+
 from .agent import Agent, AgentConfig
+from .history import hooks as persist_flags
 from .l7.redact import DEFAULT_DENY_HEADERS, DEFAULT_SENSITIVE_QUERY_PARAMS, RedactSettings
 from .l7.visibility import DEFAULT_RULES, VisibilityError, parse_visibility
 from .memory import tune_gc
@@ -65,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                         "policy.cilium.io/proxy-visibility")
     g.add_argument("--l7-prefix", type=int, default=1024, metavar="BYTES",
                    help="payload bytes captured per message (default 1024)")
+    g.add_argument("--l7-perf-pages", type=int, default=1024, metavar="PAGES",
+                   help="L7 payload perf buffer pages per CPU (default 1024 = 4 MiB)")
     g.add_argument("--redact-enabled", default="true", choices=["true", "false"],
                    help="redact HTTP header values (default true: the deny list below)")
     g.add_argument("--redact-http-headers-allow", default="", metavar="H1,H2",
@@ -79,9 +84,31 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                    help="redact the values of these URL query parameters")
     g.add_argument("--redact-http-userinfo", default="true", choices=["true", "false"],
                    help="redact passwords in URLs (default true)")
+    g = p.add_argument_group("Kubernetes mode (endpoints, identities, nodes, Services and "
+                             "policies from the API server; docs/kubernetes.md)")
+    g.add_argument("--k8s", action="store_true",
+                   help="watch the Kubernetes API instead of an endpoints file")
+    g.add_argument("--kubeconfig", default="",
+                   help="kubeconfig file (default: in-cluster configuration, else $KUBECONFIG "
+                        "or ~/.kube/config)")
+    g.add_argument("--cluster-name", default="default",
+                   help="cluster name in flows and identities (default 'default')")
+    g.add_argument("--no-install-crds", action="store_true",
+                   help="do not create the webbidentities.webb.io CRD when it is missing")
+    g.add_argument("--identity-gc-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between identity garbage collections (default 60)")
+    g.add_argument("--identity-gc-grace", type=float, default=900.0, metavar="SECONDS",
+                   help="an identity no pod uses is deleted after this long (default 900)")
+    g = p.add_argument_group("TLS on the TCP address (plaintext unless --tls-cert/--tls-key)")
+    g.add_argument("--tls-cert", default="", help="server certificate (PEM)")
+    g.add_argument("--tls-key", default="", help="server private key (PEM)")
+    g.add_argument("--tls-client-ca", default="",
+                   help="require client certificates signed by this CA (mTLS)")
+    persist_flags.add_args(p)  # --history-* and --export-*
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
+    persist = persist_flags.config_from_args(a, p)
     if not valid_capacity(a.ring_capacity):
         p.error(f"--ring-capacity must be 2^n-1 (e.g. 4095, 65535), got {a.ring_capacity}")
     if a.report_interval <= 0:
@@ -90,12 +117,25 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--perf-pages must be a power of two")
     if a.drop_report_interval <= 0:
         p.error("--drop-report-interval must be positive")
+    if a.k8s and a.endpoints:
+        p.error("--k8s and --endpoints are two sources of endpoints: give one")
+    if a.k8s and a.identity_file:
+        p.error("--identity-file is for agents on one host; with --k8s identities live in "
+                "the API server")
+    if a.identity_gc_interval <= 0 or a.identity_gc_grace < 0:
+        p.error("--identity-gc-interval must be positive and --identity-gc-grace not negative")
+    try:
+        server_credentials(a.tls_cert, a.tls_key, a.tls_client_ca)
+    except TLSConfigError as e:
+        p.error(str(e))
     try:
         parse_visibility(a.l7_visibility)
     except VisibilityError as e:
         p.error(f"--l7-visibility: {e}")
     if not 64 <= a.l7_prefix <= 4096:
         p.error("--l7-prefix must be between 64 and 4096")
+    if a.l7_perf_pages <= 0 or a.l7_perf_pages & (a.l7_perf_pages - 1):
+        p.error("--l7-perf-pages must be a power of two")
 
     def names(text: str) -> frozenset[str]:
         return frozenset(n.strip() for n in text.split(",") if n.strip())
@@ -114,7 +154,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         report_interval=a.report_interval, perf_pages=a.perf_pages, policy_dir=a.policy_dir,
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
         drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
-        l7_prefix=a.l7_prefix, redact=redact)
+        l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
+        k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
+        install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,
+        identity_gc_grace=a.identity_gc_grace, tls_cert=a.tls_cert, tls_key=a.tls_key,
+        tls_client_ca=a.tls_client_ca, persist=persist)
 
 
 async def _run(cfg: AgentConfig) -> None:

@@ -40,7 +40,12 @@ class FlowParser:
         return w
 
     def _l7_wire(self, rec: L7Record) -> bytes:
-        w = rec.wire = self.l7.encode(rec.msg, rec.time_ns, self.flow_uuid(rec.seq),  # type: ignore[arg-type]
+        # The history writer thread may encode the same record: whoever finds the
+        # message gone finds the wire bytes set (they are set before it goes).
+        msg = rec.msg
+        if msg is None:
+            return rec.wire  # type: ignore[return-value]
+        w = rec.wire = self.l7.encode(msg, rec.time_ns, self.flow_uuid(rec.seq),  # type: ignore[arg-type]
                                       rec.src.wire or rec.src.with_wire().wire,
                                       rec.dst.wire or rec.dst.with_wire().wire)
         rec.msg = None

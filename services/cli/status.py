@@ -1,4 +1,9 @@
-"""`webb status`: is the server healthy, and how full is its flow buffer (hubble status)."""
+"""`webb status`: is the server healthy, and how full is its flow buffer (hubble status).
+
+Talking to an agent (not the relay), the output goes on with webb's own counters
+from webb.admin.Admin/GetStatus (agent_counters.py): what the datapath sent and
+why some HTTP/DNS traffic gave no L7 flow. Hubble's lines stay exactly as they are.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 
+from .agent_counters import agent_status, format_counters
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection, unary
 from .errors import CLIError
@@ -21,7 +27,11 @@ DESCRIPTION = """\
 Show the status of the server: its gRPC health, then the flows in its buffer (current
 and maximum), flows seen, the flow rate, uptime and, through the relay, the connected
 and unavailable nodes. A basic connectivity check: the exit status is non-zero when
-the server cannot be reached or is not serving."""
+the server cannot be reached or is not serving.
+
+On a webb agent (--server <agent>:4244), compact and dict output go on with the
+agent's counters: datapath events and losses, and the L7 section (HTTP requests and
+responses, what could not be parsed and why, DNS, names from DNS answers)."""
 
 EXAMPLES = """
   webb status
@@ -64,7 +74,11 @@ def run(a: argparse.Namespace) -> int:
                        opb.ServerStatusRequest())
         except CLIError as e:
             raise CLIError(f"failed to get hubble server status: {e}") from None
+        # json and table stay one ServerStatusResponse, as scripts parsing them expect.
+        counters = agent_status(conn) if output in ("compact", "dict") else None
     printer = Printer(PrintOptions(output=output))
     printer.write_server_status(st)
     printer.close()
+    if counters is not None:
+        print(format_counters(counters, dict_style=output == "dict"), end="", flush=True)
     return 0

@@ -283,3 +283,36 @@ def test_names_from_answers_attached_to_later_flows(lab, agent):
     replies = [f for f in agent.flows() if f.l4.TCP.source_port == PLAIN_PORT
                and "web.test" in f.source_names]
     assert replies
+
+
+def test_counters_show_what_gave_no_l7_flow(lab, agent):
+    """After TLS, HTTP/2 and an oversized head on the HTTP port (the tests above, and
+    again here so this one stands alone), the agent's counters say why those gave no
+    L7 flow, over webb's admin API and in `webb status`."""
+    from support import BIN
+    from webb.api.admin import admin_pb2
+
+    for payload in ("16030100" + "01" * 60, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".hex()):
+        lab.exec(lab.pods["client"].netns, sys.executable, L7, "raw-client",
+                 lab.pods["server"].ip4, str(HTTP_PORT), "--hex", payload, "--timeout", "3")
+    http(lab, [{"path": "/toolarge-again", "headers": {"X-Big": "z" * 3000}},
+               {"path": "/after-count"}])
+    l7_flows(agent, 2, tag="/after-count")
+
+    def counters():
+        st = agent.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        c = dict(st.counters)
+        ok = (c.get("l7.http_unparsable_tls", 0) > 0 and c.get("l7.http_unparsable_http2", 0) > 0
+              and c.get("l7.http_truncated", 0) > 0)
+        return (st, c) if ok else None
+    st, c = wait_for(counters, 10, 0.2, "L7 counters")
+    assert st.node_name == "n1" and st.version.endswith("+webb")
+    assert c["l7.http_requests"] > 0 and c["l7.http_responses"] > 0
+    assert c["datapath.l7_events"] >= c["l7.http_requests"] and c["datapath.events"] > 0
+    out = subprocess.run([str(BIN / "webb"), "status", "--server", agent.address],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"Healthcheck (via {agent.address}): Ok\nCurrent/Max Flows: ")
+    assert "\nL7:\n  HTTP: " in out.stdout and "tls " in out.stdout and "http2 " in out.stdout
+    truncated = [line for line in out.stdout.splitlines() if "heads cut by the prefix" in line]
+    assert truncated and not truncated[0].startswith("  HTTP without L7 flow: 0 ")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
+from ..encoder import ld
+
 # (name, valid from, valid until) in wall-clock ns
 Entry = tuple[str, int, int]
 
@@ -72,14 +74,6 @@ class FQDNCache:
         for field, addr in ((13, saddr16), (14, daddr16)):
             for name in self.names(addr, at_ns):
                 raw = name.encode()
-                out += bytes((field << 3 | 2,)) + _varint(len(raw)) + raw
+                out += ld(field, raw)
         return out
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)

@@ -34,6 +34,7 @@ _VERSION = re.compile(rb"HTTP/1\.[01]")
 _TARGET = re.compile(rb"[\x21-\x7e]+")          # visible ASCII, no spaces
 _STATUS = re.compile(rb"(HTTP/1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but HT: not in a value
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ def _first(headers: tuple[HTTPHeader, ...], key: str) -> str | None:
     return None
 
 
+_CANONICAL: dict[str, str] = {}  # header names repeat: each is spelled out once
+_CANONICAL_MAX = 4096
+
+
 def canonical_header_key(name: str) -> str:
     """Go's textproto.CanonicalMIMEHeaderKey: "content-type" -> "Content-Type".
 
@@ -110,13 +115,19 @@ def canonical_header_key(name: str) -> str:
     its JSON shows. Keys with characters outside a token are left as they are,
     as Go does.
     """
+    got = _CANONICAL.get(name)
+    if got is not None:
+        return got
     if not name or _TOKEN.fullmatch(name.encode("latin-1", "replace")) is None:
         return name
     out, upper = [], True
     for c in name:
         out.append(c.upper() if upper else c.lower())
         upper = c == "-"
-    return "".join(out)
+    canon = "".join(out)
+    if len(_CANONICAL) < _CANONICAL_MAX:
+        _CANONICAL[name] = canon
+    return canon
 
 
 def _classify_garbage(data: bytes) -> str:
@@ -158,7 +169,7 @@ def _parse_headers(data: bytes, pos: int) -> tuple[list[HTTPHeader], int, bool] 
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.fullmatch(name) is None:
             return None
-        if any(b < 0x20 and b != 0x09 or b == 0x7f for b in value):
+        if _CTL.search(value) is not None:
             return None
         headers.append(HTTPHeader(canonical_header_key(name.decode("ascii")),
                                   value.strip(b" \t").decode("latin-1")))

@@ -157,6 +157,18 @@ class L7Tracker:
             self.counters["http_responses"] += 1
             out.append(L7Message(ev, time_ns, True, paired.latency_ns, http=msg,
                                  request=paired.request))  # type: ignore[arg-type]
+        else:
+            if res.unparsable is not None and res.unparsable.reason == "truncated":
+                # A pipelined message whose start line the segment (or the prefix) cut:
+                # it still holds its place in the queue, or its answer would pair with
+                # the next request.
+                self.counters["http_truncated"] += 1
+                if answers:
+                    self.http.response(conn, ev.ts)
+                else:
+                    self.http.request(conn, _TRUNCATED, ev.ts)
+            elif res.unparsable is not None:
+                self.counters[f"http_unparsable_{res.unparsable.reason}"] += 1
         if ev.proto == 6:
             self._advance(ev, consumed)
 

@@ -1,0 +1,506 @@
+#!/usr/bin/env python3
+"""L7 visibility benchmark: what reading HTTP/DNS from packets costs. Prints figures
+and ratios with the machine noted; asserts nothing.
+
+Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min;
+--help for options, e.g. --skip http,kernel to run only the in-process part)
+
+(a) HTTP requests/s through the datapath, same lab, same run, three modes interleaved
+    (rotating order, --rounds rounds of --seconds each, medians reported):
+      none - the agent runs but its endpoints are removed from its registry file, so
+             it has detached its TC programs (checked with `tc filter show`);
+      L4   - attached, requests to port 8081, which no visibility rule selects
+             (per-connection aggregation only: a keep-alive connection costs a few
+             events in total);
+      L7   - attached, requests to port 8080, selected by the server endpoint's
+             policy.cilium.io/proxy-visibility annotation <Ingress/8080/TCP/HTTP>:
+             every request and response head goes to the agent and becomes a flow.
+    One client process (blocking socket, keep-alive, TCP_NODELAY) sends GETs back to
+    back to an asyncio server (both this script, run with `ip netns exec`); every run is
+    bounded in time and count. Also printed: the agent's CPU per request and the flows
+    it produced per request (from ServerStatus.seen_flows).
+(b) L7 events/s decoded by the agent's code in this process: L7Tracker.process (record
+    decode, stream and seq tracking, HTTP/DNS parsing, pairing) and L7Encoder.encode
+    (Flow wire bytes) on synthesized l7_events records (HTTP request+response pairs on
+    many keep-alive connections; DNS query+answer pairs), in batches like the ingest's.
+(c) Kernel-side cost (bpf_stats: the kernel's run-time accounting of BPF programs, on
+    host-wide through an fd only for these runs): time inside the agent's TC programs
+    per request and per program run, L4 (unselected port) vs L7 (selected port).
+
+The lab (prefix "wlb", removed at the end, also on failure or Ctrl-C): node wlb-n1,
+pods wlb-cli 10.244.1.10 and wlb-srv 10.244.1.11, one webb-agent with default flags.
+WEBB_TEST_PREFIX_TAG=x gives the namespaces a tag (wlbx-...).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+L7_PORT, L4_PORT = 8080, 8081
+ANNOTATION = "policy.cilium.io/proxy-visibility"
+REQUEST = (b"GET /api/v1/items/42?page=1 HTTP/1.1\r\nHost: srv:%d\r\n"
+           b"User-Agent: webb-l7-bench/1\r\nAccept: application/json\r\n\r\n")
+BODY = b'{"id": 42, "name": "item"}\n'
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"\r\n" % len(BODY)) + BODY
+
+
+# -- the traffic, run inside the pods' namespaces -----------------------------------------
+class _Server(asyncio.Protocol):
+    """Answers each complete GET head with RESPONSE (keep-alive, pipelining-safe)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        n = self.buf.count(b"\r\n\r\n")
+        if n:
+            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
+            self.t.write(RESPONSE * n)  # type: ignore[attr-defined]
+
+
+async def _serve(ports: list[int], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(_Server, "0.0.0.0", p) for p in ports]
+    print("ready", flush=True)
+    await asyncio.sleep(timeout)  # bounded: the bench kills it long before
+    for s in servers:
+        s.close()
+
+
+def _client(host: str, port: int, seconds: float, max_requests: int, rate: float) -> None:
+    """Back-to-back GETs on one connection, or paced at `rate` requests/s (0: as fast
+    as the server answers)."""
+    req = REQUEST % port
+    c = socket.create_connection((host, port), timeout=10)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    want = len(RESPONSE)
+    n = 0
+    t0 = time.monotonic()
+    cpu0 = time.process_time()
+    deadline = t0 + seconds
+    while n < max_requests and time.monotonic() < deadline:
+        if rate > 0:
+            ahead = t0 + n / rate - time.monotonic()
+            if ahead > 0.001:
+                time.sleep(ahead)
+        c.sendall(req)
+        got = 0
+        while got < want:  # the server's answers have a fixed size
+            chunk = c.recv(65536)
+            if not chunk:
+                raise SystemExit("server closed the connection")
+            got += len(chunk)
+        n += 1
+    dt = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    c.close()
+    print(json.dumps({"requests": n, "seconds": dt, "cpu": cpu}), flush=True)
+
+
+# -- (b) in-process decode ------------------------------------------------------------------
+def _frame(src: str, dst: str, sport: int, dport: int, proto: int, seq: int,
+           payload: bytes) -> bytes:
+    l4 = (struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x18, 65535, 0, 0)
+          if proto == 6 else struct.pack("!HHHH", sport, dport, 8 + len(payload), 0))
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4) + len(payload), 0, 0, 64, proto, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4
+
+
+def synthesize(kind: str, pairs: int, conns: int = 256) -> list[bytes]:
+    """l7_events records as the kernel writes them: `pairs` request/answer pairs spread
+    over `conns` connections (HTTP keep-alive, sequence numbers advancing) or sockets
+    (DNS, distinct query ids), in time order."""
+    from webb_agent.datapath.event import (L7_DNS, L7_HTTP, L7_RESPONSE_SIDE,
+                                           POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event,
+                                           pack_l7)
+    from webb_agent.endpoint import packed_ip
+
+    cli, srv = "10.244.1.10", "10.244.1.11"
+    seqs = [[1000, 5000] for _ in range(conns)]
+    out = []
+    ts = 1_000_000
+    for i in range(pairs):
+        c = i % conns
+        sport = 20000 + c
+        if kind == "http":
+            msgs = ((REQUEST % L7_PORT, cli, srv, sport, L7_PORT, False),
+                    (RESPONSE, srv, cli, L7_PORT, sport, True))
+            proto, l7, point_req = 6, L7_HTTP, POINT_TO_ENDPOINT
+        else:
+            qid = i & 0xFFFF
+            name = b"".join(bytes([len(p)]) + p for p in (b"svc%d" % (i % 500), b"ns", b"test"))
+            q = struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + name + b"\0\0\x01\0\x01"
+            a = (struct.pack("!6H", qid, 0x8180, 1, 1, 0, 0) + name + b"\0\0\x01\0\x01"
+                 + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + bytes([10, 96, i % 250, 1]))
+            msgs = ((q, cli, "10.96.0.10", sport, 53, False),
+                    (a, "10.96.0.10", cli, 53, sport, True))
+            proto, l7, point_req = 17, L7_DNS, POINT_FROM_ENDPOINT
+        for j, (payload, s, d, sp, dp, answer) in enumerate(msgs):
+            seq = seqs[c][j]
+            seqs[c][j] += len(payload)
+            hdr = _frame(s, d, sp, dp, proto, seq, payload)
+            ev = L7Event(ts=ts, saddr=packed_ip(s), daddr=packed_ip(d), sport=sp, dport=dp,
+                         ifindex=5, seq=seq if proto == 6 else 0, payload_len=len(payload),
+                         payload_off=len(hdr), cap_len=len(hdr) + len(payload), family=4,
+                         proto=proto, point=point_req if not answer else 1 - point_req,
+                         l7=l7 | (L7_RESPONSE_SIDE if answer else 0), is_reply=int(answer),
+                         tcp_flags=0x18 if proto == 6 else 0)
+            out.append(pack_l7(ev, hdr + payload))
+            ts += 20_000
+    return out
+
+
+def part_decode(pairs: int, batch: int) -> dict[str, float]:
+    from webb_agent.endpoint import Endpoint
+    from webb_agent.l7.encode import L7Encoder
+    from webb_agent.l7.fqdn import FQDNCache
+    from webb_agent.l7.tracker import L7Tracker
+
+    print(f"\n== (b) L7 events decoded in-process ({pairs:,} pairs = {2 * pairs:,} events per "
+          f"kind, batches of {batch}) ==")
+    src = Endpoint("cli", "bench", (("app", "client"),), ("10.244.1.10",)).with_wire().wire
+    dst = Endpoint("srv", "bench", (("app", "server"),), ("10.244.1.11",)).with_wire().wire
+    res: dict[str, float] = {}
+    for kind in ("http", "dns"):
+        records = synthesize(kind, pairs)
+        best: dict[str, float] = {}
+        for _ in range(3):  # best of 3: the machine is shared
+            fq = FQDNCache()
+            tracker, enc = L7Tracker(fq), L7Encoder("n1", "bench", fqdn=fq)
+            msgs = []
+            t0 = time.perf_counter()
+            for i in range(0, len(records), batch):
+                msgs.extend(tracker.process(records[i:i + batch], 0))
+            t1 = time.perf_counter()
+            for k, m in enumerate(msgs):
+                enc.encode(m, m.time_ns, f"u{k}", src, dst)
+            t2 = time.perf_counter()
+            if len(msgs) != len(records):
+                raise RuntimeError(f"{kind}: {len(msgs)} messages from {len(records)} records: "
+                                   f"{dict(tracker.counters)}")
+            for key, v in (("process", t1 - t0), ("encode", t2 - t1), ("total", t2 - t0)):
+                best[key] = min(best.get(key, v), v)
+        n = len(records)
+        print(f"{kind.upper():4}: tracker.process {1e6 * best['process'] / n:.1f} us/event, "
+              f"encode {1e6 * best['encode'] / n:.1f} us/event; together "
+              f"{n / best['total'] / 1000:.1f}k events/s = {1e6 * best['total'] / n:.1f} us/event "
+              f"(one core, best of 3)")
+        res[f"{kind}_us"] = 1e6 * best["total"] / n
+        res[f"{kind}_rate"] = n / best["total"]
+    return res
+
+
+# -- the lab ----------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import agent_bench as ab
+        from webb.netlab import NetLab
+
+        self.ab = ab
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="webb-l7-bench-"))
+        self.lab = NetLab("wlb" + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2])
+        self.agent = None
+        self.server: subprocess.Popen | None = None
+        self.attached = True  # the endpoints file as set-up writes it
+        self.results: dict[str, object] = {}
+
+    def setup(self) -> None:
+        lab = self.lab
+        lab.cleanup()  # what a crashed earlier run left
+        node = lab.add_node("n1", 1)
+        self.cli = lab.add_pod(node, "cli", 10)
+        self.srv = lab.add_pod(node, "srv", 11)
+        self.server = lab.popen(self.srv.netns, sys.executable, __file__, "_server",
+                                str(L7_PORT), str(L4_PORT), stdout=subprocess.PIPE, text=True)
+        if self.server.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            raise RuntimeError("the bench's HTTP server did not start")
+        self.endpoints = self.tmp / "endpoints.yaml"
+        self.write_endpoints(True)
+        self.agent = self.ab.Agent(self.tmp, node.netns, self.endpoints, self.args.agent_arg)
+        t = self.agent.start()
+        self.wait_attached(True)
+        print(f"agent pid {self.agent.pid} healthy after {t:.1f} s; attached to "
+              f"{self.cli.host_if}, {self.srv.host_if}; server {self.srv.ip4} ports "
+              f"{L7_PORT} (L7-visible) and {L4_PORT} (not selected)")
+
+    def teardown(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.kill()
+            self.server.wait(5)
+        if self.agent is not None:
+            try:
+                self.agent.stop()
+            except Exception as e:  # keep tearing down
+                print(f"stopping agent: {e}", file=sys.stderr)
+        self.lab.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write_endpoints(self, attached: bool) -> None:
+        import yaml
+
+        eps = []
+        if attached:
+            for pod, app in ((self.cli, "client"), (self.srv, "server")):
+                ep = {"name": pod.name, "namespace": "bench", "labels": {"app": app},
+                      "ips": [pod.ip4, pod.ip6], "interface": pod.host_if, "node": "n1"}
+                if pod is self.srv:
+                    ep["annotations"] = {ANNOTATION: f"<Ingress/{L7_PORT}/TCP/HTTP>"}
+                eps.append(ep)
+        tmp = self.endpoints.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"endpoints": eps, "nodes": []}))
+        os.replace(tmp, self.endpoints)
+
+    def tc_filters(self) -> int:
+        n = 0
+        for pod in (self.cli, self.srv):
+            for kind in ("ingress", "egress"):
+                out = subprocess.run(["tc", "-n", self.lab.nodes["n1"].netns, "filter", "show",
+                                      "dev", pod.host_if, kind],
+                                     capture_output=True, text=True).stdout
+                n += sum(1 for line in out.splitlines() if " bpf " in line and " handle " in line)
+        return n
+
+    def wait_attached(self, want: bool, timeout: float = 20) -> None:
+        assert self.agent is not None
+        names = {self.cli.name, self.srv.name}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            att = self.agent.attached()
+            if ((names <= att) if want else not (names & att)) and \
+                    self.tc_filters() == (4 if want else 0):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"agent did not {'attach' if want else 'detach'} in {timeout} s")
+
+    def set_mode(self, mode: str) -> None:
+        want = mode != "none"
+        if self.attached != want:
+            self.write_endpoints(want)
+            self.wait_attached(want)
+            self.attached = want
+            time.sleep(0.3)  # the L7 selection follows the attach (same registry event)
+
+    def settle(self, timeout: float = 15.0) -> None:
+        """Waits until the agent has drained what the last run made it read, so that
+        one run's backlog is not counted in the next."""
+        assert self.agent is not None
+        last, deadline = self.agent.progress(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            cur = self.agent.progress()
+            if cur == last:
+                return
+            last = cur
+
+    def counters(self) -> dict[str, int]:
+        from webb.api.admin import admin_pb2
+
+        assert self.agent is not None
+        return dict(self.agent.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5).counters)
+
+    def client_run(self, port: int, seconds: float, rate: float = 0) -> dict[str, float]:
+        assert self.agent is not None
+        ab = self.ab
+        self.settle()
+        seen0, c0 = self.agent.progress(), self.counters()
+        cpu0, busy0 = ab.proc_cpu_s(self.agent.pid), ab.busy_s()
+        out = self.lab.exec(self.cli.netns, sys.executable, __file__, "_client", self.srv.ip4,
+                            str(port), str(seconds), str(self.args.max_requests), str(rate),
+                            timeout=seconds + 30).stdout
+        r = json.loads(out)
+        busy = ab.busy_s() - busy0
+        self.settle()  # the agent's CPU for this run includes draining its backlog
+        c1 = self.counters()
+        r["agent_cpu"] = ab.proc_cpu_s(self.agent.pid) - cpu0
+        r["busy"] = busy
+        r["flows"] = self.agent.progress() - seen0
+        r["rate"] = r["requests"] / r["seconds"]
+        r["lost"] = c1.get("datapath.lost_events", 0) - c0.get("datapath.lost_events", 0)
+        r["l7_events"] = c1.get("datapath.l7_events", 0) - c0.get("datapath.l7_events", 0)
+        return r
+
+    def part_http(self) -> None:
+        a = self.args
+        print(f"\n== (a) HTTP requests/s, one keep-alive connection, {a.seconds:g} s runs, "
+              f"{a.rounds} rounds, modes in rotating order ==")
+        modes = {"none": L4_PORT, "L4": L4_PORT, "L7": L7_PORT}
+        order = list(modes)
+        runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        self.client_run(L7_PORT, 0.5)  # warm-up: server, page cache, the agent's first flows
+        for r in range(a.rounds):
+            rot = order[r % 3:] + order[:r % 3]
+            if r % 2:
+                rot.reverse()
+            for m in rot:
+                self.set_mode(m)
+                runs[m].append(self.client_run(modes[m], a.seconds))
+        self.set_mode("L7")
+        med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in runs[m][0]} for m in modes}
+        for m in modes:
+            reqs = med[m]["requests"]
+            rates = " ".join(f"{x['rate']:.0f}" for x in runs[m])
+            print(f"{m:>4}: {rates} req/s "
+                  f"(median {med[m]['rate']:.0f}); client {1e6 * med[m]['cpu'] / reqs:.0f} us "
+                  f"CPU/req; agent {1e6 * med[m]['agent_cpu'] / reqs:.1f} us CPU/req, "
+                  f"{med[m]['flows'] / reqs:.2f} flows/req, {med[m]['lost'] / reqs:.2f} "
+                  f"events lost/req; machine busy "
+                  f"{100 * med[m]['busy'] / med[m]['seconds'] / (os.cpu_count() or 1):.0f} %")
+        none, l4, l7 = med["none"]["rate"], med["L4"]["rate"], med["L7"]["rate"]
+        print(f"-> L7/none = {l7 / none:.3f} ({100 * (1 - l7 / none):.1f} % fewer requests/s); "
+              f"L4/none = {l4 / none:.3f}; L7/L4 = {l7 / l4:.3f} (the cost of selection vs none)")
+        per = {m: 1e6 * med[m]["agent_cpu"] / med[m]["requests"] for m in modes}
+        print(f"-> agent CPU per request: L7 {per['L7']:.1f} us vs L4 {per['L4']:.1f} us "
+              f"(on 2 vCPUs the agent, client and server share the CPUs: that is the req/s cost)")
+        c = self.counters()
+        bad = {k: v for k, v in c.items() if v and ("unparsable" in k or "truncated" in k
+                                                    or "unmatched" in k)}
+        print(f"   agent counters: {c.get('l7.http_requests', 0):,} requests, "
+              f"{c.get('l7.http_responses', 0):,} responses paired, lost "
+              f"{c.get('datapath.lost_events', 0)}; not parsed: {bad or 'none'}")
+        self.results["http"] = (none, l4, l7)
+
+    def part_paced(self) -> None:
+        """How many requests/s of one L7-visible connection the agent reads without loss."""
+        print(f"\n== (a2) L7 mode paced: the highest request rate read with 0 lost events "
+              f"({self.args.seconds:g} s per step) ==")
+        self.set_mode("L7")
+        best = 0.0
+        for rate in self.args.rates:
+            r = self.client_run(L7_PORT, self.args.seconds, rate)
+            reqs = max(r["requests"], 1)
+            cpu = r["agent_cpu"] / r["seconds"]
+            print(f"offered {rate:>6.0f} req/s: done {r['rate']:.0f} req/s, L7 events "
+                  f"{r['l7_events'] / reqs:.2f}/req, flows {r['flows'] / reqs:.2f}/req, lost "
+                  f"{r['lost']}, agent {100 * cpu:.0f} % CPU "
+                  f"({1e6 * r['agent_cpu'] / reqs:.1f} us/req)")
+            if r["lost"]:
+                break
+            if r["rate"] < 0.9 * rate:
+                print("   (the client could not keep the rate: the machine is the limit)")
+                break
+            best = r["rate"]
+        print(f"-> highest rate with 0 lost: {best:.0f} req/s = {2 * best:.0f} L7 events/s")
+        self.results["paced"] = best
+
+    def part_kernel(self) -> None:
+        ab = self.ab
+        assert self.agent is not None
+        print(f"\n== (c) time inside the TC programs (bpf_stats), {self.args.seconds:g} s per "
+              f"run, best of 2 ==")
+        self.set_mode("L7")
+        res = {}
+        for m, port in (("L4", L4_PORT), ("L7", L7_PORT), ("L4", L4_PORT), ("L7", L7_PORT)):
+            fd = ab.enable_bpf_stats()
+            try:
+                t0, n0 = ab.tc_prog_stats(self.agent.pid)
+                r = self.client_run(port, self.args.seconds)
+                t1, n1 = ab.tc_prog_stats(self.agent.pid)
+            finally:
+                os.close(fd)
+            per_req, per_run = (t1 - t0) / r["requests"], (t1 - t0) / max(n1 - n0, 1)
+            runs_per_req = (n1 - n0) / r["requests"]
+            if m not in res or per_req < res[m][0]:
+                res[m] = (per_req, per_run, runs_per_req)
+        for m in ("L4", "L7"):
+            per_req, per_run, runs = res[m]
+            print(f"{m}: {per_req:.0f} ns per request inside the programs ({runs:.1f} program "
+                  f"runs per request, {per_run:.0f} ns per run)")
+        d = res["L7"][0] - res["L4"][0]
+        print(f"-> selection costs +{d:.0f} ns per request in the kernel "
+              f"(the two payload packets that go to user space: ~{d / 2:.0f} ns each; the "
+              f"rest of the packets of a selected direction only test one byte)")
+        self.results["kernel"] = (res["L4"][0], res["L7"][0])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_server":
+        asyncio.run(_serve([int(p) for p in sys.argv[2:]], 600))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_client":
+        _client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
+                float(sys.argv[6]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=2.0, help="length of each client run")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of the three modes in (a)")
+    p.add_argument("--max-requests", type=int, default=200_000, help="bound of a client run")
+    p.add_argument("--pairs", type=int, default=20_000, help="request/answer pairs in (b)")
+    p.add_argument("--batch", type=int, default=512, help="records per tracker batch in (b)")
+    p.add_argument("--agent-arg", action="append", default=[],
+                   help="extra webb-agent flag (repeatable)")
+    p.add_argument("--skip", type=lambda s: s.split(","), default=[],
+                   help="parts to skip: http,paced,decode,kernel")
+    p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
+                   default=[1000, 2000, 4000, 6000, 8000, 10000, 14000],
+                   help="request rates of (a2), req/s")
+    args = p.parse_args()
+    import agent_bench as ab
+
+    print(f"machine: {ab.machine()}; load average {open('/proc/loadavg').read().split()[0]}")
+    results: dict[str, object] = {}
+    if "decode" not in args.skip:
+        results["decode"] = part_decode(args.pairs, args.batch)
+    if {"http", "paced", "kernel"} <= set(args.skip):
+        return
+    if os.geteuid() != 0:
+        sys.exit("parts (a) and (c) need root (network namespaces, eBPF): "
+                 "--skip http,paced,kernel")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
+    b = Bench(args)
+    t0 = time.monotonic()
+    try:
+        b.setup()
+        if "http" not in args.skip:
+            b.part_http()
+        if "paced" not in args.skip:
+            b.part_paced()
+        if "kernel" not in args.skip:
+            b.part_kernel()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+    finally:
+        b.teardown()
+        print(f"(lab parts took {time.monotonic() - t0:.0f} s)")
+    results.update(b.results)
+    print("\n== summary ==")
+    print(f"machine: {ab.machine()}")
+    if "decode" in results:
+        d: dict[str, float] = results["decode"]  # type: ignore[assignment]
+        print(f"agent decode+encode: HTTP {d['http_rate'] / 1000:.0f}k events/s "
+              f"({d['http_us']:.1f} us/event), DNS {d['dns_rate'] / 1000:.0f}k events/s "
+              f"({d['dns_us']:.1f} us/event) on one core")
+    if "http" in results:
+        none, l4, l7 = results["http"]  # type: ignore[misc]
+        print(f"HTTP req/s on one connection: none {none:.0f}, L4 {l4:.0f}, L7 {l7:.0f}; "
+              f"L7/none {l7 / none:.3f}, L7/L4 {l7 / l4:.3f}")
+    if "paced" in results:
+        print(f"L7 without loss: {results['paced']:.0f} req/s on one connection "
+              f"({2 * results['paced']:.0f} L7 events/s)")  # type: ignore[operator]
+    if "kernel" in results:
+        k4, k7 = results["kernel"]  # type: ignore[misc]
+        print(f"kernel: {k4:.0f} ns (L4) vs {k7:.0f} ns (L7) per request inside the TC programs")
+
+
+if __name__ == "__main__":
+    main()
