@@ -39,9 +39,7 @@ TRACE_TO_LXC, TRACE_FROM_LXC = 0, 5  # Hubble's trace sub types
 EMITTER_NAME = "webb"
 
 
-def varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -50,8 +48,16 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+# Varints of every value below 2^16 (ports, lengths, field keys), computed once.
+_V = [_varint(i) for i in range(65536)]
+
+
+def varint(n: int) -> bytes:
+    return _V[n] if n < 65536 else _varint(n)
+
+
 def key(field: int, wire_type: int) -> bytes:
-    return varint((field << 3) | wire_type)
+    return _V[(field << 3) | wire_type] if field < 8192 else _varint((field << 3) | wire_type)
 
 
 def ld(field: int, payload: bytes) -> bytes:
@@ -138,8 +144,6 @@ _IP_VERSION = {4: vi(3, IPV4), 6: vi(3, IPV6)}
 
 _ntop = socket.inet_ntop
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
-# Varints of every value below 2^16 (ports, lengths, small numbers), precomputed.
-_V = [varint(i) for i in range(65536)]
 _K1, _K2 = key(1, 0), key(2, 0)
 
 

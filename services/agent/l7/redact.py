@@ -17,6 +17,7 @@ its values redacted (a webb addition; Hubble can only drop the whole query).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["REDACTED", "DEFAULT_DENY_HEADERS", "DEFAULT_SENSITIVE_QUERY_PARAMS",
@@ -115,6 +116,7 @@ def _redact_userinfo(netloc: str) -> str:
     return f"{user}:{REDACTED}@{hostport}" if colon else netloc
 
 
+@lru_cache(maxsize=4096)  # URLs repeat; splitting one costs microseconds
 def redact_url(url: str, settings: RedactSettings) -> str:
     """Apply userinfo and query redaction to ``url``; never raises."""
     try:
