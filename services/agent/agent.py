@@ -97,7 +97,7 @@ class Agent:
         self.kernel_drops: KernelDrops | None = None
         self.attach_errors: dict[str, str] = {}
         self.agent_events = AgentEventLog()
-        self.peers = PeerDirectory()
+        self.peers = PeerDirectory(cfg.cluster_name if cfg.tls_cert else "")
         self._tasks: list[asyncio.Task[None]] = []
         self.server = None
         port = cfg.listen_address.rsplit(":", 1)[-1] if cfg.listen_address else ""

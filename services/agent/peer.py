@@ -14,27 +14,44 @@ from webb.api.peer import peer_pb2 as ppb
 from webb.api.peer import peer_pb2_grpc
 
 
-class PeerDirectory:
-    """The set of (name, address) peers; notifies streams of changes."""
+TLS_DOMAIN = "webb-grpc.local"
 
-    def __init__(self) -> None:
+
+def tls_server_name(node: str, cluster: str) -> str:
+    """The name a relay verifies an agent's certificate against, like Cilium's
+    <node>.<cluster>.hubble-grpc.cilium.io (a node name's dots would be labels)."""
+    return f"{node.replace('.', '-')}.{cluster}.{TLS_DOMAIN}"
+
+
+class PeerDirectory:
+    """The set of (name, address) peers; notifies streams of changes.
+
+    With `tls_cluster` set (the agents serve TLS), each notification names the TLS
+    server name of its agent, as Hubble's peer service does, so a relay can verify
+    every agent against one wildcard certificate (*.<cluster>.webb-grpc.local)."""
+
+    def __init__(self, tls_cluster: str = "") -> None:
         self.peers: dict[str, str] = {}
+        self.tls_cluster = tls_cluster
         self._queues: set[asyncio.Queue[ppb.ChangeNotification]] = set()
+
+    def _note(self, name: str, addr: str, kind: int) -> ppb.ChangeNotification:
+        cn = ppb.ChangeNotification(name=name, address=addr, type=kind)  # type: ignore[arg-type]
+        if self.tls_cluster:
+            cn.tls.server_name = tls_server_name(name, self.tls_cluster)
+        return cn
 
     def set(self, peers: dict[str, str]) -> None:
         old = self.peers
         self.peers = dict(peers)
         changes = []
         for name in old.keys() - peers.keys():
-            changes.append(ppb.ChangeNotification(name=name, address=old[name],
-                                                  type=ppb.PEER_DELETED))
+            changes.append(self._note(name, old[name], ppb.PEER_DELETED))
         for name, addr in peers.items():
             if name not in old:
-                changes.append(ppb.ChangeNotification(name=name, address=addr,
-                                                      type=ppb.PEER_ADDED))
+                changes.append(self._note(name, addr, ppb.PEER_ADDED))
             elif old[name] != addr:
-                changes.append(ppb.ChangeNotification(name=name, address=addr,
-                                                      type=ppb.PEER_UPDATED))
+                changes.append(self._note(name, addr, ppb.PEER_UPDATED))
         for q in self._queues:
             for c in changes:
                 q.put_nowait(c)
@@ -42,7 +59,7 @@ class PeerDirectory:
     def subscribe(self) -> asyncio.Queue[ppb.ChangeNotification]:
         q: asyncio.Queue[ppb.ChangeNotification] = asyncio.Queue()
         for name, addr in self.peers.items():
-            q.put_nowait(ppb.ChangeNotification(name=name, address=addr, type=ppb.PEER_ADDED))
+            q.put_nowait(self._note(name, addr, ppb.PEER_ADDED))
         self._queues.add(q)
         return q
 

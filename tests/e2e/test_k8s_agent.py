@@ -190,7 +190,10 @@ def lab():
 @pytest.fixture(scope="module")
 def tls(workdir) -> dict[str, str]:
     ca = CertAuthority(workdir / "agent-pki", "agents-ca")
-    cert, key = ca.issue("agent", "agents.webb.test", dns=("agents.webb.test",),
+    # One wildcard certificate for every agent: the relay verifies each against the name
+    # its peer notification carries (<node>.default.webb-grpc.local); the addresses are
+    # there for the relay's first dial of the peer service, by address.
+    cert, key = ca.issue("agent", "agents.webb.test", dns=("*.default.webb-grpc.local",),
                          ips=tuple(NODE_IPS.values()))
     ccert, ckey = ca.issue("relay", "relay.webb.test", client=True)
     return {"ca": str(ca.cert), "cert": str(cert), "key": str(key),
@@ -538,24 +541,31 @@ def test_cilium_network_policy(agents, lab, cluster):
     wait_for(lambda: _connect(lab, "client", "web", 8083), 20, 0.5, "CNP deletion honoured")
 
 
+# Clients verify n1 by its node's TLS name, as a relay does.
+N1_NAME = [("grpc.ssl_target_name_override", "n1.default.webb-grpc.local")]
+
+
 def test_peer_service_lists_every_agent_and_relay_uses_mtls(agents, lab, workdir, tls):
     a1, a2 = agents["n1"], agents["n2"]
     creds = grpc.ssl_channel_credentials(Path(tls["ca"]).read_bytes(),
                                          Path(tls["client_key"]).read_bytes(),
                                          Path(tls["client_cert"]).read_bytes())
     # peer.Peer/Notify over mTLS lists both nodes, from the Node objects.
-    with grpc.secure_channel(a1.address, creds) as ch:
+    with grpc.secure_channel(a1.address, creds, options=N1_NAME) as ch:
         call = peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=10)
         seen = {}
+        names = {}
         for cn in call:
             seen[cn.name] = cn.address
+            names[cn.name] = cn.tls.server_name
             if len(seen) == 2:
                 call.cancel()
                 break
     assert seen == {"n1": a1.address, "n2": a2.address}
+    assert names == {"n1": "n1.default.webb-grpc.local", "n2": "n2.default.webb-grpc.local"}
     # Without a client certificate the TCP port refuses.
     plain = grpc.ssl_channel_credentials(Path(tls["ca"]).read_bytes())
-    with grpc.secure_channel(a1.address, plain) as ch:
+    with grpc.secure_channel(a1.address, plain, options=N1_NAME) as ch:
         with pytest.raises(grpc.RpcError):
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     # One address is enough for the relay: it finds n2 through n1's peer service.
@@ -582,7 +592,7 @@ def test_peer_service_follows_node_churn(agents, cluster, tls):
     creds = grpc.ssl_channel_credentials(Path(tls["ca"]).read_bytes(),
                                          Path(tls["client_key"]).read_bytes(),
                                          Path(tls["client_cert"]).read_bytes())
-    with grpc.secure_channel(a1.address, creds) as ch:
+    with grpc.secure_channel(a1.address, creds, options=N1_NAME) as ch:
         call = peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=30)
         seen: list[tuple[str, int, str]] = []
         try:
