@@ -240,7 +240,25 @@ def test_pipelined_request_whose_start_line_is_cut_keeps_pairing_in_order():
 def test_unmatched_response_is_counted_not_emitted():
     t, c = L7Tracker(), Conn()
     assert t.process([c.resp(ok(), ts=100)], OFFSET) == []
+    # It waits one batch for a request that another CPU's buffer may still hold...
+    assert t.counters["http_unmatched_responses"] == 0
+    assert t.process([], OFFSET) == []
+    # ...and is counted when none came.
     assert t.counters["http_unmatched_responses"] == 1 and t.counters["http_responses"] == 0
+
+
+def test_answer_drained_before_its_request_still_pairs():
+    """The answer's CPU buffer was read in one drain, the request's (written earlier)
+    only in the next: the answer waits one batch and pairs with the right request."""
+    t, c = L7Tracker(), Conn()
+    first = [c.req(get("/one"), ts=100), c.resp(ok(), ts=150)]
+    req2, resp2 = c.req(get("/two"), ts=200), c.resp(ok(code=404, reason="Not Found"), ts=260)
+    out = t.process(first + [resp2], OFFSET)
+    assert http_msgs(out) == [("req", "/one", 0), ("resp 200", "/one", 50)]
+    out = t.process([req2, c.req(get("/three"), ts=300), c.resp(ok(), ts=330)], OFFSET)
+    assert http_msgs(out) == [("req", "/two", 0), ("resp 404", "/two", 60),
+                              ("req", "/three", 0), ("resp 200", "/three", 30)]
+    assert t.counters["http_unmatched_responses"] == 0
 
 
 @pytest.mark.parametrize("payload,reason", [
@@ -324,6 +342,7 @@ def test_dns_query_and_answer_pair_with_latency():
     # Another query id from the same socket does not pair with this answer.
     out = t.process([dns_pair(dns_query(1, "a.test"), b"", 0, 0)[0],
                      dns_pair(b"", dns_answer(2, "a.test", ["10.9.9.9"]), 6000, 6100)[1]], OFFSET)
+    out += t.process([], OFFSET)  # an answer with no query waits one batch for it
     assert out[1].response and out[1].latency_ns == 0
 
 

@@ -72,6 +72,9 @@ class HTTPPairer(Generic[T]):
             self._seen[conn] = ts_ns
         return Paired(req, max(0, ts_ns - t0))
 
+    def has_pending(self, conn: ConnKey) -> bool:
+        return bool(self._conns.get(conn))
+
     def close(self, conn: ConnKey) -> None:
         """Connection ended (FIN/RST): its pending requests will get no answer."""
         if conn in self._conns:
@@ -113,6 +116,9 @@ class DNSPairer(Generic[T]):
             self._pending.popitem(last=False)
             self.evicted += 1
         self._pending[key] = (ts_ns, q)
+
+    def has_pending(self, key: Hashable) -> bool:
+        return key in self._pending
 
     def response(self, key: Hashable, ts_ns: int) -> Paired[T] | None:
         got = self._pending.pop(key, None)

@@ -62,6 +62,7 @@ class L7Tracker:
         self._next_seq: OrderedDict[tuple[bytes, int, bytes, int], int] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self._last_expire = 0
+        self._deferred: list[tuple[L7Event, bytes]] = []
 
     def process(self, raws: list[bytes], offset_ns: int) -> list[L7Message]:
         """Decodes a batch of l7_events records (offset_ns: kernel -> wall clock)."""
@@ -71,14 +72,27 @@ class L7Tracker:
                 events.append(decode_l7(raw))
             except Exception:  # a short record: count it, never stop the batch
                 self.counters["bad_record"] += 1
-        # Per-CPU buffers: a response may arrive before its request.
+        # Per-CPU buffers: a response may arrive before its request, even in an
+        # earlier drain (its CPU's buffer was read before the request's was written);
+        # answers with nothing to pair with wait for one more batch (once).
+        retried = {id(e) for e in self._deferred}
+        events.extend(self._deferred)
+        self._deferred = []
         events.sort(key=lambda e: e[0].ts)
         out: list[L7Message] = []
-        for ev, payload in events:
+        for item in events:
+            ev, payload = item
+            may_defer = id(item) not in retried
             try:
                 if ev.kind == L7_HTTP:
+                    if may_defer and self._early_answer(ev, payload):
+                        self._deferred.append(item)
+                        continue
                     self._http(ev, payload, ev.ts + offset_ns, out)
                 elif ev.kind == L7_DNS:
+                    if may_defer and self._early_dns_answer(ev, payload):
+                        self._deferred.append(item)
+                        continue
                     self._dns(ev, payload, ev.ts + offset_ns, out)
             except Exception:
                 log.exception("L7 payload of %s failed to parse", ev)
@@ -91,13 +105,32 @@ class L7Tracker:
                 self.dns.expire(now)
         return out
 
+    def _early_answer(self, ev: L7Event, payload: bytes) -> bool:
+        """An HTTP answer on a connection with no request waiting (yet)."""
+        if not ev.response_side or not payload.startswith(b"HTTP/"):
+            return False
+        if ev.proto == 6 and self._before_next(ev):
+            return False  # a retransmission or body: skipped now, not retried
+        return not self.http.has_pending((ev.daddr, ev.dport, ev.saddr, ev.sport))
+
+    def _early_dns_answer(self, ev: L7Event, payload: bytes) -> bool:
+        data = payload[2:] if ev.proto == 6 else payload
+        if len(data) < 12 or not data[2] & 0x80:  # QR bit: an answer
+            return False
+        qid = (data[0] << 8) | data[1]
+        return not self.dns.has_pending((ev.daddr, ev.dport, ev.saddr, qid))
+
+    def _before_next(self, ev: L7Event) -> bool:
+        """Whether the segment starts before the direction's next possible message."""
+        nxt = self._next_seq.get((ev.saddr, ev.sport, ev.daddr, ev.dport))
+        return nxt is not None and (ev.seq - nxt) & 0xFFFFFFFF >= 0x80000000
+
     def _seq_check(self, ev: L7Event) -> bool:
         """False for a segment before the direction's next possible message start."""
         k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-        nxt = self._next_seq.get(k)
-        if nxt is not None:
+        if k in self._next_seq:
             self._next_seq.move_to_end(k)
-            if (ev.seq - nxt) & 0xFFFFFFFF >= 0x80000000:
+            if self._before_next(ev):
                 self.counters["http_skipped_segments"] += 1
                 return False
         return True
