@@ -32,7 +32,7 @@ def endpoint_to_pb(ep: Endpoint, attached: bool, error: str = "",
         service_account=ep.service_account,
         workload=apb.Workload(name=ep.workload_name, kind=ep.workload_kind),
         identity=ep.identity, identity_labels=list(ep.identity_labels),
-        attached=attached, attach_error=error)
+        attached=attached, attach_error=error, annotations=dict(ep.annotations))
 
 
 def policy_to_pb(p: Policy, engine: PolicyEngine | None = None) -> apb.Policy:
@@ -73,7 +73,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         raw = {"name": e.name, "namespace": e.namespace or "default", "labels": dict(e.labels),
                "ips": list(e.ips), "interface": e.interface, "node": e.node,
                "service_account": e.service_account or "default",
-               "workload": {"name": e.workload.name, "kind": e.workload.kind}, "id": e.id}
+               "workload": {"name": e.workload.name, "kind": e.workload.kind}, "id": e.id,
+               "annotations": dict(e.annotations)}
         try:
             ep = parse_endpoint(raw)
         except EndpointError as err:

@@ -126,6 +126,8 @@ def endpoint_dict(ep: apb.Endpoint) -> str:
             ("WORKLOAD", _workload(ep)), ("SERVICE ACCOUNT", safe(ep.service_account)),
             ("POLICY INGRESS", _policies(ep.policy_enforcement_ingress, list(ep.ingress_policies))),
             ("POLICY EGRESS", _policies(ep.policy_enforcement_egress, list(ep.egress_policies))),
+            *((("ANNOTATIONS" if i == 0 else ""), safe(f"{k}={v}"))
+              for i, (k, v) in enumerate(sorted(ep.annotations.items()))),
             ("STATUS", status(ep) + (f" ({safe(ep.attach_error)})" if ep.attach_error else ""))]
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k.rjust(width)}{':' if k else ' '} {v}\n" for k, v in rows)

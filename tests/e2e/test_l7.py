@@ -316,3 +316,32 @@ def test_counters_show_what_gave_no_l7_flow(lab, agent):
     assert "\nL7:\n  HTTP: " in out.stdout and "tls " in out.stdout and "http2 " in out.stdout
     truncated = [line for line in out.stdout.splitlines() if "heads cut by the prefix" in line]
     assert truncated and not truncated[0].startswith("  HTTP without L7 flow: 0 ")
+
+
+def test_visibility_annotation_through_the_admin_api(lab, agent):
+    """`<Ingress/8081/TCP/HTTP>` added to the server over webb.admin: its plain port is
+    parsed from then on; a malformed rule is refused and changes nothing."""
+    import grpc
+    from webb.api.admin import admin_pb2
+
+    p = lab.pods
+    server = {e.name: e for e in agent.admin.ListEndpoints(
+        admin_pb2.ListEndpointsRequest(), timeout=5).endpoints}["server"]
+    ep = admin_pb2.Endpoint()
+    ep.CopyFrom(server)
+    bad = admin_pb2.Endpoint()
+    bad.CopyFrom(server)
+    bad.annotations["policy.cilium.io/proxy-visibility"] = "<Ingress/8081/TCP/GOPHER>"
+    with pytest.raises(grpc.RpcError) as err:
+        agent.admin.PutEndpoint(admin_pb2.PutEndpointRequest(endpoint=bad), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "GOPHER" in err.value.details()
+    ep.annotations["policy.cilium.io/proxy-visibility"] = (
+        f"<Ingress/{HTTP_PORT}/TCP/HTTP>,<Ingress/{PLAIN_PORT}/TCP/HTTP>")
+    got = agent.admin.PutEndpoint(admin_pb2.PutEndpointRequest(endpoint=ep), timeout=5).endpoint
+    assert dict(got.annotations) == dict(ep.annotations)
+    http(lab, [{"path": "/annotated-by-api"}], port=PLAIN_PORT)
+    flows = l7_flows(agent, 2, tag="/annotated-by-api")
+    server_ports = {f.l4.TCP.source_port if f.l7.type == fpb.RESPONSE else f.l4.TCP.destination_port
+                    for f in flows}
+    assert server_ports == {PLAIN_PORT}
