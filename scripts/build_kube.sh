@@ -25,6 +25,22 @@ have_all() {
   for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done
   [ "$(cat "$BIN/.recipe" 2>/dev/null)" = "$RECIPE" ]
 }
+# What the tests run beside the binaries (tests/k8s_cluster.py): etcd and openssl,
+# needed even when the binaries come from a cache.
+need_pkgs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "build_kube: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+need_pkgs etcd-server openssl
+
 have_all && exit 0
 
 mkdir -p "$CACHE"
@@ -33,19 +49,9 @@ flock 9
 have_all && exit 0   # another run finished while we waited for the lock
 
 # Build tools: Go 1.19 (what 1.20.2 builds with in bookworm), rsync (used by the make
-# rules), dpkg-dev (apt-get source unpacks with dpkg-source); etcd and openssl for the
-# tests (tests/k8s_cluster.py).
-pkgs=(golang-1.19-go rsync dpkg-dev etcd-server openssl)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "build_kube: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# rules), dpkg-dev (apt-get source unpacks with dpkg-source).
+need_pkgs golang-1.19-go rsync dpkg-dev
+
 
 echo "build_kube: building Kubernetes $KUBE_VERSION (a few minutes; log: $LOG)"
 : >"$LOG"

@@ -70,6 +70,8 @@ if [ "$(cat "$STAMPS/proto" 2>/dev/null)" != "$proto_hash" ] || [ ! -e webb/api/
 fi
 # A real Kubernetes API server and controller manager for tests/k8s_cluster.py, built
 # once per machine outside the repository (a few minutes the first time; then instant).
-scripts/build_kube.sh
+# A failed build must not stop the rest of the suite: the Kubernetes tests then fail
+# by themselves, naming scripts/build_kube.sh and its log.
+scripts/build_kube.sh || echo "setup: WARNING: building Kubernetes failed (see the log above); the Kubernetes tests will fail" >&2
 
 "$VENV/bin/python" -c 'import bcc, grpc, webb.api.flow.flow_pb2' || { echo "setup: venv check failed" >&2; exit 1; }

@@ -53,6 +53,8 @@ _V = [_varint(i) for i in range(65536)]
 
 
 def varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"varint of a negative number: {n}")
     return _V[n] if n < 65536 else _varint(n)
 
 

@@ -40,8 +40,8 @@ class FlowParser:
         return w
 
     def _l7_wire(self, rec: L7Record) -> bytes:
-        # The history writer thread may encode the same record: whoever finds the
-        # message gone finds the wire bytes set (they are set before it goes).
+        # Encoded once, on the loop (history and export encode L7 records there too,
+        # before their threads see them); the message is dropped once encoded.
         msg = rec.msg
         if msg is None:
             return rec.wire  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from history_support import BASE_NS, ingest, parser, records
 from webb_agent.flows_reader import Lost, ReadRequest
 from webb_agent.history import History
 from webb_agent.history.batch import unpack_batch
-from webb_agent.history.store import HistoryStore
+from webb_agent.history.store import UNCLEAN_SEQ_GAP, HistoryStore
 from webb_agent.ring import Ring
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +82,14 @@ def test_killed_mid_write_reopens_cleanly(tmp_path, round_):
         assert [r.seq for r in recs] == list(range(expected, expected + len(recs)))
         expected += len(recs)
     assert expected > 1000
-    assert store.next_seq >= expected
+    # Killed: the flows that only its ring and pending batches held had seqs (and
+    # UUIDs) beyond what was stored; the new run starts past any of them.
+    assert store.unclean_start and store.next_seq >= expected + UNCLEAN_SEQ_GAP
     store.close()
+    again = HistoryStore(str(d), 10**9, FOREVER)
+    again.open()
+    assert not again.unclean_start  # closed cleanly this time: no jump
+    again.close()
 
     async def reopen_and_read() -> None:
         h = History(str(d), 10**9, FOREVER, flush_interval=0.01)

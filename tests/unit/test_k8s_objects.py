@@ -9,6 +9,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.datapath.event import FlowEvent
 from webb_agent.k8s.identity_crd import (FIRST_ALLOCATED, LAST_ALLOCATED, first_candidate,
                                          from_object, probe, to_object)
+from webb_agent.identity import label_key
 from webb_agent.k8s.nodes import node_info
 from webb_agent.k8s.pods import identity_labels, owner_workload, pod_endpoint
 from webb_agent.k8s.policies import policy_document, source_of
@@ -105,6 +106,13 @@ def test_service_map_frontends_backends_and_flow_fields():
     sm.delete_service({"metadata": {"name": "web", "namespace": "shop"}})
     sm.delete_slice({"metadata": {"name": "web-abc", "namespace": "shop"}})
     assert sm.fields(_ev("10.244.2.9", 40000, "10.96.0.10", 80)) == b""
+
+
+def test_identity_object_round_trip_keeps_empty_label_values():
+    """app: "" is the label "k8s:app=", not "k8s:app": every agent must read the
+    object back as the same label set, or each would make its own identity."""
+    key = label_key(["k8s:app=", "k8s:io.kubernetes.pod.namespace=shop", "reserved:host"])
+    assert from_object(to_object(300, key)) == (300, key)
 
 
 def test_identity_objects_and_probe_order():

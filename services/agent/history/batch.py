@@ -103,20 +103,14 @@ def pack_batch(recs: Sequence[Any], raws: Sequence[bytes | None],
             kinds = [decode(raw).event_type if raw is not None else -1 for raw in raws]
     srcs_e = list(map(_src_of, recs))
     dsts_e = list(map(_dst_of, recs))
-    # Endpoints interned by object identity (snapshots are shared by reference): a
-    # handful of distinct ones per batch, each found once by a C-level list scan.
+    # Endpoints interned by object identity (snapshots are shared by reference): the
+    # dicts keep one object per id, in first-seen order, in one C-level pass each.
     ids_s = list(map(id, srcs_e))
     ids_d = list(map(id, dsts_e))
-    index = dict.fromkeys(ids_s)
-    index.update(dict.fromkeys(ids_d))
-    ep_wires = []
-    for i, k in enumerate(index):
-        index[k] = i
-        try:
-            ep = srcs_e[ids_s.index(k)]
-        except ValueError:
-            ep = dsts_e[ids_d.index(k)]
-        ep_wires.append(_ep_wire(ep))
+    by_id = dict(zip(ids_s, srcs_e))
+    by_id.update(zip(ids_d, dsts_e))
+    index = {k: i for i, k in enumerate(by_id)}
+    ep_wires = [_ep_wire(ep) for ep in by_id.values()]
     srcs = array("I", map(index.__getitem__, ids_s))
     dsts = array("I", map(index.__getitem__, ids_d))
     seqs = array("q", map(_seq_of, recs))

@@ -32,6 +32,7 @@ from .store import HistoryStore
 from .writer import HistoryWriter
 
 Match = Callable[[Any], bool] | None
+YIELD_EVERY = 512  # records read between returns to the event loop
 
 
 def wants_history(req: ReadRequest) -> bool:
@@ -103,6 +104,8 @@ class HistoryReader:
         if start is None or start >= ring.oldest_seq:
             start = None
         before = start if start is not None else ring.oldest_seq
+        if since is None and until is None:
+            return start, 0  # "the oldest flows": what retention removed is no part of it
         lost = store.removed_in(0, before - 1, since, until) + writer.dropped_in(0, before - 1, since, until)
         return start, lost
 
@@ -136,23 +139,31 @@ class HistoryReader:
             hi = min(hi, pb.first_seq)
         frame = self.store.frame_before(hi)
         steps = len(self.store.frames) + 1
+        unreadable = 0
         while frame is not None and steps:  # bounded by the number of frames
             steps -= 1
             if until is None or frame.min_time <= until:
                 recs = await self._load(frame)
-                for r in reversed(recs or []):
+                if recs is None:  # removed meanwhile, or failed its checksum
+                    unreadable += frame.last_seq - frame.first_seq + 1
+                for i, r in enumerate(reversed(recs or [])):
                     if r.seq < hi and hit(r):
                         need -= 1
                         start = r.seq
                         if not need:
-                            return start, 0
+                            return start, unreadable
+                    if i % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)  # filters cost: let ingest run
             hi = frame.first_seq
             frame = self.store.frame_before(hi)
             await asyncio.sleep(0)  # a long walk must not hold the loop
-        # Fewer matches than asked for: all of them, and what retention took.
-        first = start if start is not None else hi
-        lost = (self.store.removed_in(0, first - 1, None, until)
-                + self.writer.dropped_in(0, first - 1, None, until))
+        # Fewer matches than asked for: all there are. What retention took is reported
+        # only for a window the request named (until), as "the newest N" has no start.
+        lost = unreadable
+        if until is not None:
+            first = start if start is not None else hi
+            lost += (self.store.removed_in(0, first - 1, None, until)
+                     + self.writer.dropped_in(0, first - 1, None, until))
         return (start if start is not None and start < ring.oldest_seq else None), lost
 
     # -- filling a span the ring no longer has ---------------------------------------
@@ -185,9 +196,15 @@ class HistoryReader:
             if frame is not None and frame.first_seq < hi:
                 if ((since is None or frame.max_time >= since)
                         and (until is None or frame.min_time <= until)):
-                    for r in await self._load(frame) or []:
+                    recs = await self._load(frame)
+                    if recs is None:  # removed meanwhile, or failed its checksum: say so
+                        yield Lost(LOST_SOURCE_RING, frame.last_seq - frame.first_seq + 1, -1,
+                                   time.time_ns())
+                    for i, r in enumerate(recs or []):
                         if pos <= r.seq < hi and wanted(r):
                             yield r
+                        if i % YIELD_EVERY == YIELD_EVERY - 1:
+                            await asyncio.sleep(0)  # filters cost: let ingest run
                 pos = max(pos, frame.last_seq + 1)
                 await asyncio.sleep(0)
                 continue

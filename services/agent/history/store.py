@@ -34,6 +34,8 @@ from .segment import HEADER_SIZE, SUFFIX, CorruptFrame, Frame, Segment, encode_f
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# Sequence numbers skipped after an unclean stop: more than a ring and pending batches hold.
+UNCLEAN_SEQ_GAP = 1 << 32
 MAX_REMOVED_RANGES = 4096  # removed.json entries; older ones are merged pairwise
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -88,6 +90,7 @@ class HistoryStore:
         self.stats = StoreStats()
         self.salt = ""
         self.next_seq = 0
+        self._clean = False
         self._fd: int | None = None
         self._roll = False  # start a new segment with the next append
         self._lock_fd: int | None = None
@@ -112,6 +115,10 @@ class HistoryStore:
                              f"{FORMAT_VERSION}; move the directory away to start afresh")
         self.salt = meta.get("salt") or uuid.uuid4().hex
         self.next_seq = int(meta.get("next_seq", 0))
+        # Written False while open: after a crash, flows that only the ring or the
+        # pending batches held had sequence numbers (and so UUIDs, salt + seq) that
+        # the store never saw; jumping past them keeps every UUID unique.
+        self.unclean_start = meta.get("clean") is False
         self.removed = [Removed(*r) for r in self._read_json("removed.json", [])]
         names = sorted(n for n in os.listdir(self.dir) if n.endswith(SUFFIX))
         for i, name in enumerate(names):
@@ -136,6 +143,11 @@ class HistoryStore:
         self._frame_last = [f.last_seq for f in self.frames]
         if self.frames:
             self.next_seq = max(self.next_seq, self.frames[-1].last_seq + 1)
+        if self.unclean_start:
+            self.next_seq += UNCLEAN_SEQ_GAP
+            log.warning("history: the last run did not close the store; sequence numbers "
+                        "go on from %d", self.next_seq)
+        self._clean = False
         self._write_meta()
         self.apply_retention(time.time_ns())
 
@@ -164,7 +176,7 @@ class HistoryStore:
     def _write_meta(self) -> None:
         try:
             self._write_json("meta.json", {"version": FORMAT_VERSION, "salt": self.salt,
-                                           "next_seq": self.next_seq})
+                                           "next_seq": self.next_seq, "clean": self._clean})
         except OSError as e:
             self._error(f"writing meta.json: {e}")
 
@@ -409,6 +421,7 @@ class HistoryStore:
         self._close_fd()
         if next_seq is not None:
             self.next_seq = max(self.next_seq, next_seq)
+        self._clean = True
         self._write_meta()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock

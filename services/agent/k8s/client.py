@@ -167,11 +167,7 @@ class KubeClient:
             if not 200 <= resp.status < 300:
                 text = (await resp.read())[:300].decode("utf-8", "replace")
                 raise KubeError(resp.status, f"watch {res.path()}: {text}")
-            for _ in range(10_000_000):  # bounded; the server ends the watch much sooner
-                # One event per line; objects can exceed aiohttp's default line limit.
-                line = await resp.content.readuntil(b"\n", max_size=MAX_EVENT_BYTES)
-                if not line:
-                    break  # the server ended the watch
+            async for line in _lines(resp.content, MAX_EVENT_BYTES, res.path()):
                 if not line.strip():
                     continue
                 try:
@@ -188,3 +184,22 @@ class KubeClient:
                 yield kind, obj
         finally:
             resp.release()
+
+
+async def _lines(content: Any, max_bytes: int, what: str) -> AsyncIterator[bytes]:
+    """The lines of a watch stream (one event each), however aiohttp chunks it: objects
+    can exceed aiohttp's own line limit, and its readuntil(max_size=) is recent."""
+    buf = bytearray()
+    async for chunk in content.iter_any():
+        buf += chunk
+        while True:
+            i = buf.find(b"\n")
+            if i < 0:
+                break
+            line = bytes(buf[:i])
+            del buf[:i + 1]
+            yield line
+        if len(buf) > max_bytes:
+            raise KubeError(0, f"watch {what}: an event larger than {max_bytes} bytes")
+    if buf.strip():
+        yield bytes(buf)  # the server ended the watch after an unterminated event

@@ -104,7 +104,10 @@ def from_object(obj: dict[str, Any]) -> tuple[int, tuple[str, ...]] | None:
     raw = obj.get("security-labels")
     if not isinstance(raw, dict) or not raw:
         return None
-    return num, label_key(f"{k}={v}" if v else str(k) for k, v in raw.items())
+    # Only reserved labels ("reserved:host") have no "="; "k8s:app=" (an empty value)
+    # keeps its "=", or agents reading the object back would see another label set.
+    return num, label_key(str(k) if not v and str(k).startswith("reserved:") else f"{k}={v}"
+                          for k, v in raw.items())
 
 
 class CRDIdentityAllocator(IdentityAllocator):
