@@ -297,3 +297,32 @@ def test_flags_reach_the_config():
     assert p.history_dir == "/tmp/h" and p.history_max_bytes == 2 << 30
     assert p.history_max_age_ns == 36 * HOUR and p.export_file_compress
     assert len(p.export_denylist) == 2 and list(p.export_fieldmask.paths) == ["time", "verdict"]
+
+
+async def test_l7_flows_come_back_from_history(tmp_path):
+    """L7 records (no raw bytes: encoded on the loop) are stored with the L3/L4 ones
+    and read back, after the ring wrapped, as the same flows."""
+    from test_l7_pipeline import Conn, get, ok
+    from webb_agent.l7.tracker import L7Tracker
+    from webb_agent.record import L7Record
+
+    from history_support import EPS
+
+    node = Node(str(tmp_path))
+    node.feed(0, 100)
+    c, tracker = Conn(), L7Tracker()
+    t_l7 = BASE_NS + 100 * 1_000_000
+    msgs = tracker.process([c.req(get("/stored"), ts=10), c.resp(ok(code=503), ts=40)],
+                           t_l7 - 10)
+    recs = [L7Record(m, m.time_ns, EPS[0], EPS[1]) for m in msgs]
+    ingest(node.ring, recs, node.history.on_batch)
+    in_ring = [fpb.Flow.FromString(node.parser.wire(r)) for r in recs]
+    node.feed(100, 500, t0=BASE_NS + 200 * 1_000_000)  # the 63-flow ring wraps
+    await node.flush()
+    out = await node.read(ReadRequest(since_ns=t_l7 - 1, until_ns=t_l7 + 100))
+    got = [node.parser.flow(x) for x in out if not isinstance(x, Lost)]
+    l7 = [f for f in got if f.Type == fpb.L7]
+    assert [f.l7.type for f in l7] == [fpb.REQUEST, fpb.RESPONSE]
+    assert l7 == in_ring  # byte for byte the flows the ring served
+    assert l7[1].l7.http.code == 503 and l7[1].l7.http.url == "http://server:8080/stored"
+    await node.close()
