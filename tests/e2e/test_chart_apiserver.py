@@ -283,6 +283,15 @@ def test_helm_install_upgrade_uninstall(cluster):
         assert after == before, "helm upgrade replaced the certificates"
         ds = cluster.api("GET", f"/apis/apps/v1/namespaces/{ns}/daemonsets/{RELEASE}-agent")
         assert "8191" in ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        # A new cluster name needs an agent certificate for the new names (same CA).
+        release = config.upgrade(CHART, RELEASE, {**values, "clusterName": "east"},
+                                 namespace=ns, timeout=120)
+        assert release["status"] == "deployed"
+        renamed = {n: cluster.api("GET", f"{secrets}/{RELEASE}-{n}") for n in before}
+        assert renamed["ca"]["data"] == before["ca"]
+        agent = renamed["agent-certs"]
+        assert agent["data"]["tls.crt"] != before["agent-certs"]["tls.crt"]
+        assert agent["metadata"]["annotations"]["webb.io/tls-names"] == "*.east.webb-grpc.local"
 
         config.uninstall(RELEASE, timeout=120)
         with pytest.raises(KubeAPIError) as e:
