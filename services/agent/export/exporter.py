@@ -103,22 +103,26 @@ class FlowExporter:
         pred, mask, wire_of = self.pred, self.mask, self.wire_of
         for recs, raws in batches:
             for rec, raw in zip(recs, raws):
+                ev = opb.ExportEvent()
                 try:
-                    flow = fpb.Flow.FromString(wire_of(rec, raw))
+                    # Parsed straight into the event: no second copy of the flow.
+                    ev.flow.MergeFromString(wire_of(rec, raw))
                 except Exception:  # one bad record must not stop the export
                     self.errors += 1
                     log.exception("flow export: cannot encode a record")
                     continue
+                flow = ev.flow
                 if pred is not None and not pred(flow):
                     self.filtered += 1
                     continue
-                ev = opb.ExportEvent(node_name=flow.node_name)
+                ev.node_name = flow.node_name
                 ev.time.CopyFrom(flow.time)
                 if mask is not None:
-                    mask.MergeMessage(flow, ev.flow)
+                    full = fpb.Flow()
+                    full.CopyFrom(flow)
+                    ev.ClearField("flow")
+                    mask.MergeMessage(full, ev.flow)
                     ev.flow.SetInParent()
-                else:
-                    ev.flow.CopyFrom(flow)
                 lines.append(_line(ev))
         try:
             self.out.write(b"".join(lines))
