@@ -13,6 +13,8 @@ kubernetes.io/service-name label).
 """
 from __future__ import annotations
 
+import asyncio
+
 import ipaddress
 from typing import Any
 
@@ -86,6 +88,7 @@ class ServiceMap:
         self._backends: dict[str, tuple[tuple[str, str], list[Key]]] = {}  # "ns/slice"
         self._by_key: dict[Key, tuple[str, str]] = {}
         self._wire: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._rebuild_scheduled = False
 
     def set_service(self, svc: dict[str, Any]) -> None:
         meta = svc.get("metadata") or {}
@@ -114,9 +117,23 @@ class ServiceMap:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        """Once per loop turn, however many events came in it (a relist of N objects
+        is one rebuild, not N); immediately when no loop runs."""
+        if self._rebuild_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._rebuild_now()
+            return
+        self._rebuild_scheduled = True
+        loop.call_soon(self._rebuild_now)
+
+    def _rebuild_now(self) -> None:
         # Rebuilt whole: Services change rarely and a copy keeps lookups lock-free
         # for readers on other threads. Frontends win over backends, and a sorted
         # order makes the choice stable when an address backs two Services.
+        self._rebuild_scheduled = False
         table: dict[Key, tuple[str, str]] = {}
         for svc, keys in sorted(self._backends.values()):
             for k in keys:
@@ -126,6 +143,9 @@ class ServiceMap:
             for k in keys:
                 table[k] = (name, ns)
         self._by_key = table
+        live = set(table.values())
+        for svc in [w for w in list(self._wire) if w not in live]:  # list(): one C-level copy
+            self._wire.pop(svc, None)  # encodings of Services gone
 
     def lookup(self, ip: str, port: int, proto: int = 6) -> tuple[str, str] | None:
         """(name, namespace) of the Service of an address and port, or None."""
