@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from ..datapath.netns import enter_netns, netns_path
@@ -25,6 +26,7 @@ from ..datapath.netns import enter_netns, netns_path
 log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
+SCAN_BUDGET_S = 2.0
 
 
 def _kind(link: Any) -> str:
@@ -94,14 +96,21 @@ def netns_peer_interface(ipr: Any, ip: str, node_netns: str = "", netns_dir: str
     except OSError:
         return ""
     node_ns = node_netns_path(node_netns)
+    # The whole scan is bounded in time too: it holds up the pods watch and the netlink
+    # thread; a pod not found now is retried with back-off.
+    deadline = time.monotonic() + SCAN_BUDGET_S
     for name in names[:4096]:  # bounded: more pods than a node can hold is not a node
         path = os.path.join(netns_dir, name)
         if name in skip:
             continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.debug("netns scan for %s: out of time; retried later", ip)
+            return ""
         found: list[tuple[int, int]] = []
         t = threading.Thread(target=_pod_side, args=(path, ip, node_ns, found), daemon=True)
         t.start()
-        t.join(5.0)
+        t.join(min(5.0, remaining))
         for pod_idx, peer_idx in found:
             links = ipr.get_links(peer_idx) if peer_idx else []
             # The host side must point back at the pod side; an index alone could
