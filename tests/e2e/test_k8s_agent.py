@@ -326,6 +326,35 @@ def test_identity_allocators_racing_in_a_tiny_range(kc):
 
 
 
+def test_a_gap_on_the_probe_path_does_not_give_a_second_number(kc):
+    """A label set whose identity sits past a free number on its probe path (a number
+    collected while another agent probed past it) is found by its label hash, not
+    given the free number by an allocator that has not seen it yet."""
+    import asyncio
+
+    from webb_agent.k8s.client import KubeClient
+    from webb_agent.k8s.identity_crd import (RESOURCE, CRDIdentityAllocator, first_candidate,
+                                             probe, to_object)
+    from webb_agent.identity import label_key
+
+    low, high = 60100, 60103
+    key = label_key(["k8s:app=gapped", "k8s:io.kubernetes.pod.namespace=tiny"])
+    start = first_candidate(key, low, high)
+    second = probe(start, 1, low, high)
+    kc.api("POST", RESOURCE.path(), to_object(second, key))  # the first stays free
+
+    async def run() -> int:
+        cl = await KubeClient.connect(kc.kubeconfig)
+        try:
+            fresh = CRDIdentityAllocator(low=low, high=high)
+            await fresh.start(cl)  # its watch never runs: nothing cached
+            return (await fresh.ensure(key)).id
+        finally:
+            await cl.close()
+    assert asyncio.run(run()) == second
+    assert probe(start, 0, low, high) not in identity_objects(kc)
+
+
 def test_pods_become_endpoints_with_cluster_wide_identities(agents, lab, cluster):
     a1, a2 = agents["n1"], agents["n2"]
     eps1 = a1.wait_endpoints(attached({"web", "client", "outsider"}), "local pods attached")

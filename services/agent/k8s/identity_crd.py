@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, KIND, PLURAL = "webb.io", "v1", "WebbIdentity", "webbidentities"
 RESOURCE = Resource(f"{GROUP}/{VERSION}", PLURAL, namespaced=False)
+HASH_LABEL = "webb.io/labels-hash"  # on each object: its label set, hashed
 LAST_ALLOCATED = 65535  # Cilium's cluster-scoped range ends here too
 MAX_PROBES = 4096
 
@@ -81,6 +82,11 @@ def first_candidate(key: tuple[str, ...], low: int = FIRST_ALLOCATED,
     return low + int.from_bytes(digest[:8], "big") % (high - low + 1)
 
 
+def labels_hash(key: tuple[str, ...]) -> str:
+    """A label value naming the label set, so the API server can find its identity."""
+    return hashlib.sha256("\n".join(key).encode()).hexdigest()[:32]
+
+
 def probe(start: int, i: int, low: int = FIRST_ALLOCATED, high: int = LAST_ALLOCATED) -> int:
     return low + (start - low + i) % (high - low + 1)
 
@@ -91,7 +97,8 @@ def to_object(num: int, key: tuple[str, ...]) -> dict[str, Any]:
         k, sep, v = lbl.partition("=")
         labels[k] = v
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-            "metadata": {"name": str(num), "labels": {"app.kubernetes.io/managed-by": "webb"}},
+            "metadata": {"name": str(num), "labels": {"app.kubernetes.io/managed-by": "webb",
+                                                       HASH_LABEL: labels_hash(key)}},
             "security-labels": labels}
 
 
@@ -218,6 +225,12 @@ class CRDIdentityAllocator(IdentityAllocator):
             return await self._search(key)
 
     async def _search(self, key: tuple[str, ...]) -> Identity:
+        # Asked by label-set hash first: the probe path may have a gap (an unused
+        # identity collected while another agent probed past it) that a search from
+        # the start would fill with a second number for the same labels.
+        existing = await self._by_hash(key)
+        if existing is not None:
+            return existing
         start = first_candidate(key, self.low, self.high)
         for i in range(min(MAX_PROBES, self.high - self.low + 1)):
             num = probe(start, i, self.low, self.high)
@@ -236,6 +249,21 @@ class CRDIdentityAllocator(IdentityAllocator):
                     self._remember(num, key)
                     return self._by_id[num]
         raise IdentityError(f"no free identity for {list(key)} after {MAX_PROBES} probes")
+
+    async def _by_hash(self, key: tuple[str, ...]) -> Identity | None:
+        assert self.client is not None
+        try:
+            got = await self.client.get(RESOURCE.path(),
+                                        labelSelector=f"{HASH_LABEL}={labels_hash(key)}")
+        except KubeError as e:
+            raise IdentityError(f"looking up the identity of {list(key)}: {e}") from None
+        for obj in got.get("items") or []:
+            parsed = from_object(obj)
+            if parsed is not None and parsed[1] == key and self.low <= parsed[0] <= self.high:
+                with self._lock:
+                    self._remember(parsed[0], key)
+                    return self._by_id[parsed[0]]
+        return None
 
     async def _create_at(self, num: int, key: tuple[str, ...]) -> tuple[str, ...] | None:
         """Creates identity `num` for `key`; returns the labels the number has now
