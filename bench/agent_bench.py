@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -322,6 +322,32 @@ class Agent:
 
 
 # -- the bench ----------------------------------------------------------------------
+def write_bench_endpoints(path: Path, pods: Any, annotations: dict[str, dict[str, str]] | None = None
+                          ) -> None:
+    """The registry file of the bench pods (client, server) on node n1; none detaches."""
+    eps = []
+    for pod, app in zip(pods, ("client", "server")):
+        ep = {"name": pod.name, "namespace": "bench", "labels": {"app": app},
+              "ips": [pod.ip4, pod.ip6], "interface": pod.host_if, "node": "n1"}
+        if annotations and pod.name in annotations:
+            ep["annotations"] = annotations[pod.name]
+        eps.append(ep)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"endpoints": eps, "nodes": []}))
+    os.replace(tmp, path)
+
+
+def tc_filter_count(lab: Any, pods: Any) -> int:
+    """Our TC filters on the pods' host-side interfaces (4 when both are attached)."""
+    n = 0
+    for pod in pods:
+        for kind in ("ingress", "egress"):
+            out = subprocess.run(["tc", "-n", lab.nodes["n1"].netns, "filter", "show",
+                                  "dev", pod.host_if, kind], capture_output=True, text=True).stdout
+            n += sum(1 for line in out.splitlines() if " bpf " in line and " handle " in line)
+    return n
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -375,25 +401,10 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def write_endpoints(self, attached: bool) -> None:
-        eps = []
-        if attached:
-            for pod, app in ((self.cli, "client"), (self.srv, "server")):
-                eps.append({"name": pod.name, "namespace": "bench",
-                            "labels": {"app": app}, "ips": [pod.ip4, pod.ip6],
-                            "interface": pod.host_if, "node": "n1"})
-        tmp = self.endpoints.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump({"endpoints": eps, "nodes": []}))
-        os.replace(tmp, self.endpoints)
+        write_bench_endpoints(self.endpoints, (self.cli, self.srv) if attached else ())
 
     def tc_filters(self) -> int:
-        n = 0
-        for pod in (self.cli, self.srv):
-            for kind in ("ingress", "egress"):
-                out = subprocess.run(["tc", "-n", self.lab.nodes["n1"].netns, "filter", "show",
-                                      "dev", pod.host_if, kind],
-                                     capture_output=True, text=True).stdout
-                n += sum(1 for line in out.splitlines() if " bpf " in line and " handle " in line)
-        return n
+        return tc_filter_count(self.lab, (self.cli, self.srv))
 
     def wait_attached(self, want: bool, timeout: float = 20) -> None:
         assert self.agent is not None

@@ -257,29 +257,16 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def write_endpoints(self, attached: bool) -> None:
-        import yaml
+        import agent_bench as ab
 
-        eps = []
-        if attached:
-            for pod, app in ((self.cli, "client"), (self.srv, "server")):
-                ep = {"name": pod.name, "namespace": "bench", "labels": {"app": app},
-                      "ips": [pod.ip4, pod.ip6], "interface": pod.host_if, "node": "n1"}
-                if pod is self.srv:
-                    ep["annotations"] = {ANNOTATION: f"<Ingress/{L7_PORT}/TCP/HTTP>"}
-                eps.append(ep)
-        tmp = self.endpoints.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump({"endpoints": eps, "nodes": []}))
-        os.replace(tmp, self.endpoints)
+        ab.write_bench_endpoints(
+            self.endpoints, (self.cli, self.srv) if attached else (),
+            {self.srv.name: {ANNOTATION: f"<Ingress/{L7_PORT}/TCP/HTTP>"}})
 
     def tc_filters(self) -> int:
-        n = 0
-        for pod in (self.cli, self.srv):
-            for kind in ("ingress", "egress"):
-                out = subprocess.run(["tc", "-n", self.lab.nodes["n1"].netns, "filter", "show",
-                                      "dev", pod.host_if, kind],
-                                     capture_output=True, text=True).stdout
-                n += sum(1 for line in out.splitlines() if " bpf " in line and " handle " in line)
-        return n
+        import agent_bench as ab
+
+        return ab.tc_filter_count(self.lab, (self.cli, self.srv))
 
     def wait_attached(self, want: bool, timeout: float = 20) -> None:
         assert self.agent is not None
