@@ -19,4 +19,4 @@ bench: setup
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf .venv .stamps webb/api/flow webb/api/observer webb/api/peer webb/api/relay
+	rm -rf .venv .stamps webb/api/flow webb/api/observer webb/api/peer webb/api/relay webb/api/stream

@@ -17,7 +17,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 OUT = ROOT / "webb" / "api"
-PACKAGES = ["flow", "relay", "observer", "peer", "admin"]
+PACKAGES = ["flow", "relay", "observer", "peer", "admin", "stream"]
 
 
 def main() -> int:
