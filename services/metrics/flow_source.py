@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class FlowSource:
 
     async def run(self) -> None:
         cfg = self.config
-        backoff = cfg.backoff_min_s
+        backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
         while True:
             channel = grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS)
             call = None
@@ -170,7 +171,7 @@ class FlowSource:
                 stub = observer_pb2_grpc.ObserverStub(channel)
                 call = stub.GetFlows(self.request())
                 self._connected()
-                backoff = cfg.backoff_min_s
+                backoff.reset()
                 handle = self.handle
                 async for resp in call:
                     handle(resp)
@@ -188,8 +189,7 @@ class FlowSource:
                 if call is not None:
                     call.cancel()
                 await channel.close()
-            await asyncio.sleep(backoff)
-            backoff = min(cfg.backoff_max_s, backoff * 2)
+            await backoff.sleep()
 
     async def _wait_ready(self, channel: grpc.aio.Channel) -> None:
         """Waits for the channel (gRPC keeps reconnecting); says so while it cannot connect."""

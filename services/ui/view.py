@@ -21,6 +21,7 @@ import grpc
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
+from webb.backoff import Backoff
 
 from .flow_row import to_row
 from .layout import layout
@@ -173,7 +174,7 @@ class View:
         return req
 
     async def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         history_done = False
         while True:
             try:
@@ -187,7 +188,7 @@ class View:
                         self._last_time_ns = started - 5_000_000_000
                     self.ready.set()
                 self._set_state("live")
-                backoff = 0.5
+                backoff.reset()
                 consume = asyncio.ensure_future(self._consume(self.relay.get_flows(self.request(follow=True))))
                 lost = asyncio.ensure_future(self.relay.lost())
                 try:
@@ -217,8 +218,7 @@ class View:
                 log.exception("view %s: stream failed", self.key)
                 self._set_state("retrying", rpc_error_text(e))
             self.ready.set()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.sleep()
 
     async def _consume(self, call: Any) -> None:
         window = self.window
