@@ -10,6 +10,7 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import FastAPI, HTTPException, Query as Q, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from google.protobuf.json_format import MessageToDict
 
 from . import schemas
@@ -53,16 +54,6 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _fastapi(**kwargs: Any) -> FastAPI:
-    """FastAPI whose /docs and /redoc load Swagger UI from the package, not from a CDN
-    (fastapi-offline); plain FastAPI (CDN) when that package is missing."""
-    try:
-        from fastapi_offline import FastAPIOffline
-    except ImportError:
-        return FastAPI(**kwargs)
-    return FastAPIOffline(**kwargs)
-
-
 def create_app(settings: Settings, relay: RelayClient | None = None) -> FastAPI:
     state: dict[str, Any] = {}
 
@@ -79,7 +70,8 @@ def create_app(settings: Settings, relay: RelayClient | None = None) -> FastAPI:
             await views.close()
             await r.close()
 
-    app = _fastapi(
+    # FastAPIOffline: /docs and /redoc load Swagger UI from the package, never from a CDN.
+    app = FastAPIOffline(
         title="webb UI", version="0.1.0", lifespan=lifespan,
         description="Service map and flows of a Hubble-compatible relay. Every endpoint takes the "
                     "view's `namespace` and `filter` terms; the filters are sent to the relay as "
