@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from webb.api.admin import admin_pb2, admin_pb2_grpc
 from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.api.peer import peer_pb2, peer_pb2_grpc
+from webb.health import HUBBLE_OBSERVER
 
 
 def _serialize(msg: object) -> bytes:
@@ -77,6 +78,8 @@ async def start_server(observer: object, peer: object, admin: object, listen: st
             os.unlink(unix_socket)
         server.add_insecure_port(f"unix://{unix_socket}")
     await server.start()
-    for name in ("", names[0], names[1]):
+    # "" and Hubble's own name (what `hubble status` asks) as a Hubble server does,
+    # plus the services by their gRPC names.
+    for name in ("", HUBBLE_OBSERVER, names[0], names[1]):
         await health_srv.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_srv

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.health import HUBBLE_OBSERVER
 
 from .agent_counters import agent_status, format_counters
 from .cli_parser import add_command
@@ -19,7 +20,8 @@ from .connection import add_server_flags, open_connection, unary
 from .errors import CLIError
 from .formats.printer import PrintOptions, Printer
 
-OBSERVER_SERVICE = "observer.Observer"
+# The name Hubble's CLI asks, so `webb status` also works against Cilium's servers.
+OBSERVER_SERVICE = HUBBLE_OBSERVER
 OUTPUTS = {"compact": "compact", "dict": "dict", "json": "jsonpb", "JSON": "jsonpb",
            "jsonpb": "jsonpb", "tab": "table", "table": "table"}
 

@@ -1,6 +1,7 @@
 """The relay's gRPC server: observer.Observer, health and reflection, plaintext or TLS.
 
-Health follows Hubble Relay: "" and "observer.Observer" are SERVING while at
+Health follows Hubble Relay: "", Hubble's "hubble.server.Observer" (what `hubble
+status` asks) and "observer.Observer" are SERVING while at
 least one agent is connected (and, with a peer service, while its stream is
 up), NOT_SERVING otherwise.
 """
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from webb.api.observer import observer_pb2, observer_pb2_grpc
+from webb.health import HUBBLE_OBSERVER
 
 from .pool import PeerPool
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 OBSERVER_SERVICE = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The names whose status follows the peers.
+HEALTH_NAMES = ("", HUBBLE_OBSERVER, OBSERVER_SERVICE)
 
 
 def grpc_address(listen: str) -> str:
@@ -48,7 +52,7 @@ async def start_server(observer: observer_pb2_grpc.ObserverServicer, listen: str
         raise OSError(f"cannot listen on {listen}: address in use or not available") from e
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
-    for name in ("", OBSERVER_SERVICE):
+    for name in HEALTH_NAMES:
         await health_srv.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     return server, health_srv, port
@@ -67,7 +71,7 @@ async def track_health(health_srv: health.aio.HealthServicer, pool: PeerPool,
             status = (health_pb2.HealthCheckResponse.SERVING if ok
                       else health_pb2.HealthCheckResponse.NOT_SERVING)
             if status != last:
-                for name in ("", OBSERVER_SERVICE):
+                for name in HEALTH_NAMES:
                     await health_srv.set(name, status)
                 log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
                 last = status

@@ -313,7 +313,9 @@ def test_server_status_nodes_namespaces_health_peer(agent, traffic):
     ns = agent.observer.GetNamespaces(opb.GetNamespacesRequest(), timeout=5).namespaces
     assert {n.namespace for n in ns} == {"demo", "extra"}
     health = health_pb2_grpc.HealthStub(agent.channel)
-    for svc in ("", "observer.Observer"):
+    # "" and Hubble's v1.ObserverServiceName (what `hubble status` asks), as a Hubble
+    # server registers them, and webb's services by their gRPC names.
+    for svc in ("", "hubble.server.Observer", "observer.Observer", "peer.Peer"):
         assert health.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING
     notes = peer_pb2_grpc.PeerStub(agent.channel).Notify(peer_pb2.NotifyRequest(), timeout=3)

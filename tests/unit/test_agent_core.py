@@ -399,3 +399,31 @@ def test_drop_clean_file_pages(tmp_path):
         assert w[0] == 42
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("name", ["", "hubble.server.Observer", "observer.Observer", "peer.Peer"])
+async def test_agent_health_serves_the_names_hubble_clients_ask(name, tmp_path):
+    """`hubble status` asks grpc.health.v1 about "hubble.server.Observer" (Cilium's
+    v1.ObserverServiceName); a name the server does not know is NotFound."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from webb.api.admin import admin_pb2_grpc
+    from webb.api.observer import observer_pb2_grpc
+    from webb.api.peer import peer_pb2_grpc
+    from webb_agent.server import start_server
+
+    server, _ = await start_server(observer_pb2_grpc.ObserverServicer(),
+                                   peer_pb2_grpc.PeerServicer(), admin_pb2_grpc.AdminServicer(),
+                                   "", str(tmp_path / "agent.sock"))
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path / 'agent.sock'}") as ch:
+            r = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await server.stop(None)

@@ -105,7 +105,8 @@ class Server:
             admin_pb2_grpc.add_AdminServicer_to_server(FakeAdmin(), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.health.set("observer.Observer", health_pb2.HealthCheckResponse.SERVING)
+        # What a Hubble server registers (Cilium's v1.ObserverServiceName).
+        self.health.set("hubble.server.Observer", health_pb2.HealthCheckResponse.SERVING)
         if creds is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
         else:
@@ -262,7 +263,7 @@ def test_status(srv, capsys):
 
 def test_status_not_serving(capsys):
     s = Server()
-    s.health.set("observer.Observer", health_pb2.HealthCheckResponse.NOT_SERVING)
+    s.health.set("hubble.server.Observer", health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
         code, out, err = webb(capsys, "status", "--server", s.address)
         assert code == 1

@@ -552,10 +552,14 @@ async def test_health_follows_the_agents():
         await h.connected(1)
         serving = health_pb2.HealthCheckResponse.SERVING
         await until_async(lambda: status(""), serving)
-        assert await status("observer.Observer") == serving
+        # Hubble Relay's names: "" and v1.ObserverServiceName (what `hubble status`
+        # asks), plus the service's own gRPC name.
+        names = ("", "hubble.server.Observer", "observer.Observer")
+        for name in names:
+            assert await status(name) == serving, name
         await a.stop()
-        await until_async(lambda: status("observer.Observer"),
-                          health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in names:
+            await until_async(lambda: status(name), health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         await h.channel.close()
         await h.relay.stop()
