@@ -196,8 +196,10 @@ spec:
     (("    toPorts:", "    fromCIDR: [10.0.0.0/8]\n    toPorts:"),
      "combining fromEndpoints and fromCIDR"),
     (("toPorts:", "icmps: []\n    toPorts:"), "spec.ingress[0].icmps: ICMP rules are not supported"),
-    (("    - ports:", "    - rules: {http: [{method: GET}]}\n      ports:"),
-     "spec.ingress[0].toPorts[0].rules: L7 rules are not supported"),
+    (("    - ports:", "    - rules: {http: [{method: 'GET('}]}\n      ports:"),
+     "spec.ingress[0].toPorts[0].rules.http[0].method: invalid regular expression 'GET('"),
+    (("    - ports:", "    - rules: {kafka: [{topic: x}]}\n      ports:"),
+     "spec.ingress[0].toPorts[0].rules.kafka: Kafka rules are not supported"),
     (("apiVersion: cilium.io/v2", "apiVersion: cilium.io/v1"), "apiVersion: must be cilium.io/v2"),
     (("name: reviews,", "name: Reviews_1,"), "metadata.name: must be lower case"),
     (("endpointSelector: {matchLabels: {app: reviews}}", "nodeSelector: {}"),
@@ -262,3 +264,105 @@ def test_kind_aliases():
     assert normalize_kind("cnp") == KIND_CNP and normalize_kind("netpol") == KIND_KNP
     with pytest.raises(PolicyError):
         normalize_kind("pod")
+
+
+L7_CNP = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: reviews-l7, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: reviews}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: productpage}}]
+    toPorts:
+    - ports: [{port: "9080", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/reviews/.*", host: "reviews(:9080)?"}
+        - method: POST
+          headers: ["X-Token: abc def", "X-Trace"]
+          headerMatches: [{name: X-Env, value: prod}, {name: X-Any}]
+        - {}
+"""
+
+
+def test_http_rules_are_parsed_with_their_port(monkeypatch):
+    import webb_agent.policy.model as model
+    monkeypatch.setattr(model, "HTTP_ENFORCED", True)
+    (p,) = parse_documents(L7_CNP)
+    (rule,) = p.specs[0].rules
+    (port,) = rule.ports
+    assert (port.protocol, port.start, port.end) == (6, 9080, 9080)
+    r1, r2, r3 = port.http
+    assert (r1.method, r1.path, r1.host, r1.headers) == ("GET", "/reviews/.*", "reviews(:9080)?", ())
+    assert [(h.name, h.value) for h in r2.headers] == [
+        ("X-Token", "abc def"), ("X-Trace", None), ("X-Env", "prod"), ("X-Any", None)]
+    assert r3.text() == "any request"
+    assert "9080/TCP (HTTP rules)" == port.text()
+
+
+@pytest.mark.parametrize("change,message", [
+    (("protocol: TCP", "protocol: UDP"), "ports[0].protocol: HTTP rules need TCP"),
+    (('port: "9080", protocol', 'port: "9080", endPort: 9090, protocol'),
+     "ports[0].endPort: HTTP rules apply to single ports"),
+    (("method: GET,", "method: '(a+',"), "rules.http[0].method: invalid regular expression"),
+    (("path: \"/reviews/.*\"", "path: '(?<=x)y'"), "rules.http[0].path: invalid regular"),
+    (("headerMatches: [{name: X-Env, value: prod}",
+      "headerMatches: [{name: X-Env, value: prod, mismatch: LOG}"),
+     "headerMatches[0].mismatch: mismatch actions"),
+    (("headerMatches: [{name: X-Env, value: prod}",
+      "headerMatches: [{name: X-Env, secret: {name: s}}"), "headerMatches[0].secret: header"),
+    (('headers: ["X-Token: abc def", "X-Trace"]', 'headers: ["X@Y: x"]'),
+     "headers[0]: 'X@Y' is not an HTTP header name"),
+    (("fromEndpoints", "toEndpoints"),
+     "spec.ingress[0].toEndpoints: unknown field"),
+])
+def test_http_rule_errors_name_the_field(change, message, monkeypatch):
+    import webb_agent.policy.model as model
+    monkeypatch.setattr(model, "HTTP_ENFORCED", True)
+    old, new = change
+    assert old in L7_CNP
+    with pytest.raises(PolicyError) as e:
+        parse_documents(L7_CNP.replace(old, new))
+    assert message in str(e.value)
+
+
+def test_rules_not_enforced_yet_are_rejected_not_ignored():
+    with pytest.raises(PolicyError, match=r"rules.http: HTTP rules are validated but not enforced"):
+        parse_documents(L7_CNP)
+    egress_http = L7_CNP.replace("  ingress:", "  egress:").replace("fromEndpoints", "toEndpoints")
+    with pytest.raises(PolicyError, match=r"spec.egress\[0\].toPorts\[0\].rules.http: HTTP "
+                                          r"rules are enforced on ingress only"):
+        parse_documents(egress_http)
+    dns = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.cilium.io"}, {matchName: "api.github.com"}]
+  - toFQDNs: [{matchName: api.github.com}]
+"""
+    with pytest.raises(PolicyError, match=r"rules.dns: DNS rules are validated but not enforced"):
+        parse_documents(dns)
+    with pytest.raises(PolicyError, match=r"dns\[0\].matchPattern: '\*\.ci lium' is not"):
+        parse_documents(dns.replace('"*.cilium.io"', '"*.ci lium"'))
+    with pytest.raises(PolicyError, match=r"ports\[0\]: DNS rules apply to port 53 only"):
+        parse_documents(dns.replace('port: "53"', 'port: "54"'))
+    fqdn_only = dns.replace("""  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.cilium.io"}, {matchName: "api.github.com"}]
+""", "")
+    with pytest.raises(PolicyError, match=r"spec.egress\[0\].toFQDNs: toFQDNs is validated but"):
+        parse_documents(fqdn_only)
+    with pytest.raises(PolicyError, match=r"toFQDNs\[0\]: needs matchName or matchPattern"):
+        parse_documents(fqdn_only.replace("{matchName: api.github.com}", "{}"))
+    with pytest.raises(PolicyError, match=r"ingress\[0\].toFQDNs: unknown field"):
+        parse_documents(fqdn_only.replace("egress:", "ingress:"))

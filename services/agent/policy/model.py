@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Union
 
 import yaml
+
+from webb.regex import RegexError, compile_re2
 
 from .selector import (NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX, WILDCARD, Requirement, Selector,
                        in_namespace, parse_selector, split_key)
@@ -51,17 +53,59 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
+class HeaderMatch:
+    """A request header that must be present (value None) or have exactly this value."""
+
+    name: str
+    value: str | None = None
+
+    def text(self) -> str:
+        return self.name if self.value is None else f"{self.name}: {self.value}"
+
+
+@dataclass(frozen=True)
+class HTTPRule:
+    """One entry of `rules.http`: every field given must match (Cilium's PortRuleHTTP).
+
+    method, path and host are RE2 patterns matched against the whole value (as
+    Envoy's safe_regex does in Cilium): `GET` does not match `GETX`, and the path is
+    the request target as sent, query included."""
+
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    headers: tuple[HeaderMatch, ...] = ()
+
+    def text(self) -> str:
+        parts = [f"{k}={v}" for k, v in (("method", self.method), ("path", self.path),
+                                          ("host", self.host)) if v]
+        parts += [f"header({h.text()})" for h in self.headers]
+        return " ".join(parts) or "any request"
+
+
+@dataclass(frozen=True)
+class DNSRule:
+    """`rules.dns` / `toFQDNs` entry: an exact name or a pattern with `*`."""
+
+    match_name: str = ""
+    match_pattern: str = ""
+
+
+@dataclass(frozen=True)
 class PortRange:
     protocol: int | None  # None: TCP, UDP and SCTP (Cilium's ANY)
     start: int            # 0: every port
     end: int
+    # L7 rules of the toPorts entry: None means L3/L4 only; otherwise requests on
+    # this port are allowed only if one of the rules matches (HTTP through the proxy).
+    http: tuple[HTTPRule, ...] | None = None
 
     def text(self) -> str:
         proto = PROTOCOL_NAMES.get(self.protocol, "ANY") if self.protocol else "ANY"
         if self.start == 0:
             return f"*/{proto}"
         port = str(self.start) if self.end == self.start else f"{self.start}-{self.end}"
-        return f"{port}/{proto}"
+        return f"{port}/{proto}" + (" (HTTP rules)" if self.http is not None else "")
 
 
 @dataclass(frozen=True)
@@ -250,7 +294,7 @@ def _mapping(v: Any, path: str) -> Mapping:
 
 # -- CiliumNetworkPolicy -----------------------------------------------------------------
 
-_L7 = "L7 rules are not supported by webb yet (L3/L4 policy only)"
+_TLS = "TLS interception is not supported by webb (HTTP rules apply to plain HTTP/1.x)"
 _UNSUPPORTED_RULE = {
     "nodeSelector": "host policies (nodeSelector) are not supported by webb",
     "log": "policy logging is not supported by webb",
@@ -262,15 +306,27 @@ _UNSUPPORTED_PEER = {
     "toGroups": "cloud provider groups are not supported by webb",
     "fromNodes": "node selectors are not supported by webb (use the remote-node entity)",
     "toNodes": "node selectors are not supported by webb (use the remote-node entity)",
-    "toFQDNs": "DNS-based policy is not supported by webb yet",
     "toServices": "service-based policy is not supported by webb yet (use toEndpoints)",
     "icmps": "ICMP rules are not supported by webb yet",
     "authentication": "mutual authentication is not supported by webb",
 }
 _UNSUPPORTED_PORT_RULE = {
-    "rules": _L7, "serverNames": _L7, "listener": _L7, "terminatingTLS": _L7,
-    "originatingTLS": _L7,
+    "serverNames": _TLS, "listener": "Envoy listeners are not supported by webb",
+    "terminatingTLS": _TLS, "originatingTLS": _TLS,
 }
+_UNSUPPORTED_L7 = {
+    "kafka": "Kafka rules are not supported by webb",
+    "l7proto": "generic L7 parsers (l7proto, l7) are not supported by webb",
+    "l7": "generic L7 parsers (l7proto, l7) are not supported by webb",
+}
+# Accepted and checked for errors, but webb does not enforce them yet: rejected at
+# apply time rather than ignored (an unenforced rule would silently allow).
+_NOT_ENFORCED_DNS = "DNS rules are validated but not enforced by webb yet; the policy is rejected"
+_NOT_ENFORCED_FQDN = "toFQDNs is validated but not enforced by webb yet; the policy is rejected"
+_NOT_ENFORCED_EGRESS_HTTP = ("HTTP rules are enforced on ingress only so far (egress HTTP "
+                             "rules are validated but not enforced); the policy is rejected")
+MAX_HTTP_RULES = 256  # per toPorts entry
+HTTP_ENFORCED = False  # ingress HTTP rules: the agent's proxy enforces them (see l7proxy)
 
 
 def _cilium_specs(doc: Mapping, namespace: str) -> tuple[Spec, ...]:
@@ -322,6 +378,8 @@ def _cilium_peer_rule(raw: Any, path: str, direction: str, deny: bool, namespace
     raw = _mapping(raw, path)
     pre = "from" if direction == INGRESS else "to"
     l3 = [f"{pre}Endpoints", f"{pre}CIDR", f"{pre}CIDRSet", f"{pre}Entities"]
+    if direction == EGRESS:
+        l3.append("toFQDNs")
     _only(raw, (*l3, "toPorts"), path, _UNSUPPORTED_PEER)
     given = [k for k in l3 if _list(raw, k, path)]
     if len(given) > 1:
@@ -334,6 +392,10 @@ def _cilium_peer_rule(raw: Any, path: str, direction: str, deny: bool, namespace
         if k.endswith("Endpoints"):
             peers = tuple(Peer(selector=_peer_selector(s, f"{path}.{k}[{i}]", namespace))
                           for i, s in enumerate(items))
+        elif k == "toFQDNs":
+            for i, f in enumerate(items):
+                _dns_rule(f, f"{path}.{k}[{i}]")
+            raise PolicyError(f"{path}.{k}: {_NOT_ENFORCED_FQDN}")
         elif k.endswith("CIDRSet"):
             peers = tuple(Peer(cidr=_cidr_rule(c, f"{path}.{k}[{i}]"))
                           for i, c in enumerate(items))
@@ -355,18 +417,137 @@ def _cilium_peer_rule(raw: Any, path: str, direction: str, deny: bool, namespace
         for i, pr in enumerate(port_rules):
             pp = f"{path}.toPorts[{i}]"
             pr = _mapping(pr, pp)
-            _only(pr, ("ports",), pp, _UNSUPPORTED_PORT_RULE)
+            _only(pr, ("ports", "rules"), pp, _UNSUPPORTED_PORT_RULE)
             plist = _list(pr, "ports", pp)
             if not plist:
                 raise PolicyError(f"{pp}.ports: required (a list of port and protocol)")
             if len(plist) > MAX_PORTS:
                 raise PolicyError(f"{pp}.ports: too many ports, the maximum is {MAX_PORTS}")
-            for j, port in enumerate(plist):
-                out.append(_cilium_port(port, f"{pp}.ports[{j}]"))
+            parsed = [_cilium_port(port, f"{pp}.ports[{j}]") for j, port in enumerate(plist)]
+            http = _l7_rules(pr, pp, parsed, direction, deny)
+            out.extend(replace(x, http=http) for x in parsed)
         ports = tuple(out)
     if peers is None and ports is None:
         peers = ()  # `{}`: allows nothing, only enables default deny
     return Rule(direction, deny, peers, ports)
+
+
+def _l7_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
+              deny: bool) -> tuple[HTTPRule, ...] | None:
+    """The `rules` of a toPorts entry: HTTP rules, or None when there are none."""
+    if raw.get("rules") is None:
+        return None
+    rp = f"{path}.rules"
+    rules = _mapping(raw["rules"], rp)
+    _only(rules, ("http", "dns"), rp, _UNSUPPORTED_L7)
+    if "http" in rules and "dns" in rules:
+        raise PolicyError(f"{rp}: http and dns rules cannot share a toPorts entry")
+    if deny:
+        raise PolicyError(f"{rp}: L7 rules are not allowed in deny rules (as in Cilium)")
+    if "dns" in rules:
+        items = _list(rules, "dns", rp)
+        if not items:
+            raise PolicyError(f"{rp}.dns: must list at least one matchName or matchPattern")
+        for i, d in enumerate(items):
+            _dns_rule(d, f"{rp}.dns[{i}]")
+        for j, pr in enumerate(ports):
+            if pr.start != 53 or pr.end != 53:
+                raise PolicyError(f"{path}.ports[{j}]: DNS rules apply to port 53 only")
+        if direction != EGRESS:
+            raise PolicyError(f"{rp}.dns: DNS rules apply to egress only (as in Cilium)")
+        raise PolicyError(f"{rp}.dns: {_NOT_ENFORCED_DNS}")
+    items = _list(rules, "http", rp)
+    if not items:
+        raise PolicyError(f"{rp}.http: must list at least one rule ({{}} allows every request)")
+    if len(items) > MAX_HTTP_RULES:
+        raise PolicyError(f"{rp}.http: too many rules, the maximum is {MAX_HTTP_RULES}")
+    http = tuple(_http_rule(h, f"{rp}.http[{i}]") for i, h in enumerate(items))
+    for j, pr in enumerate(ports):
+        where = f"{path}.ports[{j}]"
+        if pr.protocol not in (None, PROTOCOLS["TCP"]):
+            raise PolicyError(f"{where}.protocol: HTTP rules need TCP (or ANY)")
+        if pr.start == 0:
+            raise PolicyError(f"{where}.port: HTTP rules need a port (not 0, every port)")
+        if pr.end != pr.start:
+            raise PolicyError(f"{where}.endPort: HTTP rules apply to single ports, not ranges")
+    if direction == EGRESS:
+        raise PolicyError(f"{rp}.http: {_NOT_ENFORCED_EGRESS_HTTP}")
+    if not HTTP_ENFORCED:
+        raise PolicyError(f"{rp}.http: HTTP rules are validated but not enforced by webb yet; "
+                          "the policy is rejected")
+    return http
+
+
+def _regex(raw: Mapping, key: str, path: str) -> str:
+    v = raw.get(key)
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str):
+        raise PolicyError(f"{path}.{key}: must be a string (a regular expression)")
+    try:
+        compile_re2(v, f"{path}.{key}")
+    except RegexError as e:
+        raise PolicyError(str(e)) from None
+    return v
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_name(v: Any, path: str) -> str:
+    if not isinstance(v, str) or not _HEADER_NAME.match(v):
+        raise PolicyError(f"{path}: {v!r} is not an HTTP header name")
+    return v
+
+
+def _http_rule(raw: Any, path: str) -> HTTPRule:
+    raw = _mapping(raw if raw is not None else {}, path)
+    _only(raw, ("method", "path", "host", "headers", "headerMatches"), path)
+    headers: list[HeaderMatch] = []
+    for i, h in enumerate(_list(raw, "headers", path)):
+        hp = f"{path}.headers[{i}]"
+        if not isinstance(h, str) or not h.strip():
+            raise PolicyError(f"{hp}: must be a header name, or 'Name: value'")
+        # Cilium splits at the first space: "X-Key: true" is a value match
+        # (the ':' trimmed), a lone name a presence match.
+        parts = h.strip().split(" ", 1)
+        if len(parts) == 2:
+            headers.append(HeaderMatch(_header_name(parts[0].rstrip(":"), hp), parts[1]))
+        else:
+            headers.append(HeaderMatch(_header_name(parts[0].rstrip(":"), hp)))
+    for i, m in enumerate(_list(raw, "headerMatches", path)):
+        mp = f"{path}.headerMatches[{i}]"
+        m = _mapping(m, mp)
+        _only(m, ("name", "value"), mp, {
+            "secret": "header values from Kubernetes secrets are not supported by webb",
+            "mismatch": "mismatch actions (LOG, ADD, DELETE, REPLACE) are not supported by "
+                        "webb: a mismatch denies the request"})
+        name = _header_name(m.get("name"), f"{mp}.name")
+        value = m.get("value")
+        if value is not None and not isinstance(value, str):
+            raise PolicyError(f"{mp}.value: must be a string")
+        headers.append(HeaderMatch(name, value if value else None))
+    return HTTPRule(_regex(raw, "method", path), _regex(raw, "path", path),
+                    _regex(raw, "host", path), tuple(headers))
+
+
+_DNS_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_DNS_PATTERN = re.compile(r"^[A-Za-z0-9_.*-]+$")
+
+
+def _dns_rule(raw: Any, path: str) -> DNSRule:
+    raw = _mapping(raw, path)
+    _only(raw, ("matchName", "matchPattern"), path)
+    name, pattern = raw.get("matchName") or "", raw.get("matchPattern") or ""
+    if not name and not pattern:
+        raise PolicyError(f"{path}: needs matchName or matchPattern")
+    if name and (not isinstance(name, str) or not _DNS_NAME.match(name) or len(name) > 255):
+        raise PolicyError(f"{path}.matchName: {name!r} is not a DNS name")
+    if pattern and (not isinstance(pattern, str) or not _DNS_PATTERN.match(pattern)
+                    or len(pattern) > 255):
+        raise PolicyError(f"{path}.matchPattern: {pattern!r} is not a DNS name pattern "
+                          "(letters, digits, '-', '.', '_' and '*')")
+    return DNSRule(name, pattern)
 
 
 def _peer_selector(raw: Any, path: str, namespace: str) -> Selector:
@@ -544,6 +725,6 @@ def normalize_kind(kind: str) -> str:
     return k
 
 
-__all__ = ["CIDR", "EGRESS", "INGRESS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "Peer", "Policy",
+__all__ = ["CIDR", "DNSRule", "EGRESS", "HTTPRule", "HeaderMatch", "INGRESS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "Peer", "Policy",
            "PolicyError", "PortRange", "Rule", "Spec", "WILDCARD", "parse_documents",
            "parse_policy", "normalize_kind", "split_key"]
