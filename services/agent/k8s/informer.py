@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from webb.backoff import Backoff
+
 from .client import KubeClient, KubeError, Resource, WatchExpired
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,6 @@ def object_key(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace") or ""
     return f"{ns}/{meta.get('name', '')}" if ns else str(meta.get("name", ""))
-
-
-def backoff(attempt: int, low: float = 0.5, high: float = 30.0) -> float:
-    return min(high, low * (2 ** min(attempt, 16)))
 
 
 class Informer:
@@ -75,12 +73,12 @@ class Informer:
         await self._emit(MODIFIED if old is not None else ADDED, obj, old)
 
     async def run(self) -> None:
-        attempt = 0
+        backoff = Backoff(0.5, 30.0)
         while True:  # ends when the agent cancels it
             try:
                 rv = await self._relist()
                 self.synced.set()
-                attempt = 0
+                backoff.reset()
                 while True:
                     async for kind, obj in self.client.watch(self.res, rv):
                         new_rv = _rv(obj)
@@ -98,13 +96,12 @@ class Informer:
                 continue
             except KubeError as e:
                 self.errors += 1
-                level = logging.WARNING if attempt < 3 else logging.ERROR
+                level = logging.WARNING if backoff.attempt < 3 else logging.ERROR
                 log.log(level, "%s: %s (retrying)", self.name, e)
             except Exception:
                 self.errors += 1
                 log.exception("%s: watch failed (retrying)", self.name)
-            await asyncio.sleep(backoff(attempt))
-            attempt += 1
+            await backoff.sleep()
 
 
 def _rv(obj: dict[str, Any]) -> str:

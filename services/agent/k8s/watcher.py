@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
+from webb.backoff import Backoff, delay as backoff_delay
+
 from ..endpoint import Endpoint, EndpointRegistry, NodeInfo
 from ..policy.engine import PolicyEngine
 from .client import KubeClient, KubeError, Resource
 from .identity_crd import CRDIdentityAllocator, IdentityError
-from .informer import DELETED, Informer, backoff
+from .informer import DELETED, Informer
 from .nodes import node_info
 from .pods import pod_endpoint, pod_key
 from .policies import POLICY_RESOURCES, PolicyFeed
@@ -34,6 +36,8 @@ NODES = Resource("v1", "nodes", namespaced=False)
 SERVICES = Resource("v1", "services")
 SLICES_V1 = Resource("discovery.k8s.io/v1", "endpointslices")
 SLICES_V1BETA1 = Resource("discovery.k8s.io/v1beta1", "endpointslices")
+
+MAX_POD_RETRY_S = 30.0  # a pod without interface/identity is synced again at least this often
 
 # Finds a local pod's host-side interface (interfaces.host_interface) for its IPs.
 InterfaceFinder = Callable[[tuple[str, ...]], Awaitable[str]]
@@ -72,8 +76,8 @@ class KubeSource:
         # pod key -> (uid, ips, host-side interface): looked up once per pod incarnation
         self._interfaces: dict[str, tuple[str, tuple[str, ...], str]] = {}
         # Pods to sync again (interface not there yet, identity not allocated):
-        # pod key -> (next retry (monotonic), current delay).
-        self._retry: dict[str, tuple[float, float]] = {}
+        # pod key -> (next retry (monotonic), retries so far).
+        self._retry: dict[str, tuple[float, int]] = {}
         self._rs_owner: dict[tuple[str, str], tuple[str, str]] = {}
         self._pod_locks: dict[str, asyncio.Lock] = {}
         self.informers: dict[str, Informer] = {}
@@ -133,7 +137,7 @@ class KubeSource:
         """GET /version, retried for a while: an agent often starts alongside a
         control plane that is still coming up."""
         deadline = time.monotonic() + self.opts.sync_timeout
-        attempt = 0
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 return await self.client.get("/version")
@@ -142,8 +146,7 @@ class KubeSource:
                     raise KubeError(e.status, f"Kubernetes API server {self.client.server} "
                                               f"does not answer: {e}") from None
                 log.warning("Kubernetes API server %s: %s (retrying)", self.client.server, e)
-            await asyncio.sleep(backoff(attempt, 0.2, 5.0))
-            attempt += 1
+            await backoff.sleep()
 
     def _add(self, res: Resource, handler, name: str = "") -> None:  # type: ignore[no-untyped-def]
         inf = Informer(self.client, res, handler, name or res.plural)
@@ -154,15 +157,14 @@ class KubeSource:
 
     async def _when_served(self, res: Resource, handler, name: str) -> None:  # type: ignore[no-untyped-def]
         """Watches a kind once the API serves it (CRDs may be installed after the agent)."""
-        wait = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:  # ends when served (then runs the informer) or when cancelled
             try:
                 if await self.client.served(res.group_version, res.plural):
                     break
             except KubeError as e:
                 log.warning("%s: discovery failed: %s", name, e)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 30.0)
+            await backoff.sleep()
         inf = Informer(self.client, res, handler, name)
         self.informers[name] = inf
         await inf.run()
@@ -228,8 +230,11 @@ class KubeSource:
             self._retry.pop(key, None)
 
     def _retry_later(self, key: str) -> None:
-        self._retry.setdefault(key, (time.monotonic() + self.opts.interface_retry,
-                                     self.opts.interface_retry))
+        self._retry.setdefault(key, (time.monotonic() + self._retry_delay(0), 0))
+
+    def _retry_delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.opts.interface_retry,
+                             max(self.opts.interface_retry, MAX_POD_RETRY_S))
 
     async def _resolve_owner(self, pod: dict[str, Any], ep: Endpoint) -> None:
         """A ReplicaSet's own owner (its Deployment), read once per ReplicaSet."""
@@ -258,11 +263,11 @@ class KubeSource:
         while True:  # ends when cancelled
             await asyncio.sleep(self.opts.interface_retry)
             now = time.monotonic()
-            for key, (due, delay) in list(self._retry.items()):
+            for key, (due, attempt) in list(self._retry.items()):
                 if due > now:
                     continue
-                delay = min(delay * 2, 30.0)
-                self._retry[key] = (now + delay, delay)
+                attempt += 1
+                self._retry[key] = (now + self._retry_delay(attempt), attempt)
                 try:
                     await self.sync_pod(key)
                 except Exception:
