@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from webb.labels import SOURCE_RESERVED, SOURCE_UNSPEC, parse_label
+
 from .query import RESERVED_IDENTITIES
 
 APP_LABEL_KEYS = ("app", "k8s-app", "app.kubernetes.io/name", "name")
@@ -31,21 +33,12 @@ class ServiceId:
     term: str       # filter term that selects the card's flows (direction either)
 
 
-def split_label(label: str) -> tuple[str, str, str]:
-    """'k8s:app=reviews' -> ('k8s', 'app', 'reviews')."""
-    source, sep, rest = label.partition(":")
-    if not sep:
-        source, rest = "", label
-    key, _, value = rest.partition("=")
-    return source, key, value
-
-
 def visible_labels(labels: Any) -> list[tuple[str, str]]:
     """(key, value) pairs a card shows, without the bookkeeping ones."""
     out = []
     for lab in labels:
-        source, key, value = split_label(lab)
-        if source == "reserved" or key.startswith(HIDDEN_LABEL_PREFIXES):
+        source, key, value = parse_label(lab)
+        if source == SOURCE_RESERVED or key.startswith(HIDDEN_LABEL_PREFIXES):
             continue
         out.append((key, value))
     return out
@@ -63,8 +56,8 @@ def identify(ep: Any) -> ServiceId:
     labels = ep.labels
     ns = ep.namespace
     for lab in labels:
-        if lab.startswith("reserved:"):
-            name = lab[len("reserved:"):].split("=", 1)[0]
+        source, name, _ = parse_label(lab)
+        if source == SOURCE_RESERVED:
             if name.startswith("world"):
                 name = "world"
             if not ep.pod_name:
@@ -73,9 +66,9 @@ def identify(ep: Any) -> ServiceId:
     app = ""
     for want in APP_LABEL_KEYS:
         for lab in labels:
-            source, key, value = split_label(lab)
+            source, key, value = parse_label(lab)
             if key == want and value:
-                app_key, app = (f"{source}:{key}" if source else key), value
+                app_key, app = (key if source == SOURCE_UNSPEC else f"{source}:{key}"), value
                 break
         if app:
             break

@@ -8,7 +8,7 @@ import pytest
 from webb.api.flow import flow_pb2 as pb
 from webb.filters import FilterError, build_filter
 from webb.filters.label_selector import SelectorError, parse
-from webb.filters.labels import parse_label, translate_selector
+from webb.filters.labels import translate_selector
 
 ACCESS_LOG = 129  # monitor API: L7 access log ("l7" events)
 TRACE = 4
@@ -350,13 +350,6 @@ class TestLabels:
         assert translate_selector("k8s:app=a,env") == "k8s.app=a,any.env"
         assert translate_selector("!k8s:app, b in (x, y),c") == "!k8s.app, any.b in (x, y),any.c"
         assert translate_selector("") == ""
-
-    def test_parse_label(self):
-        assert parse_label("k8s:app=foo") == ("k8s", "app", "foo")
-        assert parse_label("reserved:host") == ("reserved", "host", "")
-        assert parse_label("$host") == ("reserved", "host", "")
-        assert parse_label("app=a:b") == ("app=a", "b", "")  # Cilium: first colon is the source
-        assert parse_label("plain") == ("unspec", "plain", "")
 
     def test_selector_parser(self):
         reqs = parse("a in (x,,y), !b, c=1")

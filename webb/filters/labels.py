@@ -12,67 +12,17 @@ labels also match broader prefixes ("cidr:10.0.0.0/8" selects a label
 """
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 
 from webb.filters import label_selector as ls
 from webb.filters._common import FilterFunc, values
 from webb.filters.errors import FilterError
-
-SOURCE_ANY = "any"
-SOURCE_UNSPEC = "unspec"
-SOURCE_RESERVED = "reserved"
-SOURCE_CIDR = "cidr"
-
-
-# --- Cilium labels --------------------------------------------------------------
-
-
-def parse_label(text: str, delim: str = ":") -> tuple[str, str, str]:
-    """(source, key, value) of a Cilium label string, like Cilium's parseLabel."""
-    src, rest = "", text
-    if text.startswith("$"):
-        src, rest = SOURCE_RESERVED, text[1:]
-    elif delim in text:
-        src, _, rest = text.partition(delim)
-    elif delim != "." and text.startswith(SOURCE_RESERVED + "."):
-        src, rest = SOURCE_RESERVED, text[len(SOURCE_RESERVED) + 1:]
-    key, eq, value = rest.partition("=")
-    if eq and key == "" and src == SOURCE_RESERVED:
-        key, value = value, ""
-    return (src or SOURCE_UNSPEC), key, value
-
-
-def _cidr_of(key: str):
-    try:
-        net = ipaddress.ip_network(key.replace("-", ":"), strict=False)
-    except ValueError:
-        return None
-    return net
-
-
-class _LabelSet:
-    """A flow's labels indexed for selector lookups."""
-
-    __slots__ = ("by_key", "by_source_key", "cidrs")
-
-    def __init__(self, raw: tuple[str, ...]):
-        self.by_key: dict[str, str] = {}
-        self.by_source_key: dict[tuple[str, str], str] = {}
-        self.cidrs: list[tuple[object, str]] = []
-        for text in raw:
-            src, key, value = parse_label(text)
-            self.by_key.setdefault(key, value)
-            self.by_source_key.setdefault((src, key), value)
-            if src == SOURCE_CIDR:
-                net = _cidr_of(key)
-                if net is not None:
-                    self.cidrs.append((net, value))
+from webb.labels import SOURCE_ANY, SOURCE_CIDR, LabelSet, cidr_of, parse_select_label
 
 
 @lru_cache(maxsize=1 << 14)
-def _label_set(raw: tuple[str, ...]) -> _LabelSet:
-    return _LabelSet(raw)
+def _label_set(raw: tuple[str, ...]) -> LabelSet:
+    return LabelSet(raw)
 
 
 # --- selectors -------------------------------------------------------------------
@@ -112,28 +62,26 @@ def translate_selector(selector: str) -> str:
 
 def _lookup_fn(dotted_key: str):
     """A function LabelSet -> (found, value) for a translated selector key."""
-    src, key, _ = parse_label(dotted_key, ".")
-    if src == SOURCE_UNSPEC:
-        src = SOURCE_ANY
+    src, key, _ = parse_select_label(dotted_key, ".")
     if src == SOURCE_ANY:
-        def lookup(labels: _LabelSet):
-            value = labels.by_key.get(key)
+        def lookup(labels: LabelSet):
+            value = labels.first.get(key)
             return (False, "") if value is None else (True, value)
         return lookup
 
     skey = (src, key)
-    wanted_net = _cidr_of(key) if src == SOURCE_CIDR else None
+    wanted_net = cidr_of(key) if src == SOURCE_CIDR else None
     if wanted_net is None:
-        def lookup(labels: _LabelSet):
+        def lookup(labels: LabelSet):
             value = labels.by_source_key.get(skey)
             return (False, "") if value is None else (True, value)
         return lookup
 
-    def lookup_cidr(labels: _LabelSet):
+    def lookup_cidr(labels: LabelSet):
         value = labels.by_source_key.get(skey)
         if value is not None:
             return True, value
-        for net, val in labels.cidrs:
+        for net, val in labels.cidrs():
             if (net.version == wanted_net.version and net.prefixlen >= wanted_net.prefixlen
                     and net.network_address in wanted_net):
                 return True, val
@@ -172,7 +120,7 @@ def _requirement_fn(req: ls.Requirement):
 
 
 def compile_selector(selector: str):
-    """A predicate over a _LabelSet for one Hubble label selector string.
+    """A predicate over a LabelSet for one Hubble label selector string.
     Raises label_selector.SelectorError."""
     reqs = tuple(_requirement_fn(r) for r in ls.parse(translate_selector(selector)))
     if not reqs:

@@ -8,9 +8,10 @@ operators In, NotIn, Exists and DoesNotExist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
-ANY = "any"
+from webb.labels import SOURCE_ANY as ANY, LabelSet, parse_select_label
+
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 NAMESPACE_KEY = "io.kubernetes.pod.namespace"
@@ -19,34 +20,9 @@ CLUSTER_KEY = "io.cilium.k8s.policy.cluster"
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """`k8s:app` -> ("k8s", "app"); `app` -> ("any", "app")."""
-    source, sep, name = key.partition(":")
-    if not sep:
-        return ANY, key
-    return source or ANY, name
-
-
-def parse_label(label: str) -> tuple[str, str, str]:
-    """`k8s:app=reviews` -> ("k8s", "app", "reviews"); `reserved:host` -> ("reserved", "host", "")."""
-    key, _, value = label.partition("=")
-    source, name = split_key(key)
-    return source, name, value
-
-
-class LabelSet:
-    """Labels indexed for matching: key -> [(source, value)]."""
-
-    __slots__ = ("by_key", "labels")
-
-    def __init__(self, labels: Iterable[str]) -> None:
-        self.labels = tuple(labels)
-        self.by_key: dict[str, list[tuple[str, str]]] = {}
-        for label in self.labels:
-            source, name, value = parse_label(label)
-            self.by_key.setdefault(name, []).append((source, value))
-
-    def values(self, source: str, key: str) -> list[str]:
-        return [v for s, v in self.by_key.get(key, ()) if source == ANY or s == source]
+    """`k8s:app` -> ("k8s", "app"); `app` -> ("any", "app") (webb.labels.parse_select_label)."""
+    source, name, _ = parse_select_label(key)
+    return source, name
 
 
 @dataclass(frozen=True)
