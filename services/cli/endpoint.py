@@ -8,7 +8,7 @@ import sys
 
 from webb.api.admin import admin_pb2 as apb
 
-from . import protojson
+from webb import protojson
 from .admin_client import call
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
@@ -163,7 +163,7 @@ def run(a: argparse.Namespace) -> int:
     if a.endpoint_cmd == "get":
         ep = find_endpoint(eps, a.endpoint)
         if a.output == "json":
-            sys.stdout.write(protojson.dumps_indent(protojson.to_obj(ep)) + "\n")
+            sys.stdout.write(protojson.dumps_indent(protojson.to_dict(ep)) + "\n")
         elif a.output == "table":
             sys.stdout.write(endpoints_table([ep]))
         else:
@@ -172,7 +172,7 @@ def run(a: argparse.Namespace) -> int:
     if a.namespace:
         eps = [e for e in eps if e.namespace == a.namespace]
     if a.output == "json":
-        sys.stdout.write(protojson.dumps_indent([protojson.to_obj(e) for e in eps]) + "\n")
+        sys.stdout.write(protojson.dumps_indent([protojson.to_dict(e) for e in eps]) + "\n")
     else:
         sys.stdout.write(endpoints_table(eps, a.output == "wide"))
     return 0

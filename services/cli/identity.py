@@ -7,7 +7,7 @@ import sys
 from webb.api.admin import admin_pb2 as apb
 
 from . import datapath_names as names
-from . import protojson
+from webb import protojson
 from .admin_client import call
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
@@ -92,7 +92,7 @@ def run(a: argparse.Namespace) -> int:
                 if "code = NotFound" in str(e):
                     raise CLIError(f"identity {ident_id} not found") from None
                 raise
-        sys.stdout.write(_json(protojson.to_obj(ident)) if a.output == "json"
+        sys.stdout.write(_json(protojson.to_dict(ident)) if a.output == "json"
                          else identities_table([ident]))
         return 0
     with open_connection(a) as conn:
@@ -107,7 +107,7 @@ def run(a: argparse.Namespace) -> int:
     idents = [i for i in idents if all(_has_label(list(i.labels), w) for w in a.labels)]
     idents.sort(key=lambda i: i.id)
     if a.output == "json":
-        objs = [protojson.to_obj(i) for i in idents]
+        objs = [protojson.to_dict(i) for i in idents]
         if refcounts is not None:
             objs = [{"identity": o, "refCount": refcounts[i.id]} for o, i in zip(objs, idents)]
         sys.stdout.write(_json(objs))

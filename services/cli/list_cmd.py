@@ -8,7 +8,7 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
 
-from . import protojson
+from webb import protojson
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection, unary
 from webb.durations import format_duration
@@ -102,7 +102,7 @@ def run(a: argparse.Namespace) -> int:
             items = list(unary(conn, stub.GetNamespaces, opb.GetNamespacesRequest()).namespaces)
             table = namespaces_table
     if a.output == "json":
-        sys.stdout.write(protojson.dumps_indent([protojson.to_obj(x) for x in items]) + "\n")
+        sys.stdout.write(protojson.dumps_indent([protojson.to_dict(x) for x in items]) + "\n")
     else:
         sys.stdout.write(table(items, a.output == "wide"))
     return 0

@@ -14,7 +14,7 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 
 from . import datapath_names as names
-from . import protojson
+from webb import protojson
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
 from .errors import CLIError, rpc_error

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
+from webb import protojson
 from webb.api.flow import flow_pb2 as fpb
 
 from .l7stats import RCODES, url_path
@@ -86,5 +85,5 @@ def to_row(flow: Any) -> dict[str, Any]:
 
 
 def to_json(flow: Any) -> dict[str, Any]:
-    """The whole flow, like `hubble observe -o json` (proto field names)."""
-    return MessageToDict(flow, preserving_proto_field_name=True)
+    """The whole flow as `hubble observe -o json` prints it (webb.protojson)."""
+    return protojson.to_dict(flow)

@@ -359,7 +359,7 @@ def test_allowlist_denylist_round_trip():
              '{"destination_label":["k8s:io.kubernetes.pod.namespace=kube-system","reserved:host"]}']
     deny = ['{"source_label":["k8s:k8s-app=kube-dns"]}', '{"destination_label":["k8s:k8s-app=kube-dns"]}']
     r = request(*sum((["--allowlist", x] for x in allow), []), *sum((["--denylist", x] for x in deny), []))
-    from webb_cli.protojson import message_json
+    from webb.protojson import message_json
     assert [message_json(f) for f in r.whitelist] == allow
     assert [message_json(f) for f in r.blacklist] == deny
     # several filters in one flag value, camelCase names, and flags before raw entries

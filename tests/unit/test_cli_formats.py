@@ -15,7 +15,8 @@ from webb.api.admin import admin_pb2 as apb
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
-from webb_cli import endpoint, identity, list_cmd, protojson
+from webb import protojson
+from webb_cli import endpoint, identity, list_cmd
 from webb_cli.formats.monitor_line import flow_hash, monitor_line
 from webb_cli.formats.printer import PrintOptions, Printer
 
@@ -415,7 +416,7 @@ def test_list_namespaces_table_and_json():
     assert list_cmd.namespaces_table(nss, False) == "NAMESPACE\nbookinfo\nkube-system\n"
     assert list_cmd.namespaces_table(nss, True) == "NAMESPACE\tCLUSTER\nbookinfo\tdefault\nkube-system\n".replace(
         "NAMESPACE\tCLUSTER\nbookinfo\tdefault", "NAMESPACE   CLUSTER\nbookinfo    default")
-    assert protojson.dumps_indent([protojson.to_obj(n) for n in nss]) == (
+    assert protojson.dumps_indent([protojson.to_dict(n) for n in nss]) == (
         '[\n  {\n    "cluster": "default",\n    "namespace": "bookinfo"\n  },\n'
         '  {\n    "namespace": "kube-system"\n  }\n]')
     assert protojson.dumps_indent([]) == "null"

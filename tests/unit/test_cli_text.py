@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from webb.api.flow import flow_pb2 as fpb
-from webb_cli import protojson
+from webb import protojson
 from webb.durations import format_duration, parse_duration
 from webb_cli.tabwriter import tabulate
 from webb_cli.timefmt import format_time, parse_time

@@ -2,8 +2,9 @@
 
     exporter.py  batches from ingest → filter → field mask → JSON lines
     rotate.py    size rotation, backups, gzip (lumberjack's behaviour)
-    protojson.py the JSON mapping Hubble's exporter writes
     options.py   the --export-* flags in Hubble's formats
+
+The JSON itself is webb.protojson (shared with the CLI and the UI).
 """
 from __future__ import annotations
 

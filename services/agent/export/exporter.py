@@ -12,7 +12,6 @@ file is never silently short of flows.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +22,9 @@ from google.protobuf import field_mask_pb2
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.filters import build_filter
+from webb.protojson import line as _line
 
 from ..history.encoding import capture_raws
-from .protojson import to_dict
 from .rotate import RotatingFile
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,3 @@ class FlowExporter:
         finally:
             await asyncio.get_running_loop().run_in_executor(self._exec, self.out.close)
             self._exec.shutdown(wait=True)
-
-
-def _line(ev: opb.ExportEvent) -> bytes:
-    return json.dumps(to_dict(ev), separators=(",", ":")).encode() + b"\n"

@@ -13,7 +13,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
 
-from .. import protojson
+from webb import protojson
 from webb.durations import format_duration
 from ..tabwriter import TabWriter
 from ..timefmt import DEFAULT_FORMAT, format_time
