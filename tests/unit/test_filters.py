@@ -629,6 +629,40 @@ class TestHTTP:
         assert f(http_flow())
 
 
+class TestRegexIsGos:
+    """User patterns compile as Go's regexp does (RE2): what Go rejects is an error
+    with RE2's reason, and matching is linear in the input."""
+
+    @pytest.mark.parametrize("field,pattern,reason", [
+        ("http_path", "(?=x)", "invalid perl operator: (?="),       # lookahead
+        ("http_path", "(?<=a)b", "invalid perl operator: (?<="),    # lookbehind
+        ("http_url", r"(a)\1", r"invalid escape sequence: \1"),    # backreference
+        ("http_url", "a++", "bad repetition operator: ++"),         # possessive
+        ("dns_query", r"cilium\Z", r"invalid escape sequence: \Z"),
+        ("dns_query", "a{1001}", "invalid repetition size: {1001}"),
+    ])
+    def test_patterns_go_rejects_are_errors_with_the_reason(self, field, pattern, reason):
+        with pytest.raises(FilterError) as e:
+            build_filter([FF(**{field: [pattern]})], [])
+        assert f"invalid {field} filter" in str(e.value) and reason in str(e.value)
+
+    def test_patterns_compile_to_re2(self):
+        from webb.filters._common import compile_go_regexp
+        from webb.filters.patterns import compile_fqdn_patterns, compile_node_name_patterns
+
+        for compiled in (compile_go_regexp("(a+)+$", "x"), compile_fqdn_patterns(["*.io"], "f"),
+                         compile_node_name_patterns(["c/n*"], "n")):
+            assert type(compiled).__module__ == "re2"  # RE2 automata: no backtracking
+
+    def test_pathological_pattern_answers_on_a_long_path(self):
+        # Python's re backtracks 2^n times here (n = 50,000); RE2 is one linear pass.
+        flow = http_flow(url="http://deathstar/" + "a" * 50_000 + "!")
+        for field in ("http_path", "http_url"):
+            assert not allowed(flow, FF(**{field: ["(a+)+$"]}))
+            assert allowed(flow, FF(**{field: ["(a+)+!$"]}))
+        assert not allowed(dns_flow("a" * 50_000 + "!."), FF(dns_query=["^(a|aa)+$"]))
+
+
 # --- speed ------------------------------------------------------------------------
 
 

@@ -743,3 +743,57 @@ def test_message_captured_at_both_ends_gives_one_flow():
     out = t.process(raws, OFFSET)
     assert http_msgs(out) == [("req", "/both", 0), ("resp 200", "/both", 50)]
     assert [m.ev.ifindex for m in out] == [4, 5] and t.counters["http_skipped_segments"] == 2
+
+
+async def test_pathological_http_path_over_a_full_ring_through_the_agents_getflows(tmp_path):
+    """A backtracking-killer pattern from a client, `(a+)+$`, against a full ring of HTTP
+    flows with long paths, through the agent's own GetFlows over gRPC: RE2 answers in
+    one linear pass per flow (Python's re would backtrack 2^300 times on each). A
+    pattern Go rejects is INVALID_ARGUMENT with RE2's reason."""
+    import grpc
+
+    from webb.api.admin import admin_pb2_grpc
+    from webb.api.observer import observer_pb2 as opb
+    from webb.api.observer import observer_pb2_grpc
+    from webb.api.peer import peer_pb2_grpc
+    from webb_agent.agent_events import AgentEventLog
+    from webb_agent.observer import NodeState, ObserverService
+    from webb_agent.server import start_server
+
+    registry = EndpointRegistry("n1", IdentityAllocator(None))
+    ring: Ring = Ring(4095)
+    ingest = Ingest(ring, registry, set())
+    ingest.l7 = L7Tracker()
+    c = Conn()
+    path = "/" + "a" * 300 + "!"
+    for i in range(2100):  # 4200 flows: the ring is full and has wrapped
+        for raw in (c.req(get(path), ts=(2 * i + 1) * 1000), c.resp(ok(), ts=(2 * i + 2) * 1000)):
+            buf = ctypes.create_string_buffer(raw, len(raw))
+            ingest.on_l7_event(0, ctypes.addressof(buf), len(raw))
+    ingest.process()
+    assert len(ring) == ring.capacity == 4095
+    parser = FlowParser("n1", {}, "v")
+    node = NodeState("n1", "v", "", ring, lambda: ingest.seen_events)
+    sock = tmp_path / "agent.sock"
+    server, _ = await start_server(ObserverService(node, parser, AgentEventLog()),
+                                   peer_pb2_grpc.PeerServicer(), admin_pb2_grpc.AdminServicer(),
+                                   "", str(sock))
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as ch:
+            observer = observer_pb2_grpc.ObserverStub(ch)
+
+            async def count(pattern: str) -> int:
+                req = opb.GetFlowsRequest(number=4095,
+                                          whitelist=[fpb.FlowFilter(http_path=[pattern])])
+                return len([r async for r in observer.GetFlows(req, timeout=60)
+                            if r.HasField("flow")])
+
+            assert await count("(a+)+$") == 0
+            assert await count("^/(a+)+!$") == 4095
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await count(r"(a)\1")
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "invalid http_path filter" in e.value.details()
+            assert r"invalid escape sequence: \1" in e.value.details()
+    finally:
+        await server.stop(None)

@@ -396,6 +396,20 @@ async def test_bad_requests_are_invalid_argument_before_fanning_out(cluster, req
     assert not any(a.requests for a in agents)
 
 
+@pytest.mark.parametrize("field,pattern,reason", [
+    ("http_path", "(?=x)", "invalid perl operator: (?="),
+    ("dns_query", r"(a)\1", r"invalid escape sequence: \1"),
+])
+async def test_patterns_go_rejects_are_invalid_argument_with_the_reason(cluster, field,
+                                                                      pattern, reason):
+    agents, h = cluster
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await h.flows(whitelist=[fpb.FlowFilter(**{field: [pattern]})])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"invalid {field} filter" in e.value.details() and reason in e.value.details()
+    assert not any(a.requests for a in agents)
+
+
 async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded():
     a = await FakeAgent("n1").start()
     h = await start_relay(RelayConfig(peers=[a.address], flows=fast_opts(

@@ -7,8 +7,9 @@ they must not parse anything per call.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
+
+from webb.regex import RegexError, compile_re2
 
 FilterFunc = Callable[[Any], bool]
 
@@ -25,32 +26,13 @@ def values(ff: Any, name: str) -> list:
     return list(field)
 
 
-def compile_go_regexp(pattern: str, what: str) -> re.Pattern:
-    """Compile a user regular expression written for Go's RE2 syntax.
-
-    Python's ``re`` is used as-is except for ``\\z`` (RE2: end of text), which
-    Python spells ``\\Z``. Raises FilterError with a message naming ``what``.
-    """
+def compile_go_regexp(pattern: str, what: str) -> Any:
+    """Compile a user regular expression as Go's regexp package does (RE2 syntax,
+    linear-time matching: webb.regex). Raises FilterError naming ``what`` and the
+    reason when Go would reject the pattern."""
     from webb.filters.errors import FilterError
 
     try:
-        return re.compile(_translate_go_escapes(pattern))
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise FilterError(f"{what}: invalid regular expression {pattern!r}: {exc}") from None
-
-
-def _translate_go_escapes(pattern: str) -> str:
-    if "\\z" not in pattern:
-        return pattern
-    out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            pair = pattern[i:i + 2]
-            out.append("\\Z" if pair == "\\z" else pair)
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+        return compile_re2(pattern, what)
+    except RegexError as exc:
+        raise FilterError(str(exc)) from None
