@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from . import schemas
 from .flow_row import to_json
 from .live import event_stream
-from .query import KINDS, Query, QueryError, build_query
+from .query import KINDS, Query, QueryError, build_query, grammar
 from .relay import RelayClient
 from .settings import Settings
 from .view import Views
@@ -110,6 +110,10 @@ def create_app(settings: Settings, relay: RelayClient | None = None) -> FastAPI:
              summary="the FlowFilters a view sends to the relay")
     async def filters(namespace: Namespace = "", filter: Filters = []) -> dict[str, Any]:  # noqa: B006
         return _request_json(_query(namespace, filter))
+
+    @app.get("/api/filters/grammar", summary="the filter term syntax (what the page parses with)")
+    async def filter_grammar() -> dict[str, Any]:
+        return grammar()
 
     @app.get("/api/map", response_model=schemas.ServiceMap, summary="service map with layout")
     async def service_map(namespace: Namespace = "", filter: Filters = []) -> dict[str, Any]:  # noqa: B006

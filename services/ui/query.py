@@ -25,6 +25,7 @@ FlowFilter field are intersected here because the proto can only OR them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -49,6 +50,7 @@ class Kind:
     name: str
     fields: tuple[str, str] | str  # (source field, destination field) or one field
     parse: Callable[[str], object]  # user text -> FlowFilter list element
+    hint: str = ""  # what a value looks like, for the page's help
 
     @property
     def directional(self) -> bool:
@@ -135,15 +137,17 @@ def _text(v: str) -> str:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("namespace", ("source_pod", "destination_pod"), _namespace),
-    Kind("pod", ("source_pod", "destination_pod"), _pod),
-    Kind("label", ("source_label", "destination_label"), _text),
-    Kind("identity", ("source_identity", "destination_identity"), _identity),
-    Kind("ip", ("source_ip", "destination_ip"), _ip),
+    Kind("pod", ("source_pod", "destination_pod"), _pod, "ns/prefix"),
+    Kind("label", ("source_label", "destination_label"), _text,
+         "selector, e.g. k8s:app=reviews,version=v2"),
+    Kind("identity", ("source_identity", "destination_identity"), _identity,
+         "number or world/host/…"),
+    Kind("ip", ("source_ip", "destination_ip"), _ip, "address or CIDR"),
     Kind("port", ("source_port", "destination_port"), _port),
-    Kind("workload", ("source_workload", "destination_workload"), _workload),
+    Kind("workload", ("source_workload", "destination_workload"), _workload, "[kind/]name"),
     Kind("verdict", "verdict", _verdict),
     Kind("protocol", "protocol", _protocol),
-    Kind("http-status", "http_status_code", _text),
+    Kind("http-status", "http_status_code", _text, "200, 5+"),
     Kind("http-method", "http_method", _text),
     Kind("http-path", "http_path", _text),
     Kind("dns", "dns_query", _text),
@@ -151,6 +155,42 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 ALIASES = {"ns": "namespace", "status": "http-status", "cidr": "ip", "proto": "protocol",
            "method": "http-method", "path": "http-path", "labels": "label"}
+
+# The term syntax, [!][direction:]kind=value. This module is its one definition: the
+# page's terms.js builds its parser, splitter and help from grammar() (GET
+# /api/filters/grammar), so the patterns below are written in the subset of regular
+# expressions Python and JavaScript read alike (no named groups, no \Z).
+NEGATE, DIRECTION_SEP, VALUE_SEP = "!", ":", "="
+DIRECTION_ALIASES = {"both": "either"}
+TERM_PATTERN = r"^\s*(!)?\s*(?:([^:=]*):)?([^=]*)=([\s\S]*)$"
+_TERM_RE = re.compile(TERM_PATTERN)
+
+
+def _split_pattern() -> str:
+    """Whitespace that starts a new term: what follows is [!][direction:]kind= (so
+    spaces inside a value, as in "app in (a, b)", stay). Case-insensitive."""
+    words = sorted({*KINDS, *ALIASES, *DIRECTIONS, *DIRECTION_ALIASES})
+    assert all(re.fullmatch(r"[a-z-]+", w) for w in words), "names must need no escaping"
+    dirs = sorted({*DIRECTIONS, *DIRECTION_ALIASES})
+    kinds = sorted({*KINDS, *ALIASES})
+    return (r"\s+(?=!?\s*(?:(?:" + "|".join(dirs) + r"):)?(?:" + "|".join(kinds) + r")=)")
+
+
+SPLIT_PATTERN = _split_pattern()
+
+
+def grammar() -> dict[str, object]:
+    """The term syntax as data, for the page."""
+    return {
+        "syntax": f"[{NEGATE}][{'|'.join(d + DIRECTION_SEP for d in DIRECTIONS)}]kind{VALUE_SEP}value",
+        "negate": NEGATE, "direction_sep": DIRECTION_SEP, "value_sep": VALUE_SEP,
+        "term_pattern": TERM_PATTERN, "split_pattern": SPLIT_PATTERN,
+        "directions": list(DIRECTIONS), "default_direction": "either",
+        "direction_aliases": DIRECTION_ALIASES,
+        "kinds": [{"name": k.name, "directional": k.directional, "hint": k.hint}
+                  for k in KINDS.values()],
+        "aliases": ALIASES,
+    }
 
 
 @dataclass(frozen=True)
@@ -163,28 +203,23 @@ class Term:
     negate: bool = False
 
     def __str__(self) -> str:
-        d = f"{self.direction}:" if KINDS[self.kind].directional and self.direction != "either" else ""
-        return f"{'!' if self.negate else ''}{d}{self.kind}={self.value}"
+        d = (self.direction + DIRECTION_SEP
+             if KINDS[self.kind].directional and self.direction != "either" else "")
+        return f"{NEGATE if self.negate else ''}{d}{self.kind}{VALUE_SEP}{self.value}"
 
 
 def parse_term(text: str) -> Term:
-    s = text.strip()
-    negate = s.startswith("!")
-    if negate:
-        s = s[1:].lstrip()
+    m = _TERM_RE.match(text.strip())
+    if m is None:
+        raise QueryError(f"filter {text!r}: expected {grammar()['syntax']}")
+    negate_mark, d, kind_name, value = m.groups()
     direction = "either"
-    head, sep, _ = s.partition("=")
-    if not sep:
-        raise QueryError(f"filter {text!r}: expected [!][from:|to:|either:]kind=value")
-    if ":" in head:
-        d, _, rest = s.partition(":")
+    if d is not None:
         d = d.strip().lower()
-        if d == "both":
-            d = "either"
+        d = DIRECTION_ALIASES.get(d, d)
         if d not in DIRECTIONS:
             raise QueryError(f"filter {text!r}: direction must be from, to or either")
-        direction, s = d, rest
-    kind_name, _, value = s.partition("=")
+        direction = d
     kind_name = ALIASES.get(kind_name.strip().lower(), kind_name.strip().lower())
     kind = KINDS.get(kind_name)
     if kind is None:
@@ -197,7 +232,7 @@ def parse_term(text: str) -> Term:
         value = value.upper()
     elif kind_name in ("protocol", "http-method"):
         value = value.lower() if kind_name == "protocol" else value.upper()
-    return Term(kind_name, value, direction, negate)
+    return Term(kind_name, value, direction, bool(negate_mark))
 
 
 # --- intersection of two OR-lists on the same FlowFilter field -------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from test_ui_flowserver import FlowServer, UIProc, bookinfo_flows, http_pair, make_flow  # noqa: E402
 
 from webb.api.flow import flow_pb2 as fpb  # noqa: E402
+from webb_ui.query import KINDS, SPLIT_PATTERN, parse_term  # noqa: E402
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
 
@@ -76,8 +78,6 @@ def stroke(pg, selector: str) -> str:
 
 
 def numbers(text: str) -> list[float]:
-    import re
-
     return [float(x) for x in re.findall(r"-?[0-9.]+", text)]
 
 
@@ -380,6 +380,22 @@ def test_bad_filter_is_explained_and_not_applied(page, tmp_path):
     try:
         page.goto(ui.url + "/")
         page.wait_for_selector('.card[data-id="bookinfo/productpage"]', timeout=15000)
+        # the page parses and splits terms with the server's grammar
+        cases = ["!from:pod=bookinfo/reviews-", "both:label=k8s:app=x", "Status=5+", " to : port = 80 ",
+                 "label=app in (a, b)", "!ns=kube-system"]
+        got = page.evaluate("""async (cases) => {
+            const t = await import('/static/js/terms.js');
+            return cases.map((c) => t.parseTerm(c)); }""", cases)
+        for text, js in zip(cases, got):
+            py = parse_term(text)
+            assert (js["negate"], js["direction"], js["kind"], js["value"]) == \
+                (py.negate, py.direction, py.kind, py.value), text
+        typed = "from:pod=a  to:port=80 label=app in (a, b) !status=5+"
+        assert page.evaluate("async (s) => (await import('/static/js/terms.js')).splitTerms(s)", typed) == \
+            [p.strip() for p in re.split(SPLIT_PATTERN, typed, flags=re.I)]
+        page.click("#filter-help")
+        kinds = page.inner_text("#help-kinds")
+        assert all(k in kinds for k in KINDS), kinds
         page.fill("#filter-input", "port=99999")
         page.press("#filter-input", "Enter")
         page.wait_for_selector("#filter-error:not([hidden])")

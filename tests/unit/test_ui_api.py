@@ -101,8 +101,10 @@ def test_flows_and_flow_details(ui, flowserver):
 def test_openapi_and_static_files(ui):
     spec = ui.get("/openapi.json")
     for path in ("/api/map", "/api/flows", "/api/flows/{flow_id}", "/api/events", "/api/status",
-                 "/api/namespaces", "/api/filters"):
+                 "/api/namespaces", "/api/filters", "/api/filters/grammar"):
         assert path in spec["paths"]
+    g = ui.get("/api/filters/grammar")
+    assert "label" in [k["name"] for k in g["kinds"]] and g["term_pattern"]
     import urllib.request
 
     with urllib.request.urlopen(ui.url + "/docs") as r:

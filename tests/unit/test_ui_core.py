@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import pytest
 from google.protobuf.json_format import MessageToDict
@@ -13,7 +14,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.filters import build_filter
 from webb_ui.flow_row import l7_info, tcp_flags, to_json, to_row
 from webb_ui.layout import layout
-from webb_ui.query import QueryError, build_query, parse_term
+from webb_ui.query import SPLIT_PATTERN, QueryError, build_query, grammar, parse_term
 from webb_ui.service import identify
 from webb_ui.service_map import ServiceMap
 from webb_ui.view import _arrow_label, _pair_labels
@@ -35,6 +36,23 @@ def test_term_parsing_and_canonical_form():
     assert str(parse_term("verdict=dropped")) == "verdict=DROPPED"
     assert str(parse_term("status=5+")) == "http-status=5+"
     assert parse_term("to:ip=10.0.0.0/8").direction == "to"
+
+
+def test_the_grammar_the_page_reads_is_the_one_the_server_parses_with():
+    g = grammar()
+    assert [k["name"] for k in g["kinds"]][:3] == ["namespace", "pod", "label"]
+    assert {k["name"]: k["directional"] for k in g["kinds"]}["verdict"] is False
+    assert g["aliases"]["status"] == "http-status" and g["direction_aliases"] == {"both": "either"}
+    assert g["syntax"] == "[!][from:|to:|either:]kind=value"
+    # the patterns are plain enough for JavaScript too (no named groups, no \\Z)
+    assert "(?P" not in g["term_pattern"] and "\\Z" not in g["term_pattern"]
+    split = re.compile(g["split_pattern"], re.I)
+    assert split.split("from:pod=a  To:port=80 label=app in (a, b) !status=5+ Both:ns=x") == [
+        "from:pod=a", "To:port=80", "label=app in (a, b)", "!status=5+", "Both:ns=x"]
+    assert g["split_pattern"] == SPLIT_PATTERN
+    assert str(parse_term(" ! to : port = 80 ")) == "!to:port=80"
+    with pytest.raises(QueryError, match=re.escape(g["syntax"])):
+        parse_term("no-equals-sign")
 
 
 @pytest.mark.parametrize("bad", ["verdict=nope", "from:verdict=DROPPED", "port=70000", "ip=10.0.0.300",

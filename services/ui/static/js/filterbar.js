@@ -1,6 +1,6 @@
 // Namespace picker, filter chips and the quick verdict / HTTP-status pickers.
 import { esc } from "./util.js";
-import { parseTerm, formatTerm, splitTerms } from "./terms.js";
+import { grammar, parseTerm, formatTerm, splitTerms } from "./terms.js";
 
 const nsSel = document.getElementById("namespace");
 const chips = document.getElementById("chips");
@@ -89,5 +89,8 @@ export function init(o) {
   verdictSel.onchange = () => setKind("verdict", verdictSel.value);
   statusSel.onchange = () => setKind("http-status", statusSel.value);
   const help = document.getElementById("help");
+  document.getElementById("help-syntax").textContent = grammar.syntax;
+  document.getElementById("help-kinds").innerHTML = grammar.kinds.map((k) =>
+    `<code>${esc(k.name)}</code>${k.hint ? ` (<i>${esc(k.hint)}</i>)` : ""}`).join(" ");
   document.getElementById("filter-help").onclick = () => { help.hidden = !help.hidden; };
 }

@@ -6,6 +6,7 @@ import * as map from "./map.js";
 import * as table from "./table.js";
 import * as details from "./details.js";
 import * as filterbar from "./filterbar.js";
+import { grammar, withDirection } from "./terms.js";
 
 let snapshot = null;
 
@@ -67,7 +68,8 @@ function init() {
       // one selected service at a time: clicking it again clears the selection
       const cardTerms = new Set(cards.map((c) => c.filter));
       const had = (snapshot?.filters || []).includes(card.filter);
-      const rest = state.filters.filter((f) => !cardTerms.has(f) && !cardTerms.has(f.replace(/^(either|both):/, "")));
+      const rest = state.filters.filter((f) => !cardTerms.has(f) &&
+        !cardTerms.has(withDirection(f, grammar.default_direction)));
       update({ filters: had ? rest : [...rest, card.filter] });
     },
     onFilter: (terms) => update({ filters: [...state.filters, ...terms.filter((t) => !state.filters.includes(t))] }),

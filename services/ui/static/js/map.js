@@ -1,6 +1,7 @@
 // The service map: cards (HTML) and arrows (SVG) placed by the server's layered
 // layout, with pan (drag) and zoom (wheel, buttons); the transform is kept in the URL.
 import { esc, fmtCount, ago } from "./util.js";
+import { formatTerm, withDirection } from "./terms.js";
 
 const SVGNS = "http://www.w3.org/2000/svg";
 const MARGIN = 60;
@@ -357,9 +358,11 @@ function showPopover(a, x, y, pin) {
     if (act === "close") hidePopover(true);
     if (act === "flows") {
       const terms = [];
-      if (src(a)) terms.push(`from:${src(a).filter}`);
-      if (dst(a)) terms.push(`to:${dst(a).filter}`);
-      if (a.port && list.length === 1) terms.push(`to:port=${a.port}`);
+      if (src(a)) terms.push(withDirection(src(a).filter, "from"));
+      if (dst(a)) terms.push(withDirection(dst(a).filter, "to"));
+      if (a.port && list.length === 1) {
+        terms.push(formatTerm({ negate: false, direction: "to", kind: "port", value: String(a.port) }));
+      }
       hidePopover(true);
       opts.onFilter(terms);
     }
