@@ -16,6 +16,7 @@ from .counters import agent_counters
 from .datapath.kernel_drops import KernelDrops, current_netns_inode, netns_inodes
 from .datapath.loader import AttachError, Datapath
 from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
+from .flow_batches import FlowStreamService
 from .history.hooks import PersistConfig, Persistence
 from .identity import IdentityAllocator
 from .ingest import Ingest
@@ -77,6 +78,9 @@ class AgentConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # webb.stream.FlowStream (batched GetFlows for webb's own components); off, the
+    # agent answers UNIMPLEMENTED there like a plain Hubble server.
+    batch_service: bool = True
 
 
 class Agent:
@@ -153,7 +157,8 @@ class Agent:
             AdminService(self.registry, self._attach_state, self.policy,
                          status=lambda: (cfg.node_name, VERSION,
                                          agent_counters(self.datapath, self.ingest))),
-            cfg.listen_address, cfg.unix_socket, credentials)
+            cfg.listen_address, cfg.unix_socket, credentials,
+            FlowStreamService(observer) if cfg.batch_service else None)
         self.agent_events.agent_started()
         self._spawn(self.ingest.run(self._consume, cfg.drain_interval), "ingest")
         for name, task in self.persist.tasks():

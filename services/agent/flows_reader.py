@@ -20,6 +20,19 @@ LOST_SOURCE_RING = 3  # flow.LostEventSource.HUBBLE_RING_BUFFER
 Entry = Union[FlowRecord, LostRecord]
 
 
+class _Idle:
+    """Marks where a reader caught up with the ring and is about to wait: a batched
+    stream sends what it holds there, so light traffic is not held back."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE = _Idle()
+
+
 @dataclass
 class Lost:
     """Entries a reader never saw: perf-buffer losses or ring overwrites."""
@@ -54,11 +67,13 @@ def validate(req: ReadRequest) -> None:
 
 async def read_flows(ring: Ring, req: ReadRequest,
                      match: Callable[[FlowRecord], bool] | None,
-                     start_seq: int | None = None) -> AsyncIterator[FlowRecord | Lost]:
+                     start_seq: int | None = None,
+                     idle: bool = False) -> AsyncIterator[FlowRecord | Lost | _Idle]:
     """Yields each selected flow record, or Lost notices; match=None selects all.
 
     start_seq (the history reader's) starts at that sequence number instead; a span
-    older than the ring comes first as a Lost notice, which history fills in."""
+    older than the ring comes first as a Lost notice, which history fills in.
+    idle=True yields IDLE each time the reader is about to wait for new entries."""
     since, until = req.since_ns, req.until_ns
 
     def in_window(rec: FlowRecord) -> bool:
@@ -94,6 +109,8 @@ async def read_flows(ring: Ring, req: ReadRequest,
         if pos >= ring.next_seq or (not req.follow and pos >= end):
             if not req.follow:
                 return
+            if idle:
+                yield IDLE
             await ring.wait_beyond(pos)
             continue
         e = ring.get(pos)

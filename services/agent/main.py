@@ -104,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     g.add_argument("--tls-key", default="", help="server private key (PEM)")
     g.add_argument("--tls-client-ca", default="",
                    help="require client certificates signed by this CA (mTLS)")
+    p.add_argument("--disable-batch-service", action="store_true",
+                   help="do not serve webb.stream.FlowStream (GetFlows in batches, used by "
+                        "webb's relay, UI and exporter); they then fall back to GetFlows as "
+                        "with a plain Hubble server")
     persist_flags.add_args(p)  # --history-* and --export-*
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
@@ -158,7 +162,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
         install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,
         identity_gc_grace=a.identity_gc_grace, tls_cert=a.tls_cert, tls_key=a.tls_key,
-        tls_client_ca=a.tls_client_ca, persist=persist)
+        tls_client_ca=a.tls_client_ca, batch_service=not a.disable_batch_service,
+        persist=persist)
 
 
 async def _run(cfg: AgentConfig) -> None:

@@ -100,39 +100,69 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         # The ring alone, or (history/reader.py) the store and the ring as one.
         self.read_flows: Callable[..., AsyncIterator[Any]] = read_flows
 
-    async def GetFlows(self, request: opb.GetFlowsRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse | bytes]:
-        try:
-            pred = build_filter(request.whitelist, request.blacklist)
-            req = ReadRequest(
-                number=request.number, first=request.first, follow=request.follow,
-                since_ns=ts_ns(request.since) if request.HasField("since") else None,
-                until_ns=ts_ns(request.until) if request.HasField("until") else None)
-            validate(req)
-            mask = _field_mask(request)
-        except (FilterError, RequestError, ValueError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            return
+    def select(self, request: opb.GetFlowsRequest, idle: bool = False
+               ) -> tuple[AsyncIterator[Any], Callable[[Any], bytes]]:
+        """The one implementation of GetFlows' selection (number/first/since/until/
+        follow, filters, field mask) behind both output shapes: GetFlows sends each
+        entry as a message, GetFlowBatches (flow_batches.py) many per message.
+
+        Returns the reader (FlowRecords, Lost notices and, with idle=True, IDLE
+        marks) and the function that gives an entry's GetFlowsResponse bytes.
+        Raises FilterError, RequestError or ValueError for a bad request."""
+        pred = build_filter(request.whitelist, request.blacklist)
+        req = ReadRequest(
+            number=request.number, first=request.first, follow=request.follow,
+            since_ns=ts_ns(request.since) if request.HasField("since") else None,
+            until_ns=ts_ns(request.until) if request.HasField("until") else None)
+        validate(req)
+        mask = _field_mask(request)
         parser = self.parser
-        node_name = self.node.node_name
         match = None
         if request.whitelist or request.blacklist:
             flow_of = parser.flow
             match = lambda rec: pred(flow_of(rec))  # noqa: E731
-        async for item in self.read_flows(self.node.ring, req, match):
-            if isinstance(item, Lost):
-                lost = fpb.LostEvent(source=item.source, num_events_lost=item.count)
-                if item.cpu >= 0:
-                    lost.cpu.CopyFrom(Int32Value(value=item.cpu))
-                yield opb.GetFlowsResponse(lost_events=lost, node_name=node_name,
-                                           time=ns_ts(item.time_ns))
-            elif mask is None:
-                # Pre-encoded bytes: the same encoding serves every client.
-                yield parser.response(item)
-            else:
-                flow, out = parser.flow(item), fpb.Flow()
-                mask.MergeMessage(flow, out)
-                yield opb.GetFlowsResponse(flow=out, node_name=node_name, time=flow.time)
+        return self.read_flows(self.node.ring, req, match, idle=idle), self._encoder(mask)
+
+    def _encoder(self, mask: Any) -> Callable[[Any], bytes]:
+        parser = self.parser
+        node_name = self.node.node_name
+        response = parser.response
+
+        def lost(item: Lost) -> bytes:
+            ev = fpb.LostEvent(source=item.source, num_events_lost=item.count)
+            if item.cpu >= 0:
+                ev.cpu.CopyFrom(Int32Value(value=item.cpu))
+            return opb.GetFlowsResponse(lost_events=ev, node_name=node_name,
+                                        time=ns_ts(item.time_ns)).SerializeToString()
+
+        if mask is None:
+            def encode(item: Any) -> bytes:
+                if item.__class__ is Lost:
+                    return lost(item)
+                return response(item)  # pre-encoded: the same bytes serve every client
+            return encode
+
+        def encode_masked(item: Any) -> bytes:
+            if item.__class__ is Lost:
+                return lost(item)
+            flow, out = parser.flow(item), fpb.Flow()
+            mask.MergeMessage(flow, out)
+            return opb.GetFlowsResponse(flow=out, node_name=node_name,
+                                        time=flow.time).SerializeToString()
+        return encode_masked
+
+    async def GetFlows(self, request: opb.GetFlowsRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            items, encode = self.select(request)
+        except (FilterError, RequestError, ValueError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        try:
+            async for item in items:
+                yield encode(item)
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
 
     async def ServerStatus(self, request: opb.ServerStatusRequest,
                            context: grpc.aio.ServicerContext) -> opb.ServerStatusResponse:

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from webb.api.admin import admin_pb2, admin_pb2_grpc
 from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.api.peer import peer_pb2, peer_pb2_grpc
+from webb.api.stream import stream_pb2, stream_pb2_grpc
 from webb.health import HUBBLE_OBSERVER
 
 
@@ -50,12 +51,17 @@ def grpc_address(listen: str) -> str:
 
 
 async def start_server(observer: object, peer: object, admin: object, listen: str,
-                       unix_socket: str, credentials: grpc.ServerCredentials | None = None
+                       unix_socket: str, credentials: grpc.ServerCredentials | None = None,
+                       flow_stream: object | None = None
                        ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """With credentials (webb.tls.server_credentials) the TCP address serves TLS or
-    mTLS; the unix socket stays plaintext (only local users reach it, as Hubble's)."""
+    mTLS; the unix socket stays plaintext (only local users reach it, as Hubble's).
+    Without flow_stream (--disable-batch-service) webb.stream.FlowStream is not
+    served: clients get UNIMPLEMENTED, as from a plain Hubble server."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     add_observer(observer, server)
+    if flow_stream is not None:
+        stream_pb2_grpc.add_FlowStreamServicer_to_server(flow_stream, server)
     peer_pb2_grpc.add_PeerServicer_to_server(peer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_srv = health.aio.HealthServicer()
@@ -67,6 +73,8 @@ async def start_server(observer: object, peer: object, admin: object, listen: st
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
+    if flow_stream is not None:
+        names += (stream_pb2.DESCRIPTOR.services_by_name["FlowStream"].full_name,)
     reflection.enable_server_reflection(names, server)
     if listen and credentials is not None:
         server.add_secure_port(grpc_address(listen), credentials)
@@ -80,6 +88,6 @@ async def start_server(observer: object, peer: object, admin: object, listen: st
     await server.start()
     # "" and Hubble's own name (what `hubble status` asks) as a Hubble server does,
     # plus the services by their gRPC names.
-    for name in ("", HUBBLE_OBSERVER, names[0], names[1]):
+    for name in ("", HUBBLE_OBSERVER, *names[:2], *names[5:]):
         await health_srv.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_srv

@@ -19,6 +19,7 @@ from webb.api.admin import admin_pb2
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.peer import peer_pb2, peer_pb2_grpc
+from webb.api.stream import stream_pb2_grpc
 from webb.netlab import NetLab
 
 pytestmark = pytest.mark.root
@@ -331,7 +332,14 @@ def test_grpcurl_reflection_and_json(agent, traffic):
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     services = set(out.stdout.split())
-    assert {"observer.Observer", "peer.Peer", "grpc.health.v1.Health"} <= services
+    assert {"observer.Observer", "peer.Peer", "grpc.health.v1.Health",
+            "webb.stream.FlowStream"} <= services
+    out = subprocess.run([grpcurl, "-plaintext", "-d", '{"number": 2}', agent.address,
+                          "webb.stream.FlowStream/GetFlowBatches"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    batch = json.loads(out.stdout)  # one batch: both entries were ready at once
+    assert batch["nodes"] == ["n1"] and len(batch["responses"]) == len(batch["time_ns"]) == 2
     out = subprocess.run([grpcurl, "-plaintext", "-d", '{"number": 3}', agent.address,
                           "observer.Observer/GetFlows"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -403,12 +411,21 @@ def test_ring_overwrite_gives_lost_event(lab, workdir):
 
 
 def test_agent_without_endpoints_serves_empty_healthy_api(lab, workdir):
-    bare = AgentProc(workdir, "bare", lab.nodes["n1"].netns, None)
+    """... and, with --disable-batch-service, plays a plain Hubble server."""
+    bare = AgentProc(workdir, "bare", lab.nodes["n1"].netns, None,
+                     extra=["--disable-batch-service"])
     try:
         bare.start()
         assert bare.flows(number=10) == []
         st = bare.observer.ServerStatus(opb.ServerStatusRequest(), timeout=5)
         assert st.num_flows == 0 and st.max_flows == 4095
+        with pytest.raises(grpc.RpcError) as e:
+            list(stream_pb2_grpc.FlowStreamStub(bare.channel).GetFlowBatches(
+                opb.GetFlowsRequest(number=1), timeout=5))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        out = subprocess.run([str(BIN / "grpcurl"), "-plaintext", bare.address, "list"],
+                             capture_output=True, text=True, timeout=30)
+        assert "observer.Observer" in out.stdout and "webb.stream" not in out.stdout
     finally:
         bare.stop()
 
@@ -501,3 +518,34 @@ def test_field_mask_and_experimental(agent, traffic):
         list(agent.observer.GetFlows(opb.GetFlowsRequest(
             field_mask=FieldMask(paths=["no_such_field"])), timeout=5))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_batched_stream_gives_the_get_flows_entries(agent, traffic):
+    """webb.stream.FlowStream/GetFlowBatches: GetFlows' entries, byte for byte, in
+    GetFlows' order, many to a message."""
+    from google.protobuf.field_mask_pb2 import FieldMask
+    until = Timestamp()
+    # A fixed window both calls see whole: the agent drains perf buffers every 10 ms,
+    # so every flow older than a second is in the ring already.
+    until.FromNanoseconds(time.time_ns() - 1_000_000_000)
+    raw = agent.channel.unary_stream("/observer.Observer/GetFlows",
+                                     request_serializer=opb.GetFlowsRequest.SerializeToString,
+                                     response_deserializer=lambda b: b)
+    batched = stream_pb2_grpc.FlowStreamStub(agent.channel)
+    # Filters on what the ring holds: earlier tests may have overwritten the traffic
+    # fixture's flows.
+    held = [opb.GetFlowsResponse.FromString(b) for b in raw(opb.GetFlowsRequest(until=until))]
+    verdict = fpb.FlowFilter(verdict=[next(r.flow.verdict for r in held if r.HasField("flow"))])
+    for req in (opb.GetFlowsRequest(until=until),
+                opb.GetFlowsRequest(until=until, number=7),
+                opb.GetFlowsRequest(until=until, first=True, number=5, whitelist=[verdict]),
+                opb.GetFlowsRequest(until=until, number=50, blacklist=[verdict],
+                                    field_mask=FieldMask(paths=["source.pod_name", "l4"]))):
+        plain = list(raw(req, timeout=10))
+        batches = list(batched.GetFlowBatches(req, timeout=10))
+        assert (plain or req.blacklist) and [e for b in batches for e in b.responses] == plain, req
+        assert len(batches) < len(plain) or len(plain) <= 1
+        for b in batches:
+            assert list(b.nodes) == ["n1"] and list(b.node_index) == [0] * len(b.responses)
+            assert list(b.time_ns) == [opb.GetFlowsResponse.FromString(e).time.ToNanoseconds()
+                                       for e in b.responses]

@@ -23,7 +23,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Callable
 
-from ..flows_reader import LOST_SOURCE_RING, Lost, ReadRequest, read_flows
+from ..flows_reader import IDLE, LOST_SOURCE_RING, Lost, ReadRequest, read_flows
 from ..record import FlowRecord, LostRecord
 from ..ring import Ring
 from .batch import unpack_batch
@@ -46,12 +46,14 @@ class HistoryReader:
         self.store = store
         self.writer = writer
 
-    def __call__(self, ring: Ring, req: ReadRequest, match: Match) -> AsyncIterator[Any]:
-        return self.read(ring, req, match)
+    def __call__(self, ring: Ring, req: ReadRequest, match: Match,
+                 idle: bool = False) -> AsyncIterator[Any]:
+        return self.read(ring, req, match, idle)
 
-    async def read(self, ring: Ring, req: ReadRequest, match: Match) -> AsyncIterator[Any]:
+    async def read(self, ring: Ring, req: ReadRequest, match: Match,
+                   idle: bool = False) -> AsyncIterator[Any]:
         if not wants_history(req):
-            async for item in read_flows(ring, req, match):
+            async for item in read_flows(ring, req, match, idle=idle):
                 yield item
             return
         since, until = req.since_ns, req.until_ns
@@ -64,9 +66,12 @@ class HistoryReader:
             yield Lost(LOST_SOURCE_RING, lost, -1, time.time_ns())
         limit = req.number if (req.first or (req.number and not req.follow)) else 0
         sent = 0
-        inner = read_flows(ring, req, match, start_seq=start)
+        inner = read_flows(ring, req, match, start_seq=start, idle=idle)
         try:
             async for item in inner:
+                if item is IDLE:
+                    yield item
+                    continue
                 if isinstance(item, Lost) and item.source == LOST_SOURCE_RING:
                     hi = ring.oldest_seq  # read now: nothing ran since the ring said so
                     lo = hi - item.count
