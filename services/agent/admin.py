@@ -66,7 +66,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return endpoint_to_pb(ep, attached, err, status)
 
     async def ListEndpoints(self, request, context):  # type: ignore[no-untyped-def]
-        return apb.ListEndpointsResponse(endpoints=[self._pb(e) for e in self.registry.list()])
+        # This node's endpoints only, like `cilium endpoint list`.
+        return apb.ListEndpointsResponse(endpoints=[self._pb(e) for e in self.registry.local()])
 
     async def PutEndpoint(self, request, context):  # type: ignore[no-untyped-def]
         e = request.endpoint
@@ -77,9 +78,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                "annotations": dict(e.annotations)}
         try:
             ep = parse_endpoint(raw)
-        except EndpointError as err:
+            stored = await self.registry.upsert(ep)
+        except EndpointError as err:  # malformed, or its ID is another endpoint's
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        stored = await self.registry.upsert(ep)
         return apb.PutEndpointResponse(endpoint=self._pb(stored))
 
     async def DeleteEndpoint(self, request, context):  # type: ignore[no-untyped-def]

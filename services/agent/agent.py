@@ -294,8 +294,13 @@ class Agent:
         if local_old or local_new:
             await self._sync_kernel_drops()
             self._sync_l7()
-        if (old is None) != (new is None):
-            self.agent_events.endpoint_changed(old, new)
+        # Events are about this node's endpoints, as Cilium's (another node's pods are
+        # names for addresses here, with no endpoint ID).
+        owned_old = old is not None and self.registry.owns(old)
+        owned_new = new is not None and self.registry.owns(new)
+        if owned_old != owned_new:
+            self.agent_events.endpoint_changed(old if owned_old else None,
+                                               new if owned_new else None)
 
     async def _try_attach(self, ifname: str) -> None:
         assert self.datapath is not None

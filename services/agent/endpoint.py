@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import yaml
 
+from .endpoint_ids import EndpointIDError, EndpointIDs
 from .identity import Identity, IdentityAllocator
 from .l7.visibility import ANNOTATION, VisibilityError, parse_visibility
 
@@ -207,7 +208,7 @@ class EndpointRegistry:
         # keying by those spares a conversion per event.
         self._by_packed: dict[bytes, Endpoint] = {}
         self._listeners: list[Listener] = []
-        self._next_id = 1
+        self._ids = EndpointIDs()
         self._file_keys: set[str] = set()
         self.nodes: list[NodeInfo] = []
         self.namespaces: dict[str, dict[str, str]] = {}  # namespace -> its labels
@@ -216,8 +217,15 @@ class EndpointRegistry:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def owns(self, ep: Endpoint) -> bool:
+        """An endpoint of this node (with an ID, listed by the admin API): one that
+        names this node, or names none and has an interface here. A pod of this node
+        whose interface is not found yet is one too (not attached meanwhile)."""
+        return ep.node == self.node_name if ep.node else bool(ep.interface)
+
     def is_local(self, ep: Endpoint) -> bool:
-        return bool(ep.interface) and ep.node in ("", self.node_name)
+        """An endpoint of this node whose interface the datapath attaches to."""
+        return bool(ep.interface) and self.owns(ep)
 
     def by_ip(self, ip: str) -> Endpoint | None:
         return self._by_ip.get(ip)
@@ -227,20 +235,30 @@ class EndpointRegistry:
         return self._by_packed
 
     def list(self) -> list[Endpoint]:
+        """Every endpoint known, this node's and the others' (names, identities)."""
         return sorted(self._by_key.values(), key=lambda e: (e.namespace, e.name))
+
+    def local(self) -> list[Endpoint]:
+        """This node's endpoints, as Cilium's endpoint list shows them."""
+        return [e for e in self.list() if self.owns(e)]
 
     def get(self, key: str) -> Endpoint | None:
         return self._by_key.get(key)
 
     def _resolve(self, ep: Endpoint, old: Endpoint | None) -> Endpoint:
         ident: Identity = self.identities.allocate(ep.security_labels())
-        ep_id = ep.id
-        if self.is_local(ep) and not ep_id:
-            ep_id = old.id if old and old.id else self._next_id
-            self._next_id = max(self._next_id, ep_id + 1)
+        ep_id = 0  # another node's endpoint: its ID means nothing here (Hubble shows 0)
+        if self.owns(ep):
+            try:
+                ep_id = self._ids.allocate(ep.key, ep.id)
+            except EndpointIDError as e:
+                raise EndpointError(f"endpoint {ep.key}: {e}") from None
+        else:
+            self._ids.release(ep.key)
         return replace(ep, id=ep_id, identity=ident.id, identity_labels=ident.labels).with_wire()
 
     async def upsert(self, ep: Endpoint) -> Endpoint:
+        """Adds or updates an endpoint; EndpointError if its ID is taken on this node."""
         old = self._by_key.get(ep.key)
         new = self._resolve(ep, old)
         if old == new and old.identity_labels == new.identity_labels:
@@ -259,6 +277,7 @@ class EndpointRegistry:
         if old is None:
             return None
         self._unindex(old)
+        self._ids.release(key)
         self._file_keys.discard(key)
         await self._notify(old, None)
         return old
@@ -304,7 +323,10 @@ class EndpointRegistry:
         for key in sorted(self._file_keys - keys):
             await self.remove(key)
         for ep in eps:
-            await self.upsert(ep)
+            try:
+                await self.upsert(ep)
+            except EndpointError as e:  # one bad entry (a taken ID) must not stop the rest
+                log.error("endpoints file: %s", e)
         self._file_keys = keys
 
 

@@ -19,6 +19,8 @@ import yaml
 from support import (lab_prefix, BIN, RelayProc, TRAFFIC, AgentProc, free_port, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
 from webb.netlab import NetLab
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
 from webb_cli.main import main
 
 pytestmark = pytest.mark.root
@@ -339,6 +341,35 @@ def test_identity_and_endpoint_commands(agents, traffic):
     assert f"{client['identity']} " in mine and "REFCOUNT" in mine and "reserved:world" not in mine
     code, _, err = run_main("identity", "get", "99999", "--server", a1)
     assert (code, err) == (1, "Error: identity 99999 not found\n")
+
+
+def test_endpoints_are_each_nodes_own_with_ids_on_flows_and_events(agents, traffic):
+    """Cilium's rule: a node lists its own endpoints, each with a non-zero ID unique on
+    the node; flows carry it as source/destination ID (0 for another node's pod), and
+    agent events name it."""
+    listed = {n: json.loads(ok("endpoint", "list", "-o", "json", "--server", a.address))
+              for n, a in agents.items()}
+    assert sorted(e["name"] for e in listed["n1"]) == ["client", "other"]
+    assert [e["name"] for e in listed["n2"]] == ["server"]
+    ids = {e["name"]: e["id"] for e in listed["n1"] + listed["n2"]}
+    assert all(ids.values()) and ids["client"] != ids["other"]
+    table = ok("endpoint", "list", "--server", agents["n1"].address)
+    assert re.search(rf"^{ids['client']}\s+shop/client\s", table, re.M)
+    assert re.search(rf"^{ids['other']}\s+extra/other\s", table, re.M)
+    assert "server" not in table
+    tcp = fpb.FlowFilter(destination_port=["8080"], protocol=["tcp"])
+    out = agents["n1"].flows(number=50, whitelist=[tcp])
+    inn = agents["n2"].flows(number=50, whitelist=[tcp])
+    assert out and {(f.source.ID, f.destination.ID) for f in out
+                    if f.source.pod_name == "client"} == {(ids["client"], 0)}
+    assert inn and {(f.source.ID, f.destination.ID) for f in inn
+                    if f.destination.pod_name == "server"} == {(0, ids["server"])}
+    for node, names in (("n1", {"client", "other"}), ("n2", {"server"})):
+        events = [r.agent_event for r in agents[node].observer.GetAgentEvents(
+            opb.GetAgentEventsRequest(), timeout=5)]
+        created = {(e.endpoint_update.pod_name, e.endpoint_update.id) for e in events
+                   if e.type == fpb.ENDPOINT_CREATED}
+        assert created == {(n, ids[n]) for n in names}, node
 
 
 # -- TLS to the relay ------------------------------------------------------------------------

@@ -151,6 +151,16 @@ class KubeAgent(ServiceProc):
         eps = self.admin.ListEndpoints(admin_pb2.ListEndpointsRequest(), timeout=5).endpoints
         return {e.name: e for e in eps}
 
+    def wait_identity(self, num: int, label: str, timeout: float = 30.0) -> None:
+        """Until this agent resolves identity `num` to labels including `label`."""
+        def knows() -> bool:
+            try:
+                got = self.admin.GetIdentity(admin_pb2.GetIdentityRequest(id=num), timeout=5)
+            except grpc.RpcError:
+                return False
+            return label in got.labels
+        wait_for(knows, timeout, 0.2, f"identity {num} ({label}) known")
+
     def wait_endpoints(self, pred, what: str, timeout: float = 30.0) -> dict[str, admin_pb2.Endpoint]:  # type: ignore[no-untyped-def]
         return wait_for(lambda: (lambda eps: eps if pred(eps) else None)(self.endpoints()),
                         timeout, 0.2, f"{self.node}: {what}")
@@ -362,13 +372,16 @@ def test_pods_become_endpoints_with_cluster_wide_identities(agents, lab, cluster
     # Each agent attaches its own node's pods, found by the route to the pod IP.
     assert eps1["web"].interface == lab.pods["web"].host_if
     assert eps2["db"].interface == lab.pods["db"].host_if
-    assert not eps1["db"].attached and eps1["db"].node == "n2"
+    # Each lists its own node's pods only (as cilium endpoint list), with IDs.
+    assert set(eps1) == {"web", "client", "outsider"} and set(eps2) == {"db"}
+    assert all(e.id for e in [*eps1.values(), *eps2.values()])
     assert set(eps1["web"].ips) == {lab.pods["web"].ip4, lab.pods["web"].ip6}
     assert eps1["outsider"].namespace == "other"
     # Both agents agree on every identity; different label sets, different numbers.
-    eps2 = a2.wait_endpoints(lambda e: set(PODS) <= set(e), "all pods known")
-    ids = {n: eps1[n].identity for n in PODS}
-    assert ids == {n: eps2[n].identity for n in PODS}
+    ids = {**{n: e.identity for n, e in eps1.items()}, "db": eps2["db"].identity}
+    for n, num in ids.items():
+        for a in (a1, a2):
+            a.wait_identity(num, f"k8s:app={PODS[n][3]['app']}")
     assert len(set(ids.values())) == len(PODS) and min(ids.values()) >= 256
     # ... because they are the API server's WebbIdentity objects.
     objs = identity_objects(cluster)
@@ -460,27 +473,27 @@ def test_pod_add_and_delete_follow_the_api(agents, lab, cluster):
     eps = a1.wait_endpoints(attached({"temp"}), "temp attached")
     assert eps["temp"].interface == lab.pods["temp"].host_if
     num = eps["temp"].identity
-    assert a2.wait_endpoints(lambda e: "temp" in e, "temp known on n2")["temp"].identity == num
+    a2.wait_identity(num, "k8s:app=temp")  # n2 knows the pod's identity, not as its endpoint
+    assert "temp" not in a2.endpoints()
     assert num in identity_objects(kc)
     kc.api("DELETE", ns_path("pods", "shop", "temp"), {"gracePeriodSeconds": 0})
     a1.wait_endpoints(lambda e: "temp" not in e, "temp removed")
-    a2.wait_endpoints(lambda e: "temp" not in e, "temp removed on n2")
     # No pod uses its identity any more: garbage-collected after the grace period.
     kc.wait(lambda: num not in identity_objects(kc), 30, f"identity {num} collected")
     # The others stay.
-    eps = a1.endpoints()
+    eps = {**a1.endpoints(), **a2.endpoints()}
     assert {eps[n].identity for n in PODS} <= set(identity_objects(kc))
 
 
 def test_relabel_changes_identity_everywhere(agents, cluster):
     kc, a1, a2 = cluster, agents["n1"], agents["n2"]
-    before = a1.endpoints()["db"].identity
+    before = a2.endpoints()["db"]
     merge_patch(kc, ns_path("pods", "shop", "db"), {"metadata": {"labels": {"version": "v2"}}})
-    eps1 = a1.wait_endpoints(lambda e: e["db"].identity != before, "db's new identity on n1")
-    eps2 = a2.wait_endpoints(lambda e: e["db"].identity != before, "db's new identity on n2")
-    after = eps1["db"].identity
-    assert eps2["db"].identity == after and eps2["db"].attached
-    assert "k8s:version=v2" in eps1["db"].identity_labels
+    eps2 = a2.wait_endpoints(lambda e: e["db"].identity != before.identity, "db's new identity on n2")
+    after = eps2["db"].identity
+    a1.wait_identity(after, "k8s:version=v2")  # the same number on n1
+    assert eps2["db"].attached and eps2["db"].id == before.id  # the endpoint keeps its ID
+    assert "k8s:version=v2" in eps2["db"].identity_labels
     assert identity_objects(kc)[after]["k8s:version"] == "v2"
 
 
@@ -500,12 +513,12 @@ def test_workload_of_a_deployment_pod(agents, lab, cluster):
         "target": {"apiVersion": "v1", "kind": "Node", "name": "n2"}})
     p = lab.pods["api"]
     set_running(kc, "shop", name, p.ip4, p.ip6, NODE_IPS["n2"])
-    eps = a1.wait_endpoints(lambda e: name in e, "the Deployment's pod")
+    eps = agents["n2"].wait_endpoints(attached({name}), "api attached on n2")
     assert (eps[name].workload.name, eps[name].workload.kind) == ("api", "Deployment")
     # pod-template-hash is no part of the identity: every rollout keeps it.
     assert not any("pod-template-hash" in lbl for lbl in eps[name].identity_labels)
-    assert agents["n2"].wait_endpoints(attached({name}), "api attached on n2")[name].interface \
-        == p.host_if
+    assert eps[name].interface == p.host_if
+    assert name not in a1.endpoints()  # n1 knows the pod, but it is n2's endpoint
 
 
 def _connect(lab: NetLab, src: str, dst: str, port: int) -> bool:
@@ -646,7 +659,9 @@ def test_peer_service_follows_node_churn(agents, cluster, tls):
 
 def test_agent_restart_keeps_identities(agents, cluster):
     kc, a2 = cluster, agents["n2"]
-    before = {n: e.identity for n, e in a2.endpoints().items()}
+    listed = a2.endpoints()
+    before = {n: e.identity for n, e in listed.items()}
+    ids_before = {n: e.id for n, e in listed.items()}
 
     def uids() -> dict[str, str]:
         items = kc.api("GET", "/apis/webb.io/v1/webbidentities")["items"]
@@ -657,9 +672,10 @@ def test_agent_restart_keeps_identities(agents, cluster):
     a2.start()
     after = a2.wait_endpoints(lambda e: set(before) <= set(e), "endpoints back")
     assert {n: after[n].identity for n in before} == before
+    assert {n: after[n].id for n in before} == ids_before  # endpoint IDs survive a restart
     now = uids()
     assert {num: now.get(num) for num in uids_before} == uids_before  # the same objects
-    assert agents["n1"].endpoints()["db"].identity == before["db"]
+    agents["n1"].wait_identity(before["db"], "k8s:app=db")
 
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 
 import pytest
 
@@ -156,6 +157,56 @@ def test_registry_identity_labels_and_local():
     stored = run_sync(reg.upsert(remote))
     assert not reg.is_local(stored) and stored.id == 0
     assert reg.by_packed[packed_ip("10.1.0.1")] is stored
+
+
+async def test_endpoint_ids_are_this_nodes_unique_and_stable():
+    """As in Cilium: a node's endpoints have IDs 1..4095, unique on the node and kept
+    for the endpoint's life; another node's pods have none (0 on flows) and are not
+    this node's endpoints."""
+    reg = EndpointRegistry("n1", IdentityAllocator())
+
+    def ep(name: str, node: str = "n1", iface: str | None = None, **kw):
+        return parse_endpoint({"name": name, "namespace": "ns", "labels": {"app": name},
+                               "ips": [f"10.0.{len(reg.list())}.1"], "node": node,
+                               "interface": f"lxc-{name}" if iface is None else iface, **kw})
+
+    mine = [await reg.upsert(ep(f"p{i}")) for i in range(50)]
+    ids = [e.id for e in mine]
+    assert all(1 <= i <= 4095 for i in ids) and len(set(ids)) == 50
+    remote = await reg.upsert(ep("far", node="n2", id=7))
+    waiting = await reg.upsert(ep("starting", iface=""))  # its interface not found yet
+    assert remote.id == 0 and not reg.owns(remote)
+    assert waiting.id > 0 and reg.owns(waiting) and not reg.is_local(waiting)
+    assert {e.key for e in reg.local()} == {e.key for e in mine} | {waiting.key}
+    # The ID is on the flow's endpoint message as the `ID` field (flow.Endpoint.ID = 1).
+    assert fpb.Endpoint.FromString(mine[3].wire).ID == mine[3].id
+    assert fpb.Endpoint.FromString(remote.wire).ID == 0
+    # Updates keep the ID; other endpoints coming and going do not move it.
+    relabelled = await reg.upsert(replace(ep("p3"), labels=(("app", "new"),)))
+    assert relabelled.id == mine[3].id and relabelled.identity != mine[3].identity
+    await reg.remove(mine[0].key)
+    fresh = await reg.upsert(ep("p50"))
+    assert fresh.id not in {e.id for e in reg.local() if e.key != fresh.key}
+    assert (await reg.upsert(ep("p4"))).id == mine[4].id
+    # A definition naming another endpoint's ID is an error, not a duplicate.
+    with pytest.raises(EndpointError, match=f"endpoint ID {mine[5].id} is already in use by ns/p5"):
+        await reg.upsert(ep("p99", id=mine[5].id))
+    with pytest.raises(EndpointError, match="out of range"):
+        await reg.upsert(ep("p99", id=4096))
+    # A pod that moves to another node gives its ID back.
+    moved = await reg.upsert(ep("p6", node="n2"))
+    assert moved.id == 0 and mine[6].key not in {e.key for e in reg.local()}
+
+
+def test_endpoint_id_follows_the_name_across_agent_restarts():
+    """Without state on disk, a restarted agent gives the same pods the same IDs."""
+    from webb_agent.endpoint_ids import EndpointIDs
+
+    keys = [f"ns/pod-{i}" for i in range(300)]
+    first, second = EndpointIDs(), EndpointIDs()
+    a = {k: first.allocate(k) for k in keys}
+    b = {k: second.allocate(k) for k in keys}
+    assert a == b and len(set(a.values())) == 300
 
 
 def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowParser]:
