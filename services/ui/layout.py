@@ -1,17 +1,28 @@
 """Layered layout of the service map (callers left, callees right), Sugiyama style.
 
-1. break cycles (a DFS reverses back edges), 2. layer by longest path, pulling
-sources next to their callees, 3. put a dummy node in every layer a long arrow
-crosses so it runs between cards instead of through them, 4. order each layer by
-barycenter sweeps (keeping the order with fewest crossings), 5. place cards
-vertically near their neighbours without overlapping, 6. route arrows from the
-caller's right edge to the port row on the callee's left edge.
+``_geometry`` runs six named steps over one ``_Graph``:
 
-Card geometry (rows and their offsets) is decided here too, so the browser draws
-each row where the arrows expect it.
+1. ``_break_cycles``: the lighter half of every two-way pair, then the back edges a
+   DFS finds (from sources first, busiest edges first), are reversed;
+2. ``_assign_layers``: longest-path layering, sources pulled next to their callees;
+3. ``_add_dummies``: a dummy node in every layer a long arrow crosses, so it runs
+   between cards instead of through them;
+4. ``_order_layers``: each layer ordered as a DFS from the left discovers it, then
+   improved by up to 8 barycenter sweeps, keeping the order with fewest crossings.
+   Counting crossings costs O(E²) per pair of layers, so graphs with more than
+   ``SWEEP_MAX_EDGES`` arrows between distinct cards keep the DFS order (no sweeps);
+5. ``_place_vertically``: cards near the average height of their neighbours without
+   overlapping, in alternating sweeps;
+6. ``_route_arrows``: from the caller's right edge to the port row on the callee's
+   left edge, through the dummies.
+
+Card geometry (rows and their offsets) is decided here too, so the browser draws each
+row where the arrows expect it; so are the sizes of arrow labels (``LABEL``: the page
+draws labels with these metrics, ``layout`` sends them in the bounds).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 CARD_W = 260
@@ -26,6 +37,16 @@ PAD = 8
 MAX_LABEL_ROWS = 3
 MAX_PORT_ROWS = 8
 KIND_ORDER = {"world": 0, "host": 1, "reserved": 2, "service": 3, "unknown": 4}
+SWEEP_MAX_EDGES = 600  # above this, layers keep their DFS order (see _order_layers)
+# Arrow labels: monospace lines (11px in app.css) in a padded box. One definition for
+# the overlap checks here and the drawing in map.js (sent as bounds["label"]).
+LABEL = {"char_w": 6.7, "pad_x": 10.0, "line_h": 15.0, "pad_y": 4.0, "baseline": 14.0}
+
+
+def label_size(lines: list[str]) -> tuple[float, float]:
+    """Width and height of an arrow label's box."""
+    return (LABEL["pad_x"] + LABEL["char_w"] * max((len(x) for x in lines), default=1),
+            LABEL["line_h"] * len(lines) + LABEL["pad_y"])
 
 
 def _short(items: list[str], limit: int = 3) -> str:
@@ -129,8 +150,34 @@ def _crossings(order: list[list[Any]], succ: dict[Any, list[Any]]) -> int:
     return total
 
 
-def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Positions of the cards and routes of the arrows (steps 1-6)."""
+Node = Any  # a card id, or ("dummy", source, target, layer)
+
+
+@dataclass
+class _Graph:
+    by_id: dict[str, dict[str, Any]]
+    names: list[str]                       # cards, in a stable order (kind, namespace, name)
+    rank: dict[str, int]                   # position in names
+    pairs: list[tuple[str, str]]           # distinct (source, target) cards, no self-loops
+    weight: dict[tuple[str, str], int]     # flows per pair
+    out: dict[str, list[str]]              # kept edges before cycle breaking
+    inn: dict[str, list[str]]
+    reversed_edges: set[tuple[str, str]] = field(default_factory=set)
+    dag: list[tuple[str, str]] = field(default_factory=list)
+    succ: dict[Node, list[Node]] = field(default_factory=dict)
+    pred: dict[Node, list[Node]] = field(default_factory=dict)
+    layer: dict[Node, int] = field(default_factory=dict)
+    heights: dict[Node, float] = field(default_factory=dict)
+    routes: dict[tuple[str, str], list[Node]] = field(default_factory=dict)
+    order: list[list[Node]] = field(default_factory=list)
+    top: dict[Node, float] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.order)
+
+
+def _graph(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> _Graph:
     by_id = {c["id"]: c for c in cards}
     names = sorted(by_id, key=lambda k: (KIND_ORDER.get(by_id[k]["kind"], 9),
                                          by_id[k]["namespace"], by_id[k]["name"], k))
@@ -143,24 +190,28 @@ def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict
     for a in arrows:
         k = (a["source"], a["target"])
         weight[k] = weight.get(k, 0) + (a["flows"]["total"] if "flows" in a else 1)
-    out: dict[str, list[str]] = {n: [] for n in names}
-    inn: dict[str, list[str]] = {n: [] for n in names}
-    reversed_edges: set[tuple[str, str]] = set()
+    g = _Graph(by_id, names, rank, pairs, weight,
+               out={n: [] for n in names}, inn={n: [] for n in names})
     for s, t in pairs:
         back = weight.get((t, s))
         if back is not None and (weight[(s, t)] < back or (weight[(s, t)] == back and rank[s] > rank[t])):
-            reversed_edges.add((s, t))  # the lighter half of a two-way pair (ICMPv6 NDP, ...)
+            g.reversed_edges.add((s, t))  # the lighter half of a two-way pair (ICMPv6 NDP, ...)
             continue
-        out[s].append(t)
-        inn[t].append(s)
+        g.out[s].append(t)
+        g.inn[t].append(s)
     for n in names:
-        out[n].sort(key=lambda t: (-weight[(n, t)], rank[t]))
-    # callers first: more flows out than in
-    caller = {n: sum(weight[(n, t)] for t in out[n]) - sum(weight[(m, n)] for m in inn[n]) for n in names}
+        g.out[n].sort(key=lambda t: (-weight[(n, t)], rank[t]))
+    return g
 
-    # 1. cycle breaking: DFS from sources first, the busiest edges first
+
+def _break_cycles(g: _Graph) -> None:
+    """Step 1: reverse DFS back edges; g.dag, g.succ, g.pred are the acyclic result."""
+    out, inn, rank = g.out, g.inn, g.rank
+    # callers first: more flows out than in
+    caller = {n: sum(g.weight[(n, t)] for t in out[n]) - sum(g.weight[(m, n)] for m in inn[n])
+              for n in g.names}
     state: dict[str, int] = {}
-    starts = sorted(names, key=lambda n: (bool(inn[n]), -caller[n], rank[n]))
+    starts = sorted(g.names, key=lambda n: (bool(inn[n]), -caller[n], rank[n]))
     for root in starts:
         if root in state:
             continue
@@ -173,23 +224,26 @@ def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict
                 state[node] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                reversed_edges.add((node, nxt))
+                g.reversed_edges.add((node, nxt))
             elif nxt not in state:
                 state[nxt] = 1
                 stack.append((nxt, iter(out[nxt])))
-    dag = sorted({(t, s) if (s, t) in reversed_edges else (s, t) for s, t in pairs},
-                 key=lambda e: (rank[e[0]], rank[e[1]]))
-    succ: dict[Any, list[Any]] = {n: [] for n in names}
-    pred: dict[Any, list[Any]] = {n: [] for n in names}
-    for s, t in dag:
-        if t not in succ[s]:
-            succ[s].append(t)
-            pred[t].append(s)
+    g.dag = sorted({(t, s) if (s, t) in g.reversed_edges else (s, t) for s, t in g.pairs},
+                   key=lambda e: (rank[e[0]], rank[e[1]]))
+    g.succ = {n: [] for n in g.names}
+    g.pred = {n: [] for n in g.names}
+    for s, t in g.dag:
+        if t not in g.succ[s]:
+            g.succ[s].append(t)
+            g.pred[t].append(s)
 
-    # 2. longest-path layering (Kahn order), then pull sources right next to callees
-    indeg = {n: len(pred[n]) for n in names}
-    queue = [n for n in names if indeg[n] == 0]
-    layer: dict[Any, int] = {n: 0 for n in names}
+
+def _assign_layers(g: _Graph) -> None:
+    """Step 2: longest-path layering (Kahn order), then sources next to their callees."""
+    succ, pred = g.succ, g.pred
+    indeg = {n: len(pred[n]) for n in g.names}
+    queue = [n for n in g.names if indeg[n] == 0]
+    layer: dict[Node, int] = {n: 0 for n in g.names}
     i = 0
     while i < len(queue):
         n = queue[i]
@@ -199,19 +253,22 @@ def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict
             indeg[t] -= 1
             if indeg[t] == 0:
                 queue.append(t)
-    for n in names:
+    for n in g.names:
         if not pred[n] and succ[n]:
             layer[n] = max(0, min(layer[t] for t in succ[n]) - 1)
+    g.layer = layer
 
-    # 3. dummy nodes for arrows spanning more than one layer
-    routes: dict[tuple[str, str], list[Any]] = {}
-    heights: dict[Any, float] = {n: by_id[n]["h"] for n in names}
-    for s, t in dag:
-        chain: list[Any] = [s]
+
+def _add_dummies(g: _Graph) -> None:
+    """Step 3: chains of dummy nodes for arrows spanning more than one layer."""
+    succ, pred, layer = g.succ, g.pred, g.layer
+    g.heights = {n: g.by_id[n]["h"] for n in g.names}
+    for s, t in g.dag:
+        chain: list[Node] = [s]
         for lay in range(layer[s] + 1, layer[t]):
             d = ("dummy", s, t, lay)
             layer[d] = lay
-            heights[d] = DUMMY_H
+            g.heights[d] = DUMMY_H
             succ[d], pred[d] = [], []
             chain.append(d)
         chain.append(t)
@@ -221,99 +278,127 @@ def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict
             for a, b in zip(chain, chain[1:]):
                 succ[a].append(b)
                 pred[b].append(a)
-        routes[(s, t)] = chain
+        g.routes[(s, t)] = chain
 
-    # 4. ordering by barycenter sweeps
-    n_layers = max(layer.values(), default=0) + 1
-    order: list[list[Any]] = [[] for _ in range(n_layers)]
-    placed: set[Any] = set()
 
-    def visit(root: Any) -> None:  # initial order: DFS from the left, as discovered
+def _initial_order(g: _Graph) -> list[list[Node]]:
+    """Each layer as a DFS from the leftmost layer discovers it."""
+    n_layers = max(g.layer.values(), default=0) + 1
+    order: list[list[Node]] = [[] for _ in range(n_layers)]
+    placed: set[Node] = set()
+
+    def visit(root: Node) -> None:
         stack = [root]
         while stack:
             n = stack.pop()
             if n in placed:
                 continue
             placed.add(n)
-            order[layer[n]].append(n)
-            stack.extend(reversed(succ[n]))
+            order[g.layer[n]].append(n)
+            stack.extend(reversed(g.succ[n]))
 
-    for n in sorted((n for n in names if layer[n] == 0), key=lambda n: rank[n]):
+    for n in sorted((n for n in g.names if g.layer[n] == 0), key=lambda n: g.rank[n]):
         visit(n)
-    for n in names:
+    for n in g.names:
         visit(n)
+    return order
+
+
+def _barycenter_sweeps(order: list[list[Node]], g: _Graph, sweeps: int = 8) -> list[list[Node]]:
+    """Alternating down/up sweeps sorting each layer by the mean position of its
+    neighbours in the previous layer; the order with fewest crossings wins."""
+    n_layers = len(order)
     best = [list(o) for o in order]
-    best_x = _crossings(order, succ) if len(dag) <= 600 else 0
-    for sweep in range(8 if best_x else 0):
-        rng = range(1, n_layers) if sweep % 2 == 0 else range(n_layers - 2, -1, -1)
-        for li in rng:
-            ref = order[li - 1] if sweep % 2 == 0 else order[li + 1]
+    best_x = _crossings(order, g.succ)
+    if best_x == 0:
+        return best
+    for sweep in range(sweeps):
+        down = sweep % 2 == 0
+        for li in (range(1, n_layers) if down else range(n_layers - 2, -1, -1)):
+            ref = order[li - 1] if down else order[li + 1]
             pos = {n: j for j, n in enumerate(ref)}
-            nbrs = pred if sweep % 2 == 0 else succ
+            nbrs = g.pred if down else g.succ
 
-            def bary(item: tuple[int, Any]) -> float:
+            def bary(item: tuple[int, Node]) -> float:
                 j, n = item
                 ps = [pos[m] for m in nbrs[n] if m in pos]
                 return sum(ps) / len(ps) if ps else j * len(ref) / max(1, len(order[li]))
             order[li] = [n for _, n in sorted(enumerate(order[li]), key=lambda it: (bary(it), it[0]))]
-        x = _crossings(order, succ)
+        x = _crossings(order, g.succ)
         if x < best_x:
             best, best_x = [list(o) for o in order], x
-    order = best
+    return best
 
-    # 5. vertical placement
-    top: dict[Any, float] = {}
 
-    def gap(a: Any, b: Any) -> float:
-        return DUMMY_GAP if isinstance(a, tuple) or isinstance(b, tuple) else ROW_GAP
+def _order_layers(g: _Graph) -> None:
+    """Step 4: DFS order, improved by barycenter sweeps unless the graph is large."""
+    order = _initial_order(g)
+    if len(g.dag) <= SWEEP_MAX_EDGES:
+        order = _barycenter_sweeps(order, g)
+    g.order = order
 
-    def place(li: int, desired: dict[Any, float]) -> None:
-        prev = None
-        for n in order[li]:
-            want = desired.get(n, top.get(n, 0.0))
-            t = want if prev is None else max(want, top[prev] + heights[prev] + gap(prev, n))
-            top[n] = t
-            prev = n
-        # a uniform shift keeps the order and gaps, and centres the column on its wishes
-        if order[li]:
-            shift = sum(desired.get(n, top[n]) - top[n] for n in order[li]) / len(order[li])
-            if shift < 0:
-                for n in order[li]:
-                    top[n] += shift
 
-    for li in range(n_layers):
+def _gap(a: Node, b: Node) -> float:
+    return DUMMY_GAP if isinstance(a, tuple) or isinstance(b, tuple) else ROW_GAP
+
+
+def _place_layer(g: _Graph, li: int, desired: dict[Node, float]) -> None:
+    """Tops for one layer: as close to `desired` as the order and gaps allow."""
+    top, heights, order = g.top, g.heights, g.order[li]
+    prev = None
+    for n in order:
+        want = desired.get(n, top.get(n, 0.0))
+        t = want if prev is None else max(want, top[prev] + heights[prev] + _gap(prev, n))
+        top[n] = t
+        prev = n
+    # a uniform shift keeps the order and gaps, and centres the column on its wishes
+    if order:
+        shift = sum(desired.get(n, top[n]) - top[n] for n in order) / len(order)
+        if shift < 0:
+            for n in order:
+                top[n] += shift
+
+
+def _place_vertically(g: _Graph, sweeps: int = 6) -> None:
+    """Step 5: stacked tops, then sweeps pulling each node to its neighbours' centre."""
+    top, heights = g.top, g.heights
+    for layer_nodes in g.order:
         y = 0.0
-        for j, n in enumerate(order[li]):
+        for j, n in enumerate(layer_nodes):
             if j:
-                y += gap(order[li][j - 1], n)
+                y += _gap(layer_nodes[j - 1], n)
             top[n] = y
             y += heights[n]
-    for it in range(6):
-        rng = range(n_layers) if it % 2 == 0 else range(n_layers - 1, -1, -1)
-        nbrs = pred if it % 2 == 0 else succ
+    for it in range(sweeps):
+        rng = range(g.n_layers) if it % 2 == 0 else range(g.n_layers - 1, -1, -1)
+        nbrs = g.pred if it % 2 == 0 else g.succ
         for li in rng:
             desired = {}
-            for n in order[li]:
+            for n in g.order[li]:
                 cs = [top[m] + heights[m] / 2 for m in nbrs[n]]
                 if cs:
                     desired[n] = sum(cs) / len(cs) - heights[n] / 2
-            place(li, desired)
+            _place_layer(g, li, desired)
     min_top = min(top.values(), default=0.0)
     for n in top:
         top[n] -= min_top
 
-    # 6. coordinates and arrow routes
-    def col_x(li: int) -> float:
-        return li * (CARD_W + COL_GAP)
 
-    pos = {n: (col_x(layer[n]), round(top[n], 1), layer[n]) for n in names}
+def _col_x(li: int) -> float:
+    return li * (CARD_W + COL_GAP)
+
+
+def _route_arrows(g: _Graph, arrows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step 6: card coordinates, and each arrow's kind and polyline."""
+    by_id, top, layer, routes = g.by_id, g.top, g.layer, g.routes
+    pos = {n: (_col_x(layer[n]), round(top[n], 1), layer[n]) for n in g.names}
     # spread the starts of each card's outgoing routes along its right edge
     starts_y: dict[tuple[str, str], float] = {}
     outgoing: dict[str, list[str]] = {}
-    for s_, t_ in pairs:
-        if (s_, t_) not in reversed_edges:
+    for s_, t_ in g.pairs:
+        if (s_, t_) not in g.reversed_edges:
             outgoing.setdefault(s_, []).append(t_)
-    for n in names:
+    for n in g.names:
         c = by_id[n]
         y0 = pos[n][1]
         fwd = outgoing.get(n, [])
@@ -331,25 +416,36 @@ def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict
         if s == t:  # a service calling itself: a loop over the card's top
             kind = "self"
             pts = [[sx + CARD_W, sy + HEADER_H / 2], [sx + CARD_W + 30, sy - 30], [sx - 30, sy - 30], [sx, ty]]
-        elif (s, t) in reversed_edges:  # against the columns: right-to-left, into the right edge
+        elif (s, t) in g.reversed_edges:  # against the columns: right-to-left, into the right edge
             kind = "back"
             pts = [[sx, sy + cs["h"] / 2]]
             for d in reversed(routes[(t, s)][1:-1]):
                 yc = top[d] + DUMMY_H / 2
-                pts += [[col_x(layer[d]) + CARD_W, yc], [col_x(layer[d]), yc]]
+                pts += [[_col_x(layer[d]) + CARD_W, yc], [_col_x(layer[d]), yc]]
             pts.append([tx + CARD_W, ty])
         else:
             kind = "forward"
             pts = [[sx + CARD_W, starts_y.get((s, t), sy + cs["h"] / 2)]]
             for d in routes[(s, t)][1:-1]:
                 yc = top[d] + DUMMY_H / 2
-                pts += [[col_x(layer[d]), yc], [col_x(layer[d]) + CARD_W, yc]]
+                pts += [[_col_x(layer[d]), yc], [_col_x(layer[d]) + CARD_W, yc]]
             pts.append([tx, ty])
         routes_out[a["id"]] = (kind, [[round(x, 1), round(y, 1)] for x, y in pts])
-    width = col_x(n_layers - 1) + CARD_W if names else 0
-    height = max((pos[n][1] + by_id[n]["h"] for n in names), default=0)
+    width = _col_x(g.n_layers - 1) + CARD_W if g.names else 0
+    height = max((pos[n][1] + by_id[n]["h"] for n in g.names), default=0)
     return {"cards": pos, "arrows": routes_out,
-            "bounds": {"width": width, "height": height, "columns": n_layers}}
+            "bounds": {"width": width, "height": height, "columns": g.n_layers, "label": dict(LABEL)}}
+
+
+def _geometry(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Positions of the cards and routes of the arrows (steps 1-6)."""
+    g = _graph(cards, arrows)
+    _break_cycles(g)
+    _assign_layers(g)
+    _add_dummies(g)
+    _order_layers(g)
+    _place_vertically(g)
+    return _route_arrows(g, arrows)
 
 
 def _signature(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> tuple:
@@ -373,7 +469,7 @@ def _place_labels(cards: list[dict[str, Any]], arrows: list[dict[str, Any]]) -> 
             continue
         k = (len(pts) - 2) // 2
         lx, ly = (pts[k][0] + pts[k + 1][0]) / 2, (pts[k][1] + pts[k + 1][1]) / 2
-        w, h = 8.0 + 6.5 * max(len(x) for x in lines), 15.0 * len(lines) + 4
+        w, h = a.get("label_size") or label_size(lines)
         step = 8.0
         for i in range(120):
             dy = (i + 1) // 2 * step * (1 if i % 2 else -1)
@@ -403,6 +499,8 @@ def layout(cards: list[dict[str, Any]], arrows: list[dict[str, Any]],
         c["x"], c["y"], c["column"] = geo["cards"][c["id"]]
     for a in arrows:
         a["kind"], a["points"] = geo["arrows"].get(a["id"], ("none", []))
+        if a.get("label"):
+            a["label_size"] = [round(v, 1) for v in label_size(a["label"])]
     # label positions depend on the geometry and on the labels' sizes only
     sizes = tuple((a["id"], len(a["label"]), max(map(len, a["label"]))) for a in arrows if a.get("label"))
     placed = geo.get("labels")

@@ -57,6 +57,8 @@ class Arrow(_Open):
     dns: Optional[dict[str, Any]] = None
     points: list[list[float]] = Field(default_factory=list, description="route of the arrow")
     label: list[str] = Field(default_factory=list)
+    label_at: Optional[list[float]] = Field(None, description="centre of the label's box")
+    label_size: Optional[list[float]] = Field(None, description="width and height of the label's box")
 
 
 class ServiceMap(_Open):
@@ -64,7 +66,7 @@ class ServiceMap(_Open):
     filters: list[str]
     cards: list[Card]
     arrows: list[Arrow]
-    bounds: dict[str, Any]
+    bounds: dict[str, Any] = Field(description="width, height, columns; label: the metrics of arrow labels")
     flows_seen: int
     request: dict[str, Any] = Field(description="the FlowFilters sent to the relay")
     view: dict[str, Any]

@@ -316,8 +316,7 @@ def test_arrow_labels_overlap_neither_each_other_nor_cards():
     for a in arrows:
         if not a["label"]:
             continue
-        w = 8 + 6.5 * max(len(x) for x in a["label"])
-        h = 15 * len(a["label"]) + 4
+        w, h = a["label_size"]  # what the page draws (layout.LABEL, sent in bounds)
         boxes.append((a["label_at"][0], a["label_at"][1], w, h))
     for (x1, y1, w1, h1), (x2, y2, w2, h2) in itertools.combinations(boxes, 2):
         assert not (abs(x1 - x2) * 2 < w1 + w2 and abs(y1 - y2) * 2 < h1 + h2)
@@ -353,6 +352,41 @@ def test_cycles_self_loops_and_random_graphs_lay_out_without_overlaps():
         for a, b in itertools.combinations(cards.values(), 2):
             assert not overlaps(a, b)
         assert all(len(a["points"]) >= 2 for a in arrows)
+
+
+def _synthetic(n_cards: int, n_arrows: int, seed: int) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    cards = [{"id": f"ns/c{i}", "kind": "service", "name": f"c{i}", "namespace": "ns", "h": 60}
+             for i in range(n_cards)]
+    arrows = []
+    for j in range(n_arrows):
+        s, t = rng.sample(range(n_cards), 2)
+        arrows.append({"id": f"a{j}", "source": f"ns/c{s}", "target": f"ns/c{t}", "port": 80,
+                       "protocol": "TCP", "flows": {"total": rng.randint(1, 50)}})
+    return cards, arrows
+
+
+def _ordered(cards, arrows):
+    from webb_ui import layout as lay
+
+    g = lay._graph(cards, arrows)
+    lay._break_cycles(g)
+    lay._assign_layers(g)
+    lay._add_dummies(g)
+    return lay, g
+
+
+def test_barycenter_sweeps_reduce_crossings_and_large_graphs_keep_the_dfs_order(monkeypatch):
+    lay, g = _ordered(*_synthetic(30, 80, 3))
+    initial = lay._initial_order(g)
+    lay._order_layers(g)
+    assert len(g.dag) <= lay.SWEEP_MAX_EDGES
+    assert lay._crossings(g.order, g.succ) < lay._crossings(initial, g.succ)
+    # above the limit the DFS order is kept as it is: no O(E^2) crossing counts
+    monkeypatch.setattr(lay, "SWEEP_MAX_EDGES", len(g.dag) - 1)
+    monkeypatch.setattr(lay, "_crossings", lambda *a: pytest.fail("crossings counted"))
+    lay._order_layers(g)
+    assert g.order == initial
 
 
 def test_layout_of_many_services_is_quick():

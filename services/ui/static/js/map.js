@@ -225,12 +225,13 @@ function updateArrows(arrows) {
     const [lx, ly] = a.label_at || a.points[0];
     const lkey = `${lx},${ly}|${a.verdict}|${lines.join("\n")}`;
     if (lrec.key !== lkey) {
-      const w = 10 + 6.7 * Math.max(...lines.map((l) => l.length), 1);
-      const h = 15 * lines.length + 4;
+      // the box the server's layout sized and kept clear of cards and other labels
+      const [w, h] = a.label_size;
+      const m = data.bounds.label;
       lrec.g.setAttribute("class", `alabel ${a.verdict}`);
       const parts = [svgEl("rect", { x: lx - w / 2, y: ly - h / 2, width: w, height: h, rx: 4 })];
       lines.forEach((line, i) => {
-        const t = svgEl("text", { x: lx, y: ly - h / 2 + 14 + 15 * i, "text-anchor": "middle" });
+        const t = svgEl("text", { x: lx, y: ly - h / 2 + m.baseline + m.line_h * i, "text-anchor": "middle" });
         if (i > 0) t.setAttribute("class", "l7");
         t.textContent = line;
         parts.push(t);
