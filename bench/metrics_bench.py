@@ -203,14 +203,14 @@ async def over_grpc(flows: list[fpb.Flow], total: int) -> None:
         done = asyncio.Event()
         count = 0
 
-        def on_flow(f: fpb.Flow) -> None:
+        def on_flows(fs: list[fpb.Flow]) -> None:
             nonlocal count
-            p.process(f)
-            count += 1
+            p.process_batch(fs)
+            count += len(fs)
             if count >= total:
                 done.set()
 
-        src = FlowSource(FlowSourceConfig(f"127.0.0.1:{port}", start_ns=0), on_flow, p.lost_events)
+        src = FlowSource(FlowSourceConfig(f"127.0.0.1:{port}", start_ns=0), on_flows, p.lost_events)
         task = asyncio.create_task(src.run())
         t0, c0 = time.perf_counter(), cpu_s()
         await asyncio.wait_for(done.wait(), 600)
@@ -224,11 +224,11 @@ async def over_grpc(flows: list[fpb.Flow], total: int) -> None:
         done.clear()
         p2 = Pipeline(parse_metrics(["flow"], PLUGINS))
         src2 = FlowSource(FlowSourceConfig(f"127.0.0.1:{port}", start_ns=0),
-                          lambda f: on_flow_bare(), p2.lost_events)
+                          lambda fs: on_flow_bare(len(fs)), p2.lost_events)
 
-        def on_flow_bare() -> None:
+        def on_flow_bare(n: int) -> None:
             nonlocal count
-            count += 1
+            count += n
             if count >= total:
                 done.set()
         task = asyncio.create_task(src2.run())

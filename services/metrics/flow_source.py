@@ -1,16 +1,14 @@
-"""Follows GetFlows on the relay (or one agent) and survives its restarts without
-counting a flow twice.
+"""The exporter's flows: the relay's (or one agent's) stream, followed with webb.flow_follow.
 
-- First connection: ``follow`` with ``since`` = the exporter's start, so the
-  history already in the ring buffers (from before the exporter ran) is not
-  counted.
-- Reconnection: ``since`` = the newest flow time counted minus ``overlap``, so
-  the flows that happened while the stream was down are replayed from the ring
-  buffers and counted once. The overlap covers flows of several nodes arriving
-  out of time order through the relay; flows inside it are told apart by their
-  ``uuid`` (remembered for ``overlap`` seconds of flow time) and skipped when seen
-  before. Flows older than the replay point are skipped.
-- Lost-event notices are deduplicated the same way (by node, time, source, count).
+- Batches (webb.stream.FlowStream/GetFlowBatches), or GetFlows from a Hubble server.
+- First connection: ``follow`` with ``since`` = the exporter's start, so the history
+  already in the ring buffers (from before the exporter ran) is not counted.
+- Reconnection: the follower replays from the newest time counted minus ``overlap``
+  and skips what was already counted (exact entries, not timestamps), so flows and
+  lost-event notices that happened while the stream was down are counted once.
+- A consumer too slow for the stream: the follower sheds flows and hands a LostEvent
+  in their place, which ``hubble_lost_events_total{source="observer_events_queue"}``
+  counts; nothing is dropped silently.
 
 Counters therefore only move forward. A flow older than the replay point that
 reaches the exporter late (a node lagging by more than ``overlap``) is not counted.
@@ -18,26 +16,26 @@ reaches the exporter late (a node lagging by more than ``overlap``) is not count
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
-from webb.api.observer import observer_pb2_grpc
 from webb.backoff import Backoff
+from webb.flow_follow import Batch, FlowFollower, FollowStats, ns_ts, ts_ns
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CHANNEL_OPTIONS", "FlowSource", "FlowSourceConfig", "SourceStats", "ns_ts", "ts_ns"]
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.http2.bdp_probe", 0),
     # Come back quickly when the relay or agent restarts (gRPC's default backs off to 2 min).
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -45,61 +43,30 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
-
-def ts_ns(ts: Timestamp) -> int:
-    return ts.seconds * 1_000_000_000 + ts.nanos
+_parse = opb.GetFlowsResponse.FromString
 
 
-def ns_ts(ns: int) -> Timestamp:
-    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
-
-
-@dataclass
 class SourceStats:
-    connected: bool = False
-    connects: int = 0
-    reconnects: int = 0
-    flows: int = 0
-    duplicates: int = 0
-    too_old: int = 0
-    lost_notices: int = 0
-    last_error: str = ""
-    last_flow_ns: int = 0
-    since_ns: int = 0
-    connected_at: float = 0.0
+    """What /healthz and the exporter's own metrics say about the stream."""
 
+    def __init__(self, follow: FollowStats) -> None:
+        self._f = follow
+        self.flows = 0        # handed to the pipeline
+        self.lost_notices = 0
 
-class Deduper:
-    """Remembers the ids of recently counted items by item time, for ``window_ns``."""
+    connected = property(lambda self: self._f.connected)
+    reconnects = property(lambda self: self._f.reconnects)
+    duplicates = property(lambda self: self._f.duplicates)
+    too_old = property(lambda self: self._f.too_old)
+    shed = property(lambda self: self._f.shed)
+    mode = property(lambda self: self._f.mode)
+    last_flow_ns = property(lambda self: self._f.last_time_ns)
+    since_ns = property(lambda self: self._f.since_ns)
 
-    def __init__(self, window_ns: int) -> None:
-        self.window_ns = window_ns
-        self.high_ns = 0  # newest item time seen
-        self._order: collections.deque[tuple[int, object]] = collections.deque()
-        self._ids: set[object] = set()
-        self.check_until_ns = -1  # items newer than this cannot be repeats
-
-    def replay_from(self, floor_ns: int) -> int:
-        """Called on reconnect: the replay starts at the returned time."""
-        self.check_until_ns = self.high_ns
-        return max(floor_ns, self.high_ns - self.window_ns) if self.high_ns else floor_ns
-
-    def seen(self, t_ns: int, ident: object) -> bool:
-        """True if the item was already counted; otherwise records it."""
-        if t_ns <= self.check_until_ns and ident in self._ids:
-            return True
-        self._ids.add(ident)
-        order = self._order
-        order.append((t_ns, ident))
-        if t_ns > self.high_ns:
-            self.high_ns = t_ns
-            horizon = t_ns - self.window_ns
-            while order and order[0][0] < horizon:
-                self._ids.discard(order.popleft()[1])
-        return False
-
-    def __len__(self) -> int:
-        return len(self._ids)
+    @property
+    def last_error(self) -> str:
+        f = self._f
+        return "" if f.state in ("live", "history") else f.error
 
 
 @dataclass
@@ -110,112 +77,69 @@ class FlowSourceConfig:
     backoff_max_s: float = 5.0
     connect_warn_s: float = 3.0
     start_ns: int = field(default_factory=time.time_ns)
+    max_pending: int = 100_000  # flows between the stream and the handlers
+    shed_after_s: float = 1.0
 
 
 class FlowSource:
-    def __init__(self, config: FlowSourceConfig, on_flow: Callable[[fpb.Flow], None],
+    """Hands each flow batch to ``on_flows`` (a list of flow.Flow) and each lost-event
+    notice to ``on_lost``."""
+
+    def __init__(self, config: FlowSourceConfig,
+                 on_flows: Callable[[Sequence[fpb.Flow]], None],
                  on_lost: Callable[[fpb.LostEvent], None]) -> None:
         self.config = config
-        self.on_flow = on_flow
+        self.on_flows = on_flows
         self.on_lost = on_lost
-        self.stats = SourceStats()
-        window = int(config.overlap_s * 1e9)
-        self.flows_seen = Deduper(window)
-        self.lost_seen = Deduper(window)
-        self.floor_ns = config.start_ns  # nothing older is ever counted
         self.connected_event = asyncio.Event()
+        self.follower: FlowFollower | None = None
+        self._follow_stats = FollowStats()
+        self.stats = SourceStats(self._follow_stats)
 
-    def request(self) -> opb.GetFlowsRequest:
-        since = self.flows_seen.replay_from(self.floor_ns)
-        self.lost_seen.replay_from(self.floor_ns)
-        self.floor_ns = since
-        self.stats.since_ns = since
-        return opb.GetFlowsRequest(follow=True, since=ns_ts(since))
+    def _on_state(self, s: FollowStats) -> None:
+        if s.state == "live":
+            self.connected_event.set()
+        else:
+            self.connected_event.clear()
 
-    def handle(self, resp: opb.GetFlowsResponse) -> None:
-        which = resp.WhichOneof("response_types")
-        if which == "flow":
-            flow = resp.flow
-            t = ts_ns(flow.time)
-            if t < self.floor_ns:
-                self.stats.too_old += 1
-                return
-            ident = flow.uuid or flow.SerializeToString(deterministic=True)
-            if self.flows_seen.seen(t, ident):
-                self.stats.duplicates += 1
-                return
-            self.stats.flows += 1
-            if t > self.stats.last_flow_ns:
-                self.stats.last_flow_ns = t
-            self.on_flow(flow)
-        elif which == "lost_events":
-            ev = resp.lost_events
-            t = ts_ns(resp.time) if resp.HasField("time") else time.time_ns()
-            if t < self.floor_ns:
-                return
-            ident = (resp.node_name, t, ev.source, ev.num_events_lost,
-                     ev.cpu.value if ev.HasField("cpu") else -1)
-            if self.lost_seen.seen(t, ident):
-                return
-            self.stats.lost_notices += 1
-            self.on_lost(ev)
+    def handle(self, batch: Batch) -> None:
+        flows: list[fpb.Flow] = []
+        add = flows.append
+        if batch.decoded is not None:
+            for resp in batch.decoded:
+                which = resp.WhichOneof("response_types")
+                if which == "flow":
+                    add(resp.flow)
+                elif which == "lost_events":
+                    self._lost(resp.lost_events)
+        else:
+            for raw in batch.raw:
+                b = raw[:1]
+                if b == b"\n":
+                    add(_parse(raw).flow)
+                elif b == b"\x1a":
+                    self._lost(_parse(raw).lost_events)
+        if flows:
+            self.stats.flows += len(flows)
+            self.on_flows(flows)
+
+    def _lost(self, ev: fpb.LostEvent) -> None:
+        self.stats.lost_notices += 1
+        self.on_lost(ev)
 
     async def run(self) -> None:
         cfg = self.config
-        backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
-        while True:
-            channel = grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS)
-            call = None
-            try:
-                await self._wait_ready(channel)
-                stub = observer_pb2_grpc.ObserverStub(channel)
-                call = stub.GetFlows(self.request())
-                self._connected()
-                backoff.reset()
-                handle = self.handle
-                async for resp in call:
-                    handle(resp)
-                self.stats.last_error = "stream ended"
-                log.warning("GetFlows on %s ended; reconnecting", cfg.target)
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as e:
-                msg = f"{e.code().name}: {e.details()}"
-                if self.stats.connected or msg != self.stats.last_error:
-                    log.warning("GetFlows on %s: %s; retrying", cfg.target, msg)
-                self.stats.last_error = msg
-            finally:
-                self._disconnected()
-                if call is not None:
-                    call.cancel()
-                await channel.close()
-            await backoff.sleep()
-
-    async def _wait_ready(self, channel: grpc.aio.Channel) -> None:
-        """Waits for the channel (gRPC keeps reconnecting); says so while it cannot connect."""
-        warned = False
-        while True:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), self.config.connect_warn_s)
-                return
-            except asyncio.TimeoutError:
-                self.stats.last_error = f"cannot connect to {self.config.target}"
-                if not warned:
-                    log.warning("cannot connect to %s yet; still trying", self.config.target)
-                    warned = True
-
-    def _connected(self) -> None:
-        s = self.stats
-        s.connected = True
-        s.connects += 1
-        if s.connects > 1:
-            s.reconnects += 1
-        s.connected_at = time.time()
-        s.last_error = ""
-        self.connected_event.set()
-        log.info("following flows on %s (since %s)", self.config.target,
-                 time.strftime("%H:%M:%S", time.localtime(s.since_ns / 1e9)))
-
-    def _disconnected(self) -> None:
-        self.stats.connected = False
-        self.connected_event.clear()
+        channel = grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS)
+        try:
+            self.follower = FlowFollower(
+                channel, since_ns=cfg.start_ns, overlap_s=cfg.overlap_s,
+                max_pending=cfg.max_pending, shed_after_s=cfg.shed_after_s,
+                backoff=Backoff(cfg.backoff_min_s, cfg.backoff_max_s), name="webb-metrics",
+                target=cfg.target, connect_warn_s=cfg.connect_warn_s, on_state=self._on_state)
+            # the stats object stays the one /healthz and the self-metrics hold
+            self.follower.stats = self._follow_stats
+            handle = self.handle
+            async for batch in self.follower.follow():
+                handle(batch)
+        finally:
+            await channel.close()

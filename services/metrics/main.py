@@ -129,7 +129,7 @@ class Exporter:
         self.start_ns = time.time_ns()
         self.source = FlowSource(FlowSourceConfig(cfg.server, overlap_s=cfg.overlap,
                                                   start_ns=self.start_ns),
-                                 self.pipeline.process, self.pipeline.lost_events)
+                                 self.pipeline.process_batch, self.pipeline.lost_events)
         self.events: EndpointEvents | None = None
         if self.gc is not None and cfg.endpoint_events:
             self.events = EndpointEvents(cfg.server, self.gc, start_ns=self.start_ns)

@@ -88,6 +88,10 @@ class Pipeline:
                     self._last_error_log = now
                     log.exception("handler failed on a flow (counted in webb_metrics_handler_errors_total)")
 
+    def process_batch(self, flows: Sequence[fpb.Flow]) -> None:
+        for flow in flows:
+            self.process(flow)
+
     def lost_events(self, event: fpb.LostEvent) -> None:
         self.lost.add(event)
 

@@ -47,6 +47,7 @@ class ExporterCollector(Collector):
         flows.add_metric(["counted"], s.flows)
         flows.add_metric(["duplicate"], s.duplicates)
         flows.add_metric(["before_replay_point"], s.too_old)
+        flows.add_metric(["shed"], s.shed)  # also in hubble_lost_events_total
         yield flows
         yield CounterMetricFamily("webb_metrics_handler_errors_total",
                                   "Flows a metric handler failed on", value=self.pipeline.errors)

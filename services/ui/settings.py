@@ -17,6 +17,7 @@ class Settings:
     table_rows: int = 1000              # rows a browser keeps (sent to the page)
     push_interval: float = 0.5          # seconds between live table updates
     map_interval: float = 1.0           # seconds between map updates (when changed)
+    max_pending: int = 50_000           # flows a view's stream may hold for it before shedding
     max_rows_per_push: int = 500        # newest rows sent per update; older ones are counted
     poll_interval: float = 2.0          # relay status poll
     tls_ca: str = ""                    # PEM file: talk TLS to the relay

@@ -5,9 +5,11 @@ Each distinct view owns one GetFlows stream from the relay with its FlowFilters
 recent flows. Browsers with the same URL share the view. Views nobody watches are
 closed after ``idle`` seconds; at most ``max_views`` exist.
 
-Stream life: first GetFlows(number=history) to fill the map and table, then
-GetFlows(follow, since=<last flow seen>) so nothing is read twice; after an error
-the follow resumes from the last flow seen, with a back-off of 0.5 s to 5 s.
+Stream life (webb.flow_follow): first the newest ``history`` flows to fill the map
+and table, then follow from them; batches from the relay (GetFlowBatches), or
+GetFlows from a Hubble Relay. After an error the follow resumes from the last flow
+seen, without gap or duplicate, with a back-off of 0.5 s to 5 s. A view that cannot
+keep up sheds flows and counts them in its lost events.
 """
 from __future__ import annotations
 
@@ -17,16 +19,15 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
-import grpc
-
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.backoff import Backoff
+from webb.flow_follow import Batch, FlowFollower, FollowStats
 
 from .flow_row import to_row
 from .layout import layout
 from .query import Query
-from .relay import RelayClient, rpc_error_text, ts
+from .relay import RelayClient
 from .service_map import ServiceMap
 from .settings import Settings
 
@@ -138,6 +139,7 @@ class View:
         self._layout_cache: dict[str, Any] = {}
         self.snapshot_cost = 0.0  # seconds to build a map snapshot (moving average)
         self._task: asyncio.Task | None = None
+        self.follower: FlowFollower | None = None
 
     # -- life -----------------------------------------------------------------------
     def start(self) -> None:
@@ -164,85 +166,63 @@ class View:
             self.state, self.error = state, error
             self.version += 1
 
-    def request(self, follow: bool) -> opb.GetFlowsRequest:
-        req = opb.GetFlowsRequest(whitelist=self.whitelist, blacklist=self.blacklist)
-        if follow:
-            req.follow = True
-            req.since.CopyFrom(ts(self._last_time_ns + 1))
-        else:
-            req.number = self.settings.history
-        return req
+    def _on_follow_state(self, st: FollowStats) -> None:
+        state = {"connecting": "starting"}.get(st.state, st.state)
+        if state == "live" and not self.ready.is_set():
+            state = "history" if self.settings.history else "live"
+        self._set_state(state, st.error if state in ("retrying", "error") else "")
+        if state in ("error",):
+            self.ready.set()  # say what is wrong rather than wait for it
 
     async def _run(self) -> None:
-        backoff = Backoff(0.5, 5.0)
-        history_done = False
-        while True:
-            try:
-                if not history_done:
-                    self._set_state("history")
-                    started = time.time_ns()
-                    await self._consume(self.relay.get_flows(self.request(follow=False)))
-                    history_done = True
-                    if not self._last_time_ns:
-                        # late flows (the relay's sort buffer) may still come for this time
-                        self._last_time_ns = started - 5_000_000_000
-                    self.ready.set()
-                self._set_state("live")
-                backoff.reset()
-                consume = asyncio.ensure_future(self._consume(self.relay.get_flows(self.request(follow=True))))
-                lost = asyncio.ensure_future(self.relay.lost())
-                try:
-                    await asyncio.wait({consume, lost}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    lost.cancel()
-                    if not consume.done():
-                        consume.cancel()
-                        await asyncio.gather(consume, return_exceptions=True)
-                if consume.cancelled():
-                    self._set_state("retrying", "the relay stopped answering")
-                else:
-                    consume.result()  # raises the stream's error
-                    # a clean end of a follow stream: the relay went away politely
-                    self._set_state("retrying", "the relay closed the stream")
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as e:
-                self.relay.note_failure(e)
-                if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
-                    self._set_state("error", rpc_error_text(e))
-                    self.ready.set()
-                    await asyncio.sleep(30)
-                    continue
-                self._set_state("retrying", rpc_error_text(e))
-            except Exception as e:  # keep the view alive; say what happened
-                log.exception("view %s: stream failed", self.key)
-                self._set_state("retrying", rpc_error_text(e))
+        req = opb.GetFlowsRequest(whitelist=self.whitelist, blacklist=self.blacklist)
+        follower = self.follower = FlowFollower(
+            self.relay.channel, req, history=self.settings.history,
+            max_pending=self.settings.max_pending, backoff=Backoff(0.5, 5.0),
+            name="webb-ui", target=self.relay.address, on_state=self._on_follow_state)
+        watch = asyncio.create_task(self._restart_when_relay_lost(follower))
+        if not self.settings.history:
             self.ready.set()
-            await backoff.sleep()
+        try:
+            async for batch in follower.follow():
+                if batch.mark == "history_done":
+                    self.ready.set()
+                    self._on_follow_state(follower.stats)
+                    continue
+                self._take(batch)
+        finally:
+            watch.cancel()
 
-    async def _consume(self, call: Any) -> None:
+    async def _restart_when_relay_lost(self, follower: FlowFollower) -> None:
+        # a relay that vanished without closing the stream (its host died) leaves the
+        # stream hanging: the status poll notices, and the follower starts over
+        while True:
+            await self.relay.lost()
+            follower.restart()
+
+    def _take(self, batch: Batch) -> None:
         window = self.window
         add = self.map.add
-        try:
-            clock = time.time
-            async for resp in call:
-                which = resp.WhichOneof("response_types")
-                if which == "flow":
-                    flow = resp.flow
-                    self.seq += 1
-                    window.append((self.seq, flow))
-                    add(flow, clock())
-                    t = flow.time
-                    tn = t.seconds * 1_000_000_000 + t.nanos
-                    if tn > self._last_time_ns:
-                        self._last_time_ns = tn
-                    if self.state != "live" and self.state != "history":
-                        self._set_state("live")
-                elif which == "lost_events":
-                    self.lost += resp.lost_events.num_events_lost
-                    self.version += 1
-        finally:
-            call.cancel()
+        now = time.time()
+        seq = self.seq
+        decoded = batch.decoded
+        parse = opb.GetFlowsResponse.FromString
+        for i, raw in enumerate(batch.raw):
+            b = raw[:1]
+            if b == b"\n":
+                flow = decoded[i].flow if decoded is not None else parse(raw).flow
+                seq += 1
+                window.append((seq, flow))
+                add(flow, now)
+            elif b == b"\x1a":
+                resp = decoded[i] if decoded is not None else parse(raw)
+                self.lost += resp.lost_events.num_events_lost
+                self.version += 1
+        self.seq = seq
+        if batch.time_ns:
+            last = max(batch.time_ns)
+            if last > self._last_time_ns:
+                self._last_time_ns = last
 
     # -- reads ------------------------------------------------------------------------
     def _rows(self, items: Iterator[tuple[int, fpb.Flow]]) -> list[dict[str, Any]]:
@@ -278,8 +258,11 @@ class View:
         return next((f for _, f in reversed(self.window) if f.uuid == flow_id), None)
 
     def status(self) -> dict[str, Any]:
+        f = self.follower.stats if self.follower is not None else None
         return {"key": self.key, "state": self.state, "error": self.error,
                 "flows_seen": self.seq, "lost_events": self.lost, "window": len(self.window),
+                "stream": f.mode if f else "", "shed": f.shed if f else 0,
+                "reconnects": f.reconnects if f else 0,
                 "subscribers": self.subscribers, "cards": len(self.map.cards),
                 "arrows": len(self.map.arrows)}
 

@@ -14,7 +14,8 @@ from support import free_port
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
-from webb_metrics.flow_source import Deduper, FlowSource, FlowSourceConfig, ns_ts, ts_ns
+from webb.flow_follow import Batch
+from webb_metrics.flow_source import FlowSource, FlowSourceConfig, ns_ts, ts_ns
 from webb_metrics.main import Config, Exporter
 from webb_metrics.config import parse_metrics
 from webb_metrics.handlers import PLUGINS
@@ -135,7 +136,7 @@ def source_for(srv: Server, start_ns: int, overlap_s: float = 2.0):
     lost: list[fpb.LostEvent] = []
     cfg = FlowSourceConfig(f"127.0.0.1:{srv.port}", overlap_s=overlap_s, start_ns=start_ns,
                            backoff_min_s=0.05, backoff_max_s=0.2)
-    return FlowSource(cfg, counted.append, lost.append), counted, lost
+    return FlowSource(cfg, counted.extend, lost.append), counted, lost
 
 
 async def test_first_connection_counts_only_flows_since_start(fake):
@@ -182,6 +183,7 @@ async def test_reconnect_replays_overlap_and_counts_each_flow_once(fake):
         assert ts_ns(req.since) == ts[19] - S == ts[9]  # newest counted - overlap
         assert src.stats.reconnects == 1
         assert src.stats.duplicates == 11  # ts[9]..ts[19] came again and were skipped
+        assert src.stats.mode == "getflows"  # a server without the batched stream
         assert len(lost) == 1, "the replayed lost-event notice must not count again"
     finally:
         task.cancel()
@@ -204,28 +206,21 @@ async def test_agent_restart_new_ring_counts_new_flows(fake):
         task.cancel()
 
 
-def test_deduper_window_is_bounded():
-    d = Deduper(window_ns=10)
-    for t in range(1000):
-        assert not d.seen(t, t)
-    assert len(d) <= 12
-    assert d.replay_from(0) == 989
-    assert d.seen(995, 995) and not d.seen(995, "new")
+def _raw_batch(*resps: opb.GetFlowsResponse) -> Batch:
+    raw = [r.SerializeToString() for r in resps]
+    return Batch(raw, [ts_ns(r.time) for r in resps], [r.node_name for r in resps])
 
 
-def test_flows_before_the_replay_point_are_not_counted():
-    cfg = FlowSourceConfig("unused:1", overlap_s=1.0, start_ns=100 * S)
-    got: list = []
-    src = FlowSource(cfg, got.append, lambda e: None)
-    src.request()
-    src.handle(opb.GetFlowsResponse(flow=mkflow(99 * S)))
-    src.handle(opb.GetFlowsResponse(flow=mkflow(101 * S, uid="a")))
-    assert len(got) == 1 and src.stats.too_old == 1
-    req = src.request()  # reconnect
-    assert ts_ns(req.since) == 100 * S
-    src.handle(opb.GetFlowsResponse(flow=mkflow(101 * S, uid="a")))
-    src.handle(opb.GetFlowsResponse(flow=mkflow(101 * S, uid="b")))
-    assert [f.uuid for f in got[1:]] == ["b"]
+def test_pipeline_counts_what_the_source_hands_it():
+    p = Pipeline(parse_metrics(["flow"], PLUGINS))
+    src = FlowSource(FlowSourceConfig("unused:1", start_ns=0), p.process_batch, p.lost_events)
+    f = mkflow(5 * S)
+    src.handle(_raw_batch(
+        opb.GetFlowsResponse(flow=f, time=f.time, node_name="n1"),
+        opb.GetFlowsResponse(lost_events=fpb.LostEvent(source=fpb.HUBBLE_RING_BUFFER,
+                                                       num_events_lost=3), time=ns_ts(6 * S))))
+    assert p.flows == 1 and src.stats.flows == 1
+    assert p.lost.counter.get(("hubble_ring_buffer",)) == 3
 
 
 # -- the whole exporter ---------------------------------------------------------------
@@ -321,23 +316,11 @@ async def test_relay_without_agent_events_falls_back_to_idle_expiry(fake):
         await ex.stop()
 
 
-def test_pipeline_counts_what_the_source_hands_it():
-    p = Pipeline(parse_metrics(["flow"], PLUGINS))
-    cfg = FlowSourceConfig("unused:1", start_ns=0)
-    src = FlowSource(cfg, p.process, p.lost_events)
-    src.request()
-    src.handle(opb.GetFlowsResponse(flow=mkflow(5 * S)))
-    src.handle(opb.GetFlowsResponse(lost_events=fpb.LostEvent(source=fpb.HUBBLE_RING_BUFFER,
-                                                              num_events_lost=3), time=ns_ts(6 * S)))
-    assert p.flows == 1
-    assert p.lost.counter.get(("hubble_ring_buffer",)) == 3
-
-
 async def test_unreachable_source_is_reported_and_joined_when_it_comes():
     port = free_port()
     cfg = FlowSourceConfig(f"127.0.0.1:{port}", start_ns=time.time_ns(), connect_warn_s=0.1)
     got: list = []
-    src = FlowSource(cfg, got.append, lambda e: None)
+    src = FlowSource(cfg, got.extend, lambda e: None)
     task = asyncio.create_task(src.run())
     srv = None
     try:
