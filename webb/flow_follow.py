@@ -14,8 +14,9 @@ One client for all of them:
   next request asks ``since`` = newest delivered time minus ``overlap`` (the relay
   may hand out a lagging node's flows after newer ones), and entries inside that
   overlap that were already delivered are skipped. "Already delivered" is decided
-  on the exact encoded entry (its hash, remembered for ``overlap`` of stream time),
-  not on the timestamp: two flows of one nanosecond are both delivered once.
+  on what identifies an entry exactly (a flow's uuid, found in its encoding without
+  decoding it; else the whole encoding), remembered for ``overlap`` of stream time,
+  never on the timestamp: two flows of one nanosecond are both delivered once.
   Nothing older than the first request's start (``since_ns``, or the oldest flow of
   the history) is delivered after a reconnect.
 - **Bounded memory.** Between the stream and the consumer sit at most
@@ -65,6 +66,22 @@ def ts_ns(ts: Timestamp) -> int:
 
 def ns_ts(ns: int) -> Timestamp:
     return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+_UUID_TAG = b"\x92\x02\x24"  # flow.Flow field 34 (uuid), 36 bytes long
+
+
+def entry_identity(raw: bytes) -> bytes | int:
+    """What tells two encoded entries apart exactly: a flow's uuid (Hubble's identity of
+    a flow: a server may encode the same flow differently on two streams, e.g. a relay
+    re-encoding what it parsed), else the hash of the whole encoding."""
+    i = raw.find(_UUID_TAG)
+    if i >= 0:
+        u = raw[i + 3:i + 39]
+        # a UUID's dashes: a chance byte match inside another field cannot pass this
+        if u[8:9] == b"-" and u[13:14] == b"-" and u[18:19] == b"-" and u[23:24] == b"-":
+            return u
+    return hash(raw)
 
 
 def entry_kind(raw: bytes) -> str:
@@ -126,17 +143,17 @@ class FollowStats:
 
 
 class _Delivered:
-    """Hashes of the encoded entries delivered in the last ``window_ns`` of stream time,
+    """Identities of the entries delivered in the last ``window_ns`` of stream time,
     per batch; after a reconnect, entries up to the old newest time are checked against them."""
 
     def __init__(self, window_ns: int) -> None:
         self.window_ns = window_ns
         self.high_ns = 0
-        self._recent: collections.deque[tuple[int, set[int]]] = collections.deque()
+        self._recent: collections.deque[tuple[int, set[bytes | int]]] = collections.deque()
         self.check_until = -1
-        self._replay: set[int] = set()
+        self._replay: set[bytes | int] = set()
 
-    def record(self, hi: int, hashes: set[int]) -> None:
+    def record(self, hi: int, hashes: set[bytes | int]) -> None:
         recent = self._recent
         recent.append((hi, hashes))
         if hi > self.high_ns:
@@ -148,16 +165,12 @@ class _Delivered:
     def start_replay(self) -> None:
         """A new stream starts: what it repeats of ours must be recognised."""
         self.check_until = self.high_ns
-        replay: set[int] = set()
+        replay: set[bytes | int] = set()
         for _, hs in self._recent:
             replay |= hs
         self._replay = replay
 
-    def end_replay(self) -> None:
-        self.check_until = -1
-        self._replay = set()
-
-    def seen(self, h: int) -> bool:
+    def seen(self, h: bytes | int) -> bool:
         return h in self._replay
 
 
@@ -363,12 +376,23 @@ class FlowFollower:
         d = self._delivered
         if not raw:
             return None
-        lo, hi = min(times), max(times)
-        hashes = set(map(hash, raw))
+        status = [i for i, r in enumerate(raw) if r[:1] == b"\x12"]
+        if status:
+            # node status is stamped when sent, not when flows happened: it says nothing
+            # about how far the flows have come (and is never too old or a duplicate)
+            skip = set(status)
+            rest = [t for i, t in enumerate(times) if i not in skip]
+            if rest:
+                lo, hi = min(rest), max(rest)
+            else:
+                lo, hi = max(self.floor_ns, d.check_until + 1), 0
+        else:
+            lo, hi = min(times), max(times)
+        hashes = set(map(entry_identity, raw))
         if lo >= self.floor_ns and lo > d.check_until:
-            # the common case: all new (no per-entry Python work)
-            if d.check_until >= 0:
-                d.end_replay()
+            # the common case: all new (no per-entry Python work). The replay set stays
+            # until the next reconnect: a node's flows may still come late (and a node
+            # status, stamped now, may come first).
             d.record(hi, hashes)
             batch = Batch(raw, times, nodes, decoded)
         else:
@@ -381,7 +405,7 @@ class FlowFollower:
                 elif t < floor:
                     if r[:1] == b"\n":
                         self.stats.too_old += 1
-                elif t <= until and d.seen(hash(r)):
+                elif t <= until and d.seen(entry_identity(r)):
                     if r[:1] == b"\n":
                         self.stats.duplicates += 1
                 else:

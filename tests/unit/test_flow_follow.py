@@ -35,6 +35,7 @@ class Store(observer_pb2_grpc.ObserverServicer, stream_pb2_grpc.FlowStreamServic
         self.requests: list[tuple[str, opb.GetFlowsRequest]] = []
         self.changed = asyncio.Event()
         self.batch = batch
+        self.status_time_ns = 0  # a node status first in every stream, stamped so (as a relay)
 
     def add(self, *resps: opb.GetFlowsResponse) -> None:
         self.items.extend(resps)
@@ -46,6 +47,10 @@ class Store(observer_pb2_grpc.ObserverServicer, stream_pb2_grpc.FlowStreamServic
         items = self.items
         if request.number:
             items = [r for r in items if r.HasField("flow")][-request.number:]
+        if self.status_time_ns:
+            st = opb.GetFlowsResponse(node_name="relay", time=ns_ts(self.status_time_ns))
+            st.node_status.node_names.extend(["n0", "n1"])
+            yield st
         i = 0
         while True:
             while i < len(items):
@@ -171,6 +176,7 @@ def fast_backoff() -> Backoff:
 async def test_resume_after_restart_has_no_gap_and_no_duplicate(channel_for, batched):
     now = time.time_ns()
     store = Store()
+    store.status_time_ns = now + 100 * S  # newer than every flow: must not end the replay check
     srv = await Server(store, batched).start()
     f = FlowFollower(channel_for(srv), since_ns=now, overlap_s=0.5, backoff=fast_backoff())
     c = Consumer(f)
@@ -194,6 +200,7 @@ async def test_resume_after_restart_has_no_gap_and_no_duplicate(channel_for, bat
         assert len(uuids) == len(set(uuids)) == 31
         assert set(uuids) == {r.flow.uuid for r in first + [same_ns] + later}
         assert len(c.lost) == 1, "a replayed lost-event notice is not delivered twice"
+        assert len(c.status) == 2, "node status comes with every stream"
         kind, req = store.requests[-1]
         assert kind == ("batches" if batched else "getflows")
         assert req.follow and ts_ns(req.since) == ts_ns(first[-1].time) - S // 2
