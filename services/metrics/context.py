@@ -63,6 +63,13 @@ KUBE_APISERVER = "reserved:kube-apiserver"
 _DIRECTIONS = {fpb.INGRESS: "ingress", fpb.EGRESS: "egress"}
 
 
+# Identifiers and labels that vary per flow rather than per endpoint (addresses, DNS
+# names): contexts using them are computed for every flow.
+_PER_FLOW_IDS = frozenset({"ip", "dns"})
+_PER_FLOW_LABELS = frozenset({"source_ip", "destination_ip"})
+CONTEXT_CACHE_SIZE = 50_000
+
+
 def short_pod_name(name: str) -> str:
     """``reviews-v1-5d8f7b9c4-x2x7z`` -> ``reviews-v1``: strips up to two hash suffixes."""
     return _SHORT_POD.sub(r"\1", name)
@@ -207,6 +214,13 @@ class ContextOptions:
                                    for chains in self.chains.values() for ids in chains.values())
         self.binds = any(self._label_binds.values()) or self._chain_may_bind
         self._memo: dict[bool, tuple[object, tuple[str, ...], tuple[str, ...]]] = {}
+        # Most contexts name endpoints by what (identity, namespace, pod) determines:
+        # then the labels of a pair of endpoints are computed once, not once per flow.
+        used = {i for chains in self.chains.values() for ids in chains.values() for i in ids}
+        self._by_endpoints = not (used & _PER_FLOW_IDS) and not (set(self.labels) & _PER_FLOW_LABELS)
+        self._directional = (any(d is not None for chains in self.chains.values() for d in chains)
+                             or "traffic_direction" in self.labels)
+        self._cache: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def label_names(self) -> list[str]:
         names = list(self.labels)
@@ -286,6 +300,17 @@ class ContextOptions:
             return memo[1], memo[2]
         if not self.enabled:
             result: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        elif self._by_endpoints:
+            s, d = flow.source, flow.destination
+            key = (s.identity, s.namespace, s.pod_name, d.identity, d.namespace, d.pod_name,
+                   flow.traffic_direction if self._directional else 0, invert)
+            cache = self._cache
+            result = cache.get(key)  # type: ignore[assignment]
+            if result is None:
+                result = self._compute(flow, invert)
+                if len(cache) >= CONTEXT_CACHE_SIZE:
+                    cache.clear()  # bounded; refills with the pairs still talking
+                cache[key] = result
         else:
             result = self._compute(flow, invert)
         self._memo[invert] = (flow, result[0], result[1])

@@ -172,3 +172,20 @@ def test_fallback_binds_only_when_the_per_pod_identifier_gave_the_value():
     bare = mk(src_workload=None, dst=WORLD, dst_workload=None, dip="93.184.216.34")
     assert c.values(bare) == (("shop/frontend-7d9c8b6f4-x2x7z", "93.184.216.34"),
                               ("pod:shop/frontend-7d9c8b6f4-x2x7z", "ip:93.184.216.34"))
+
+
+def test_endpoint_contexts_are_computed_once_per_endpoint_pair_and_per_flow_ones_every_time():
+    by_pod = ContextOptions({"sourceContext": "workload-name|reserved-identity",
+                             "labelsContext": "source_namespace,traffic_direction"})
+    a, b = mk(sip="10.0.1.5"), mk(sip="10.0.1.6", direction=fpb.INGRESS)
+    assert by_pod.values(a)[0] == ("shop", "egress", "frontend")
+    assert by_pod.values(b)[0] == ("shop", "ingress", "frontend")  # direction is in the key
+    assert len(by_pod._cache) == 2
+    assert by_pod.values(mk(sip="10.9.9.9"))[0] == ("shop", "egress", "frontend")
+    assert len(by_pod._cache) == 2
+    other = mk(src=dict(namespace="shop", pod_name="frontend-2", identity=5))
+    other.source.workloads[0].name = "frontend-canary"
+    assert by_pod.values(other)[0] == ("shop", "egress", "frontend-canary")
+    by_ip = ContextOptions({"sourceContext": "ip"})
+    assert by_ip.values(a)[0] == ("10.0.1.5",) and by_ip.values(mk(sip="10.0.1.6"))[0] == ("10.0.1.6",)
+    assert not by_ip._cache
