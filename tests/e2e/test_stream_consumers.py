@@ -1,0 +1,192 @@
+"""The consumers of webb's flow stream (webb.flow_follow: the UI and the exporter) against
+real agents on network-namespace nodes and a real relay, with real traffic:
+
+- a following UI view and exporter go on through a relay restart: flows sent while the
+  relay was down are counted, and none is counted twice (compared with the agents' own
+  flows);
+- a consumer slower than the stream sheds, and reports exactly what it shed as lost events.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from support import (AgentProc, free_port, lab_prefix, pod_endpoint, run_in, start_in, wait_for,
+                     write_endpoints)
+from test_metrics import Exporter, Relay
+from webb.api.flow import flow_pb2 as fpb
+from webb.flow_follow import FlowFollower
+from webb.netlab import NetLab
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+from test_ui_flowserver import UIProc  # noqa: E402
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+PREFIX = lab_prefix("wts")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stream")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = NetLab(PREFIX)
+    lab.cleanup()
+    try:
+        n1, n2 = lab.add_node("n1", 1), lab.add_node("n2", 2)
+        lab.add_pod(n1, "client", 10)
+        lab.add_pod(n2, "cart", 10)
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+@pytest.fixture(scope="module")
+def agents(lab, workdir):
+    eps = workdir / "endpoints.yaml"
+    agents = {n: AgentProc(workdir, n, lab.nodes[n].netns, eps) for n in ("n1", "n2")}
+    p = lab.pods
+    write_endpoints(eps, [pod_endpoint(p["client"], "client", namespace="demo"),
+                          pod_endpoint(p["cart"], "cart", namespace="shop")],
+                    [{"name": n, "ips": [lab.nodes[n].ip], "agent_address": a.address}
+                     for n, a in agents.items()])
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda a: a.start(), agents.values()))
+        agents["n1"].wait_attached(["client"])
+        agents["n2"].wait_attached(["cart"])
+        yield agents
+    finally:
+        for a in agents.values():
+            a.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(agents, workdir):
+    r = Relay(workdir, agents["n1"].address)
+    try:
+        yield r.start()
+    finally:
+        r.stop()
+
+
+def tcp(lab: NetLab, port: int, connections: int = 1) -> None:
+    p = lab.pods
+    srv = start_in(lab, p["cart"].netns, "tcp-server", str(port), "--count", str(connections))
+    for _ in range(connections):
+        run_in(lab, p["client"].netns, "tcp-client", p["cart"].ip4, str(port), "--writes", "5")
+    assert srv.wait(10) == 0
+
+
+def to_port(agents, port: int) -> int:
+    """Flows to `port` the agents hold (both nodes see each request: egress and ingress)."""
+    return sum(1 for a in agents.values() for f in a.flows()
+               if f.l4.HasField("TCP") and f.l4.TCP.destination_port == port)
+
+
+def requests_to(agents, port: int) -> int:
+    return sum(1 for a in agents.values() for f in a.flows()
+               if f.verdict == fpb.FORWARDED and f.l4.HasField("TCP") and f.l4.TCP.destination_port == port
+               and f.HasField("is_reply") and not f.is_reply.value)
+
+
+def test_ui_and_exporter_resume_through_a_relay_restart(lab, agents, relay, workdir):
+    exporter = Exporter(workdir, "metrics", relay.address)
+    ui = UIProc(relay.address, free_port(), workdir / "ui.log")
+    try:
+        exporter.start()
+        ui.start()
+        ports = (7080, 7081, 7082)
+        for port in ports:  # open the views now: they must follow through the restart
+            ui.get("/api/map", {"filter": [f"to:port={port}"]})
+
+        def view(port: int) -> dict:
+            vs = ui.get("/api/status")["views"]
+            return next(v for v in vs if v["key"].endswith(f"port={port}"))
+        for port in ports:
+            wait_for(lambda: view(port)["state"] == "live", 20, 0.2, f"view of port {port} live")
+        tcp(lab, 7080, connections=2)
+
+        def same(port: int) -> bool:
+            want = to_port(agents, port)
+            got_ui = view(port)["flows_seen"]
+            got_ex = exporter.value("hubble_port_distribution_total", port=str(port))
+            return want > 0 and got_ui == want and got_ex == requests_to(agents, port)
+        wait_for(lambda: same(7080), 20, 0.2, "UI and exporter see port 7080")
+        relay.stop()
+        wait_for(lambda: exporter.value("webb_metrics_source_up") == 0, 10, 0.1, "exporter noticing")
+        tcp(lab, 7081, connections=2)  # while the relay is down: the agents keep it
+        relay.start()
+        wait_for(lambda: exporter.value("webb_metrics_source_up") == 1, 20, 0.2, "exporter back")
+        tcp(lab, 7082)
+        for port in (7081, 7082):
+            wait_for(lambda: same(port), 20, 0.2, f"port {port}: seen once by UI and exporter")
+        time.sleep(1.0)  # anything replayed twice would have arrived by now
+        for port in ports:
+            assert same(port), f"port {port} counted again after the restart"
+        st = view(7080)
+        assert st["reconnects"] >= 1 and st["shed"] == 0
+        assert exporter.value("webb_metrics_source_reconnects_total") >= 1
+    finally:
+        ui.stop()
+        exporter.stop()
+
+
+def test_a_slow_consumer_sheds_and_reports_what_it_shed(lab, agents, relay):
+    """The follower under a consumer that takes 0.3 s per batch, with room for 200 flows:
+    what it delivered plus what it reported lost (its own shedding, and the relay's if
+    any) is every flow the agents hold since it started."""
+    start = time.time_ns()
+    name = "slow-consumer"
+
+    async def follow() -> tuple[int, int, int, int, FlowFollower]:
+        async with grpc.aio.insecure_channel(relay.address) as ch:
+            f = FlowFollower(ch, since_ns=start, max_pending=200, shed_after_s=0.05, name=name)
+            delivered = own_lost = relay_lost = 0
+            sent = asyncio.get_running_loop().run_in_executor(None, _burst, lab)
+            async for batch in f.follow():
+                for r in batch.responses():
+                    which = r.WhichOneof("response_types")
+                    if which == "flow":
+                        delivered += 1
+                    elif which == "lost_events" and r.lost_events.source == fpb.OBSERVER_EVENTS_QUEUE:
+                        if r.node_name == name:
+                            own_lost += r.lost_events.num_events_lost
+                        else:
+                            relay_lost += r.lost_events.num_events_lost
+                await asyncio.sleep(0.3)  # the slow part
+                if sent.done():
+                    await sent
+                    held = _held_since(agents, start)
+                    # the stream cannot give a flow the agents do not hold yet: more is a duplicate
+                    assert delivered + own_lost + relay_lost <= held
+                    if delivered + own_lost + relay_lost == held:
+                        return delivered, own_lost, relay_lost, held, f
+            raise AssertionError("the stream ended")
+
+    async def main():
+        return await asyncio.wait_for(follow(), 120)
+    delivered, own_lost, relay_lost, held, f = asyncio.run(main())
+    assert f.stats.shed > 0, "the consumer was slow enough to shed"
+    assert own_lost == f.stats.shed, "everything shed was reported"
+    assert delivered + own_lost + relay_lost == held
+
+
+def _burst(lab: NetLab) -> None:
+    # 1500 datagrams to as many ports: 1500 new connections, a flow each at least
+    p = lab.pods
+    run_in(lab, p["client"].netns, "udp-send", p["cart"].ip4, "20000", "--count", "1500", "--ports", "1500")
+
+
+def _held_since(agents, start_ns: int) -> int:
+    return sum(1 for a in agents.values() for f in a.flows()
+               if f.time.seconds * 1_000_000_000 + f.time.nanos >= start_ns)
