@@ -6,9 +6,9 @@ import argparse
 import ipaddress
 import sys
 
+from webb import protojson
 from webb.api.admin import admin_pb2 as apb
 
-from webb import protojson
 from .admin_client import call
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from webb import protojson
 from webb.api.admin import admin_pb2 as apb
+from webb.labels import LabelSet, parse_select_label
 
 from . import datapath_names as names
-from webb import protojson
 from .admin_client import call
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
@@ -55,9 +56,9 @@ def add_parser(sub) -> None:
 
 
 def _has_label(have: list[str], want: str) -> bool:
-    if ":" in want.split("=", 1)[0]:
-        return want in have
-    return any(h.split(":", 1)[-1] == want for h in have)
+    """`--label k8s:app=x` names the source; `--label app=x` matches it from any source."""
+    source, key, value = parse_select_label(want)
+    return value in LabelSet(have).values(source, key)
 
 
 def identities_table(idents: list[apb.Identity], refcounts: dict[int, int] | None = None) -> str:

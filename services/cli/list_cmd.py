@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from webb import protojson
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
+from webb.durations import format_duration
 
-from webb import protojson
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection, unary
-from webb.durations import format_duration
 from .errors import CLIError
 from .formats.flow_fields import safe
 from .tabwriter import tabulate

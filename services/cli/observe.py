@@ -9,12 +9,12 @@ from pathlib import Path
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from webb import protojson
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 
 from . import datapath_names as names
-from webb import protojson
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
 from .errors import CLIError, rpc_error

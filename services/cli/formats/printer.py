@@ -9,12 +9,12 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
+from webb import protojson
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
-
-from webb import protojson
 from webb.durations import format_duration
+
 from ..tabwriter import TabWriter
 from ..timefmt import DEFAULT_FORMAT, format_time
 from . import flow_fields as ff
