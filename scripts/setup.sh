@@ -10,6 +10,13 @@ STAMPS=$ROOT/.stamps
 mkdir -p "$STAMPS"
 
 APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq-base curl prometheus chromium)
+# The one-node Kubernetes cluster of the kubelet tests (tests/k8s_node.py): the container
+# runtime, the CNI plugins (bridge, ptp, host-local, loopback in /usr/lib/cni), what
+# kube-proxy and the kubelet call (iptables, conntrack), and what the offline images
+# are made of (scripts/build_images.py: debootstrap for root filesystems,
+# busybox-static for the small test image; gcc and a static libc for pause.c).
+APT_PKGS+=(containerd runc containernetworking-plugins iptables conntrack
+           debootstrap busybox-static gcc libc6-dev)
 [ -n "${WEBB_EXTRA_APT:-}" ] && APT_PKGS+=($WEBB_EXTRA_APT)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -21,8 +28,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   # Tests start their own Prometheus on loopback; a system one must not hold :9090.
-  if command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
-    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  # Likewise the tests start their own containerd (own socket, root and state); the
+  # package's service, where systemd starts it, would only take memory.
+  if command -v systemctl >/dev/null; then
+    for svc in prometheus containerd; do
+      [ "$svc" = containerd ] && command -v dockerd >/dev/null && continue  # Docker's own
+      if systemctl is-active -q "$svc" 2>/dev/null; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      fi
+    done
   fi
 fi
 
@@ -73,5 +87,8 @@ fi
 # A failed build must not stop the rest of the suite: the Kubernetes tests then fail
 # by themselves, naming scripts/build_kube.sh and its log.
 scripts/build_kube.sh || echo "setup: WARNING: building Kubernetes failed (see the log above); the Kubernetes tests will fail" >&2
+# The kubelet tests' images, cached per machine outside the repository as well.
+"$VENV/bin/python" scripts/build_images.py --only pause busybox >/dev/null \
+  || echo "setup: WARNING: building the test images failed (see above); the kubelet tests will fail" >&2
 
 "$VENV/bin/python" -c 'import bcc, grpc, webb.api.flow.flow_pb2' || { echo "setup: venv check failed" >&2; exit 1; }

@@ -77,9 +77,9 @@ def binaries() -> dict[str, str]:
     return found
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
@@ -240,10 +240,21 @@ def _write_kubeconfig(kc: KubeCluster, path: Path) -> None:
 
 
 @contextmanager
-def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[KubeCluster]:
+def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT, *, address: str = "127.0.0.1",
+                 with_nodes: bool = False) -> Iterator[KubeCluster]:
     """etcd + kube-apiserver + kube-controller-manager, ready (/readyz) on entry,
-    stopped and deleted on exit."""
+    stopped and deleted on exit.
+
+    with_nodes: for a cluster that gets a kubelet (tests/k8s_node.py): the API server
+    listens on `address` (where the node reaches it), keeps the `kubernetes` Service's
+    endpoints (lease reconciler) for pods, and can reach kubelets (logs, exec,
+    port-forward) with a client certificate; the node lifecycle controller runs (it
+    lifts the not-ready taint once the node is Ready); kube-scheduler runs too."""
     bins = binaries()
+    if with_nodes:
+        bins["kube-scheduler"] = str(kube_bin_dir() / "kube-scheduler")
+        if not os.access(bins["kube-scheduler"], os.X_OK):
+            raise KubeBinariesMissing(f"missing {bins['kube-scheduler']}: run scripts/build_kube.sh")
     d = Path(tempfile.mkdtemp(prefix="kube-", dir=str(base)))
     kc = KubeCluster(d)
     try:
@@ -252,13 +263,15 @@ def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[K
         srv_crt, srv_key = ca.issue("apiserver", "kube-apiserver",
                                     dns=("localhost", "kubernetes", "kubernetes.default",
                                          "kubernetes.default.svc"),
-                                    ips=("127.0.0.1", "10.96.0.1"))
+                                    ips=tuple(dict.fromkeys(("127.0.0.1", address, "10.96.0.1"))))
         adm_crt, adm_key = ca.issue("admin", "admin", org="system:masters", client=True)
+        kl_crt, kl_key = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                  org="system:masters", client=True)
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
         kc.ca_file, kc.admin_cert, kc.admin_key = str(ca.cert), str(adm_crt), str(adm_key)
 
-        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port(address)
         _start(kc, "etcd", [
             bins["etcd"], "--name", "webb-test", "--data-dir", str(d / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -267,10 +280,12 @@ def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[K
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-cluster", f"webb-test=http://127.0.0.1:{etcd_peer}",
             "--listen-metrics-urls", "", "--log-level", "warn", "--logger", "zap"])
-        kc.server = f"https://127.0.0.1:{api_port}"
+        kc.server = f"https://{address}:{api_port}"
         _start(kc, "kube-apiserver", [
             bins["kube-apiserver"], f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={address}", f"--advertise-address={address}",
+            f"--kubelet-client-certificate={kl_crt}", f"--kubelet-client-key={kl_key}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--secure-port={api_port}", "--insecure-port=0",
             f"--tls-cert-file={srv_crt}", f"--tls-private-key-file={srv_key}",
             f"--client-ca-file={ca.cert}", "--authorization-mode=Node,RBAC",
@@ -279,7 +294,7 @@ def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[K
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--cert-dir={d / 'apiserver-certs'}", "--profiling=false",
-            "--endpoint-reconciler-type=none", "--v=0"])
+            f"--endpoint-reconciler-type={'lease' if with_nodes else 'none'}", "--v=0"])
         kc.kubeconfig = str(d / "admin.kubeconfig")
         _write_kubeconfig(kc, Path(kc.kubeconfig))
 
@@ -293,16 +308,21 @@ def kube_cluster(base: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[K
         _start(kc, "kube-controller-manager", [
             bins["kube-controller-manager"], f"--kubeconfig={kc.kubeconfig}",
             "--bind-address=127.0.0.1", "--secure-port=0", "--port=0", "--leader-elect=false",
-            "--controllers=*,-nodelifecycle,-cloud-node-lifecycle",
+            "--controllers=*,-cloud-node-lifecycle"
+            + ("" if with_nodes else ",-nodelifecycle"),
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={ca.cert}", "--use-service-account-credentials=false",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--v=0"])
         # The controllers are up once they have made the default ServiceAccount.
         kc.wait(lambda: kc.api("GET", "/api/v1/namespaces/default/serviceaccounts/default"),
                 timeout, "kube-controller-manager (the default ServiceAccount)")
+        if with_nodes:
+            _start(kc, "kube-scheduler", [
+                bins["kube-scheduler"], f"--kubeconfig={kc.kubeconfig}", "--leader-elect=false",
+                "--bind-address=127.0.0.1", "--port=0", "--secure-port=0", "--v=0"])
         yield kc
     finally:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             p = kc.procs.get(name)
             if p is not None:
                 _stop(p)
