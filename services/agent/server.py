@@ -12,37 +12,15 @@ from webb.api.admin import admin_pb2, admin_pb2_grpc
 from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.api.peer import peer_pb2, peer_pb2_grpc
 from webb.api.stream import stream_pb2, stream_pb2_grpc
+from webb.grpc_bytes import add_with_byte_responses
 from webb.health import HUBBLE_OBSERVER
 
 
-def _serialize(msg: object) -> bytes:
-    """GetFlows yields pre-encoded response bytes, or messages where it must."""
-    return msg if isinstance(msg, bytes) else msg.SerializeToString()  # type: ignore[attr-defined]
-
-
 def add_observer(observer: object, server: grpc.aio.Server) -> None:
-    """Registers observer.Observer like the generated helper does, except that
-    GetFlows responses may be bytes already."""
-    generic = observer_pb2_grpc.add_ObserverServicer_to_server
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    class Capture:
-        """Stands in for the server to collect the generated handler table."""
-
-        def add_generic_rpc_handlers(self, hs):  # type: ignore[no-untyped-def]
-            pass
-
-        def add_registered_method_handlers(self, name, hs):  # type: ignore[no-untyped-def]
-            handlers.update(hs)
-
-    generic(observer, Capture())
-    gf = handlers["GetFlows"]
-    handlers["GetFlows"] = grpc.unary_stream_rpc_method_handler(
-        gf.unary_stream, request_deserializer=gf.request_deserializer,
-        response_serializer=_serialize)
-    service = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    """Registers observer.Observer; GetFlows responses may be bytes already."""
+    add_with_byte_responses(observer_pb2_grpc.add_ObserverServicer_to_server, observer, server,
+                            observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name,
+                            ["GetFlows"])
 
 
 def grpc_address(listen: str) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import random
 
 import grpc
 
 from webb.api.peer import peer_pb2 as ppb
+from webb.backoff import delay as backoff
 from webb.api.peer import peer_pb2_grpc
 
 from .pool import PeerPool
@@ -47,12 +47,6 @@ def normalize_address(address: str, default_port: int = DEFAULT_PEER_PORT) -> st
             raise ValueError(f"bad peer address {address!r}")
         return a
     return f"{a}:{default_port}"
-
-
-def backoff(attempt: int, low: float, high: float) -> float:
-    """Exponential backoff with +-20 % jitter."""
-    base = min(high, low * (2 ** min(attempt, 30)))
-    return base * random.uniform(0.8, 1.2)
 
 
 def add_static(pool: PeerPool, addresses: list[str], default_port: int) -> None:

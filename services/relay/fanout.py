@@ -9,6 +9,11 @@ join or leave the open stream (NODE_CONNECTED / NODE_GONE); a node that joins
 late or rejoins is asked for its flows since the request started, or since the
 last flow it sent, so nothing it recorded in the meantime is lost.
 An agent's INVALID_ARGUMENT ends the request with INVALID_ARGUMENT.
+
+Each agent is asked for webb's batched stream (upstream.py falls back to
+GetFlows per agent); the session yields runs of entries (entries.Columns:
+serialized responses with their times and nodes), which observer.py sends either
+one per message (GetFlows) or in batches (GetFlowBatches). No flow is decoded.
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
+from webb.backoff import delay as backoff
 
-from .discovery import backoff
+from .entries import Columns
 from .merge_queue import MergeQueue
 from .node_status import ErrorCoalescer, error_message, status_event
-from .number import Selection, response_time_ns, ts_ns
+from .number import Selection, ts_ns
 from .pool import Peer, PeerPool
 from .upstream import Upstream
 
@@ -41,7 +47,7 @@ class FlowsOptions:
     sort_buffer_len: int = 100  # Hubble's SortBufferMaxLen
     sort_window: float = 1.0  # Hubble's SortBufferDrainTimeout
     error_window: float = 10.0  # Hubble's ErrorAggregationWindow
-    queue_size: int = 1000  # responses buffered per agent per request
+    queue_size: int = 4096  # entries buffered per agent per request (plus one batch)
     lag_timeout: float = 1.0  # a live stream's queue may stay full this long before dropping
     rejoin_min: float = 1.0
     rejoin_max: float = 10.0
@@ -69,8 +75,8 @@ class FlowsSession:
         self.since = ts_ns(req.since) if req.HasField("since") else None
         self.until = ts_ns(req.until) if req.HasField("until") else None
         now = time.monotonic_ns()
-        self.merge: MergeQueue[opb.GetFlowsResponse] = MergeQueue(
-            opts.sort_buffer_len, int(opts.sort_window * S), follow=req.follow)
+        self.merge = MergeQueue(opts.sort_buffer_len, int(opts.sort_window * S),
+                                follow=req.follow)
         self.selection = Selection(req.number, req.first, req.follow, self.t0,
                                    int(opts.sort_window * S), now)
         self.errors = ErrorCoalescer(int(opts.error_window * S), opts.relay_name)
@@ -80,7 +86,9 @@ class FlowsSession:
         self._retired: dict[str, _Retired] = {}  # peer key -> why/when to ask again
         self._pool_version = -1
         self._next_sync: int | None = None  # when a retired node may be asked again
-        self._write_started: float | None = None  # monotonic s, while a write is blocked
+        # monotonic s when the write to the client in progress began (the frontend
+        # sets it around each write), None between writes
+        self.write_started: float | None = None
         self.stats = {"dropped": 0}
 
     # -- upstreams ----------------------------------------------------------------
@@ -95,9 +103,9 @@ class FlowsSession:
             req.first = False
             since = max(join_since, self.since or 0)
             req.since.FromNanoseconds(since)
-        stub = p.observer
-        up.start(lambda: stub.GetFlows(req))
-        self.merge.add_source(up)
+        flows, batches = p.get_flows, p.get_flow_batches
+        up.start((lambda: batches(req)) if p.flow_batches else None, lambda: flows(req),
+                 p.lacks_flow_batches)
         self._upstreams.append(up)
         self._active[p.key] = up
         return up
@@ -140,23 +148,15 @@ class FlowsSession:
         return out
 
     def _collect(self, now: int) -> list[opb.GetFlowsResponse]:
-        """Moves what the agents sent into the merge; handles ended streams."""
+        """Handles streams that ended and were merged to their end."""
         out: list[opb.GetFlowsResponse] = []
-        merge = self.merge
-        wall = time.time_ns()
-        for up in list(self._upstreams):
-            items = up.items
-            while items and merge.accepts(up):
-                resp = up.take()
-                out.extend(merge.push(up, response_time_ns(resp, wall), resp, now))
-            if up.finished and not items:
-                merge.close_source(up)
-                self._upstreams.remove(up)
-                self.stats["dropped"] += up.dropped_total
-                if self._active.get(up.key) is up:
-                    del self._active[up.key]
-                    self._ended(up, now)
-                out.extend(self._errors_of(up, now))
+        for up in [u for u in self._upstreams if u.finished and not len(u)]:
+            self._upstreams.remove(up)
+            self.stats["dropped"] += up.dropped_total
+            if self._active.get(up.key) is up:
+                del self._active[up.key]
+                self._ended(up, now)
+            out.extend(self._errors_of(up, now))
         return out
 
     def _ended(self, up: Upstream, now: int) -> None:
@@ -184,12 +184,12 @@ class FlowsSession:
 
     def _client_stalled(self) -> bool:
         """Whether the current write to the client has been blocked for the lag timeout."""
-        w = self._write_started
+        w = self.write_started
         return w is not None and time.monotonic() - w >= self.opts.lag_timeout
 
     # -- the stream ---------------------------------------------------------------
     def _deadline(self, now: int) -> float | None:
-        ds = [d for d in (self.merge.next_deadline(), self.errors.deadline(),
+        ds = [d for d in (self.merge.next_deadline(self._upstreams), self.errors.deadline(),
                           self.selection.settle_deadline()) if d is not None]
         if self.follow:
             if self._next_sync is not None and self._next_sync < 2**62:
@@ -201,7 +201,7 @@ class FlowsSession:
         return max(0.0, (min(ds) - now) / S) + 0.001
 
     def _idle(self) -> bool:
-        return not len(self.merge) and all(not up.items for up in self._upstreams)
+        return all(not len(up) for up in self._upstreams)
 
     def _finished(self) -> bool:
         if self.selection.done:
@@ -213,7 +213,8 @@ class FlowsSession:
             return past or (time.time_ns() > self.until and not self._upstreams)
         return False
 
-    async def run(self) -> AsyncIterator[opb.GetFlowsResponse]:
+    async def run(self) -> AsyncIterator[Columns]:
+        """Runs of entries for the client, oldest first."""
         peers = self.pool.list()
         self._pool_version = self.pool.version
         connected = [p for p in peers if p.connected]
@@ -224,13 +225,17 @@ class FlowsSession:
             for p in connected:
                 self._start(p, None)
             # the client learns first which nodes it will hear from (as Hubble)
+            first: list[opb.GetFlowsResponse] = []
             if connected:
-                yield status_event(rpb.NODE_CONNECTED, [p.name for p in connected],
-                                   self.opts.relay_name)
+                first.append(status_event(rpb.NODE_CONNECTED, [p.name for p in connected],
+                                          self.opts.relay_name))
             if unavailable:
-                yield status_event(rpb.NODE_UNAVAILABLE, unavailable, self.opts.relay_name)
-            async for resp in self._loop():
-                yield resp
+                first.append(status_event(rpb.NODE_UNAVAILABLE, unavailable,
+                                          self.opts.relay_name))
+            if first:
+                yield self._messages(first)
+            async for run in self._loop():
+                yield run
         finally:
             self.pool.unwatch(self._wake)
             dropped = self.stats["dropped"] + sum(up.dropped_total for up in self._upstreams)
@@ -242,36 +247,46 @@ class FlowsSession:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _loop(self) -> AsyncIterator[opb.GetFlowsResponse]:
+    def _messages(self, msgs: list[opb.GetFlowsResponse]) -> Columns:
+        """The relay's own responses (node status) as entries."""
+        name = self.opts.relay_name
+        c = Columns()
+        for m in msgs:
+            c.append(ts_ns(m.time), m.SerializeToString(), name)
+        return c
+
+    async def _loop(self) -> AsyncIterator[Columns]:
         merge, selection = self.merge, self.selection
         while True:
             self._wake.clear()
             now = time.monotonic_ns()
-            out: list[opb.GetFlowsResponse] = []
+            status: list[opb.GetFlowsResponse] = []
             if self.follow and (self._pool_version != self.pool.version
                                 or (self._next_sync is not None and now >= self._next_sync)):
-                out.extend(self._sync_peers(now))
-            released = self._collect(now)
-            released.extend(merge.pop_ready(now))
-            for r in released:
-                out.extend(selection.offer(r, now))
-            out.extend(self.errors.due(now))
+                status.extend(self._sync_peers(now))
+            released = merge.release(self._upstreams, now)
+            out = Columns()
+            if status:
+                out.extend(self._messages(status))
+            if len(released):
+                out.extend(selection.offer(released, now))
+            ended = self._collect(now)  # after the release: a drained stream's errors follow its flows
+            ended.extend(self.errors.due(now))
+            if ended:
+                out.extend(self._messages(ended))
             if self.follow:
                 out.extend(selection.tick(now, self._idle()))
             finished = self._finished()
             if finished:
                 if not selection.done:
-                    for r in merge.drain():
-                        out.extend(selection.offer(r, now))
+                    out.extend(selection.offer(merge.drain(self._upstreams), now))
                     out.extend(selection.finish())
-                out.extend(self.errors.flush())
-            for r in out:
-                self._write_started = time.monotonic()
-                yield r
-            self._write_started = None
+                out.extend(self._messages(self.errors.flush()))
+            if len(out):
+                yield out
             if finished:
                 return
-            if out or released:  # released items may have made room for more
+            if len(out) or len(released) or ended:  # a release may have made room for more
                 continue
             timeout = self._deadline(now)
             if timeout is None:

@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> RelayConfig:
     p.add_argument("--error-aggregation-window", type=duration, default=10.0, metavar="DURATION",
                    help="equal node errors within this window become one NODE_ERROR "
                         "(default 10s, as Hubble)")
-    p.add_argument("--queue-size", type=int, default=1000, metavar="N",
-                   help="responses buffered per agent per request (default 1000)")
+    p.add_argument("--queue-size", type=int, default=4096, metavar="N",
+                   help="responses buffered per agent per request, plus the batch being "
+                        "received (default 4096)")
     p.add_argument("--slow-client-timeout", type=duration, default=1.0, metavar="DURATION",
                    help="a following client that stalls this long loses flows, reported as a "
                         "LostEvent (default 1s)")

@@ -1,4 +1,5 @@
-"""observer.Observer for the whole cluster: GetFlows fans out (fanout.py);
+"""observer.Observer for the whole cluster: GetFlows fans out (fanout.py), and
+webb.stream.FlowStream/GetFlowBatches gives the same answer in batches;
 ServerStatus, GetNodes and GetNamespaces ask every connected agent and combine
 the answers the way Hubble Relay does. GetAgentEvents and GetDebugEvents are
 UNIMPLEMENTED, as in Hubble Relay."""
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
@@ -14,7 +16,10 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
+from webb.api.stream import stream_pb2 as spb
+from webb.api.stream import stream_pb2_grpc
 
+from .entries import Columns
 from .fanout import FlowsOptions, FlowsSession, UpstreamInvalidArgument
 from .pool import Peer, PeerPool
 from .request import InvalidRequest, validate
@@ -22,21 +27,39 @@ from .request import InvalidRequest, validate
 log = logging.getLogger(__name__)
 
 MAX_UNAVAILABLE_REPORTED = 10  # as Hubble: a sample, not an exhaustive list
+BATCH_ENTRIES = 1024  # entries per FlowBatch sent to clients
+
+
+def to_batch(run: Columns, lo: int, hi: int) -> spb.FlowBatch:
+    """Entries lo..hi of a run as one FlowBatch, node names as indexes."""
+    nodes = run.nodes[lo:hi]
+    names = list(dict.fromkeys(nodes))
+    if len(names) == 1:
+        index = [0] * (hi - lo)
+    else:
+        pos = {n: i for i, n in enumerate(names)}
+        index = [pos[n] for n in nodes]
+    return spb.FlowBatch(responses=run.raws[lo:hi], time_ns=run.times[lo:hi],
+                         node_index=index, nodes=names)
 
 R = TypeVar("R")
 
 
-class RelayObserver(observer_pb2_grpc.ObserverServicer):
+class RelayObserver(observer_pb2_grpc.ObserverServicer, stream_pb2_grpc.FlowStreamServicer):
+    """Also webb.stream.FlowStream (GetFlowBatches), registered beside it."""
+
     def __init__(self, pool: PeerPool, opts: FlowsOptions, version: str,
-                 call_timeout: float = 5.0) -> None:
+                 call_timeout: float = 5.0, batch_entries: int = BATCH_ENTRIES) -> None:
         self.pool = pool
         self.opts = opts
         self.version = version
         self.call_timeout = call_timeout
+        self.batch_entries = batch_entries
         self.sessions: set[FlowsSession] = set()
 
-    async def GetFlows(self, request: opb.GetFlowsRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[opb.GetFlowsResponse]:
+    async def _runs(self, request: opb.GetFlowsRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[FlowsSession, Columns]]:
+        """The merged answer as runs of entries; both output shapes read this."""
         try:
             validate(request)
         except InvalidRequest as e:
@@ -44,13 +67,37 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
             return
         session = FlowsSession(self.pool, request, self.opts)
         self.sessions.add(session)
+        runs = session.run()
         try:
-            async for resp in session.run():
-                yield resp
+            async for run in runs:
+                yield session, run
         except UpstreamInvalidArgument as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:
+            await runs.aclose()
             self.sessions.discard(session)
+
+    async def GetFlows(self, request: opb.GetFlowsRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Hubble's GetFlows: one response per message, the agents' bytes as they are
+        (registered with a pass-through serializer, server.py)."""
+        clock = time.monotonic
+        async for session, run in self._runs(request, context):
+            for raw in run.raws:
+                session.write_started = clock()
+                yield raw
+            session.write_started = None
+
+    async def GetFlowBatches(self, request: opb.GetFlowsRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[spb.FlowBatch]:
+        """webb.stream.FlowStream: the same entries, many to a message."""
+        limit = self.batch_entries
+        async for session, run in self._runs(request, context):
+            n = len(run)
+            for i in range(0, n, limit):
+                session.write_started = time.monotonic()
+                yield to_batch(run, i, min(n, i + limit))
+            session.write_started = None
 
     async def _each_connected(self, call: Callable[[Peer], Awaitable[R]]
                               ) -> list[tuple[Peer, R | BaseException | None]]:

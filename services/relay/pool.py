@@ -18,12 +18,14 @@ import grpc
 
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.api.stream import stream_pb2_grpc
 
 from .tls import AgentTLS
 
 log = logging.getLogger(__name__)
 
 _NEVER_IDLE_MS = 2**31 - 1
+GET_FLOWS = "/observer.Observer/GetFlows"
 
 
 @dataclass
@@ -37,12 +39,29 @@ class Peer:
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
     connected: bool = False
     version: str = ""
+    # webb.stream.FlowStream is tried until the node answers UNIMPLEMENTED (a Cilium
+    # agent, a Hubble Relay); a new connection (a new Peer) tries again.
+    flow_batches: bool = True
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def observer(self) -> observer_pb2_grpc.ObserverStub:
         assert self.channel is not None
         return observer_pb2_grpc.ObserverStub(self.channel)
+
+    def get_flows(self, req: opb.GetFlowsRequest) -> grpc.aio.UnaryStreamCall:
+        """Hubble's GetFlows, the responses left serialized (forwarded as they are)."""
+        assert self.channel is not None
+        return self.channel.unary_stream(
+            GET_FLOWS, request_serializer=opb.GetFlowsRequest.SerializeToString,
+            response_deserializer=None)(req)
+
+    def get_flow_batches(self, req: opb.GetFlowsRequest) -> grpc.aio.UnaryStreamCall:
+        assert self.channel is not None
+        return stream_pb2_grpc.FlowStreamStub(self.channel).GetFlowBatches(req)
+
+    def lacks_flow_batches(self) -> None:
+        self.flow_batches = False
 
 
 @dataclass

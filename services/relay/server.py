@@ -16,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from webb.api.observer import observer_pb2, observer_pb2_grpc
+from webb.api.stream import stream_pb2, stream_pb2_grpc
+from webb.grpc_bytes import add_with_byte_responses
 from webb.health import HUBBLE_OBSERVER
 
 from .pool import PeerPool
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 OBSERVER_SERVICE = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # The names whose status follows the peers.
-HEALTH_NAMES = ("", HUBBLE_OBSERVER, OBSERVER_SERVICE)
+FLOW_STREAM_SERVICE = stream_pb2.DESCRIPTOR.services_by_name["FlowStream"].full_name
+HEALTH_NAMES = ("", HUBBLE_OBSERVER, OBSERVER_SERVICE, FLOW_STREAM_SERVICE)
 
 
 def grpc_address(listen: str) -> str:
@@ -37,11 +40,14 @@ async def start_server(observer: observer_pb2_grpc.ObserverServicer, listen: str
                        credentials: grpc.ServerCredentials | None = None
                        ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    observer_pb2_grpc.add_ObserverServicer_to_server(observer, server)
+    # GetFlows yields the agents' response bytes as they came
+    add_with_byte_responses(observer_pb2_grpc.add_ObserverServicer_to_server, observer, server,
+                            OBSERVER_SERVICE, ["GetFlows"])
+    stream_pb2_grpc.add_FlowStreamServicer_to_server(observer, server)
     health_srv = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_srv, server)
     reflection.enable_server_reflection(
-        (OBSERVER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (OBSERVER_SERVICE, FLOW_STREAM_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     addr = grpc_address(listen)
     try:
         if credentials is not None:

@@ -1,7 +1,14 @@
-"""One agent's GetFlows stream for one client request, behind a bounded queue.
+"""One agent's flow stream for one client request, behind a bounded buffer.
 
-The reader puts what the agent sends into a queue of at most `maxsize`
-responses; the request's merge loop takes from it. When the queue is full:
+The agent is asked for webb.stream.FlowStream/GetFlowBatches; an agent without it
+(UNIMPLEMENTED: a Cilium agent, a webb agent with --disable-batch-service, a
+Hubble Relay) is asked for Hubble's GetFlows instead, and the peer remembers that
+for later requests on the same connection. Either way what arrives is kept as
+entries (entries.py: time, serialized response, node), never decoded beyond
+the top-level fields of a GetFlowsResponse that came alone.
+
+The buffer holds about `maxsize` entries (a batch is taken whole, so at most
+maxsize plus one batch); the request's merge takes runs from it. When it is full:
 
 - the reader waits: the agent's stream waits too (HTTP/2 flow control), and
   the agent's reader of its ring falls behind; if the ring overtakes it, the
@@ -11,9 +18,9 @@ responses; the request's merge loop takes from it. When the queue is full:
   agents: nothing is dropped that the agents still hold);
 - with follow, when the client has stopped reading (one write to it has been
   blocked for `lag_timeout`), the reader drops what the agent sends until the
-  queue has room again, then queues a LostEvent (source OBSERVER_EVENTS_QUEUE,
+  buffer has room again, then queues a LostEvent (source OBSERVER_EVENTS_QUEUE,
   the count, first and last drop times) for that client, which it gets when it
-  catches up. A stuck client then holds nothing but its bounded queues.
+  catches up. A stuck client then holds nothing but its bounded buffers.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,11 +36,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 
-from .number import response_time_ns
+from .entries import FLOW_BYTE, lost_count, scan
 
 log = logging.getLogger(__name__)
 
 LOST_SOURCE = fpb.OBSERVER_EVENTS_QUEUE
+
+OpenCall = Callable[[], Any]  # () -> a grpc.aio unary-stream call
 
 
 def _ts(ns: int) -> Timestamp:
@@ -54,11 +63,16 @@ class Upstream:
         self.lag_timeout = lag_timeout
         self._wake = wake
         self._client_stalled = client_stalled
-        self.items: deque[opb.GetFlowsResponse] = deque()
+        # The buffer: three parallel columns, oldest first.
+        self.times: list[int] = []
+        self.raws: list[bytes] = []
+        self.nodes: list[str] = []
+        self._arrivals: deque[list[int]] = deque()  # [entries, arrival ns] per put
         self._space = asyncio.Event()
         self._space.set()
         self.finished = False  # the stream ended (normally or not)
         self.error: BaseException | None = None
+        self.batched: bool | None = None  # which API answered; None until one did
         self.last_time_ns: int | None = None  # newest flow time received
         self.received = 0
         self.dropped_total = 0
@@ -67,33 +81,69 @@ class Upstream:
         self._drop_last = 0
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, stub_call: Callable[[], grpc.aio.UnaryStreamCall]) -> None:
-        self.task = asyncio.create_task(self._run(stub_call), name=f"upstream {self.name}")
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    # -- the merge's side -------------------------------------------------------------
+    def waited(self, limit_ns: int) -> int:
+        m = 0
+        for n, arrival in self._arrivals:
+            if arrival > limit_ns:
+                break
+            m += n
+        return m
+
+    @property
+    def oldest_arrival(self) -> int | None:
+        return self._arrivals[0][1] if self._arrivals else None
+
+    def consume(self, k: int) -> None:
+        if k >= len(self.raws):
+            self.times.clear()
+            self.raws.clear()
+            self.nodes.clear()
+            self._arrivals.clear()
+        else:
+            del self.times[:k]
+            del self.raws[:k]
+            del self.nodes[:k]
+            arr = self._arrivals
+            while k and arr:
+                if arr[0][0] <= k:
+                    k -= arr.popleft()[0]
+                else:
+                    arr[0][0] -= k
+                    k = 0
+        if len(self.raws) < self.maxsize:
+            if self._dropped:  # the client caught up: tell it what it missed
+                self._append_lost_event()
+            self._space.set()
+
+    # -- the agent's side -------------------------------------------------------------
+    def start(self, open_batches: OpenCall | None, open_flows: OpenCall,
+              on_unimplemented: Callable[[], None] = lambda: None) -> None:
+        """open_batches None: the peer is known to lack the batched stream."""
+        self.task = asyncio.create_task(self._run(open_batches, open_flows, on_unimplemented),
+                                        name=f"upstream {self.name}")
 
     def cancel(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def take(self) -> opb.GetFlowsResponse:
-        item = self.items.popleft()
-        if len(self.items) < self.maxsize:
-            if self._dropped:  # the client caught up: tell it what it missed
-                self.items.append(self._lost_event())
-            self._space.set()
-        return item
-
-    async def _run(self, stub_call: Callable[[], grpc.aio.UnaryStreamCall]) -> None:
-        call = stub_call()
+    async def _run(self, open_batches: OpenCall | None, open_flows: OpenCall,
+                   on_unimplemented: Callable[[], None]) -> None:
         try:
-            async for resp in call:
-                self.received += 1
-                if resp.HasField("flow"):
-                    t = response_time_ns(resp, 0)
-                    if t and (self.last_time_ns is None or t > self.last_time_ns):
-                        self.last_time_ns = t
-                await self._put(resp)
+            if open_batches is not None:
+                try:
+                    await self._read_batches(open_batches())
+                    return
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED or self.received:
+                        raise
+                    log.info("node %s has no batched flow stream: using GetFlows", self.name)
+                    on_unimplemented()
+            await self._read_flows(open_flows())
         except asyncio.CancelledError:
-            call.cancel()
             raise
         except grpc.aio.AioRpcError as e:  # our own cancel arrives as CancelledError
             self.error = e
@@ -102,31 +152,100 @@ class Upstream:
             self.error = e
         finally:
             if self._dropped:
-                self.items.append(self._lost_event())
+                self._append_lost_event()
             self.finished = True
             self._wake()
 
-    async def _put(self, resp: opb.GetFlowsResponse) -> None:
-        while len(self.items) >= self.maxsize:
+    async def _read_batches(self, call: Any) -> None:
+        try:
+            async for batch in call:
+                self.batched = True
+                raws = list(batch.responses)
+                n = len(raws)
+                if not n:
+                    continue
+                names = batch.nodes
+                if len(names) == 1:
+                    nodes = [names[0]] * n
+                else:
+                    nodes = [names[i] if i < len(names) else self.name for i in batch.node_index]
+                    if len(nodes) < n:
+                        nodes += [self.name] * (n - len(nodes))
+                times = list(batch.time_ns)
+                if len(times) != n:  # a malformed batch: find the times in the entries
+                    now = time.time_ns()
+                    times, raws = map(list, zip(*(scan(r, now) for r in raws)))  # type: ignore[assignment]
+                self.received += n
+                self._note_times(times, raws)
+                if len(self.raws) >= self.maxsize:
+                    if not await self._wait_for_room(raws):
+                        continue
+                self.put(times, raws, nodes)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    async def _read_flows(self, call: Any) -> None:
+        name = self.name
+        try:
+            async for raw in call:
+                self.batched = False
+                t, raw = scan(raw, time.time_ns())
+                self.received += 1
+                if raw[0] == FLOW_BYTE and (self.last_time_ns is None or t > self.last_time_ns):
+                    self.last_time_ns = t
+                if len(self.raws) >= self.maxsize:
+                    if not await self._wait_for_room([raw]):
+                        continue
+                self.put([t], [raw], [name])
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    def _note_times(self, times: list[int], raws: list[bytes]) -> None:
+        for i in range(len(raws) - 1, -1, -1):  # the newest flow: usually the last entry
+            if raws[i][0] == FLOW_BYTE:
+                t = times[i]
+                if self.last_time_ns is None or t > self.last_time_ns:
+                    self.last_time_ns = t
+                return
+
+    def put(self, times: list[int], raws: list[bytes], nodes: list[str],
+            now: int | None = None) -> None:
+        """Adds entries (oldest first) that arrived at `now` (monotonic ns)."""
+        self.times += times
+        self.raws += raws
+        self.nodes += nodes
+        if now is None:
+            now = time.monotonic_ns()
+        arr = self._arrivals
+        if arr and arr[-1][1] == now:
+            arr[-1][0] += len(raws)
+        else:
+            arr.append([len(raws), now])
+        self._wake()
+
+    async def _wait_for_room(self, raws: list[bytes]) -> bool:
+        """Waits while the buffer is full; False: the entries were shed (counted)."""
+        while len(self.raws) >= self.maxsize:
             self._space.clear()
             if not self.follow:
                 await self._space.wait()
                 continue
             if self._dropped and self._client_stalled():
-                self._drop(resp)  # still stuck: keep dropping
-                return
+                self._drop(raws)  # still stuck: keep dropping
+                return False
             try:
                 await asyncio.wait_for(self._space.wait(), self.lag_timeout)
             except asyncio.TimeoutError:
                 if self._client_stalled():
-                    self._drop(resp)
-                    return
+                    self._drop(raws)
+                    return False
                 # the client reads, the relay is just busy: wait (the agent waits too)
-        self.items.append(resp)
-        self._wake()
+        return True
 
-    def _drop(self, resp: opb.GetFlowsResponse) -> None:
-        n = resp.lost_events.num_events_lost if resp.HasField("lost_events") else 1
+    def _drop(self, raws: list[bytes]) -> None:
+        n = sum(lost_count(r) for r in raws)
         now = time.time_ns()
         if not self._dropped:
             self._drop_first = now
@@ -135,8 +254,13 @@ class Upstream:
         self.dropped_total += n
         self._drop_last = now
 
-    def _lost_event(self) -> opb.GetFlowsResponse:
+    def _append_lost_event(self) -> None:
         lost = fpb.LostEvent(source=LOST_SOURCE, num_events_lost=self._dropped,
                              first=_ts(self._drop_first), last=_ts(self._drop_last))
         self._dropped = 0
-        return opb.GetFlowsResponse(lost_events=lost, node_name=self.name, time=_ts(time.time_ns()))
+        now = time.time_ns()
+        raw = opb.GetFlowsResponse(lost_events=lost, node_name=self.name,
+                                   time=_ts(now)).SerializeToString()
+        # After what is buffered (all older): the notice keeps the stream's time order.
+        t = max(now, self.times[-1]) if self.times else now
+        self.put([t], [raw], [self.name])

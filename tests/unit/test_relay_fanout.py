@@ -427,9 +427,9 @@ async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded():
             a.add(t + k, pad=500)
             if k % 500 == 0:
                 await asyncio.sleep(0.01)
-                peak = max(peak, sum(len(u.items) for u in session._upstreams))
+                peak = max(peak, sum(len(u) for u in session._upstreams))
         await asyncio.sleep(0.5)
-        peak = max(peak, sum(len(u.items) for u in session._upstreams))
+        peak = max(peak, sum(len(u) for u in session._upstreams))
         assert peak <= 51  # the queue, plus the LostEvent notice
         got, accounted = [], 0
         while accounted < 20_000:  # catch up: every flow arrives or is counted as lost

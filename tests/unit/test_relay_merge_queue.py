@@ -1,4 +1,5 @@
-"""The relay's time-ordered merge and its `number` selection, without gRPC."""
+"""The relay's time-ordered merge and its `number` selection, without gRPC: runs of
+entries (time, serialized response, node) through the upstreams' real buffers."""
 from __future__ import annotations
 
 import random
@@ -7,139 +8,137 @@ import pytest
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
+from webb.api.relay import relay_pb2 as rpb
+from webb_relay.entries import Columns, is_flow, scan
 from webb_relay.merge_queue import MergeQueue
 from webb_relay.number import Selection, response_time_ns
+from webb_relay.upstream import Upstream
 
 S = 1_000_000_000
 MS = 1_000_000
 
 
-def merged_exact(streams: dict[str, list[int]], max_len: int) -> list[int]:
-    """Drives a non-follow merge the way the relay does: a source pushes only
-    while accepted; sources deliver one item per round, interleaved."""
-    q: MergeQueue[int] = MergeQueue(max_len, S, follow=False)
-    pos = {s: 0 for s in streams}
-    for s in streams:
-        q.add_source(s)
+def source(name: str, maxsize: int = 10**6) -> Upstream:
+    return Upstream(name, name, 0, maxsize, True, 1.0, lambda: None)
+
+
+def put(src: Upstream, times: list[int], now: int = 0) -> None:
+    src.put(list(times), [b"%s:%d" % (src.name.encode(), t) for t in times],
+            [src.name] * len(times), now)
+
+
+def labels(c: Columns) -> list[str]:
+    return [r.decode() for r in c.raws]
+
+
+def merged_exact(streams: dict[str, list[int]], maxsize: int, batch: int) -> list[int]:
+    """Drives a non-follow merge the way the relay does: a source delivers a batch
+    only while its buffer has room; sources take turns."""
+    q = MergeQueue(100, S, follow=False)
+    srcs = {s: source(s, maxsize) for s in streams}
+    pos = dict.fromkeys(streams, 0)
     out: list[int] = []
     while True:
         progressed = False
         for s, items in streams.items():
-            if pos[s] < len(items) and q.accepts(s):
-                q.push(s, items[pos[s]], items[pos[s]], 0)
-                pos[s] += 1
+            src = srcs[s]
+            if pos[s] < len(items) and len(src) < maxsize:
+                put(src, items[pos[s]:pos[s] + batch])
+                pos[s] += batch
                 progressed = True
-            elif pos[s] == len(items):
-                q.close_source(s)
-        out.extend(q.pop_ready(0))
-        assert len(q) <= max_len
+            elif pos[s] >= len(items):
+                src.finished = True
+        out.extend(q.release(list(srcs.values()), 0).times)
+        assert all(len(src) < maxsize + batch for src in srcs.values())
         if not progressed:
-            assert all(pos[s] == len(v) for s, v in streams.items()), "merge stalled"
+            assert all(pos[s] >= len(v) for s, v in streams.items()), "merge stalled"
             break
-    out.extend(q.drain())
+    out.extend(q.drain(list(srcs.values())).times)
     return out
 
 
-def test_exact_merge_of_sorted_streams_is_sorted_with_a_tiny_buffer():
+@pytest.mark.parametrize("maxsize,batch", [(1, 1), (2, 7), (100, 64)])
+def test_exact_merge_of_sorted_streams_is_sorted_with_small_buffers(maxsize, batch):
     rnd = random.Random(1)
     streams = {f"n{i}": sorted(rnd.randrange(10**9) for _ in range(500)) for i in range(3)}
-    out = merged_exact(streams, max_len=2)
+    out = merged_exact(streams, maxsize, batch)
     assert out == sorted(x for v in streams.values() for x in v)
 
 
-def test_exact_merge_holds_items_until_every_open_source_has_one():
-    q: MergeQueue[str] = MergeQueue(100, S, follow=False)
-    q.add_source("a")
-    q.add_source("b")
-    q.push("a", 5, "a5", 0)
-    q.push("a", 7, "a7", 0)
-    assert q.pop_ready(10 * S) == []  # b may still send something older (no window without follow)
-    q.push("b", 3, "b3", 0)
-    assert q.pop_ready(0) == ["b3"]  # now b is empty again: a5 must wait
-    q.close_source("b")
-    assert q.pop_ready(0) == ["a5", "a7"]
+def test_exact_merge_holds_entries_until_every_open_source_has_one():
+    q = MergeQueue(100, S, follow=False)
+    a, b = source("a"), source("b")
+    put(a, [5, 7])
+    assert len(q.release([a, b], 10 * S)) == 0  # b may still send something older
+    put(b, [3])
+    assert labels(q.release([a, b], 0)) == ["b:3"]  # b is empty again: a:5 must wait
+    b.finished = True
+    assert labels(q.release([a, b], 0)) == ["a:5", "a:7"]
 
 
-def test_exact_merge_backpressure_bounds_the_buffer():
-    q: MergeQueue[int] = MergeQueue(3, S, follow=False)
-    q.add_source("a")
-    q.add_source("b")
-    for t in range(3):
-        assert q.accepts("a")
-        q.push("a", t, t, 0)
-    assert not q.accepts("a")  # full, and a already has items buffered
-    assert q.accepts("b")  # b has none: it must be heard to make progress
-    q.push("b", 10, 10, 0)
-    assert q.pop_ready(0) == [0, 1, 2]
-    assert len(q) == 1
+def test_runs_of_several_sources_interleave_by_time():
+    q = MergeQueue(100, S, follow=False)
+    a, b, c = source("a"), source("b"), source("c")
+    put(a, [1, 4, 9])
+    put(b, [2, 3, 10])
+    put(c, [5, 8])
+    out = q.release([a, b, c], 0)  # up to 8: the oldest of the newest times
+    assert out.times == [1, 2, 3, 4, 5, 8] and out.nodes == ["a", "b", "b", "a", "c", "c"]
+    assert (a.times, b.times, len(c)) == ([9], [10], 0)
 
 
-def test_follow_window_releases_items_of_an_idle_cluster():
-    q: MergeQueue[str] = MergeQueue(100, S, follow=True)
-    q.add_source("a")
-    q.add_source("idle")
-    q.push("a", 100, "x", now=0)
-    q.push("a", 50, "y", now=int(0.5 * S))
-    assert q.pop_ready(int(0.9 * S)) == []
-    assert q.next_deadline() == S
-    # x waited a full window: it goes, and y (older) before it
-    assert q.pop_ready(S) == ["y", "x"]
-    assert q.next_deadline() is None
+def test_follow_window_releases_entries_of_an_idle_cluster():
+    q = MergeQueue(100, S, follow=True)
+    a, idle = source("a"), source("idle")
+    put(a, [50], now=0)
+    put(a, [100], now=int(0.5 * S))
+    assert len(q.release([a, idle], int(0.9 * S))) == 0
+    assert q.next_deadline([a, idle]) == S
+    assert labels(q.release([a, idle], S)) == ["a:50"]  # waited a full window
+    assert q.next_deadline([a, idle]) == int(1.5 * S)
+    assert labels(q.release([a, idle], int(1.5 * S))) == ["a:100"]
+    assert q.next_deadline([a, idle]) is None
 
 
 @pytest.mark.parametrize("idle_source", [False, True])
 def test_follow_merge_is_ordered_when_nodes_lag_less_than_the_window(idle_source):
-    """Each node sends in time order but late by up to 0.3 s (varying): with a
-    1 s window the merged stream is sorted, also with an idle node open."""
+    """Each node sends in time order but late by up to 0.3 s (varying), in batches:
+    with a 1 s window the merged stream is sorted, also with an idle node open."""
     rnd = random.Random(7)
-    q: MergeQueue[int] = MergeQueue(10_000, S, follow=True)
-    sources = ["a", "b", "c"]
-    for src in sources + (["idle"] if idle_source else []):
-        q.add_source(src)
+    q = MergeQueue(10_000, S, follow=True)
+    names = ["a", "b", "c"]
+    srcs = {n: source(n) for n in names + (["idle"] if idle_source else [])}
     deliveries = []
-    last = dict.fromkeys(sources, 0)
+    last = dict.fromkeys(names, 0)
     for i in range(3000):
         t = (i + 1) * MS
-        src = rnd.choice(sources)
-        last[src] = max(last[src], t + rnd.randrange(300 * MS))  # in order per node
-        deliveries.append((last[src], src, t))
+        n = rnd.choice(names)
+        last[n] = max(last[n], t + rnd.randrange(300 * MS))  # in order per node
+        deliveries.append((last[n], n, t))
     out: list[int] = []
-    for now, src, t in sorted(deliveries):
-        out.extend(q.push(src, t, t, now))
-        out.extend(q.pop_ready(now))
-    out.extend(q.drain())
+    for now, n, t in sorted(deliveries):
+        put(srcs[n], [t], now)
+        out.extend(q.release(list(srcs.values()), now).times)
+    out.extend(q.drain(list(srcs.values())).times)
     assert len(out) == 3000 and out == sorted(out)
 
 
 def test_follow_buffer_overflow_releases_oldest():
-    q: MergeQueue[int] = MergeQueue(3, 10 * S, follow=True)
-    q.add_source("a")
-    q.add_source("idle")
-    released = []
-    for t in (5, 1, 4, 2, 3):
-        released += q.push("a", t, t, 0)
-    assert released == [1, 2]  # bounded: never more than 3 buffered
-    assert len(q) == 3
-    assert q.drain() == [3, 4, 5]
+    q = MergeQueue(3, 10 * S, follow=True)
+    a, idle = source("a"), source("idle")
+    put(a, [1, 2, 3, 4, 5])
+    assert q.release([a, idle], 0).times == [1, 2]  # bounded: 3 stay buffered
+    assert len(a) == 3
+    assert q.drain([a, idle]).times == [3, 4, 5]
 
 
-def test_closing_a_source_releases_the_others():
-    q: MergeQueue[int] = MergeQueue(10, S, follow=True)
-    q.add_source("a")
-    q.add_source("b")
-    q.push("a", 1, 1, 0)
-    assert q.pop_ready(0) == []
-    q.close_source("b")
-    assert q.pop_ready(0) == [1]
-
-
-def test_equal_times_keep_arrival_order():
-    q: MergeQueue[str] = MergeQueue(10, S)
-    q.add_source("a")
-    for x in "pqr":
-        q.push("a", 1, x, 0)
-    q.close_source("a")
-    assert q.pop_ready(0) == ["p", "q", "r"]
+def test_equal_times_keep_source_order():
+    q = MergeQueue(10, S)
+    a, b = source("a"), source("b")
+    put(a, [1, 1])
+    put(b, [1])
+    a.finished = b.finished = True
+    assert labels(q.release([a, b], 0)) == ["a:1", "a:1", "b:1"]
 
 
 def test_invalid_parameters():
@@ -149,7 +148,7 @@ def test_invalid_parameters():
         MergeQueue(1, 0)
 
 
-# -- number ----------------------------------------------------------------------
+# -- entries -----------------------------------------------------------------------
 
 def flow(t_ns: int, node: str = "n") -> opb.GetFlowsResponse:
     r = opb.GetFlowsResponse(flow=fpb.Flow(node_name=node), node_name=node)
@@ -164,58 +163,74 @@ def lost(t_ns: int) -> opb.GetFlowsResponse:
     return r
 
 
-def times(rs: list[opb.GetFlowsResponse]) -> list[int]:
-    return [response_time_ns(r, -1) for r in rs if r.HasField("flow")]
+def test_scan_reads_times_without_decoding_and_keeps_the_bytes():
+    for r in (flow(1_700_000_000_123_456_789), lost(42), opb.GetFlowsResponse(
+            node_status=rpb.NodeStatusEvent(node_names=["a"]), time=flow(7).time)):
+        raw = r.SerializeToString()
+        assert scan(raw, 5) == (response_time_ns(r, 5), raw)
+    assert is_flow(flow(1).SerializeToString()) and not is_flow(lost(1).SerializeToString())
+    # no response time: the flow's, else the arrival time
+    r = opb.GetFlowsResponse(flow=fpb.Flow())
+    r.flow.time.FromNanoseconds(42)
+    assert scan(r.SerializeToString(), 7)[0] == 42
+    assert scan(opb.GetFlowsResponse(flow=fpb.Flow()).SerializeToString(), 7)[0] == 7
+    # fields out of number order (another serializer): put in order
+    raw = flow(9).SerializeToString()
+    swapped = raw[raw.index(b"\xc2>"):] + raw[:raw.index(b"\xc2>")]
+    t, fixed = scan(swapped, 0)
+    assert t == 9 and fixed == raw and is_flow(fixed)
+
+
+# -- number ----------------------------------------------------------------------
+
+def cols(*rs: opb.GetFlowsResponse) -> Columns:
+    c = Columns()
+    for r in rs:
+        c.append(response_time_ns(r, 0), r.SerializeToString(), "n")
+    return c
+
+
+def times(c: Columns) -> list[int]:
+    return [t for t, r in zip(c.times, c.raws) if is_flow(r)]
 
 
 def test_first_n_across_nodes():
     sel = Selection(number=3, first=True, follow=False, t0_ns=0, settle_ns=S, now_ns=0)
-    out = []
-    for t in (1, 2, 3, 4, 5):
-        out += sel.offer(flow(t), 0)
-    assert times(out) == [1, 2, 3] and sel.done
+    out = Columns()
+    out.extend(sel.offer(cols(flow(1), lost(2)), 0))
+    out.extend(sel.offer(cols(flow(2), flow(3), flow(4)), 0))
+    out.extend(sel.offer(cols(flow(5)), 0))
+    assert times(out) == [1, 2, 3] and len(out) == 4 and sel.done
 
 
 def test_last_n_without_follow_keeps_the_newest_n_of_the_merged_stream():
     sel = Selection(number=4, first=False, follow=False, t0_ns=0, settle_ns=S, now_ns=0)
-    out = []
     for t in range(1, 13):  # 3 nodes x 4 flows each, merged
-        out += sel.offer(flow(t), 0)
-    assert out == []
+        assert len(sel.offer(cols(flow(t)), 0)) == 0
     assert times(sel.finish()) == [9, 10, 11, 12]
 
 
 def test_last_n_passes_lost_events_and_does_not_count_them():
     sel = Selection(number=2, first=False, follow=False, t0_ns=0, settle_ns=S, now_ns=0)
-    out = sel.offer(flow(1), 0) + sel.offer(lost(2), 0) + sel.offer(flow(3), 0) + sel.offer(flow(4), 0)
-    assert len(out) == 1 and out[0].HasField("lost_events")
+    out = sel.offer(cols(flow(1), lost(2), flow(3), flow(4)), 0)
+    assert len(out) == 1 and not is_flow(out.raws[0])
     assert times(sel.finish()) == [3, 4]
 
 
 def test_last_n_with_follow_flushes_history_when_live_flows_start():
     t0 = 100
     sel = Selection(number=2, first=False, follow=True, t0_ns=t0, settle_ns=S, now_ns=0)
-    out = []
-    for t in (10, 20, 30, 40):
-        out += sel.offer(flow(t), 0)
-    assert out == []
-    out += sel.offer(flow(150), 0)  # newer than the request: history is complete
+    assert len(sel.offer(cols(flow(10), flow(20), flow(30), flow(40)), 0)) == 0
+    out = sel.offer(cols(flow(150)), 0)  # newer than the request: history is complete
     assert times(out) == [30, 40, 150]
-    assert times(sel.offer(flow(160), 0)) == [160]
+    assert times(sel.offer(cols(flow(160)), 0)) == [160]
 
 
 def test_last_n_with_follow_flushes_history_after_settling():
     sel = Selection(number=5, first=False, follow=True, t0_ns=100, settle_ns=S, now_ns=0)
-    sel.offer(flow(10), 0)
-    sel.offer(flow(20), int(0.2 * S))
-    assert sel.tick(int(1.1 * S), idle=True) == []  # last history flow came at 0.2 s
-    assert sel.tick(int(1.3 * S), idle=False) == []  # something is still pending
+    sel.offer(cols(flow(10)), 0)
+    sel.offer(cols(flow(20)), int(0.2 * S))
+    assert len(sel.tick(int(1.1 * S), idle=True)) == 0  # last history flow came at 0.2 s
+    assert len(sel.tick(int(1.3 * S), idle=False)) == 0  # something is still pending
     assert times(sel.tick(int(1.3 * S), idle=True)) == [10, 20]
     assert sel.settle_deadline() is None
-
-
-def test_response_time_falls_back_to_flow_time_then_default():
-    r = opb.GetFlowsResponse(flow=fpb.Flow())
-    r.flow.time.FromNanoseconds(42)
-    assert response_time_ns(r, 7) == 42
-    assert response_time_ns(opb.GetFlowsResponse(flow=fpb.Flow()), 7) == 7

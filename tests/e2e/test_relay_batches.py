@@ -1,0 +1,289 @@
+"""The relay's batched stream end to end: two real agents, one serving webb's
+batched stream and one started with --disable-batch-service (a plain Hubble
+server: the relay falls back to GetFlows for it), real cross-node traffic, and
+webb-relay answering both GetFlowBatches and Hubble's GetFlows from the same
+merge: the same flows in the same order, node status and errors, a slow batched
+consumer, an agent killed under a batched follower."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from support import (TRAFFIC, AgentProc, RelayProc, lab_prefix, pod_endpoint, run_in,
+                     start_in, wait_for, write_endpoints)
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+from webb.api.relay import relay_pb2 as rpb
+from webb.api.stream import stream_pb2 as spb
+from webb.api.stream import stream_pb2_grpc
+from webb.netlab import NetLab
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+PREFIX = lab_prefix("wtb")
+NODES = ("n1", "n2")
+GET_FLOWS = "/observer.Observer/GetFlows"
+
+
+def ts(ns: int) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(ns)
+    return t
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = NetLab(PREFIX)
+    lab.cleanup()
+    try:
+        for i, name in enumerate(NODES, start=1):
+            node = lab.add_node(name, i)
+            lab.add_pod(node, f"c{i}", 10)
+            lab.add_pod(node, f"s{i}", 11)
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("relay-batches")
+
+
+@pytest.fixture(scope="module")
+def agents(lab, workdir):
+    eps = workdir / "endpoints.yaml"
+    write_endpoints(eps, [pod_endpoint(lab.pods[f"{k}{i}"], f"{k}{i}")
+                          for i in (1, 2) for k in ("c", "s")])
+    a = {"n1": AgentProc(workdir, "n1", lab.nodes["n1"].netns, eps),
+         "n2": AgentProc(workdir, "n2", lab.nodes["n2"].netns, eps,
+                         extra=["--disable-batch-service"])}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda n: a[n].start(), NODES))
+        for i, n in enumerate(NODES, start=1):
+            a[n].wait_attached([f"c{i}", f"s{i}"])
+        yield a
+    finally:
+        for x in a.values():
+            x.stop()
+
+
+class Relay(RelayProc):
+    def raw_flows(self, req: opb.GetFlowsRequest, timeout: float = 20) -> list[bytes]:
+        assert self.channel is not None
+        call = self.channel.unary_stream(GET_FLOWS,
+                                         request_serializer=opb.GetFlowsRequest.SerializeToString,
+                                         response_deserializer=lambda b: b)
+        return list(call(req, timeout=timeout))
+
+    def batches(self, req: opb.GetFlowsRequest, timeout: float = 20) -> list[spb.FlowBatch]:
+        assert self.channel is not None
+        return list(stream_pb2_grpc.FlowStreamStub(self.channel).GetFlowBatches(req,
+                                                                               timeout=timeout))
+
+
+@pytest.fixture(scope="module")
+def relay(agents, workdir):
+    r = Relay(workdir, "--peers", f"{agents['n1'].address},{agents['n2'].address}",
+              "--queue-size", "64", "--slow-client-timeout", "300ms",
+              "--error-aggregation-window", "300ms")
+    try:
+        r.start()
+        wait_for(lambda: {n.name for n in r.observer.GetNodes(opb.GetNodesRequest(), timeout=5).nodes
+                          if n.state == rpb.NODE_CONNECTED} == set(NODES), 20, 0.2,
+                 "relay connected to both agents")
+        yield r
+    finally:
+        r.stop()
+
+
+def cross_traffic(lab: NetLab, port: int) -> None:
+    """c1 -> s2 and c2 -> s1: each connection is seen on both nodes."""
+    pairs = [(1, 2), (2, 1)]
+    servers = [start_in(lab, lab.pods[f"s{d}"].netns, "tcp-server", str(port)) for _, d in pairs]
+    clients = [lab.popen(lab.pods[f"c{c}"].netns, sys.executable, TRAFFIC, "tcp-client",
+                         lab.pods[f"s{d}"].ip4, str(port), "--writes", "10", "--size", "100",
+                         "--pace", "0.002") for c, d in pairs]
+    for p in clients + servers:
+        assert p.wait(20) == 0
+
+
+@pytest.fixture(scope="module")
+def history(lab, agents, relay):
+    cross_traffic(lab, 7300)
+
+    def seen_on(n: str) -> bool:
+        return any(7300 in (f.l4.TCP.source_port, f.l4.TCP.destination_port)
+                   for f in agents[n].flows())
+    wait_for(lambda: all(seen_on(n) for n in NODES), 10, what="the traffic's flows on both nodes")
+    time.sleep(0.1)  # the connections' last packets: drained within 10 ms
+    # A fixed window every later read sees whole: up to the newest flow held now.
+    return ts(max(f.time.ToNanoseconds() for n in NODES for f in agents[n].flows(number=1)))
+
+
+def decode(raws: list[bytes]) -> list[opb.GetFlowsResponse]:
+    return [opb.GetFlowsResponse.FromString(r) for r in raws]
+
+
+def flows_of(raws: list[bytes]) -> list[bytes]:
+    return [r for r in raws if opb.GetFlowsResponse.FromString(r).HasField("flow")]
+
+
+def check_columns(batches: list[spb.FlowBatch]) -> None:
+    for b in batches:
+        assert len(b.responses) == len(b.time_ns) == len(b.node_index)
+        for raw, t, i in zip(b.responses, b.time_ns, b.node_index):
+            r = opb.GetFlowsResponse.FromString(raw)
+            assert r.time.ToNanoseconds() == t
+            if r.HasField("flow"):
+                assert b.nodes[i] == r.node_name == r.flow.node_name
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"number": 9},
+    {"number": 6, "first": True},
+    {"whitelist": [fpb.FlowFilter(source_pod=["demo/c1"])]},
+    {"field_mask": FieldMask(paths=["time", "node_name", "l4"])},
+])
+def test_batches_and_get_flows_give_the_same_flows_in_the_same_order(agents, relay, history,
+                                                                     extra):
+    req = opb.GetFlowsRequest(until=history, **extra)
+    plain = relay.raw_flows(req)
+    batches = relay.batches(req)
+    check_columns(batches)
+    entries = [e for b in batches for e in b.responses]
+    assert flows_of(plain) and flows_of(entries) == flows_of(plain)  # byte for byte
+    # node status in the same places: first the nodes asked (both: n2 by fallback)
+    status = [(r.node_status.state_change, sorted(r.node_status.node_names))
+              for r in decode(plain) if r.HasField("node_status")]
+    assert status == [(r.node_status.state_change, sorted(r.node_status.node_names))
+                      for r in decode(entries) if r.HasField("node_status")]
+    assert status[0] == (rpb.NODE_CONNECTED, list(NODES)) and len(status) == 1
+    got = [r for r in decode(entries) if r.HasField("flow")]
+    times = [r.time.ToNanoseconds() for r in got]
+    assert times == sorted(times)
+    if not extra:  # exactly what the two agents hold, each through its own API
+        direct = sorted(((f.time.ToNanoseconds(), f.uuid) for n in NODES
+                         for f in agents[n].flows(until=history)))
+        assert sorted((r.flow.time.ToNanoseconds(), r.flow.uuid) for r in got) == direct
+        assert {r.node_name for r in got} == set(NODES) # n2 came through GetFlows
+
+
+class BatchFollower:
+    """A batched follow stream read by a thread (or not read, to play a slow client)."""
+
+    def __init__(self, relay: Relay, read: bool = True, **req: Any) -> None:
+        assert relay.channel is not None
+        self.call = stream_pb2_grpc.FlowStreamStub(relay.channel).GetFlowBatches(
+            opb.GetFlowsRequest(follow=True, **req), timeout=180)
+        self.items: list[opb.GetFlowsResponse] = []
+        self.error: grpc.RpcError | None = None
+        self.go = threading.Event()
+        if read:
+            self.go.set()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            it = iter(self.call)
+            self.items.extend(decode(list(next(it).responses)))  # node status first
+            self.go.wait(60)
+            for b in it:
+                self.items.extend(decode(list(b.responses)))
+        except grpc.RpcError as e:
+            self.error = e
+
+    def flows(self) -> list[fpb.Flow]:
+        return [r.flow for r in list(self.items) if r.HasField("flow")]
+
+    def statuses(self) -> list[tuple[int, set[str], str]]:
+        return [(r.node_status.state_change, set(r.node_status.node_names), r.node_status.message)
+                for r in list(self.items) if r.HasField("node_status")]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(5)
+
+
+def test_follow_gives_the_same_live_flows_both_ways(lab, relay, history):
+    since = ts(time.time_ns())
+    batched = BatchFollower(relay, since=since)
+    plain = relay.observer.GetFlows(opb.GetFlowsRequest(follow=True, since=since), timeout=60)
+    got_plain: list[opb.GetFlowsResponse] = []
+    reader = threading.Thread(target=lambda: [got_plain.append(r) for r in plain], daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: batched.statuses() and got_plain, 10, what="node status")
+        cross_traffic(lab, 7310)
+
+        def keys(flows: list[fpb.Flow]) -> list[tuple]:
+            return [(f.node_name, f.time.ToNanoseconds(), f.uuid) for f in flows
+                    if 7310 in (f.l4.TCP.source_port, f.l4.TCP.destination_port)]
+        wait_for(lambda: {k[0] for k in keys(batched.flows())} == set(NODES), 10,
+                 what="live flows of both nodes")
+        time.sleep(1.5)  # the sort window (1 s): both streams have released the same flows
+        b = keys(batched.flows())
+        p = keys([r.flow for r in got_plain if r.HasField("flow")])
+        assert b == p and b == sorted(b, key=lambda k: k[1])
+    finally:
+        plain.cancel()
+        batched.close()
+        reader.join(5)
+
+
+def test_a_slow_batched_consumer_gets_a_lost_event(lab, relay, history):
+    """A follower that stops reading: the relay sheds (bounded buffers) and tells it
+    how much with a LostEvent when it reads again."""
+    slow = BatchFollower(relay, read=False, since=ts(time.time_ns()))
+    try:
+        wait_for(lambda: slow.statuses(), 10, what="node status")
+        for i in (1, 2):  # thousands of flows: far more than gRPC's windows hold
+            run_in(lab, lab.pods[f"c{i}"].netns, "udp-send", lab.pods[f"s{3 - i}"].ip4,
+                   "20000", "--count", "3000", "--ports", "3000")
+        time.sleep(1.0)  # the slow-client timeout is 300 ms
+        slow.go.set()
+        wait_for(lambda: any(r.HasField("lost_events") for r in slow.items), 20,
+                 what="LostEvent for the slow client")
+        lost = [r.lost_events for r in slow.items if r.HasField("lost_events")]
+        assert lost[0].source == fpb.OBSERVER_EVENTS_QUEUE and lost[0].num_events_lost > 0
+        for n in NODES:  # each node's flows in order (across nodes, an overflowing sort
+            # buffer releases in arrival order, as Hubble's)
+            t = [f.time.ToNanoseconds() for f in slow.flows() if f.node_name == n]
+            assert t == sorted(t)
+        assert slow.error is None
+    finally:
+        slow.close()
+
+
+def test_agent_killed_under_a_batched_follower(lab, agents, relay, history):
+    follower = BatchFollower(relay, since=ts(time.time_ns()))
+    n1 = agents["n1"]
+    try:
+        wait_for(lambda: follower.statuses(), 10, what="node status")
+        n1.proc.kill()  # no goodbye
+        n1.proc.wait(5)
+        wait_for(lambda: any(s[0] == rpb.NODE_ERROR and "n1" in s[1]
+                             for s in follower.statuses()), 10, what="NODE_ERROR for n1")
+        assert [s for s in follower.statuses() if s[0] == rpb.NODE_ERROR][0][2]
+        # n2 goes on: c2 -> s2 is seen on n2 only
+        srv = start_in(lab, lab.pods["s2"].netns, "tcp-server", "7320", "--count", "1")
+        run_in(lab, lab.pods["c2"].netns, "tcp-client", lab.pods["s2"].ip4, "7320")
+        srv.wait(10)
+        wait_for(lambda: any(f.node_name == "n2" and 7320 in (f.l4.TCP.destination_port,
+                                                             f.l4.TCP.source_port)
+                             for f in follower.flows()), 10, what="n2's flows after n1 died")
+        assert follower.error is None
+    finally:
+        follower.close()
