@@ -15,6 +15,18 @@
 // the connection tracking). Other directions are checked on their first packet and
 // again whenever the agent bumps the policy revision; denied packets are dropped
 // (TC_ACT_SHOT) and reported like traces, aggregated in drop_map.
+// L7 policy: a connection that an allow entry with MATCH_PROXY lets in goes to the
+// agent's transparent proxy instead of the endpoint. At the endpoint's interface
+// (TC egress, towards the pod) its packets get WEBB_PROXY_MARK, their destination MAC
+// set to the interface's own, and are redirected into the same interface's ingress;
+// there tc_from_endpoint assigns them to the proxy's socket (bpf_sk_assign: the
+// connection's own socket, else the listener), and the node's routing delivers them
+// locally (`ip rule fwmark WEBB_PROXY_MARK lookup 100`, a local default route in
+// table 100). No proxy listening means a drop (SOCKET_LOOKUP_FAILED): policy never
+// fails open. Packets of the proxy's own connections to endpoints carry
+// WEBB_UPSTREAM_MARK (SO_MARK) and are neither checked again nor redirected.
+// Directions without L7 rules pay one compare of skb->mark.
+//
 // An established direction touches no policy map (not even ep_map) while the
 // revision it stored is current: the agent bumps the revision after every change of
 // the policy maps and of ep_map.
@@ -29,6 +41,7 @@
 #include <uapi/linux/icmp.h>
 #include <uapi/linux/icmpv6.h>
 #include <uapi/linux/pkt_cls.h>
+#include <net/sock.h>
 
 #include "event.h"
 #include "policy.h"
@@ -47,12 +60,21 @@
 
 // config slots 0 and 1 (report intervals) are compile-time constants now, see below.
 #define CONF_POLICY_REVISION 2
+#define CONF_PROXY_PORT 3
 
 // Hubble's DropReason for a packet the policy denied.
 #define DROP_POLICY_DENIED 133
 // Marks a packet this program drops, so that the kernel-drop tracepoint (drop.c)
 // does not report it a second time. Keep in sync with datapath/event.py.
 #define WEBB_DROP_MARK 0x7765626d
+// Keep in sync with services/agent/l7proxy/steering.py.
+#define WEBB_PROXY_MARK 0x77650001
+#define WEBB_UPSTREAM_MARK 0x77650002
+#define DROP_SOCKET_LOOKUP_FAILED 178
+#define DROP_SOCKET_ASSIGN_FAILED 179
+// agg_val.proxy
+#define PROXY_REDIRECT 1  // the direction goes to the proxy
+#define PROXY_UPSTREAM 2  // the proxy's own connection to the endpoint
 
 struct agg_key {
     u8 saddr[16];
@@ -76,7 +98,8 @@ struct agg_val {
     u64 policy_rev;  // policy revision the direction was last checked against
     u8 l7;           // L7 parsing of this direction (l7.h): kind | L7_RESPONSE_SIDE
     u8 l7_seen;      // a payload of the direction went to user space already
-    u8 pad[6];
+    u8 proxy;        // PROXY_REDIRECT / PROXY_UPSTREAM
+    u8 pad[5];
 };
 
 // Denied packets are aggregated by peer and destination port, not source port, so
@@ -364,8 +387,9 @@ static __always_inline struct flow_event *new_event(struct __sk_buff *skb, struc
     return ev;
 }
 
-static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, u8 point,
-                                       u64 now, u32 identity, struct policy_result *res) {
+static __always_inline int datapath_drop(struct __sk_buff *skb, struct parsed *p, u8 point,
+                                         u64 now, u32 identity, struct policy_result *res,
+                                         u32 reason) {
     skb->mark = WEBB_DROP_MARK;
     stat_inc(STAT_POLICY_DROPS);
     struct drop_key dk = {};
@@ -397,13 +421,82 @@ static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, 
         return TC_ACT_SHOT;
     ev->packets = count;
     ev->bytes = skb->len;
-    ev->drop_reason = DROP_POLICY_DENIED;
+    ev->drop_reason = reason;
     ev->policy_set = res->set_id;
     ev->match_type = res->match_type;
     ev->remote_id = identity;
     events.perf_submit(skb, ev, sizeof(*ev));
     stat_inc(STAT_EVENTS);
     return TC_ACT_SHOT;
+}
+
+static __always_inline int policy_drop(struct __sk_buff *skb, struct parsed *p, u8 point,
+                                       u64 now, u32 identity, struct policy_result *res) {
+    return datapath_drop(skb, p, point, now, identity, res, DROP_POLICY_DENIED);
+}
+
+// Towards the proxy: back into the node through the interface's own ingress, where
+// tc_from_endpoint (proxy_assign) gives the packet to the proxy's socket.
+static __always_inline int to_proxy(struct __sk_buff *skb, struct parsed *p) {
+    // The interface's address is the frame's source (the node sends to the pod):
+    // as destination it makes the frame PACKET_HOST when it comes back in.
+    bpf_skb_store_bytes(skb, 0, p->smac, 6, 0);
+    skb->mark = WEBB_PROXY_MARK;
+    return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+// A packet to_proxy sent back in: the proxy's socket for its connection, else the
+// proxy's listener (127.0.0.1 / ::1 on CONF_PROXY_PORT); neither: dropped.
+static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p) {
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk = 0;
+    struct policy_result res = {};
+    u32 reason = DROP_SOCKET_LOOKUP_FAILED;
+    u16 port = (u16)config_get(CONF_PROXY_PORT);
+    if (p->key.proto != IPPROTO_TCP || !port)
+        goto drop;
+    if (p->key.family == 4) {
+        __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
+        __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
+        t.ipv4.sport = bpf_htons(p->key.sport);
+        t.ipv4.dport = bpf_htons(p->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        if (sk && sk->state == BPF_TCP_LISTEN) {
+            bpf_sk_release(sk);
+            sk = 0;
+        }
+        if (!sk) {
+            t.ipv4.daddr = bpf_htonl(0x7f000001);
+            t.ipv4.dport = bpf_htons(port);
+            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        }
+    } else {
+        __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
+        __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
+        t.ipv6.sport = bpf_htons(p->key.sport);
+        t.ipv6.dport = bpf_htons(p->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        if (sk && sk->state == BPF_TCP_LISTEN) {
+            bpf_sk_release(sk);
+            sk = 0;
+        }
+        if (!sk) {
+            __builtin_memset(t.ipv6.daddr, 0, 16);
+            t.ipv6.daddr[3] = bpf_htonl(1);
+            t.ipv6.dport = bpf_htons(port);
+            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+    }
+    if (!sk)
+        goto drop;
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err == 0)
+        return TC_ACT_OK;
+    reason = DROP_SOCKET_ASSIGN_FAILED;
+drop:
+    // Reported where the packet was headed: into the endpoint.
+    return datapath_drop(skb, p, POINT_TO_ENDPOINT, bpf_ktime_get_ns(), 0, &res, reason);
 }
 
 // Which L7 parser (if any) the direction of p at this point goes to: the request side
@@ -510,6 +603,10 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     u32 ifindex = skb->ifindex;
     p.key.ifindex = ifindex;
     p.key.point = point;
+    u32 mark = skb->mark;
+    if (point == POINT_FROM_ENDPOINT && mark == WEBB_PROXY_MARK)
+        return proxy_assign(skb, &p);  // sent back in by to_proxy: not the pod's packet
+    u8 upstream = point == POINT_TO_ENDPOINT && mark == WEBB_UPSTREAM_MARK;
 
     // The revision is read before any policy map: the agent bumps it after every
     // change of ep_map and the policy maps, so a direction that stores it has been
@@ -526,12 +623,14 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     u8 is_reply = 0;
     u8 verdict_event = 0;
     u32 identity = 0;
+    int act = TC_ACT_OK;
     struct agg_val *v = agg_map.lookup(&p.key);
     if (v) {
         // Established direction: the endpoint's policy is consulted again only when
         // the revision changed since the direction was last checked.
         if (v->policy_rev != rev) {
-            if (!v->ct_reply) {
+            u8 proxy = v->proxy & PROXY_UPSTREAM;
+            if (!v->ct_reply && !upstream) {
                 ep_policy_get(ifindex, dir, &p, &pol);
                 if (pol.pflags) {
                     identity = lookup_identity(p.key.family, remote);
@@ -540,11 +639,18 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
                                                &res);
                     if (verdict >= VERDICT_DENY)
                         return policy_drop(skb, &p, point, bpf_ktime_get_ns(), identity, &res);
+                    if (res.proxy && dir == DIR_INGRESS)
+                        proxy = PROXY_REDIRECT;
                 }
             }
-            v->l7 = l7_select(&p, point);  // the agent bumps the revision for L7 changes too
+            v->proxy = proxy;
+            // The agent bumps the revision for L7 changes too. Proxied connections
+            // are the proxy's to report: the passive capture steps aside.
+            v->l7 = proxy ? L7_NONE : l7_select(&p, point);
             v->policy_rev = rev;
         }
+        if (v->proxy == PROXY_REDIRECT)
+            act = to_proxy(skb, &p);
         if (v->l7)
             l7_capture(skb, &p, point, v->l7, &v->l7_seen, v->is_reply);
         packets = __sync_fetch_and_add(&v->packets, 1) + 1;
@@ -560,7 +666,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             // whether a report is due; signed, as it may lag last_report a little.
             if (!REPORT_NS ||
                 (s64)(bpf_ktime_get_coarse_ns() - v->last_report) < (s64)REPORT_NS)
-                return TC_ACT_OK;
+                return act;
             reason = REASON_REPORT;
             now = bpf_ktime_get_ns();
         }
@@ -586,20 +692,28 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             rev_key.sport = t;
             rev_key.dport = 0;
         }
-        u8 ct_reply = agg_map.lookup(&rev_key) ? 1 : 0;
+        struct agg_val *rv = agg_map.lookup(&rev_key);
+        u8 ct_reply = rv ? 1 : 0;
+        u8 proxy = upstream ? PROXY_UPSTREAM : 0;
+        if (rv && (rv->proxy & PROXY_UPSTREAM))
+            proxy = PROXY_UPSTREAM;  // the endpoint's answers to the proxy
         u8 known = 0;
         is_reply = reply_by_flags(&p, &known);
         if (!known)
             is_reply = ct_reply;
         if (pol.pflags && !ct_reply && icmp_related(skb, &p, point))
             ct_reply = 1;
-        if (pol.pflags && !ct_reply) {
+        if (pol.pflags && !ct_reply && !upstream) {
             identity = lookup_identity(p.key.family, remote);
             int verdict = policy_check(pol.ep_id, dir, identity, p.key.proto, p.key.dport,
                                        pol.pflags & 2, pol.default_set, &res);
             if (verdict >= VERDICT_DENY)
                 return policy_drop(skb, &p, point, now, identity, &res);
             verdict_event = verdict == VERDICT_ALLOW;
+            if (res.proxy && dir == DIR_INGRESS) {
+                proxy = PROXY_REDIRECT;
+                act = to_proxy(skb, &p);
+            }
         }
         struct agg_val nv = {};
         nv.packets = 1;
@@ -610,7 +724,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         nv.policy_rev = rev;
         if (p.key.proto == IPPROTO_TCP)
             nv.flags_seen = 1ULL << (p.tcp_flags & 0x3f);
-        nv.l7 = l7_select(&p, point);
+        nv.proxy = proxy;
+        nv.l7 = proxy ? L7_NONE : l7_select(&p, point);
         if (nv.l7)
             l7_capture(skb, &p, point, nv.l7, &nv.l7_seen, is_reply);
         agg_map.update(&p.key, &nv);
@@ -631,7 +746,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     }
     ev = new_event(skb, &p, point, now, EVENT_TRACE);
     if (!ev)
-        return TC_ACT_OK;
+        return act;
     ev->packets = packets;
     ev->bytes = bytes;
     ev->reason = reason;
@@ -639,7 +754,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     ev->remote_id = identity;
     events.perf_submit(skb, ev, sizeof(*ev));
     stat_inc(STAT_EVENTS);
-    return TC_ACT_OK;
+    return act;
 }
 
 int tc_from_endpoint(struct __sk_buff *skb) {

@@ -30,6 +30,9 @@
 #define VERDICT_DEFAULT_DENY 3   // enforced, nothing allowed it
 
 #define MATCH_NONE 0
+// Set in policy_val.match_type by the agent on allow entries whose port has L7 (HTTP)
+// rules: connections they allow go through the agent's proxy (flow.c, to_proxy).
+#define MATCH_PROXY 0x80
 
 // Set by the agent: the ids of the policies behind an endpoint's default deny, per
 // direction, go into drop events of default-denied packets.
@@ -87,6 +90,7 @@ static __always_inline u32 lookup_identity(u8 family, u8 *addr) {
 struct policy_result {
     u32 set_id;
     u8 match_type;
+    u8 proxy;  // the allow entry says: through the proxy
 };
 
 // Deny entries first (for the identity, then for any identity), then, if the
@@ -121,7 +125,8 @@ static __always_inline int policy_check(u32 ep_id, u8 dir, u32 identity, u8 prot
     }
     if (v) {
         res->set_id = v->set_id;
-        res->match_type = v->match_type;
+        res->match_type = v->match_type & ~MATCH_PROXY;
+        res->proxy = v->match_type & MATCH_PROXY ? 1 : 0;
         return VERDICT_ALLOW;
     }
     res->set_id = default_set;

@@ -24,6 +24,8 @@ from .l7.encode import L7Encoder
 from .l7.fqdn import FQDNCache
 from .l7.redact import RedactSettings
 from .l7.tracker import L7Tracker
+from .l7proxy.flows import l7_message
+from .l7proxy.proxy import L7Proxy, ProxyFlow
 from .l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
 from .memory import release_freed_heap
 from .observer import NodeState, ObserverService
@@ -65,6 +67,9 @@ class AgentConfig:
     l7_visibility: str = DEFAULT_RULES  # applies to every endpoint; annotations add more
     l7_prefix: int = 1024
     l7_perf_pages: int = 1024  # 4 MiB per CPU: bursts of L7 messages, not their rate, fill it
+    l7_proxy: bool = True      # enforce HTTP rules; off: connections they police drop
+    l7_proxy_port: int = 0     # 0: any free port
+    l7_proxy_idle_timeout: float = 60.0
     redact: RedactSettings = field(default_factory=RedactSettings)
     # Kubernetes mode (k8s/): pods, nodes, namespaces, Services and policies from the
     # API server, identities allocated cluster-wide through it.
@@ -99,6 +104,7 @@ class Agent:
         self.datapath: Datapath | None = None
         self.policy: PolicyEngine | None = None
         self.kernel_drops: KernelDrops | None = None
+        self.l7proxy: L7Proxy | None = None
         self.attach_errors: dict[str, str] = {}
         self.agent_events = AgentEventLog()
         self.peers = PeerDirectory(cfg.cluster_name if cfg.tls_cert else "")
@@ -131,6 +137,9 @@ class Agent:
         self.ingest.l7 = L7Tracker(self.fqdn)
         self.parser.l7 = L7Encoder(cfg.node_name, VERSION, cfg.redact, self.fqdn)
         self.parser.encoder.fqdn = self.fqdn
+        self.parser.l7.policies = self.policy.policies_field
+        if cfg.l7_proxy:
+            await self._start_l7proxy()
         self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
                               lambda: self.ingest.seen_events)
         self.ingest.on_batch = self.persist.bind(self.parser, cfg.node_name, self.node.note_batch)
@@ -170,6 +179,24 @@ class Agent:
             self._spawn(watch_policy_dir(cfg.policy_dir, self.policy), "policy-dir")
         log.info("agent %s serving on %s%s", cfg.node_name, cfg.listen_address or "-",
                  f" and unix://{cfg.unix_socket}" if cfg.unix_socket else "")
+
+    async def _start_l7proxy(self) -> None:
+        assert self.datapath is not None and self.policy is not None
+        proxy = L7Proxy(self.policy, self.registry, self.datapath, self.cfg.l7_proxy_port,
+                        self.cfg.l7_proxy_idle_timeout)
+        proxy.on_flow = self._proxy_flow
+        try:
+            await proxy.start()
+        except Exception as e:  # policy stays closed: policed connections drop
+            log.error("L7 proxy could not start, connections that HTTP rules police will be "
+                      "dropped: %s", e)
+            await proxy.stop()
+            return
+        self.l7proxy = proxy
+
+    def _proxy_flow(self, f: ProxyFlow) -> None:
+        assert self.policy is not None
+        self.ingest.add_l7([l7_message(f, self.policy.sets.intern(f.policies))])
 
     async def _start_kernel_drops(self) -> None:
         assert self.datapath is not None
@@ -338,6 +365,8 @@ class Agent:
             await self.server.stop(grace=0.5)
         if self.kernel_drops is not None:
             self.kernel_drops.close()
+        if self.l7proxy is not None:
+            await self.l7proxy.stop()
         if self.datapath is not None:
             self.datapath.close()
         if self.cfg.unix_socket and os.path.exists(self.cfg.unix_socket):

@@ -126,6 +126,21 @@ class Ingest:
             log.warning("perf buffer lost %d events", sum(n for _, n in lost))
         return len(entries)
 
+    def add_l7(self, messages: list) -> None:
+        """L7 messages from outside the datapath (the L7 proxy) into the ring."""
+        get = self.registry.by_packed.get
+        endpoint = self._endpoint
+        recs = [L7Record(m, m.time_ns, get(m.ev.saddr) or endpoint(m.ev.saddr, m.ev.family),
+                         get(m.ev.daddr) or endpoint(m.ev.daddr, m.ev.family)) for m in messages]
+        seq = self.ring.next_seq
+        for r in recs:
+            r.seq = seq
+            seq += 1
+        self.ring.write_many(recs)
+        self.seen_events += len(recs)
+        if self.on_batch is not None and recs:
+            self.on_batch(recs)
+
     async def run(self, consume: Callable[[], None], interval: float = 0.01) -> None:
         while True:
             try:

@@ -70,6 +70,16 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                    help="payload bytes captured per message (default 1024)")
     g.add_argument("--l7-perf-pages", type=int, default=1024, metavar="PAGES",
                    help="L7 payload perf buffer pages per CPU (default 1024 = 4 MiB)")
+    g.add_argument("--l7-proxy", default="true", choices=["true", "false"],
+                   help="run the transparent proxy that enforces HTTP rules of policies "
+                        "(default true); with false, connections those rules police are "
+                        "dropped (SOCKET_LOOKUP_FAILED), never let through unchecked")
+    g.add_argument("--l7-proxy-port", type=int, default=0, metavar="PORT",
+                   help="the proxy's port on 127.0.0.1 and ::1 of the node's namespace "
+                        "(default: a free one)")
+    g.add_argument("--l7-proxy-idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="a proxied connection without a complete request head for this "
+                        "long is closed (default 60)")
     g.add_argument("--redact-enabled", default="true", choices=["true", "false"],
                    help="redact HTTP header values (default true: the deny list below)")
     g.add_argument("--redact-http-headers-allow", default="", metavar="H1,H2",
@@ -159,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
         drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
+        l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
+        l7_proxy_idle_timeout=a.l7_proxy_idle_timeout,
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
         install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,
         identity_gc_grace=a.identity_gc_grace, tls_cert=a.tls_cert, tls_key=a.tls_key,

@@ -136,3 +136,50 @@ def test_reviews_l4_policy_drops_details_and_keeps_productpage(demo, tmp_path):
     assert not any(e.policy_enforcement_ingress for e in endpoints(demo))
     again = exec_in(demo, "details", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0")
     assert again.returncode == 0, again.stderr
+
+
+REVIEWS_L7 = (ROOT / "examples" / "reviews-l7.yaml").read_text()
+
+
+def http_code(demo, pod: str, url: str, *curl: str) -> str:
+    out = exec_in(demo, pod, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                  *curl, url)
+    return out.stdout
+
+
+def test_reviews_l7_policy_answers_403_where_l4_drops(demo, tmp_path):
+    """The tutorial's last step: details -> reviews gets 000 (dropped) under the L4
+    policy and 403 under the L7 one; productpage -> reviews answers 200 under both."""
+    url = "http://reviews:9080/reviews/0"
+    for name, text in (("reviews-l4.yaml", REVIEWS_POLICY), ("reviews-l7.yaml", REVIEWS_L7)):
+        (tmp_path / name).write_text(text)
+    try:
+        out = policy_cli(demo, "apply", "-f", str(tmp_path / "reviews-l4.yaml"))
+        assert out.returncode == 0, out.stderr
+        assert http_code(demo, "details", url) == "000"
+        assert [http_code(demo, "productpage", url) for _ in range(3)] == ["200"] * 3
+        out = policy_cli(demo, "apply", "-f", str(tmp_path / "reviews-l7.yaml"))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("ciliumnetworkpolicy.cilium.io/reviews configured") == 2, out.stdout
+        t0 = Timestamp()
+        t0.GetCurrentTime()
+        assert [http_code(demo, "details", url) for _ in range(3)] == ["403"] * 3
+        assert [http_code(demo, "productpage", url) for _ in range(3)] == ["200"] * 3
+        assert http_code(demo, "productpage", url, "-X", "POST") == "403"
+        # Anyone may GET /nopathallowed: it reaches reviews, which has no such page.
+        assert http_code(demo, "details", "http://reviews:9080/nopathallowed") == "404"
+        denied = wait_for(lambda: relay_flows(demo, t0, verdict=[fpb.DROPPED],
+                                              source_label=["k8s:app=details"],
+                                              event_type=[fpb.EventTypeFilter(type=129)]),
+                          20, 0.5, "the denied request over the relay")
+        d = denied[0]
+        assert d.l7.type == fpb.REQUEST and d.l7.http.method == "GET"
+        assert d.l7.http.url == url
+        assert [(p.name, p.namespace) for p in d.ingress_denied_by] == [("reviews", "bookinfo")]
+        obs = subprocess.run([str(BIN / "webb"), "observe", "--server",
+                              f"127.0.0.1:{demo['ports']['relay']}", "--type", "l7",
+                              "--verdict", "DROPPED", "--since", "1m"],
+                             capture_output=True, text=True, timeout=60)
+        assert f"http-request DROPPED (HTTP/1.1 GET {url})" in obs.stdout, obs.stdout
+    finally:
+        policy_cli(demo, "delete", "bookinfo/reviews")

@@ -286,9 +286,7 @@ spec:
 """
 
 
-def test_http_rules_are_parsed_with_their_port(monkeypatch):
-    import webb_agent.policy.model as model
-    monkeypatch.setattr(model, "HTTP_ENFORCED", True)
+def test_http_rules_are_parsed_with_their_port():
     (p,) = parse_documents(L7_CNP)
     (rule,) = p.specs[0].rules
     (port,) = rule.ports
@@ -317,9 +315,7 @@ def test_http_rules_are_parsed_with_their_port(monkeypatch):
     (("fromEndpoints", "toEndpoints"),
      "spec.ingress[0].toEndpoints: unknown field"),
 ])
-def test_http_rule_errors_name_the_field(change, message, monkeypatch):
-    import webb_agent.policy.model as model
-    monkeypatch.setattr(model, "HTTP_ENFORCED", True)
+def test_http_rule_errors_name_the_field(change, message):
     old, new = change
     assert old in L7_CNP
     with pytest.raises(PolicyError) as e:
@@ -328,8 +324,6 @@ def test_http_rule_errors_name_the_field(change, message, monkeypatch):
 
 
 def test_rules_not_enforced_yet_are_rejected_not_ignored():
-    with pytest.raises(PolicyError, match=r"rules.http: HTTP rules are validated but not enforced"):
-        parse_documents(L7_CNP)
     egress_http = L7_CNP.replace("  ingress:", "  egress:").replace("fromEndpoints", "toEndpoints")
     with pytest.raises(PolicyError, match=r"spec.egress\[0\].toPorts\[0\].rules.http: HTTP "
                                           r"rules are enforced on ingress only"):

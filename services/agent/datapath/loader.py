@@ -29,6 +29,7 @@ FILTER_HANDLE = 0xC0DE
 # Slots 0 and 1 of the config map (report intervals) are unused: the intervals are
 # compiled into the programs (-DREPORT_NS, -DDROP_REPORT_NS).
 CONF_POLICY_REVISION = 2
+CONF_PROXY_PORT = 3  # the L7 proxy's listening port (0: none, policed connections drop)
 
 
 class AttachError(RuntimeError):
@@ -108,6 +109,9 @@ class Datapath:
     def _write_revision(self) -> None:
         rev = self._policy_revision + self._l7_changes
         self.bpf[b"config"][ctypes.c_int(CONF_POLICY_REVISION)] = ctypes.c_uint64(rev)
+
+    def set_proxy_port(self, port: int) -> None:
+        self.bpf[b"config"][ctypes.c_int(CONF_PROXY_PORT)] = ctypes.c_uint64(port)
 
     def set_l7_selection(self, entries: dict[tuple[int, int, int, int], int]) -> bool:
         """Makes l7_sel hold exactly entries: (ifindex, port, proto, mode) -> kind.

@@ -8,6 +8,7 @@ direction change), so they are written plainly with the encoder's helpers.
 from __future__ import annotations
 
 import socket
+from typing import Callable
 
 from ..datapath.event import POINT_TO_ENDPOINT
 from ..encoder import (EMITTER_NAME, IPV4, IPV6, TRAFFIC_EGRESS, TRAFFIC_INGRESS,
@@ -53,9 +54,12 @@ class L7Encoder:
         self.node_name = node_name
         self.redact = redact or RedactSettings()
         self.fqdn = fqdn
-        self._static = (ld(41, s(1, EMITTER_NAME) + s(2, version)) + vi(2, VERDICT_FORWARDED)
+        self._static = (ld(41, s(1, EMITTER_NAME) + s(2, version))
                         + vi(10, FLOW_TYPE_L7) + s(11, node_name)
                         + ld(19, vi(1, CILIUM_EVENT_L7)))
+        self._forwarded = vi(2, VERDICT_FORWARDED)
+        # flow.Policy fields of a policy set (the policy engine's policies_field).
+        self.policies: Callable[[int, int], bytes] | None = None
 
     def encode(self, m: L7Message, time_ns: int, uuid: str, src: bytes, dst: bytes) -> bytes:
         ev = m.ev
@@ -78,8 +82,12 @@ class L7Encoder:
         layer7 = vi(1, L7_RESPONSE if m.response else L7_REQUEST) + vi(2, m.latency_ns) + record
         fq = self.fqdn
         names = fq.fields(ev.saddr, ev.daddr, time_ns) if fq is not None and fq.active else b""
+        verdict = vi(2, m.verdict) if m.verdict else self._forwarded
+        pol = b""
+        if m.policy_set and self.policies is not None:
+            pol = self.policies(m.policy_set, m.policy_field)
         return b"".join((
-            ld(1, timestamp(time_ns)), s(34, uuid), self._static,
+            ld(1, timestamp(time_ns)), s(34, uuid), self._static, verdict, pol,
             ld(5, ip), l4, ld(8, src), ld(9, dst), names, ld(15, layer7),
             vi(22, TRAFFIC_INGRESS if ingress else TRAFFIC_EGRESS),
             ld(26, vi(1, 1)) + vi(16, 1) if m.response else ld(26, b""),

@@ -36,6 +36,10 @@ class L7Message:
     http: Union[HTTPRequest, HTTPResponse, None] = None
     request: HTTPRequest | None = None  # the request an HTTP response answers
     dns: DNSMessage | None = None
+    # Set by the L7 proxy (l7proxy/flows.py); captured messages keep the defaults.
+    verdict: int = 0                 # 0: FORWARDED; else flow.Verdict
+    policy_set: int = 0              # the deciding policies (policy/compile.py PolicySets)
+    policy_field: int = 0            # which repeated flow.Policy field names them
 
 
 class _Truncated:

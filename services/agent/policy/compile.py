@@ -9,14 +9,15 @@ one "policy set" id, from which flows name the policies (allowed_by / denied_by)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..identity import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
                         RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
                         RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
                         RESERVED_WORLD_IPV6)
 from .ipcache import CIDRIdentities
-from .model import ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, Network, Peer, Policy, PortRange
+from .model import (ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, HTTPRule, Network, Peer, Policy,
+                    PortRange)
 from .selector import CLUSTER_KEY, NAMESPACE_KEY, LabelSet, namespace_labels
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
@@ -28,6 +29,8 @@ EP_POLICY_INGRESS, EP_POLICY_EGRESS = 4, 8
 
 # Cilium's policy match types (flow.policy_match_type).
 MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
+# bpf/policy.h: set on allow entries whose connections go through the L7 proxy.
+MATCH_PROXY = 0x80
 
 ANY_IDENTITY = 0
 
@@ -123,14 +126,29 @@ class ClusterView:
     cluster: str = "default"
 
 
+@dataclass(frozen=True)
+class L7Entry:
+    """What the proxy allows on one policed port for some identities: a rule's HTTP
+    rules (None: every request, from a rule without L7 rules on that port)."""
+
+    identities: frozenset[int]  # ANY_IDENTITY in it: every identity
+    http: tuple[HTTPRule, ...] | None
+    policy: "PolicyRef"
+
+    def covers(self, identity: int) -> bool:
+        return identity in self.identities or ANY_IDENTITY in self.identities
+
+
 @dataclass
 class Compiled:
-    allow: dict[PolicyKey, tuple[int, int]]  # -> (policy set, match type)
+    allow: dict[PolicyKey, tuple[int, int]]  # -> (policy set, match type [| MATCH_PROXY])
     deny: dict[PolicyKey, tuple[int, int]]
     endpoints: dict[int, EndpointPolicy]
     # Which policies select each local endpoint, per direction (for the admin API).
     selected_by: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]
     cidrs: dict[Network, int] = field(default_factory=dict)  # policy prefixes in use
+    # (endpoint id, direction, TCP port) with HTTP rules -> every allow rule on it.
+    l7: dict[tuple[int, int, int], tuple[L7Entry, ...]] = field(default_factory=dict)
 
 
 def port_prefixes(start: int, end: int) -> list[tuple[int, int]]:
@@ -192,6 +210,9 @@ class Compiler:
         flags: dict[int, int] = {}
         default_refs: dict[tuple[int, int], set[PolicyRef]] = {}
         selected_by: dict[int, tuple[set[str], set[str]]] = {}
+        rules_seen: list[tuple[Any, list[int], frozenset[int], PolicyRef]] = []
+        l7_ports: set[tuple[int, int, int]] = set()
+        proxied: set[PolicyKey] = set()
         for pol in policies:
             ref = PolicyRef(pol.kind, pol.namespace, pol.name, pol.revision, tuple(pol.labels()))
             for spec in pol.specs:
@@ -227,6 +248,14 @@ class Compiler:
                             for proto, port, bits in ports:
                                 target.setdefault(PolicyKey(ep, d, ident, proto, port, bits),
                                                   set()).add(ref)
+                    if not rule.deny:
+                        rules_seen.append((rule, eps, frozenset(ids), ref))
+                        for pr in rule.ports or ():
+                            if pr.http is not None:
+                                for ep in eps:
+                                    l7_ports.add((ep, d, pr.start))
+                                    for ident in ids:
+                                        proxied.add(PolicyKey(ep, d, ident, 6, pr.start, 16))
         if self.allow_localhost:
             # Cilium's allow-localhost=always: the node may always reach its endpoints
             # (probes), unless a deny rule says otherwise.
@@ -238,8 +267,11 @@ class Compiler:
             endpoints[ep] = EndpointPolicy(
                 ep, f, self.sets.intern(default_refs.get((ep, DIR_INGRESS), ())),
                 self.sets.intern(default_refs.get((ep, DIR_EGRESS), ())))
+        l7 = _l7_entries(rules_seen, l7_ports)
         return Compiled(
-            allow={k: (self.sets.intern(v), k.match_type()) for k, v in allow_refs.items()},
+            allow={k: (self.sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
+                   for k, v in allow_refs.items()},
+            l7=l7,
             deny={k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()},
             endpoints=endpoints,
             selected_by={ep: (tuple(sorted(i)), tuple(sorted(e)))
@@ -272,6 +304,31 @@ class Compiler:
                 else:
                     out.update(_ENTITY_IDS[e])
         return out
+
+
+def _l7_entries(rules: list[tuple[Any, list[int], frozenset[int], PolicyRef]],
+                l7_ports: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], tuple[L7Entry, ...]]:
+    """For each policed port, every allow rule that covers it (as Cilium merges them: a
+    rule without L7 rules on the port allows every request of its peers)."""
+    by_ep: dict[int, list[tuple[int, int]]] = {}
+    for ep, d, port in l7_ports:
+        by_ep.setdefault(ep, []).append((d, port))
+    out: dict[tuple[int, int, int], list[L7Entry]] = {}
+    for rule, eps, ids, ref in rules:
+        d = DIRECTIONS[rule.direction]
+        for ep in eps:
+            for pd, port in by_ep.get(ep, ()):
+                if pd != d:
+                    continue
+                if rule.ports is None:
+                    out.setdefault((ep, d, port), []).append(L7Entry(ids, None, ref))
+                    continue
+                for pr in rule.ports:
+                    if pr.protocol not in (None, 6) or not (
+                            pr.start == 0 or pr.start <= port <= pr.end):
+                        continue
+                    out.setdefault((ep, d, port), []).append(L7Entry(ids, pr.http, ref))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 class CIDRIndex:

@@ -10,6 +10,7 @@ enforced policy as it was.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from dataclasses import replace
@@ -62,6 +63,7 @@ class PolicyEngine:
         self.compiled = Compiled({}, {}, {}, {})
         self.attached: dict[str, int] = {}  # host-side interface -> ifindex
         self.lookup = PrefixLookup({})
+        self._ip_lookup = PrefixLookup({})  # the whole ipcache, as the datapath has it
         self._cidr_eps: dict[int, Endpoint] = {}
         self._wire: dict[tuple[int, int], bytes] = {}
         self._lock = asyncio.Lock()
@@ -153,6 +155,7 @@ class PolicyEngine:
                      len(state.allow), len(state.deny), len(state.ipcache),
                      len(compiled.endpoints))
         self.compiled = compiled
+        self._ip_lookup = PrefixLookup(state.ipcache)
         cidr_entries = {k: v for k, v in state.ipcache.items() if v in compiled.cidrs.values()}
         self.lookup = PrefixLookup(cidr_entries)
 
@@ -261,6 +264,11 @@ class PolicyEngine:
                           identity_labels=CIDRIdentities.labels(net)).with_wire()
             self._cidr_eps[num] = ep
         return ep
+
+    def identity_of(self, ip: str) -> int:
+        """The security identity the datapath gives an address (world if none)."""
+        a = ipaddress.ip_address(ip)
+        return self._ip_lookup.lookup(a.version, a.packed.ljust(16, b"\0"))
 
     def local_identities(self) -> dict[int, tuple[str, ...]]:
         return {num: CIDRIdentities.labels(net) for net, num in self.compiled.cidrs.items()}

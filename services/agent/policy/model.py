@@ -326,7 +326,6 @@ _NOT_ENFORCED_FQDN = "toFQDNs is validated but not enforced by webb yet; the pol
 _NOT_ENFORCED_EGRESS_HTTP = ("HTTP rules are enforced on ingress only so far (egress HTTP "
                              "rules are validated but not enforced); the policy is rejected")
 MAX_HTTP_RULES = 256  # per toPorts entry
-HTTP_ENFORCED = False  # ingress HTTP rules: the agent's proxy enforces them (see l7proxy)
 
 
 def _cilium_specs(doc: Mapping, namespace: str) -> tuple[Spec, ...]:
@@ -472,9 +471,6 @@ def _l7_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
             raise PolicyError(f"{where}.endPort: HTTP rules apply to single ports, not ranges")
     if direction == EGRESS:
         raise PolicyError(f"{rp}.http: {_NOT_ENFORCED_EGRESS_HTTP}")
-    if not HTTP_ENFORCED:
-        raise PolicyError(f"{rp}.http: HTTP rules are validated but not enforced by webb yet; "
-                          "the policy is rejected")
     return http
 
 

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""L7 policy benchmark: what going through the agent's HTTP proxy costs, against the
+same server under an L4-only policy, in the same run. Prints figures and ratios with
+the machine and its load noted; asserts nothing.
+
+Run as root from the repository:  .venv/bin/python bench/l7_policy_bench.py  (~1 min;
+--rounds, --seconds, --rate)
+
+Modes, interleaved ABBA (L4 L7 L7 L4, --rounds times), medians reported:
+  L4 - the server's policy allows the client on 8080/TCP: the kernel checks the first
+       packet, the connection goes straight to the server;
+  L7 - the same rule with `rules.http: [{method: GET, path: "/api/.*"}]`: the
+       connection goes through the proxy, every request is matched and forwarded.
+Per run, on ONE keep-alive connection (client: blocking socket, TCP_NODELAY):
+  (a) requests/s back to back for --seconds;
+  (b) latency p50/p99 of requests paced at --rate requests/s for --seconds.
+The server answers a fixed 200 (asyncio, pipelining-safe). Lab prefix "wpb" (+
+WEBB_TEST_PREFIX_TAG), removed at the end, also on failure or Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+PORT = 8080
+REQUEST = (b"GET /api/v1/items/42 HTTP/1.1\r\nHost: srv:8080\r\n"
+           b"User-Agent: webb-l7-policy-bench/1\r\nAccept: application/json\r\n\r\n")
+BODY = b'{"id": 42, "name": "item"}\n'
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"\r\n" % len(BODY)) + BODY
+
+POLICY = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: srv, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+"""
+L7_RULES = """      rules:
+        http:
+        - {method: GET, path: "/api/.*"}
+"""
+
+
+# -- traffic, run inside the pods' namespaces ------------------------------------------------
+class _Server(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        n = self.buf.count(b"\r\n\r\n")
+        if n:
+            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
+            self.t.write(RESPONSE * n)  # type: ignore[attr-defined]
+
+
+async def _serve(timeout: float) -> None:
+    srv = await asyncio.get_running_loop().create_server(_Server, "0.0.0.0", PORT)
+    print("ready", flush=True)
+    await asyncio.sleep(timeout)
+    srv.close()
+
+
+def _client(host: str, seconds: float, rate: float) -> None:
+    c = socket.create_connection((host, PORT), timeout=10)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    want = len(RESPONSE)
+    lat: list[float] = []
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    n = 0
+    while time.monotonic() < deadline and n < 10_000_000:
+        if rate > 0:
+            ahead = t0 + n / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        s = time.perf_counter()
+        c.sendall(REQUEST)
+        got = 0
+        while got < want:
+            chunk = c.recv(65536)
+            if not chunk:
+                raise SystemExit("server closed the connection")
+            got += len(chunk)
+        lat.append(time.perf_counter() - s)
+        n += 1
+    dt = time.monotonic() - t0
+    c.close()
+    lat.sort()
+    print(json.dumps({"requests": n, "seconds": dt,
+                      "p50_ms": lat[len(lat) // 2] * 1e3 if lat else 0,
+                      "p99_ms": lat[int(len(lat) * 0.99)] * 1e3 if lat else 0}), flush=True)
+
+
+# -- the bench -------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per run (default 3)")
+    ap.add_argument("--rate", type=float, default=1000.0, help="paced rate for latency")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--host", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.mode == "serve":
+        asyncio.run(_serve(600))
+        return
+    if a.mode == "client":
+        _client(a.host, a.seconds, a.rate)
+        return
+
+    from agent_bench import Agent, machine, write_bench_endpoints
+    from webb.api.admin import admin_pb2
+    from webb.netlab import NetLab
+
+    prefix = "wpb" + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2]
+    lab = NetLab(prefix)
+    lab.cleanup()
+    tmp = Path(tempfile.mkdtemp(prefix="webb-l7pb-"))
+    procs: list[subprocess.Popen] = []
+    agent = None
+    try:
+        n1 = lab.add_node("n1", 1)
+        cli, srv = lab.add_pod(n1, "cli", 10), lab.add_pod(n1, "srv", 11)
+        eps = tmp / "endpoints.yaml"
+        write_bench_endpoints(eps, (cli, srv))
+        server = lab.popen(srv.netns, sys.executable, __file__, "--mode", "serve",
+                           stdout=subprocess.PIPE, text=True)
+        procs.append(server)
+        assert server.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        agent = Agent(tmp, n1.netns, eps, [])
+        agent.start()
+        deadline = time.monotonic() + 30
+        while {e.name for e in agent.admin.ListEndpoints(
+                admin_pb2.ListEndpointsRequest(), timeout=5).endpoints if e.attached} != {"cli", "srv"}:
+            if time.monotonic() > deadline:
+                raise SystemExit("the agent did not attach")
+            time.sleep(0.2)
+
+        def apply(l7: bool) -> None:
+            text = POLICY + (L7_RULES if l7 else "")
+            agent.admin.ApplyPolicies(admin_pb2.ApplyPoliciesRequest(documents=text), timeout=10)
+
+        def run(l7: bool, rate: float) -> dict:
+            apply(l7)
+            out = lab.exec(cli.netns, sys.executable, __file__, "--mode", "client", "--host",
+                           srv.ip4, "--seconds", str(a.seconds), "--rate", str(rate),
+                           timeout=a.seconds + 60)
+            return json.loads(out.stdout)
+
+        load0 = os.getloadavg()
+        res: dict[str, dict[str, list[float]]] = {m: {"rps": [], "p50": [], "p99": []}
+                                                  for m in ("L4", "L7")}
+        for _ in range(a.rounds):
+            for l7 in (False, True, True, False):
+                m = "L7" if l7 else "L4"
+                r = run(l7, 0)
+                res[m]["rps"].append(r["requests"] / r["seconds"])
+                p = run(l7, a.rate)
+                res[m]["p50"].append(p["p50_ms"])
+                res[m]["p99"].append(p["p99_ms"])
+        load1 = os.getloadavg()
+        med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res.items()}
+        print(f"machine: {machine()}")
+        print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
+        print(f"{a.rounds} ABBA rounds of {a.seconds:g} s runs, one keep-alive connection each")
+        for m in ("L4", "L7"):
+            d = med[m]
+            print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
+                  f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms   "
+                  f"(runs: {', '.join(f'{x:.0f}' for x in res[m]['rps'])} req/s)")
+        print(f"L7/L4 requests/s: {med['L7']['rps'] / med['L4']['rps']:.2f} (target >= 0.50)")
+        print(f"added latency at {a.rate:g} req/s: p50 {med['L7']['p50'] - med['L4']['p50']:+.3f} ms, "
+              f"p99 {med['L7']['p99'] - med['L4']['p99']:+.3f} ms (target p99 <= +1 ms)")
+    finally:
+        if agent is not None:
+            agent.stop()
+        for p in procs:
+            p.kill()
+            p.wait()
+        lab.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""What the proxy handled, as the L7 flows Hubble shows for Cilium's proxy.
+
+A request is `http-request FORWARDED` or, when the rules deny it, `DROPPED`
+(with the policies that govern the port in ingress_denied_by); its answer, the
+endpoint's or the proxy's own 403, is `http-response FORWARDED` with the latency
+from the request. The deciding policy goes in ingress_allowed_by /
+ingress_denied_by, as in Hubble's flows.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from ..datapath.event import POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event
+from ..l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
+from ..l7.tracker import L7Message
+from .http1 import Head
+from .proxy import ProxyFlow
+
+VERDICT_DROPPED = 2
+FIELD_INGRESS_ALLOWED_BY, FIELD_INGRESS_DENIED_BY = 21002, 21005
+L7_HTTP = 1
+
+
+def _headers(head: Head) -> tuple[HTTPHeader, ...]:
+    return tuple(HTTPHeader(canonical_header_key(k), v) for k, v in head.headers)
+
+
+def http_request(head: Head | None) -> HTTPRequest:
+    if head is None:  # nothing parsable: the flow still says a request came
+        return HTTPRequest("", "", "HTTP/1.1", (), "", False, 0)
+    method, target, version = head.start
+    host = head.header("host") or ""
+    url = target if "://" in target else f"http://{host}{target}"
+    return HTTPRequest(method, target, version, _headers(head), url, True, len(head.raw))
+
+
+def http_response(f: ProxyFlow) -> HTTPResponse:
+    h = f.response_head
+    if h is None:
+        return HTTPResponse("HTTP/1.1", f.code, "", (), True, 0)
+    return HTTPResponse(h.start[0], f.code, h.start[2], _headers(h), True, len(h.raw))
+
+
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed.ljust(16, b"\0")
+
+
+def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
+    c, s = f.client, f.server
+    if f.response:
+        ev = L7Event(0, _packed(s[0]), _packed(c[0]), s[1], c[1], 0, 0, 0, 0, 0, f.family, 6,
+                     POINT_FROM_ENDPOINT, L7_HTTP | 0x10, 1, 0)
+    else:
+        ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, 6,
+                     POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
+    req = http_request(f.request)
+    denied_request = not f.response and not f.allowed
+    msg: Any = http_response(f) if f.response else req
+    return L7Message(ev, f.time_ns, f.response, f.latency_ns if f.response else 0, msg,
+                     req if f.response else None, None,
+                     verdict=VERDICT_DROPPED if denied_request else 0,
+                     policy_set=policy_set,
+                     policy_field=FIELD_INGRESS_ALLOWED_BY if f.allowed
+                     else FIELD_INGRESS_DENIED_BY)

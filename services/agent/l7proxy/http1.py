@@ -1,0 +1,215 @@
+"""HTTP/1.x as the proxy needs it: heads parsed strictly, bodies relayed as they come.
+
+A head is read whole (up to MAX_HEAD bytes: larger is 431, as Envoy answers); a
+body is never held: it is copied from one side to the other in pieces, following
+its framing (Content-Length, chunked, or until the connection closes).
+Ambiguous framing (both Content-Length and Transfer-Encoding, several different
+lengths, a transfer coding other than chunked last) is refused: it is how request
+smuggling works.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+MAX_HEAD = 60 * 1024  # Envoy's default max_request_headers_kb
+MAX_HEADERS = 100
+MAX_CHUNK_LINE = 4096
+PIECE = 64 * 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class HTTPError(Exception):
+    """A message that cannot be relayed: status to answer with (0: just close)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Head:
+    start: tuple[str, str, str]        # request: method, target, version; response: version, code, reason
+    headers: list[tuple[str, str]]     # (name as sent, value), wire order
+    raw: bytes                         # the head as received, blank line included
+    body: int                          # >= 0 length, CHUNKED, or TO_CLOSE
+    keep_alive: bool
+
+    def header(self, name: str) -> str | None:
+        n = name.lower()
+        for k, v in self.headers:
+            if k.lower() == n:
+                return v
+        return None
+
+
+CHUNKED, TO_CLOSE = -1, -2
+
+
+def _headers(lines: list[bytes]) -> list[tuple[str, str]]:
+    if len(lines) > MAX_HEADERS:
+        raise HTTPError(431, "too many header fields")
+    out = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            raise HTTPError(400, "malformed header field")
+        if _CTL.search(value) is not None:
+            raise HTTPError(400, "control character in a header value")
+        out.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+    return out
+
+
+def _split(raw: bytes) -> list[bytes]:
+    lines = raw[:-4].split(b"\r\n") if raw.endswith(b"\r\n\r\n") else raw.split(b"\n")
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+
+def _framing(headers: list[tuple[str, str]]) -> int | None:
+    """Body framing from the headers; None when neither length nor coding is given."""
+    te = [v for k, v in headers if k.lower() == "transfer-encoding"]
+    cl = [v for k, v in headers if k.lower() == "content-length"]
+    if te:
+        if cl:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
+        if not codings or codings[-1] != "chunked":
+            raise HTTPError(501, "transfer coding other than chunked")
+        return CHUNKED
+    if cl:
+        values = {c.strip() for v in cl for c in v.split(",")}
+        if len(values) != 1:
+            raise HTTPError(400, "conflicting Content-Length values")
+        v = values.pop()
+        if not v.isdigit() or len(v) > 15:
+            raise HTTPError(400, "invalid Content-Length")
+        return int(v)
+    return None
+
+
+def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
+    conn = ",".join(v for k, v in headers if k.lower() == "connection").lower()
+    tokens = {t.strip() for t in conn.split(",")}
+    if version == "HTTP/1.0":
+        return "keep-alive" in tokens
+    return "close" not in tokens
+
+
+def parse_request(raw: bytes) -> Head:
+    lines = _split(raw)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
+        raise HTTPError(400, "malformed request line")
+    version = parts[2].decode("ascii", "replace")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HTTPError(505 if version.startswith("HTTP/") else 400, "not HTTP/1.x")
+    headers = _headers(lines[1:])
+    body = _framing(headers)
+    return Head((parts[0].decode("ascii"), parts[1].decode("ascii"), version), headers, raw,
+                0 if body is None else body, _keep_alive(version, headers))
+
+
+def parse_response(raw: bytes, method: str) -> Head:
+    lines = _split(raw)
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not (
+            len(parts[1]) == 3 and parts[1].isdigit()):
+        raise HTTPError(502, "malformed status line from the server")
+    version = parts[0].decode("ascii")
+    code = int(parts[1])
+    headers = _headers(lines[1:])
+    if method == "HEAD" or 100 <= code < 200 or code in (204, 304):
+        body = 0
+    else:
+        framed = _framing(headers)
+        body = TO_CLOSE if framed is None else framed
+    keep = _keep_alive(version, headers) and body != TO_CLOSE
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    return Head((version, str(code), reason), headers, raw, body, keep)
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The next head (None: the peer closed cleanly between messages)."""
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            return None
+        raise HTTPError(400, "connection closed inside a head") from None
+    except asyncio.LimitOverrunError:
+        raise HTTPError(431, "head larger than 60 KiB") from None
+    if len(raw) > MAX_HEAD:
+        raise HTTPError(431, "head larger than 60 KiB")
+    return raw
+
+
+async def relay_body(body: int, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter | None) -> int:
+    """Copies (or with writer None, skips) one body; returns its bytes on the wire."""
+    if body == 0:
+        return 0
+    total = 0
+    if body > 0:
+        left = body
+        while left:
+            data = await reader.read(min(left, PIECE))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(data)
+            total += len(data)
+            if writer is not None:
+                writer.write(data)
+                await writer.drain()
+        return total
+    if body == TO_CLOSE:
+        while True:
+            data = await reader.read(PIECE)
+            if not data:
+                return total
+            total += len(data)
+            if writer is not None:
+                writer.write(data)
+                await writer.drain()
+    while True:  # chunked: size line, data, CRLF; a 0 size ends with trailers
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise HTTPError(400, "chunk size line too long") from None
+        if len(line) > MAX_CHUNK_LINE:
+            raise HTTPError(400, "chunk size line too long")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HTTPError(400, "malformed chunk size") from None
+        if writer is not None:
+            writer.write(line)
+        total += len(line)
+        if size == 0:
+            while True:  # trailer fields, up to the blank line
+                t = await reader.readuntil(b"\n")
+                total += len(t)
+                if writer is not None:
+                    writer.write(t)
+                if t in (b"\r\n", b"\n"):
+                    if writer is not None:
+                        await writer.drain()
+                    return total
+                if total > MAX_HEAD:
+                    raise HTTPError(431, "trailers too large")
+        left = size + 2  # the chunk and its CRLF
+        while left:
+            data = await reader.read(min(left, PIECE))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(data)
+            total += len(data)
+            if writer is not None:
+                writer.write(data)
+        if writer is not None:
+            await writer.drain()

@@ -1,0 +1,119 @@
+"""What makes the node deliver steered packets to the proxy (see bpf/flow.c, to_proxy).
+
+Checked on kernel 6.18 (docs/policy.md, "L7 policy"): a packet that flow.c sends back
+into the endpoint's interface with WEBB_PROXY_MARK, and gave a socket with
+bpf_sk_assign, reaches that socket only if
+
+- the node routes it locally: `ip rule fwmark WEBB_PROXY_MARK lookup TABLE` and a
+  `local 0.0.0.0/0 dev lo` (and `::/0`) route in TABLE;
+- the listener has IP_TRANSPARENT (else its SYN-ACK, from the endpoint's address,
+  has no route);
+- TCP early demux is off in the node's namespace (`net.ipv4.tcp_early_demux=0`):
+  otherwise a packet of a proxied connection entering the node (from a pod or
+  another node) finds the proxy's socket by its addresses before routing, and the
+  forwarding path drops a packet that already has a socket, so the handshake never
+  completes. Without early demux every packet is routed, reaches the endpoint's
+  interface and is steered there.
+
+All of it is done from the agent's netlink thread, which lives in the node's
+namespace: sockets stay in the namespace they were made in.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WEBB_PROXY_MARK = 0x77650001     # bpf/flow.c
+WEBB_UPSTREAM_MARK = 0x77650002  # the proxy's connections to endpoints (SO_MARK)
+ROUTE_TABLE = 30565              # "wE": a table of its own, not one a CNI is likely to use
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+EARLY_DEMUX = "/proc/sys/net/ipv4/tcp_early_demux"
+
+
+def _ignore_exists(fn: Any, *args: Any, **kw: Any) -> None:
+    try:
+        fn(*args, **kw)
+    except Exception as e:
+        if getattr(e, "code", None) != errno.EEXIST:
+            raise
+
+
+class Steering:
+    """Routing and sysctl of the node's namespace for the proxy; undone by remove()."""
+
+    def __init__(self, table: int = ROUTE_TABLE) -> None:
+        self.table = table
+        self._early_demux: str | None = None
+
+    def install(self, ipr: Any) -> None:
+        """Netlink thread. Idempotent: an agent restarted after a crash finds its rules."""
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for family, dst in ((socket.AF_INET, "0.0.0.0/0"), (socket.AF_INET6, "::/0")):
+            _ignore_exists(ipr.rule, "add", table=self.table, fwmark=WEBB_PROXY_MARK,
+                           family=family, priority=100)
+            _ignore_exists(ipr.route, "add", dst=dst, type="local", table=self.table, oif=lo,
+                           family=family, scope=254)  # host scope, as `ip route` gives local
+        with open(EARLY_DEMUX) as f:
+            self._early_demux = f.read().strip()
+        if self._early_demux != "0":
+            with open(EARLY_DEMUX, "w") as f:
+                f.write("0")
+
+    def remove(self, ipr: Any) -> None:
+        lo = ipr.link_lookup(ifname="lo")
+        for family, dst in ((socket.AF_INET, "0.0.0.0/0"), (socket.AF_INET6, "::/0")):
+            for fn, kw in ((ipr.rule, dict(table=self.table, fwmark=WEBB_PROXY_MARK,
+                                           family=family, priority=100)),
+                           (ipr.route, dict(dst=dst, type="local", table=self.table,
+                                            oif=lo[0] if lo else 0, family=family,
+                                            scope=254))):
+                try:
+                    fn("del", **kw)
+                except Exception as e:
+                    log.debug("removing proxy routing: %s", e)
+        if self._early_demux not in (None, "0"):
+            with open(EARLY_DEMUX, "w") as f:
+                f.write(self._early_demux)
+
+
+def listeners(port: int = 0) -> list[socket.socket]:
+    """IP_TRANSPARENT listeners on 127.0.0.1 and ::1, one port (flow.c looks them up
+    by these addresses). Netlink thread: they live in the node's namespace."""
+    for _ in range(20):
+        s4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s4.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s4.bind(("127.0.0.1", port))
+        got = s4.getsockname()[1]
+        s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s6.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        try:
+            s6.bind(("::1", got))
+        except OSError:
+            s4.close()
+            s6.close()
+            if port:
+                raise
+            continue  # the port is taken for IPv6: another one
+        for s in (s4, s6):
+            s.listen(1024)
+            s.setblocking(False)
+        return [s4, s6]
+    raise OSError("no port free for the proxy on both 127.0.0.1 and ::1")
+
+
+def upstream_socket(family: int) -> socket.socket:
+    """A socket for the proxy's connection to an endpoint (netlink thread): marked, so
+    that flow.c neither checks nor steers it again."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, WEBB_UPSTREAM_MARK)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)
+    return s

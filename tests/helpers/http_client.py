@@ -1,0 +1,85 @@
+"""HTTP/1.1 test client for the L7 policy tests, run inside a pod's namespace.
+
+usage: http_client.py HOST PORT TIMEOUT < JSON
+JSON (on stdin) is a list of steps on ONE connection, each {"send": "<raw request text>"} or
+{"read": n} (read n responses), or {"pipeline": [...raw requests...]} (all sent at
+once, then every answer read), or {"raw": "<text>"} (send, then read until close).
+Prints a JSON list: per response {"status", "headers", "body"}, per raw step
+{"raw": text read until close}; "timeout", "refused" or "closed" end it early.
+"""
+import json
+import socket
+import sys
+
+
+def read_response(f):
+    line = f.readline()
+    if not line:
+        return None
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    headers = {}
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int(f.readline().split(b";")[0], 16)
+            if size == 0:
+                f.readline()
+                break
+            body += f.read(size)
+            f.readline()
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        body = f.read(n)
+        if len(body) < n:
+            return {"status": int(parts[1]), "headers": headers, "body": body.decode("latin-1"),
+                    "cut": True}
+    return {"status": int(parts[1]), "headers": headers, "body": body.decode("latin-1")}
+
+
+def main():
+    host, port, timeout, steps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.load(sys.stdin)
+    out = []
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        f = s.makefile("rb")
+        for step in steps:
+            if "send" in step:
+                s.sendall(step["send"].encode("latin-1"))
+                r = read_response(f)
+                if r is None:
+                    out.append("closed")
+                    break
+                out.append(r)
+            elif "pipeline" in step:
+                s.sendall("".join(step["pipeline"]).encode("latin-1"))
+                for _ in step["pipeline"]:
+                    r = read_response(f)
+                    out.append(r if r is not None else "closed")
+            elif "raw" in step:
+                s.sendall(step["raw"].encode("latin-1"))
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                out.append({"raw": data.decode("latin-1")})
+    except socket.timeout:
+        out.append("timeout")
+    except ConnectionRefusedError:
+        out.append("refused")
+    except ConnectionResetError:
+        out.append("reset")
+    print(json.dumps(out))
+
+
+main()
