@@ -165,7 +165,8 @@ class Agent:
             observer, PeerService(self.peers),
             AdminService(self.registry, self._attach_state, self.policy,
                          status=lambda: (cfg.node_name, VERSION,
-                                         agent_counters(self.datapath, self.ingest))),
+                                         {**agent_counters(self.datapath, self.ingest),
+                                          **self._proxy_counters()})),
             cfg.listen_address, cfg.unix_socket, credentials,
             FlowStreamService(observer) if cfg.batch_service else None)
         self.agent_events.agent_started()
@@ -193,6 +194,18 @@ class Agent:
             await proxy.stop()
             return
         self.l7proxy = proxy
+
+    def _proxy_counters(self) -> dict[str, int]:
+        """The L7 proxy's counters for GetStatus: "l7proxy.<name>"."""
+        p = self.l7proxy
+        if p is None:
+            return {}
+        st = p.stats
+        out = {"l7proxy.port": p.port, "l7proxy.connections": st.connections,
+               "l7proxy.active_connections": st.active, "l7proxy.requests": st.requests,
+               "l7proxy.denied": st.denied}
+        out.update({f"l7proxy.error_{k}": v for k, v in st.errors.items()})
+        return out
 
     def _proxy_flow(self, f: ProxyFlow) -> None:
         assert self.policy is not None

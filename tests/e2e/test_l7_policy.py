@@ -92,7 +92,10 @@ def start_agent(lab: NetLab, workdir: Path, *extra: str) -> AgentProc:
     eps = workdir / "endpoints.yaml"
     p = lab.pods
     eps.write_text(yaml.safe_dump({"endpoints": [
-        pod_endpoint(p["client"], "client"), pod_endpoint(p["server"], "server"),
+        pod_endpoint(p["client"], "client"),
+        # Passive L7 visibility on the same port: it must step aside for the proxy.
+        {**pod_endpoint(p["server"], "server"),
+         "annotations": {"policy.cilium.io/proxy-visibility": "<Ingress/9080/TCP/HTTP>"}},
         pod_endpoint(p["other"], "other"), pod_endpoint(p["remote"], "client", version="v2")],
         "nodes": [{"name": "n1", "ips": [lab.nodes["n1"].ip]},
                   {"name": "n2", "ips": [lab.nodes["n2"].ip]}]}))
@@ -201,6 +204,12 @@ def test_flows_name_the_verdict_and_the_deciding_policy(lab, agent, policy):
     assert [p.name for p in req_ok.ingress_allowed_by] == ["server-l7"]
     assert req_no.l7.http.method == "GET" and req_no.l7.http.protocol == "HTTP/1.1"
     assert resp_no.l7.latency_ns > 0
+    # The server's visibility annotation selects the same port: the proxy's flows are
+    # the only L7 flows (the passive capture stepped aside), each message once.
+    assert len([f for f in fs if f.l7.http.url == f"{url}/nope"]) == 2
+    counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    assert counters["l7proxy.requests"] >= 2 and counters["l7proxy.denied"] >= 1
+    assert counters.get("l7.http_requests", 0) == 0 and counters.get("l7.http_responses", 0) == 0
     # `webb monitor -t l7` prints them as `cilium monitor -t l7` does.
     assert "<- Request http from " in monitor_line(req_no)
     assert monitor_line(req_no).endswith("verdict Denied GET http://server:9080/nope => 0")
