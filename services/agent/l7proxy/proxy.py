@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import socket
 import time
@@ -358,7 +357,3 @@ class _Conn:
                     w.write_eof()
         await asyncio.gather(pump(self.reader, up_w), pump(up_r, self.writer),
                              return_exceptions=True)
-
-
-def family_of(ip: str) -> int:
-    return ipaddress.ip_address(ip).version
