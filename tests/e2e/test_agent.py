@@ -84,7 +84,12 @@ def traffic(lab, agent):
     run_in(lab, p["client"].netns, "tcp-client", p["server"].ip6, "8086")
     srv6.wait(10)
     lab.exec(p["other"].netns, "ping", "-c", "1", "-W", "1", lab.world_ip)
-    time.sleep(0.5)  # the agent drains perf buffers every 10 ms
+
+    def recorded() -> bool:  # the agent drains its perf buffers on a timer: wait for it
+        flows = agent.flows(number=500)
+        return (any(f.IP.destination == lab.world_ip for f in flows)
+                and any(f.l4.TCP.destination_port == 8086 and f.l4.TCP.flags.FIN for f in flows))
+    wait_for(recorded, 15, 0.1, "the traffic's flows in the agent")
     return p
 
 
@@ -182,17 +187,25 @@ def _remember_world(lab):
 def test_follow_delivers_new_connection_within_one_second(lab, agent, traffic):
     p = lab.pods
     got: list[float] = []
+    probed = threading.Event()
     stream = agent.observer.GetFlows(opb.GetFlowsRequest(
-        follow=True, whitelist=[fpb.FlowFilter(destination_port=["8090"])]), timeout=20)
+        follow=True, whitelist=[fpb.FlowFilter(destination_port=["8090", "8091"])]), timeout=30)
 
     def reader():
         for r in stream:
-            if r.HasField("flow"):
+            if r.HasField("flow") and r.flow.l4.UDP.destination_port == 8091:
+                probed.set()
+            elif r.HasField("flow") and r.flow.l4.TCP.destination_port == 8090:
                 got.append(time.time())
                 return
     t = threading.Thread(target=reader)
     t.start()
-    time.sleep(0.5)
+    # Readiness instead of a sleep: UDP probes until one comes out of the open stream.
+    for _ in range(40):
+        run_in(lab, p["client"].netns, "udp-send", p["server"].ip4, "8091")
+        if probed.wait(0.5):
+            break
+    assert probed.is_set(), "the follow stream delivered no probe flow"
     srv = start_in(lab, p["server"].netns, "tcp-server", "8090")
     sent = time.time()
     run_in(lab, p["client"].netns, "tcp-client", p["server"].ip4, "8090")

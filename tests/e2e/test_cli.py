@@ -104,7 +104,13 @@ def traffic(lab, agents):
     run_in(lab, p["client"].netns, "udp-send", p["server"].ip4, "5353", "--count", "2")
     udp.wait(10)
     lab.exec(p["other"].netns, "ping", "-c", "1", "-W", "1", lab.world_ip)
-    time.sleep(0.5)
+
+    def recorded() -> bool:  # the agents drain their perf buffers on a timer: wait for it
+        n1, n2 = agents["n1"].flows(number=200), agents["n2"].flows(number=200)
+        return (any(f.IP.destination == lab.world_ip and f.l4.HasField("ICMPv4") for f in n1)
+                and any(f.l4.TCP.destination_port == 8080 and f.l4.TCP.flags.FIN for f in n1)
+                and any(f.l4.UDP.source_port == 5353 for f in n2))
+    wait_for(recorded, 15, 0.1, "the traffic's flows in both agents")
     return p
 
 
@@ -250,21 +256,42 @@ def test_observe_errors_are_one_line(relay):
     assert code == 1 and err.startswith("Error: failed to connect to '127.0.0.1:") and err.count("\n") == 1
 
 
-def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[str | None, list[str]]:
-    """Lines of proc's stdout until one matches (read in a thread: readline blocks)."""
-    found: list[str] = []
-    lines: list[str] = []
+class _Lines:
+    """A follow command's stdout, read in a thread (readline blocks) into one list."""
 
-    def reader() -> None:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._cv = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if re.search(pattern, line):
-                found.append(line)
+            with self._cv:
+                self.lines.append(line)
+                self._cv.notify_all()
+
+    def wait(self, pattern: str, timeout: float) -> str | None:
+        """The first line (since the start) matching pattern, waiting up to timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                hit = next((ln for ln in self.lines if re.search(pattern, ln)), None)
+                left = deadline - time.monotonic()
+                if hit is not None or left <= 0:
+                    return hit
+                self._cv.wait(left)
+
+    def until_following(self, probe, pattern: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+        """Readiness of a follow stream, instead of a sleep: sends probe traffic until a
+        line for it comes out, so the stream is open end to end before the traffic the
+        test is about starts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe()
+            if self.wait(pattern, 1.0):
                 return
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout)
-    return (found[0] if found else None), lines
+        raise AssertionError(f"the follow stream showed no probe ({pattern}) in {timeout} s: "
+                             f"{self.lines[-5:]}")
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, str]:
@@ -279,14 +306,17 @@ def _stop(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_follow_shows_a_new_connection_and_ctrl_c_exits_quietly(lab, relay, traffic):
     p = traffic
-    proc = subprocess.Popen([WEBB, "observe", "--server", relay.address, "-f", "--to-port", "8090"],
+    proc = subprocess.Popen([WEBB, "observe", "--server", relay.address, "-f", "--to-port", "8090",
+                             "--to-port", "8091"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # the stream is open before the connection starts
+        out = _Lines(proc)
+        out.until_following(lambda: run_in(lab, p["client"].netns, "udp-send", p["server"].ip4,
+                                           "8091"), r"-> shop/server:8091 ")
         srv = start_in(lab, p["server"].netns, "tcp-server", "8090")
         run_in(lab, p["client"].netns, "tcp-client", p["server"].ip4, "8090")
         srv.wait(10)
-        line, _ = _read_until(proc, r"shop/client:\d+ \(ID:\d+\) -> shop/server:8090 .*\(TCP Flags: SYN\)", 20)
+        line = out.wait(r"shop/client:\d+ \(ID:\d+\) -> shop/server:8090 .*\(TCP Flags: SYN\)", 20)
         assert line, "the new connection did not show up"
     finally:
         code, err = _stop(proc)
@@ -302,15 +332,17 @@ def test_monitor_prints_cilium_style_lines(lab, relay, agents, traffic):
                              "--related-to", str(ep_id)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        out = _Lines(proc)
+        out.until_following(lambda: run_in(lab, p["client"].netns, "udp-send", p["server"].ip4,
+                                           "8085"), rf"-> {re.escape(p['server'].ip4)}:8085 udp")
         srv = start_in(lab, p["server"].netns, "tcp-server", "8082")
         run_in(lab, p["client"].netns, "tcp-client", p["server"].ip4, "8082")
         srv.wait(10)
         pat = (rf"^-> endpoint {ep_id} flow 0x[0-9a-f]+ identity \d+->{server_ident} state new "
                rf"ifindex \S+: {re.escape(p['client'].ip4)}:\d+ -> {re.escape(p['server'].ip4)}:8082 tcp SYN$")
-        line, lines = _read_until(proc, pat, 20)
-        assert line, lines[-5:]
-        assert all(f"endpoint {ep_id} " in ln or f"{ep_id}" in ln for ln in lines)
+        line = out.wait(pat, 20)
+        assert line, out.lines[-5:]
+        assert all(f"endpoint {ep_id} " in ln or f"{ep_id}" in ln for ln in out.lines)
     finally:
         code, err = _stop(proc)
     assert code == 0 and err.startswith(f"Listening for events on {relay.address}\n")
@@ -443,12 +475,7 @@ def server_policy(agents):
 
     from webb.api.admin import admin_pb2
     a2 = agents["n2"]
-    try:
-        a2.admin.ApplyPolicies(admin_pb2.ApplyPoliciesRequest(documents=POLICY), timeout=10)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("this agent enforces no network policies yet")
-        raise
+    a2.admin.ApplyPolicies(admin_pb2.ApplyPoliciesRequest(documents=POLICY), timeout=10)
     try:
         yield a2
     finally:
@@ -468,14 +495,16 @@ def test_policy_denied_drop_in_monitor_observe_and_endpoint(lab, relay, agents, 
     proc = subprocess.Popen([WEBB, "monitor", "--server", relay.address, "--type", "drop"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        out = _Lines(proc)
+        out.until_following(lambda: run_in(lab, p["other"].netns, "udp-send", p["server"].ip4,
+                                           "8084"), rf"-> {re.escape(p['server'].ip4)}:8084 udp")
         lab.exec(p["other"].netns, sys.executable, TRAFFIC, "tcp-client", p["server"].ip4, "8083",
                  "--timeout", "1", check=False, timeout=20)
         pat = (rf"^xx drop \(Policy denied\) flow 0x[0-9a-f]+ to endpoint {server['id']}, identity "
                rf"{other['identity']}->{server['identity']}: {re.escape(p['other'].ip4)}:\d+ -> "
                rf"{re.escape(p['server'].ip4)}:8083 tcp SYN$")
-        line, lines = _read_until(proc, pat, 20)
-        assert line, lines[-5:]
+        line = out.wait(pat, 20)
+        assert line, out.lines[-5:]
     finally:
         code, err = _stop(proc)
     assert code == 0

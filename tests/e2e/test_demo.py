@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -215,10 +214,14 @@ def test_clean_after_a_crash(tmp_path):
         assert out.returncode == 0, out.stderr
         assert not [n for n in list_netns() if n.startswith(f"{prefix}-")]
         assert not state.exists()
-        time.sleep(0.5)
-        for pid in pids.values():
-            assert not Path(f"/proc/{pid}").exists() or \
-                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", f"process {pid} survived"
+        def gone(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            except FileNotFoundError:
+                return True
+        # A killed process takes a moment to exit: wait for it (bounded), not a sleep.
+        wait_for(lambda: all(gone(pid) for pid in pids.values()), 10, 0.05,
+                 f"the demo's processes {sorted(pids.values())} to exit")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,13 +194,13 @@ def test_not_http_on_an_http_port_gives_no_l7_flow(lab, agent):
     for payload in (tls_hello, h2):
         lab.exec(lab.pods["client"].netns, sys.executable, L7, "raw-client",
                  lab.pods["server"].ip4, str(HTTP_PORT), "--hex", payload, "--timeout", "3")
-    time.sleep(0.3)
+    # The agent is alive and the next HTTP request is parsed; once its flows are in, so
+    # are the garbage connections' events (sent before it, drained on the same timer).
+    http(lab, [{"path": "/after-garbage"}])
+    l7_flows(agent, 2, tag="/after-garbage")
     flows = agent.flows()
     l7 = [f for f in flows if f.Type == fpb.L7 and not f.l7.http.url and not f.l7.dns.query]
     assert not l7, [f.Summary for f in l7]
-    # The agent is alive and the next HTTP request is parsed.
-    http(lab, [{"path": "/after-garbage"}])
-    l7_flows(agent, 2, tag="/after-garbage")
 
 
 def test_unselected_port_has_no_l7_flows(lab, agent):

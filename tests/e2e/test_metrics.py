@@ -59,7 +59,7 @@ def datapath_family(expr: str) -> str:
     return ""
 
 
-def skip_if_not_produced(expr: str, produced: set[str]) -> None:
+def require_produced(expr: str, produced: set[str]) -> None:
     """Fails (not skips) when the traffic did not give the agents the flows expr needs."""
     family = datapath_family(expr)
     if family and family not in produced:
@@ -432,9 +432,18 @@ def policed(lab: NetLab, agent: AgentProc) -> None:
 def produced(cluster, traffic) -> set[str]:
     """The DEPENDS_ON_DATAPATH families the agents have flows for after the traffic."""
     agents, _ = cluster
-    time.sleep(0.5)  # agents drain their perf buffers every 10 ms
-    flows = [f for a in agents.values() for f in a.flows()]
-    return {k for k, (_, has) in DEPENDS_ON_DATAPATH.items() if any(has(f) for f in flows)}
+
+    def families() -> set[str]:
+        flows = [f for a in agents.values() for f in a.flows()]
+        return {k for k, (_, has) in DEPENDS_ON_DATAPATH.items() if any(has(f) for f in flows)}
+    # The agents drain their perf buffers on a timer: wait until every family is there,
+    # bounded; one that never comes fails the tests needing it (require_produced).
+    deadline = time.monotonic() + 15
+    got = families()
+    while got != set(DEPENDS_ON_DATAPATH) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = families()
+    return got
 
 
 # -- the exporter's own contract -------------------------------------------------------------
@@ -523,13 +532,13 @@ CHECKS = [
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: f"{c.family}:{c.expr[:60]}")
 def test_family_through_prometheus(prometheus, produced, check):
-    skip_if_not_produced(check.expr, produced)
+    require_produced(check.expr, produced)
     prometheus.poll(check.expr, check.ok)
 
 
 def test_drop_reasons_are_the_agents(cluster, exporters, prometheus, produced):
     """Every drop reason in the agents' flows is a hubble_drop_total reason, same name."""
-    skip_if_not_produced("hubble_drop_total", produced)
+    require_produced("hubble_drop_total", produced)
     agents, _ = cluster
     since = exporters["relay"].started_ns
     want = {(drop_reason_name(f), flow_protocol(f)) for a in agents.values() for f in a.flows()
@@ -603,7 +612,7 @@ def scraped(prometheus, traffic):
 
 @pytest.mark.parametrize("board,title,expr", list(dashboard_params()))
 def test_dashboard_panel_returns_data(scraped, produced, board, title, expr):
-    skip_if_not_produced(expr, produced)
+    require_produced(expr, produced)
     q = substitute(expr, resolve_variables(scraped, board))
     result = scraped.poll(q, bool, timeout=10)
     assert result, f"{title}: {q} returned nothing"

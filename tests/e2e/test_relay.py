@@ -176,7 +176,13 @@ def cross_traffic(lab: NetLab, port: int, writes: int = 20, rounds: int = 1) -> 
 def history(lab, cluster, relay):
     """One round of known cross-node traffic, shared by the read-only tests."""
     cross_traffic(lab, 7000, rounds=2)
-    time.sleep(0.5)  # agents drain perf buffers every 10 ms
+    agents, _ = cluster
+
+    def drained(n: str) -> bool:  # the agents drain their perf buffers on a timer
+        fins = [f.l4.TCP for f in agents[n].flows(number=2000) if f.l4.TCP.flags.FIN]
+        return (any(t.destination_port == 7001 for t in fins)
+                and any(t.source_port == 7001 for t in fins))
+    wait_for(lambda: all(drained(n) for n in NODES), 15, 0.1, "the last round's FINs on every node")
     return 7000
 
 
@@ -261,7 +267,12 @@ def test_follow_merges_live_flows_within_the_window(lab, relay, history):
         cross_traffic(lab, 7100, writes=30, rounds=2)
         wait_for(lambda: len({f.node_name for f in stream.flows()}) == 3
                  and len(stream.flows()) >= 30, 10, what="live flows of three nodes")
-        time.sleep(WINDOW + 0.5)
+
+        def last_round_in() -> bool:  # the sort window releases them: wait for the FINs
+            fins = {f.node_name for f in stream.flows() if f.l4.TCP.flags.FIN
+                    and 7101 in (f.l4.TCP.source_port, f.l4.TCP.destination_port)}
+            return len(fins) == 3
+        wait_for(last_round_in, WINDOW + 10, 0.1, what="the last round's FINs from three nodes")
         flows = stream.flows()
         times = [ts_ns(f.time) for f in flows]
         # each flow is at most one window older than what came before it
