@@ -62,7 +62,7 @@ def _ep(i: int) -> fpb.Endpoint:
                         workloads=[fpb.Workload(name=app, kind="Deployment")])
 
 
-def build_pool(n: int, seed: int = 1) -> list[bytes]:
+def build_pool(n: int, seed: int = 1, t0: int | None = None, uuid_prefix: str = "b0000000") -> list[bytes]:
     """n serialised GetFlowsResponses: a call graph of layered services."""
     rng = random.Random(seed)
     edges = []
@@ -73,10 +73,10 @@ def build_pool(n: int, seed: int = 1) -> list[bytes]:
                 edges.append((i, j, rng.choice([80, 8080, 9080, 443])))
     edges += [(-1, 0, 443), (-1, 1, 443), (5, len(APPS) - 1, 53)]
     out = []
-    t0 = time.time_ns()
+    t0 = time.time_ns() if t0 is None else t0
     for k in range(n):
         s, d, port = rng.choice(edges)
-        f = fpb.Flow(node_name=f"n{k % 4}", uuid=f"b0000000-0000-4000-8000-{k:012d}",
+        f = fpb.Flow(node_name=f"n{k % 4}", uuid=f"{uuid_prefix}-0000-4000-8000-{k:012d}",
                      source=_ep(s), destination=_ep(d), traffic_direction=fpb.EGRESS,
                      emitter=fpb.Emitter(name="ui-bench"))
         f.time.FromNanoseconds(t0 + k * 1000)
@@ -114,21 +114,64 @@ def build_pool(n: int, seed: int = 1) -> list[bytes]:
 
 # --- the flow server (child process) ----------------------------------------------------------
 
-def serve_flows(port: int, rate: float, stats_path: str) -> None:
+def serve_flows(port: int, rate: float, stats_path: str, batched: bool = False) -> None:
     import grpc
 
+    from webb.api.stream import stream_pb2 as spb
     from webb.filters import build_filter
 
     everything = build_pool(8192)
     parsed = [opb.GetFlowsResponse.FromString(b).flow for b in everything]
+    # history answers come from an hour before, with their own uuids (as a ring would)
+    history = build_pool(8192, t0=time.time_ns() - 3600 * 10**9, uuid_prefix="a0000000")
     sent = {"n": 0}
+
+    def batch_of(entries: list[bytes]) -> bytes:
+        fb = spb.FlowBatch(responses=entries, nodes=["n0"])
+        for e in entries:
+            r = opb.GetFlowsResponse.FromString(e)
+            fb.time_ns.append(r.time.seconds * 10**9 + r.time.nanos)
+        fb.node_index.extend([0] * len(entries))
+        return fb.SerializeToString()
+
+    async def get_flow_batches(req: opb.GetFlowsRequest, ctx: Any):
+        match = build_filter(req.whitelist, req.blacklist)
+        if not req.follow:
+            hist = [b for b in history if match(opb.GetFlowsResponse.FromString(b).flow)]
+            yield batch_of(hist[-(req.number or 100):])
+            return
+        pool = [b for b, f in zip(everything, parsed) if match(f)] or [everything[0]]
+        chunk = 256
+        parts = [pool[i:i + chunk] for i in range(0, len(pool), chunk)]
+        batches = [batch_of(part) for part in parts]
+        sizes = [len(part) for part in parts]
+        tick = 0.01
+        per_tick = rate * tick * len(pool) / len(everything) / (len(pool) / len(parts))  # batches
+        budget = 0.0
+        i = 0
+        nxt = time.monotonic()
+        while True:
+            nxt += tick
+            budget += per_tick
+            n = int(budget)
+            budget -= n
+            for _ in range(n):
+                yield batches[i]
+                sent["n"] += sizes[i]
+                i = (i + 1) % len(batches)
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:
+                nxt = time.monotonic()
 
     async def get_flows(req: opb.GetFlowsRequest, ctx: Any):
         # like a relay: the request's FlowFilters decide what this stream carries
         match = build_filter(req.whitelist, req.blacklist)
         pool = [b for b, f in zip(everything, parsed) if match(f)] or [everything[0]]
         if not req.follow:
-            for b in pool[: min(len(pool), req.number or 100)]:
+            hist = [b for b in history if match(opb.GetFlowsResponse.FromString(b).flow)]
+            for b in hist[-(req.number or 100):]:
                 yield b
             return
         # the cluster makes `rate` flows/s; this stream carries the share that matches
@@ -185,6 +228,10 @@ def serve_flows(port: int, rate: float, stats_path: str) -> None:
                 response_serializer=opb.GetNamespacesResponse.SerializeToString),
         })
         server.add_generic_rpc_handlers((handler,))
+        if batched:
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("webb.stream.FlowStream", {
+                "GetFlowBatches": grpc.unary_stream_rpc_method_handler(
+                    get_flow_batches, request_deserializer=opb.GetFlowsRequest.FromString)}),))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         print("ready", flush=True)
@@ -265,11 +312,12 @@ def get(port: int, path: str) -> Any:
     return json.loads(conn.getresponse().read())
 
 
-def run_phase(rate: float, seconds: float, out: Path) -> dict[str, Any]:
+def run_phase(rate: float, seconds: float, out: Path, batched: bool = False) -> dict[str, Any]:
     gport, uport = free_port(), free_port()
     stats = out / f"server-{int(rate)}.json"
     srv = subprocess.Popen([sys.executable, __file__, "--serve", str(gport), "--rate", str(rate),
-                            "--stats", str(stats)], stdout=subprocess.PIPE, text=True)
+                            "--stats", str(stats), *(["--batched"] if batched else [])],
+                           stdout=subprocess.PIPE, text=True)
     assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
     ui = subprocess.Popen([str(BIN / "webb-ui"), "--listen-address", f"127.0.0.1:{uport}",
                            "--server", f"127.0.0.1:{gport}", "--log-level", "warning"],
@@ -308,6 +356,7 @@ def run_phase(rate: float, seconds: float, out: Path) -> dict[str, Any]:
         sent1 = json.loads(stats.read_text())["sent"] if stats.exists() else 0
         st = get(uport, "/api/status")
         seen1 = {v["key"]: v["flows_seen"] for v in st["views"]}
+        shed = sum(v.get("shed", 0) for v in st["views"])
         all_view = seen1.get("|", 0) - seen0.get("|", 0)
         shop = seen1.get("shop|", 0) - seen0.get("shop|", 0)
         w_all, w_ns = watchers[0].window(t0, t1), watchers[1].window(t0, t1)
@@ -324,6 +373,7 @@ def run_phase(rate: float, seconds: float, out: Path) -> dict[str, Any]:
             "rows_s": watchers[0].rows / max(1e-9, (t1 - t0 + 3)),
             "sse_kb_s": watchers[0].bytes / 1024 / (t1 - t0 + 3),
             "map": watchers[0].last_map, "window": max(v["window"] for v in st["views"]),
+            "shed": shed, "streams": sorted({v.get("stream", "") for v in st["views"]}),
         }
     finally:
         for w in watchers:
@@ -383,9 +433,11 @@ def main() -> None:
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     p.add_argument("--stats", help=argparse.SUPPRESS)
+    p.add_argument("--batched", action="store_true",
+                   help="the source also serves webb.stream.FlowStream (batches), as webb's relay")
     a = p.parse_args()
     if a.serve:
-        serve_flows(a.serve, a.rate, a.stats)
+        serve_flows(a.serve, a.rate, a.stats, a.batched)
         return
     print(f"webb-ui bench · {platform.node()} · {os.cpu_count()} CPUs · {platform.platform()} · "
           f"Python {platform.python_version()} · load average {os.getloadavg()[0]:.1f}")
@@ -403,7 +455,7 @@ def main() -> None:
            f"{'table upd/s':>11} {'max gap':>7} {'map upd/s':>9} {'max gap':>7} {'rows/s sent':>11} {'SSE KB/s':>8}")
     print(hdr)
     for rate in [float(r) for r in a.rates.split(",")]:
-        r = run_phase(rate, a.seconds, out)
+        r = run_phase(rate, a.seconds, out, a.batched)
         print(f"{r['rate']:>8,.0f} {r['sent']:>7,.0f} {r['srv_cpu']:>6.0f}% {r['ingest_all']:>8,.0f} {r['ingest_ns']:>9,.0f} {r['cpu']:>6.0f}% "
               f"{r['rss0']:>9.0f} → {r['rss_half']:.0f} → {r['rss1']:.0f} ({r['rss_max']:.0f}) "
               f"{r['table_updates_s']:>11.1f} {r['table_gap']:>6.2f}s {r['map_updates_s']:>9.1f} "

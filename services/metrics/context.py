@@ -217,7 +217,9 @@ class ContextOptions:
         # Most contexts name endpoints by what (identity, namespace, pod) determines:
         # then the labels of a pair of endpoints are computed once, not once per flow.
         used = {i for chains in self.chains.values() for ids in chains.values() for i in ids}
-        self._by_endpoints = not (used & _PER_FLOW_IDS) and not (set(self.labels) & _PER_FLOW_LABELS)
+        # (a pod label binds a series to the address of an endpoint without a pod: per flow)
+        self._by_endpoints = (not (used & _PER_FLOW_IDS) and not (set(self.labels) & _PER_FLOW_LABELS)
+                              and not any(self._label_binds.values()))
         self._directional = (any(d is not None for chains in self.chains.values() for d in chains)
                              or "traffic_direction" in self.labels)
         self._cache: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}

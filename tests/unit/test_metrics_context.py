@@ -189,3 +189,11 @@ def test_endpoint_contexts_are_computed_once_per_endpoint_pair_and_per_flow_ones
     by_ip = ContextOptions({"sourceContext": "ip"})
     assert by_ip.values(a)[0] == ("10.0.1.5",) and by_ip.values(mk(sip="10.0.1.6"))[0] == ("10.0.1.6",)
     assert not by_ip._cache
+
+
+def test_a_pod_label_binding_an_address_is_computed_per_flow():
+    # labelsContext=source_pod binds a pod-less endpoint's series to its address
+    c = ContextOptions({"labelsContext": "source_pod"})
+    w1, w2 = mk(src=WORLD, sip="93.184.216.34"), mk(src=WORLD, sip="93.184.216.35")
+    assert c.values(w1)[1] == ("ip:93.184.216.34",)
+    assert c.values(w2)[1] == ("ip:93.184.216.35",)
