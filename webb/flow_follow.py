@@ -146,8 +146,10 @@ class _Delivered:
     """Identities of the entries delivered in the last ``window_ns`` of stream time,
     per batch; after a reconnect, entries up to the old newest time are checked against them."""
 
-    def __init__(self, window_ns: int) -> None:
+    def __init__(self, window_ns: int, max_entries: int = 300_000) -> None:
         self.window_ns = window_ns
+        self.max_entries = max_entries
+        self.entries = 0
         self.high_ns = 0
         self._recent: collections.deque[tuple[int, set[bytes | int]]] = collections.deque()
         self.check_until = -1
@@ -156,11 +158,14 @@ class _Delivered:
     def record(self, hi: int, hashes: set[bytes | int]) -> None:
         recent = self._recent
         recent.append((hi, hashes))
+        self.entries += len(hashes)
         if hi > self.high_ns:
             self.high_ns = hi
-            horizon = hi - self.window_ns
-            while recent and recent[0][0] < horizon:
-                recent.popleft()
+        horizon = self.high_ns - self.window_ns
+        # bounded also when stream time stands still or more than max_entries fall in the
+        # window (then the oldest are forgotten: a reconnect could repeat those)
+        while recent and (recent[0][0] < horizon or self.entries > self.max_entries):
+            self.entries -= len(recent.popleft()[1])
 
     def start_replay(self) -> None:
         """A new stream starts: what it repeats of ours must be recognised."""

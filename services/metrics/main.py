@@ -150,7 +150,7 @@ class Exporter:
                 and not (t.get_name() == "endpoint-events" and t.exception() is None)]
         detail = {"status": "ok" if not dead else "failed", "version": VERSION,
                   "server": self.cfg.server, "connected": s.connected,
-                  "flows": s.flows, "last_error": s.last_error}
+                  "flows": s.flows, "last_error": s.last_error, "stream": s.mode, "shed": s.shed}
         if dead:
             detail["failed_tasks"] = dead
         return not dead, detail

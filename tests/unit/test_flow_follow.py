@@ -291,3 +291,16 @@ def test_entry_kind_reads_the_first_byte_or_parses():
         opb.GetFlowsResponse(flow=fpb.Flow()).SerializeToString()
     assert entry_kind(raw) == "flow"
     assert len(Batch([b"\n\x00"], [1], ["n"])) == 1
+
+
+def test_what_is_remembered_for_resuming_is_bounded():
+    from webb.flow_follow import _Delivered
+    d = _Delivered(window_ns=10, max_entries=1000)
+    for t in range(100):
+        d.record(t, {(t, i) for i in range(5)})
+    assert d.entries <= 11 * 5  # a window of 10 ns of stream time
+    for _ in range(1000):  # stream time standing still (a source repeating its times)
+        d.record(99, {object() for _ in range(7)})
+    assert d.entries <= 1000
+    d.start_replay()
+    assert len(d._replay) == d.entries
