@@ -64,8 +64,9 @@ def agents(lab, workdir):
     eps = workdir / "endpoints.yaml"
     write_endpoints(eps, [pod_endpoint(lab.pods[f"{k}{i}"], f"{k}{i}")
                           for i in (1, 2) for k in ("c", "s")])
-    a = {"n1": AgentProc(workdir, "n1", lab.nodes["n1"].netns, eps),
-         "n2": AgentProc(workdir, "n2", lab.nodes["n2"].netns, eps,
+    # rings larger than the slow-consumer test's flood: what is shed is the relay's
+    a = {"n1": AgentProc(workdir, "n1", lab.nodes["n1"].netns, eps, ring=32767),
+         "n2": AgentProc(workdir, "n2", lab.nodes["n2"].netns, eps, ring=32767,
                          extra=["--disable-batch-service"])}
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -254,10 +255,12 @@ def test_a_slow_batched_consumer_gets_a_lost_event(lab, relay, history):
                    "20000", "--count", "3000", "--ports", "3000")
         time.sleep(1.0)  # the slow-client timeout is 300 ms
         slow.go.set()
-        wait_for(lambda: any(r.HasField("lost_events") for r in slow.items), 20,
-                 what="LostEvent for the slow client")
-        lost = [r.lost_events for r in slow.items if r.HasField("lost_events")]
-        assert lost[0].source == fpb.OBSERVER_EVENTS_QUEUE and lost[0].num_events_lost > 0
+        wait_for(lambda: any(r.lost_events.source == fpb.OBSERVER_EVENTS_QUEUE
+                             for r in slow.items if r.HasField("lost_events")), 20,
+                 what="the relay's LostEvent for the slow client")
+        lost = [r for r in slow.items if r.HasField("lost_events")
+                and r.lost_events.source == fpb.OBSERVER_EVENTS_QUEUE]
+        assert lost[0].lost_events.num_events_lost > 0 and lost[0].node_name in NODES
         for n in NODES:  # each node's flows in order (across nodes, an overflowing sort
             # buffer releases in arrival order, as Hubble's)
             t = [f.time.ToNanoseconds() for f in slow.flows() if f.node_name == n]
