@@ -653,7 +653,10 @@ def test_relay_restart_neither_loses_nor_double_counts(lab, cluster, relay, expo
     tcp(lab, "client", p["cart"].ip4, 8091, server_ns=p["cart"].netns)
     for port in (8090, 8091):
         counts_equal(e, agents, ("n1", "n2"), port, f"port {port}: counted once, none lost")
-    time.sleep(1.0)  # anything replayed twice would have arrived by now
+    # A flow made after the reconnect, once counted, shows the stream has delivered
+    # everything before it: a replayed duplicate would have arrived (no sleep).
+    tcp(lab, "client", p["cart"].ip4, 8092, server_ns=p["cart"].netns)
+    counts_equal(e, agents, ("n1", "n2"), 8092, "port 8092: a flow after the replay")
     for port in (8080, 8089, 8090):
         counts_equal(e, agents, ("n1", "n2"), port, f"port {port}: not counted again", timeout=2)
     assert e.value("webb_metrics_source_reconnects_total") >= 1

@@ -525,7 +525,9 @@ ingress:
                      json.dumps([["tcpslow", p["server"].ip4, 8080, ""]]), "3",
                      stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        # The connection is up (its SYN-ACK seen) before the policy changes: no sleep.
+        wait_flows(agent, t_start, "the slow connection's handshake",
+                   pred=lambda f: f.l4.TCP.flags.SYN and f.l4.TCP.flags.ACK, source_port=["8080"])
         r2 = apply(agent, allow.replace("app: client", "app: nobody"))
         assert r2.policies[0].revision > rev1
         out, _ = slow.communicate(timeout=20)
@@ -648,9 +650,12 @@ ingress:
     wait_for(lambda: [x for x in _list(agent) if x.name == "from-file"], 10, 0.2, "file policy")
     assert [x.source for x in _list(agent)] == [str(f)]
     assert reach(lab, workdir, p["client"].netns, ("tcp", p["server"].ip4, 8080)) == ["timeout"]
+    rejected = "rejected, keeping its previous policies"
+    seen = agent.log.read_text().count(rejected)
     f.write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\n"
                  "spec: {endpointSelector: {matchLabels: {app: server}}, egres: []}\n")
-    time.sleep(1.5)  # a malformed file keeps its previous policies
+    # The agent has read and rejected it (its log says so): then the old policy stays.
+    wait_for(lambda: agent.log.read_text().count(rejected) > seen, 10, 0.1, "the file rejected")
     assert [x.name for x in _list(agent)] == ["from-file"]
     f.unlink()
     wait_for(lambda: not _list(agent), 10, 0.2, "file policy gone")
