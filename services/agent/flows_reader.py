@@ -41,6 +41,7 @@ class Lost:
     count: int
     cpu: int
     time_ns: int
+    first_seq: int = -1  # a ring overwrite: the first seq of the span (history fills it)
 
 
 @dataclass
@@ -68,19 +69,23 @@ def validate(req: ReadRequest) -> None:
 async def read_flows(ring: Ring, req: ReadRequest,
                      match: Callable[[FlowRecord], bool] | None,
                      start_seq: int | None = None,
-                     idle: bool = False) -> AsyncIterator[FlowRecord | Lost | _Idle]:
+                     idle: bool = False,
+                     end_seq: int | None = None) -> AsyncIterator[FlowRecord | Lost | _Idle]:
     """Yields each selected flow record, or Lost notices; match=None selects all.
 
     start_seq (the history reader's) starts at that sequence number instead; a span
     older than the ring comes first as a Lost notice, which history fills in.
-    idle=True yields IDLE each time the reader is about to wait for new entries."""
+    idle=True yields IDLE each time the reader is about to wait for new entries.
+    end_seq: where a request without follow ends (default: the ring's next seq now)."""
     since, until = req.since_ns, req.until_ns
 
     def in_window(rec: FlowRecord) -> bool:
         t = rec.time_ns
         return (since is None or t >= since) and (until is None or t <= until)
 
-    end = ring.next_seq  # without follow, the history as it stands now
+    # Without follow, the history as it stands now: entries written later are no
+    # part of the answer, so the ring overwriting them under a slow reader is no loss.
+    end = ring.next_seq if end_seq is None else end_seq
     if start_seq is not None:
         start = start_seq
     elif req.number and not req.first:
@@ -104,8 +109,11 @@ async def read_flows(ring: Ring, req: ReadRequest,
     while True:
         oldest = ring.oldest_seq
         if pos < oldest:
-            yield Lost(LOST_SOURCE_RING, oldest - pos, -1, time.time_ns())
-            pos = oldest
+            upto = oldest if req.follow else min(oldest, end)
+            lost_from, pos = pos, oldest
+            if upto > lost_from:
+                yield Lost(LOST_SOURCE_RING, upto - lost_from, -1, time.time_ns(), lost_from)
+                continue  # the ring went on while the notice was sent: look again
         if pos >= ring.next_seq or (not req.follow and pos >= end):
             if not req.follow:
                 return

@@ -277,6 +277,34 @@ async def test_reader_reports_ring_overwrite():
     await gen.aclose()
 
 
+async def test_reader_without_follow_loses_nothing_for_entries_newer_than_its_request():
+    """Entries written after a request started are no part of its answer: the ring
+    overwriting them under a slow reader is no loss (only its own span counts)."""
+    ring, p = filled_ring(5, cap=7)
+    gen = read_flows(ring, ReadRequest(), None)
+    first = await gen.__anext__()
+    assert p.flow(first).l4.TCP.source_port == 30000
+    more = []
+    for i in range(5, 9):  # overwrites entries 0 and 1 of the request's span
+        r = FlowRecord(ev(sport=30000 + i), 10**9 * (i + 1), WORLD, WORLD)
+        r.seq = i
+        more.append(r)
+    ring.write_many(more)
+    rest = [x async for x in gen]
+    assert isinstance(rest[0], Lost) and rest[0].count == 1  # entry 1 only
+    assert [p.flow(x).l4.TCP.source_port - 30000 for x in rest[1:]] == [2, 3, 4]
+    gen = read_flows(ring, ReadRequest(), None)
+    await gen.__anext__()
+    more = []
+    for i in range(9, 40):  # far past the request's end (9)
+        r = FlowRecord(ev(sport=30000 + i), 10**9 * (i + 1), WORLD, WORLD)
+        r.seq = i
+        more.append(r)
+    ring.write_many(more)
+    rest = [x async for x in gen]
+    assert len(rest) == 1 and isinstance(rest[0], Lost) and rest[0].count == 6  # seqs 3..8
+
+
 @pytest.mark.parametrize("req", [ReadRequest(first=True, follow=True),
                                  ReadRequest(number=3, since_ns=1),
                                  ReadRequest(since_ns=5, until_ns=1)])

@@ -66,15 +66,18 @@ class HistoryReader:
             yield Lost(LOST_SOURCE_RING, lost, -1, time.time_ns())
         limit = req.number if (req.first or (req.number and not req.follow)) else 0
         sent = 0
-        inner = read_flows(ring, req, match, start_seq=start, idle=idle)
+        inner = read_flows(ring, req, match, start_seq=start, idle=idle, end_seq=end0)
         try:
             async for item in inner:
                 if item is IDLE:
                     yield item
                     continue
-                if isinstance(item, Lost) and item.source == LOST_SOURCE_RING:
-                    hi = ring.oldest_seq  # read now: nothing ran since the ring said so
-                    lo = hi - item.count
+                if (isinstance(item, Lost) and item.source == LOST_SOURCE_RING
+                        and item.first_seq >= 0):
+                    # The span the ring no longer had when the reader got there. Without
+                    # follow it ends at end0 (the request's end), whatever ingest added
+                    # while the answer was being sent.
+                    lo, hi = item.first_seq, item.first_seq + item.count
                     if lo < end0:
                         async for x in self._fill(lo, min(hi, end0), since, until, match):
                             yield x
