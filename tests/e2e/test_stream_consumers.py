@@ -1,14 +1,17 @@
 """The consumers of webb's flow stream (webb.flow_follow: the UI and the exporter) against
-real agents on network-namespace nodes and a real relay, with real traffic:
+real agents on network-namespace nodes and a real relay, with real traffic. Node n2's agent
+runs with --disable-batch-service, as a Cilium agent would (Hubble's GetFlows only):
 
-- a following UI view and exporter go on through a relay restart: flows sent while the
-  relay was down are counted, and none is counted twice (compared with the agents' own
-  flows);
+- a following UI view and exporter read batches from the relay and go on through a relay
+  restart: flows sent while the relay was down are counted, and none is counted twice
+  (compared with the agents' own flows);
+- the same UI and exporter against n2 alone fall back to GetFlows and count the same;
 - a consumer slower than the stream sheds, and reports exactly what it shed as lost events.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +22,7 @@ import pytest
 
 from support import (AgentProc, free_port, lab_prefix, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
-from test_metrics import Exporter, Relay
+from test_metrics import Exporter, Relay, http_get
 from webb.api.flow import flow_pb2 as fpb
 from webb.flow_follow import FlowFollower
 from webb.netlab import NetLab
@@ -53,7 +56,8 @@ def lab():
 @pytest.fixture(scope="module")
 def agents(lab, workdir):
     eps = workdir / "endpoints.yaml"
-    agents = {n: AgentProc(workdir, n, lab.nodes[n].netns, eps) for n in ("n1", "n2")}
+    agents = {"n1": AgentProc(workdir, "n1", lab.nodes["n1"].netns, eps),
+              "n2": AgentProc(workdir, "n2", lab.nodes["n2"].netns, eps, extra=["--disable-batch-service"])}
     p = lab.pods
     write_endpoints(eps, [pod_endpoint(p["client"], "client", namespace="demo"),
                           pod_endpoint(p["cart"], "cart", namespace="shop")],
@@ -91,6 +95,12 @@ def to_port(agents, port: int) -> int:
     """Flows to `port` the agents hold (both nodes see each request: egress and ingress)."""
     return sum(1 for a in agents.values() for f in a.flows()
                if f.l4.HasField("TCP") and f.l4.TCP.destination_port == port)
+
+
+def health(exporter: Exporter) -> dict:
+    code, body = http_get(exporter.url + "/healthz")
+    assert code == 200, body
+    return json.loads(body)
 
 
 def requests_to(agents, port: int) -> int:
@@ -134,8 +144,35 @@ def test_ui_and_exporter_resume_through_a_relay_restart(lab, agents, relay, work
         for port in ports:
             assert same(port), f"port {port} counted again after the restart"
         st = view(7080)
-        assert st["reconnects"] >= 1 and st["shed"] == 0
+        assert st["reconnects"] >= 1 and st["shed"] == 0 and st["stream"] == "batches"
         assert exporter.value("webb_metrics_source_reconnects_total") >= 1
+        assert health(exporter)["stream"] == "batches"
+    finally:
+        ui.stop()
+        exporter.stop()
+
+
+def test_ui_and_exporter_fall_back_to_getflows_on_a_hubble_only_server(lab, agents, workdir):
+    n2 = agents["n2"]  # --disable-batch-service: answers GetFlowBatches with UNIMPLEMENTED
+    exporter = Exporter(workdir, "metrics-n2", n2.address)
+    ui = UIProc(n2.address, free_port(), workdir / "ui-n2.log")
+    try:
+        exporter.start()
+        ui.start()
+        ui.get("/api/map", {"filter": ["to:port=7090"]})
+
+        def view() -> dict:
+            return next(v for v in ui.get("/api/status")["views"] if v["key"].endswith("port=7090"))
+        wait_for(lambda: view()["state"] == "live", 20, 0.2, "view live")
+        tcp(lab, 7090, connections=3)
+
+        def same() -> bool:
+            want = to_port({"n2": n2}, 7090)
+            return (want > 0 and view()["flows_seen"] == want
+                    and exporter.value("hubble_port_distribution_total", port="7090")
+                    == requests_to({"n2": n2}, 7090))
+        wait_for(same, 20, 0.2, "UI and exporter count n2's flows to 7090")
+        assert view()["stream"] == "getflows" and health(exporter)["stream"] == "getflows"
     finally:
         ui.stop()
         exporter.stop()
