@@ -13,6 +13,7 @@ from webb.api.admin import admin_pb2_grpc
 from .endpoint import Endpoint, EndpointError, EndpointRegistry, parse_endpoint
 from .policy.engine import PolicyEngine
 from .policy.model import Policy, PolicyError, parse_documents
+from .policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ def policy_to_pb(p: Policy, engine: PolicyEngine | None = None) -> apb.Policy:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, registry: EndpointRegistry, attach_state,  # type: ignore[no-untyped-def]
-                 policy: PolicyEngine | None = None, status: StatusSource | None = None) -> None:
+                 policy: PolicyEngine | None = None, status: StatusSource | None = None,
+                 store: PolicyStore | None = None) -> None:
         self.registry = registry
         self.attach_state = attach_state  # callable: Endpoint -> (attached, error)
         self.policy = policy
+        # The cluster's policy store: apply/delete act on the cluster unless `local`.
+        self.store = store
         self.status = status
 
     def _pb(self, ep: Endpoint) -> apb.Endpoint:
@@ -118,7 +122,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         engine = await self._engine(context)
         try:
             policies = parse_documents(request.documents)
-            if not request.dry_run:
+            if request.dry_run:
+                pass
+            elif self.store is not None and not request.local:
+                policies = await self.store.apply(policies)
+            else:
                 policies = await engine.apply(policies)
         except PolicyError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -137,7 +145,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
         try:
-            gone = await engine.delete(request.name, request.namespace, request.kind)
+            if self.store is not None and not request.local:
+                gone = await self.store.delete(request.name, request.namespace, request.kind)
+            else:
+                gone = await engine.delete(request.name, request.namespace, request.kind)
         except PolicyError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not gone:

@@ -32,6 +32,7 @@ from .observer import NodeState, ObserverService
 from .parser import FlowParser
 from .peer import PeerDirectory, PeerService
 from .policy.engine import PolicyEngine, watch_policy_dir
+from .policy.store import PolicyStore
 from .policy.model import Policy
 from .ring import Ring
 from .server import start_server
@@ -60,6 +61,7 @@ class AgentConfig:
     wakeup_events: int = 64
     drain_interval: float = 0.01
     policy_dir: str = ""
+    policy_store: str = ""  # the cluster's policy directory (demo, shared hosts)
     allow_localhost: bool = True
     kernel_drops: bool = True
     drop_report_interval: float = 1.0
@@ -164,6 +166,8 @@ class Agent:
         self.server, self.health = await start_server(
             observer, PeerService(self.peers),
             AdminService(self.registry, self._attach_state, self.policy,
+                         store=(PolicyStore(cfg.policy_store, self.policy)
+                                if cfg.policy_store and self.policy is not None else None),
                          status=lambda: (cfg.node_name, VERSION,
                                          {**agent_counters(self.datapath, self.ingest),
                                           **self._proxy_counters()})),
@@ -178,6 +182,8 @@ class Agent:
             self._spawn(watch_registry_file(cfg.endpoints_file, self.registry), "registry")
         if cfg.policy_dir:
             self._spawn(watch_policy_dir(cfg.policy_dir, self.policy), "policy-dir")
+        if cfg.policy_store:
+            self._spawn(watch_policy_dir(cfg.policy_store, self.policy), "policy-store")
         log.info("agent %s serving on %s%s", cfg.node_name, cfg.listen_address or "-",
                  f" and unix://{cfg.unix_socket}" if cfg.unix_socket else "")
 

@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--policy-dir", default="",
                    help="directory of policy files (CiliumNetworkPolicy, NetworkPolicy YAML), "
                         "watched for changes; policies also come from `webb policy apply`")
+    p.add_argument("--policy-store", default="", metavar="DIR",
+                   help="the cluster's policy store without Kubernetes: a directory every "
+                        "agent of the cluster watches; `webb policy apply/delete` through any "
+                        "agent write it, so every agent enforces the change (the demo's)")
     p.add_argument("--allow-localhost", default="always", choices=["always", "policy"],
                    help="always (default, as Cilium): this node may always reach its endpoints; "
                         "policy: only if a policy allows the host entity")
@@ -166,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         ring_capacity=a.ring_capacity, endpoints_file=a.endpoints, netns=a.netns,
         node_ips=a.node_ip, peer_address=a.peer_address, identity_file=a.identity_file,
         report_interval=a.report_interval, perf_pages=a.perf_pages, policy_dir=a.policy_dir,
+        policy_store=a.policy_store,
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
         drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,

@@ -96,7 +96,7 @@ examples:
   webb monitor --type drop
   webb identity get 22047
   webb endpoint list
-  webb policy apply -f reviews-l4.yaml --all-nodes
+  webb policy apply -f reviews-l4.yaml              # the whole cluster
   webb demo                                      # a bookinfo cluster on this host (root)
 
 Run 'webb COMMAND --help' for the flags of a command."""

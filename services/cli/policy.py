@@ -1,8 +1,11 @@
-"""`webb policy apply|get|delete`: network policies of agents, the way `kubectl apply -f`
-handles CiliumNetworkPolicy and NetworkPolicy in a cluster, for the demo and single hosts.
+"""`webb policy apply|get|delete`: network policies of the cluster, the way `kubectl apply -f`
+handles CiliumNetworkPolicy and NetworkPolicy, for the demo and single hosts.
 
-Agents enforce what they are given; `--server` takes several agents (comma-separated)
-and `--all-nodes` every agent a relay knows, so that one command reaches the cluster.
+A policy is a cluster object: the agent asked (`--server`) writes it to the cluster's
+policy store, which every agent watches (the demo's agents share one), so one command
+reaches every node. `--local` narrows a change to the agent asked (debugging); an agent
+without a store (a single host) is its own cluster. `--server` also takes several agents
+(comma-separated) and `--all-nodes` every agent a relay knows.
 """
 from __future__ import annotations
 
@@ -29,11 +32,13 @@ DESCRIPTION = """\
 Network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, Kubernetes
 NetworkPolicy) enforced by webb's agents in their eBPF programs. An endpoint that a
 policy selects is default-deny in that direction; denied packets show up as DROPPED
-flows with "Policy denied". Policies are applied to an agent's admin API (:4244)."""
+flows with "Policy denied". Policies are cluster objects: the agent asked (admin API,
+:4244) puts them in the cluster's policy store and every agent enforces them; --local
+changes the agent asked only."""
 
 EXAMPLES = """
-  webb policy apply -f reviews-l4.yaml
-  webb policy apply -f policies/ --all-nodes          # every agent the relay knows
+  webb policy apply -f reviews-l4.yaml                # the whole cluster
+  webb policy apply -f p.yaml --local --server 127.0.0.2:4244   # one agent (debugging)
   webb policy apply -f p.yaml --server 127.0.0.1:4244,127.0.0.2:4244
   webb policy get -A
   webb policy get reviews -n bookinfo -o yaml
@@ -62,6 +67,7 @@ def add_parser(sub) -> None:
     ap.add_argument("-o", "--output", default="text", choices=["text", "json"],
                     help="text (default) or json")
     _targets(ap)
+    _local(ap)
     g = add_command(ps, "get", "list policies",
                     "List the agent's policies, or show one by NAME.",
                     "  webb policy get\n  webb policy get -A -o wide\n"
@@ -83,6 +89,13 @@ def add_parser(sub) -> None:
     d.add_argument("--kind", default="", help="CiliumNetworkPolicy (cnp), "
                    "CiliumClusterwideNetworkPolicy (ccnp) or NetworkPolicy (netpol)")
     _targets(d)
+    _local(d)
+
+
+def _local(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local", action="store_true",
+                   help="only the agent(s) given by --server, not the cluster's policy store "
+                        "(debugging: the other nodes keep what they enforce)")
 
 
 def _targets(p: argparse.ArgumentParser) -> None:
@@ -169,7 +182,8 @@ def _apply(a: argparse.Namespace, servers: list[str]) -> int:
                 before[(p.kind, p.namespace, p.name)] = p.revision
         try:
             resp = _call(a, server, "ApplyPolicies",
-                         apb.ApplyPoliciesRequest(documents=text, dry_run=a.dry_run))
+                         apb.ApplyPoliciesRequest(documents=text, dry_run=a.dry_run,
+                                                  local=a.local))
         except CLIError as e:
             where = files[0] if len(files) == 1 else ", ".join(files)
             prefix = f"{server}: " if len(servers) > 1 and i else ""
@@ -257,7 +271,8 @@ def _delete(a: argparse.Namespace, servers: list[str]) -> int:
     ns, name = _split_name(a.name, a.namespace)
     for server in servers:
         resp = _call(a, server, "DeletePolicy",
-                     apb.DeletePolicyRequest(name=name, namespace=ns, kind=a.kind))
+                     apb.DeletePolicyRequest(name=name, namespace=ns, kind=a.kind,
+                                             local=a.local))
         prefix = f"{server}: " if len(servers) > 1 else ""
         for p in resp.deleted:
             sys.stdout.write(f'{prefix}{_resource(p)} "{safe(p.name)}" deleted\n')

@@ -1,9 +1,14 @@
 """The tutorial's security part replayed on `webb demo`: the `reviews` L4 policy lets
 only productpage talk to reviews on 9080; details -> reviews is dropped in the
-kernel and seen over the relay as a DROPPED flow with "Policy denied"."""
+kernel and seen over the relay as a DROPPED flow with "Policy denied".
+
+`webb policy` is used as the tutorial types it, without flags: the demo's first agent
+is the default server (as 127.0.0.1:4244 is in `make demo`), and a policy is a
+cluster object, so it reaches the reviews pods of both nodes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import grpc
@@ -44,9 +49,36 @@ def exec_in(demo, pod: str, *cmd: str, timeout: float = 30) -> subprocess.Comple
 
 
 def policy_cli(demo, *args: str) -> subprocess.CompletedProcess:
-    agents = ",".join(f"127.0.0.{i}:{demo['ports']['agent']}" for i in (1, 2))
-    return subprocess.run([str(BIN / "python"), "-m", "webb_cli.policy", "policy", *args,
-                           "--server", agents], capture_output=True, text=True, timeout=60)
+    """`webb policy ARGS`, no server flag: the default agent is the demo's n1."""
+    env = {**os.environ, "WEBB_AGENT_SERVER": f"127.0.0.1:{demo['ports']['agent']}"}
+    return subprocess.run([str(BIN / "webb"), "policy", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def held(demo, name: str = "reviews", ns: str = "bookinfo") -> list[str]:
+    """The document of the policy each agent enforces ('' where it has none)."""
+    out = []
+    for ch in demo["agents"]:
+        pols = admin_pb2_grpc.AdminStub(ch).ListPolicies(apb.ListPoliciesRequest(),
+                                                          timeout=5).policies
+        out.append(next((p.document for p in pols if (p.namespace, p.name) == (ns, name)), ""))
+    return out
+
+
+def wait_everywhere(demo, present: bool = True) -> None:
+    """Until both nodes' agents hold the same version of the policy (or none)."""
+    def ok() -> bool:
+        docs = held(demo)
+        return (docs[0] != "" and docs[0] == docs[1]) if present else docs == ["", ""]
+    wait_for(ok, 15, 0.1, "both agents to hold the policy" if present
+             else "both agents to drop the policy")
+
+
+def reviews_pods(demo) -> list[dict]:
+    pods = json.loads((demo["state"] / "state.json").read_text())["pods"]
+    out = [p for p in pods if p["workload"].startswith("reviews-")]
+    assert {p["node"] for p in out} == {"n1", "n2"}  # the demo spreads them
+    return out
 
 
 def endpoints(demo) -> list[apb.Endpoint]:
@@ -64,11 +96,10 @@ def relay_flows(demo, since: Timestamp, **filt) -> list[fpb.Flow]:
 
 
 def test_reviews_l4_policy_drops_details_and_keeps_productpage(demo, tmp_path):
-    f = tmp_path / "reviews-l4.yaml"
-    f.write_text(REVIEWS_POLICY)
-    out = policy_cli(demo, "apply", "-f", str(f))
+    out = policy_cli(demo, "apply", "-f", str(ROOT / "examples" / "reviews-l4.yaml"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("ciliumnetworkpolicy.cilium.io/reviews created") == 2, out.stdout
+    assert out.stdout == "ciliumnetworkpolicy.cilium.io/reviews created\n", out.stdout
+    wait_everywhere(demo)
 
     # Like `kubectl get cep`: the reviews endpoints enforce ingress, nothing else does.
     eps = endpoints(demo)
@@ -78,14 +109,14 @@ def test_reviews_l4_policy_drops_details_and_keeps_productpage(demo, tmp_path):
 
     t0 = Timestamp()
     t0.GetCurrentTime()
-    # productpage still gets its reviews (three pods on two nodes: try a few times).
-    for _ in range(3):
-        ok = exec_in(demo, "productpage", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0")
-        assert ok.returncode == 0, ok.stderr
-        assert json.loads(ok.stdout)["podname"].startswith("reviews-v")
-    # details may not.
-    denied = exec_in(demo, "details", "curl", "-s", "-m", "3", "http://reviews:9080/reviews/0")
-    assert denied.returncode == 28, (denied.returncode, denied.stdout, denied.stderr)  # timed out
+    # Each reviews pod, on both nodes: productpage still gets its reviews, details may not.
+    for pod in reviews_pods(demo):
+        url = f"http://{pod['ip4']}:9080/reviews/0"
+        ok = exec_in(demo, "productpage", "curl", "-s", "-m", "5", url)
+        assert ok.returncode == 0, (pod, ok.stderr)
+        assert json.loads(ok.stdout)["podname"] == pod["name"]
+        denied = exec_in(demo, "details", "curl", "-s", "-m", "3", url)
+        assert denied.returncode == 28, (pod, denied.returncode, denied.stdout)  # timed out
 
     drops = wait_for(lambda: relay_flows(demo, t0, verdict=[fpb.DROPPED],
                                          source_label=["k8s:app=details"]), 20, 0.5,
@@ -126,16 +157,32 @@ def test_reviews_l4_policy_drops_details_and_keeps_productpage(demo, tmp_path):
     assert hit and hit[0]["destination"]["identity"] in reviews_ids
 
     listed = policy_cli(demo, "get", "-A")
-    assert listed.returncode == 0 and listed.stdout.count("reviews") == 2, listed.stdout
-    # Deleting the policy opens the way again, on both nodes (found through the relay).
-    out = subprocess.run([str(BIN / "python"), "-m", "webb_cli.policy", "policy", "delete",
-                          "bookinfo/reviews", "--all-nodes", "--relay",
-                          f"127.0.0.1:{demo['ports']['relay']}"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.count("deleted") == 2, out.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert listed.returncode == 0 and [r[:3] for r in rows] == [
+        ["bookinfo", "reviews", "CiliumNetworkPolicy"]], listed.stdout
+    # Deleting the policy, again without flags, opens the way on both nodes.
+    out = policy_cli(demo, "delete", "bookinfo/reviews")
+    assert out.returncode == 0 and out.stdout.count("deleted") == 1, (out.stdout, out.stderr)
+    wait_everywhere(demo, present=False)
     assert not any(e.policy_enforcement_ingress for e in endpoints(demo))
-    again = exec_in(demo, "details", "curl", "-s", "-m", "5", "http://reviews:9080/reviews/0")
-    assert again.returncode == 0, again.stderr
+    for pod in reviews_pods(demo):
+        again = exec_in(demo, "details", "curl", "-s", "-m", "5",
+                        f"http://{pod['ip4']}:9080/reviews/0")
+        assert again.returncode == 0, (pod, again.stderr)
+
+
+def test_local_narrows_a_policy_to_one_agent(demo):
+    """`--local --server <agent>`: that node only (debugging); the other keeps its state."""
+    n2 = f"127.0.0.2:{demo['ports']['agent']}"
+    out = policy_cli(demo, "apply", "-f", str(ROOT / "examples" / "reviews-l4.yaml"),
+                     "--local", "--server", n2)
+    try:
+        assert out.returncode == 0, out.stderr
+        assert held(demo)[0] == "" and held(demo)[1] != ""
+        assert not list((demo["state"] / "policies").glob("*.yaml"))  # not in the store
+    finally:
+        policy_cli(demo, "delete", "bookinfo/reviews", "--local", "--server", n2)
+    assert held(demo) == ["", ""]
 
 
 REVIEWS_L7 = (ROOT / "examples" / "reviews-l7.yaml").read_text()
@@ -156,11 +203,13 @@ def test_reviews_l7_policy_answers_403_where_l4_drops(demo, tmp_path):
     try:
         out = policy_cli(demo, "apply", "-f", str(tmp_path / "reviews-l4.yaml"))
         assert out.returncode == 0, out.stderr
+        wait_everywhere(demo)
         assert http_code(demo, "details", url) == "000"
         assert [http_code(demo, "productpage", url) for _ in range(3)] == ["200"] * 3
         out = policy_cli(demo, "apply", "-f", str(tmp_path / "reviews-l7.yaml"))
         assert out.returncode == 0, out.stderr
-        assert out.stdout.count("ciliumnetworkpolicy.cilium.io/reviews configured") == 2, out.stdout
+        assert out.stdout == "ciliumnetworkpolicy.cilium.io/reviews configured\n", out.stdout
+        wait_everywhere(demo)
         t0 = Timestamp()
         t0.GetCurrentTime()
         assert [http_code(demo, "details", url) for _ in range(3)] == ["403"] * 3

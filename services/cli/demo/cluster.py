@@ -232,6 +232,9 @@ class DemoCluster:
                 "--node-name", node.name, "--netns", node.netns,
                 "--endpoints", str(self.endpoints_file),
                 "--identity-file", str(self.state_dir / "identities.json"),
+                # one policy store for the cluster, as the API server is on Kubernetes:
+                # `webb policy apply` through any agent reaches every node
+                "--policy-store", str(self.state_dir / "policies"),
                 # flows beyond the ring: `webb observe --since 1h` (docs/history.md)
                 "--history-dir", str(self.state_dir / "history" / node.name)])
 
