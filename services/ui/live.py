@@ -21,6 +21,7 @@ from .view import View
 
 
 _stopping = False
+MAX_MAP_INTERVAL = 1.5  # seconds
 
 
 def stop_all() -> None:
@@ -63,8 +64,9 @@ async def event_stream(view: View, relay: RelayClient, settings: Settings,
                 rows, skipped = view.rows_since(last, settings.max_rows_per_push)
                 last = view.seq
                 yield sse("flows", {"rows": rows, "skipped": skipped, "seq": last})
-            # big maps cost more to build and send: then they come less often
-            interval = min(3.0, max(settings.map_interval, 6 * view.snapshot_cost))
+            # big maps cost more to build and send: then they come less often, but never
+            # more than 1.5 s apart (with the push tick, a map is at most ~2 s old)
+            interval = min(MAX_MAP_INTERVAL, max(settings.map_interval, 6 * view.snapshot_cost))
             if view.map.version != map_version and now - map_sent >= interval:
                 snap = view.snapshot()
                 map_version, map_sent = snap["version"], now
