@@ -4,6 +4,15 @@
     target <short name>: <figure> <unit> (met|MISSED)
 
 Rows (add yours to ROWS):
+  merged    3 real agents (rings filled by UDP between namespaces) -> webb-relay -> one
+            batched client: the merged history (full rings) and a live burst, flows/s
+  ring      one agent's full 65,535-flow ring read with the batched stream, seconds
+  latency   live through the relay at 50k flows/s offered (paced UDP): p99 of kernel
+            event time -> batched client receive
+  getflows  Hubble's GetFlows (relay, agent) vs a bare grpcio server streaming the same
+            pre-encoded responses, ABBA in one run: the ratio
+  history   1-hour since/until + filter over 10M stored flows (in process;
+            --history-flows 10000000, ~3 min; skipped by default)
   exporter  relay -> /metrics with the demo's metric options, flows per CPU-second of
             the exporter (one core): a gRPC server process streams pre-encoded FlowBatches
             (webb.stream.FlowStream, what webb's relay serves) of realistic flows as fast
@@ -16,7 +25,7 @@ Rows (add yours to ROWS):
             updates, and RSS (start, end, max: bounded = the end not above the middle by
             more than 10 %).
 
-    .venv/bin/python bench/pipeline_bench.py                 # every row
+    sudo .venv/bin/python bench/pipeline_bench.py            # every row (root: namespaces)
     .venv/bin/python bench/pipeline_bench.py --rows exporter
 The machine is shared and small (2 vCPU): the load average is printed with each row.
 """
@@ -180,7 +189,368 @@ def ui_row(rate: float = 150_000, seconds: float = 20.0) -> list[Target]:
             Target("ui RSS bounded (max)", r["rss_max"], "MB", bounded)]
 
 
+
+# -- the agent and relay rows: real agents fed by real traffic between network
+# namespaces (bench/relay_bench.py's lab), webb-relay merging them ---------------------------
+
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from relay_bench import (PAIRS, Relay, cpu_seconds, now_ts, pct, settle,  # noqa: E402
+                         total_flows)
+from support import (NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint,  # noqa: E402
+                     write_endpoints)
+from webb.api.observer import observer_pb2 as opb  # noqa: E402
+from webb.api.stream import stream_pb2_grpc  # noqa: E402
+from webb.netlab import NetLab  # noqa: E402
+
+FLOW = 0x0A  # first byte of a GetFlowsResponse that carries a flow
+GET_FLOWS = "/observer.Observer/GetFlows"
+RING = 65535
+# Options of these rows (main() sets them from the command line).
+OPTS = argparse.Namespace(fill_per_pair=33000, live_per_pair=20000, offered=50000,
+                          latency_seconds=6.0, ratio_flows=20000, abba_rounds=3,
+                          history_flows=0)
+_PIPELINE: "Pipeline | None" = None
+
+
+def pipeline() -> "Pipeline":
+    """Three agents and a relay, started by the first row that needs them."""
+    global _PIPELINE
+    if _PIPELINE is None:
+        if os.geteuid() != 0:
+            raise SystemExit("the agent and relay rows need root")
+        p = Pipeline("wpb" + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2],
+                     Path(tempfile.mkdtemp(prefix="webb-pipeline-bench-")))
+        _PIPELINE = p
+        p.start()
+    return _PIPELINE
+
+
+# -- clients (raw bytes: the client's decoding is not what is measured) ---------------------
+
+def raw_get_flows(channel: grpc.Channel) -> Callable[..., Any]:
+    return channel.unary_stream(GET_FLOWS, request_serializer=opb.GetFlowsRequest.SerializeToString,
+                                response_deserializer=None)
+
+
+def read_batches(channel: grpc.Channel, **req: Any) -> tuple[int, float]:
+    """(flows, seconds) of a batched history read."""
+    stub = stream_pb2_grpc.FlowStreamStub(channel)
+    t = time.perf_counter()
+    n = 0
+    for b in stub.GetFlowBatches(opb.GetFlowsRequest(**req), timeout=600):
+        n += sum(1 for r in b.responses if r[0] == FLOW)
+    return n, time.perf_counter() - t
+
+
+def read_get_flows(channel: grpc.Channel, **req: Any) -> tuple[int, float]:
+    """(messages, seconds) of a GetFlows history read."""
+    call = raw_get_flows(channel)
+    t = time.perf_counter()
+    n = sum(1 for _ in call(opb.GetFlowsRequest(**req), timeout=600))
+    return n, time.perf_counter() - t
+
+
+class BatchRecorder:
+    """A batched follow stream read in a thread: (receive ns, flow ns) per flow."""
+
+    def __init__(self, channel: grpc.Channel, **req: Any) -> None:
+        self.call = stream_pb2_grpc.FlowStreamStub(channel).GetFlowBatches(
+            opb.GetFlowsRequest(follow=True, **req), timeout=900)
+        self.samples: list[tuple[int, int]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for b in self.call:
+                now = time.time_ns()
+                self.samples.extend((now, t) for r, t in zip(b.responses, b.time_ns)
+                                    if r[0] == FLOW)
+        except grpc.RpcError:
+            pass
+
+    def stop(self) -> None:
+        self.call.cancel()
+        self.thread.join(5)
+
+
+# -- the pipeline ------------------------------------------------------------------------
+
+class Pipeline:
+    """Three agents (n1..n3, a client and a server pod each), one relay."""
+
+    def __init__(self, prefix: str, workdir: Path) -> None:
+        self.lab = NetLab(prefix)
+        self.lab.cleanup()
+        self.workdir = workdir
+        self.agents: list[AgentProc] = []
+        self.relay: Relay | None = None
+        self.filled = 0
+        self.udpgen: str | None = None
+        self.tuple = 0  # next unused udpgen churn 5-tuple
+
+    def start(self) -> None:
+        eps = []
+        for i in (1, 2, 3):
+            node = self.lab.add_node(f"n{i}", i)
+            eps.append(pod_endpoint(self.lab.add_pod(node, f"c{i}", 10), f"client{i}"))
+            eps.append(pod_endpoint(self.lab.add_pod(node, f"s{i}", 11), f"server{i}"))
+        path = self.workdir / "endpoints.yaml"
+        write_endpoints(path, eps)
+        self.agents = [AgentProc(self.workdir, f"n{i}", self.lab.nodes[f"n{i}"].netns, path,
+                                 ring=RING) for i in (1, 2, 3)]
+        threads = [threading.Thread(target=a.start) for a in self.agents]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, a in enumerate(self.agents, start=1):
+            a.wait_attached([f"c{i}", f"s{i}"])
+        self.relay = Relay(self.workdir, [a.address for a in self.agents], "1s")
+
+    def fill(self) -> int:
+        """Fills the rings once (the rows that read history share it)."""
+        if not self.filled:
+            self.filled, _ = self.feed(OPTS.fill_per_pair)
+            print(f"rings filled: {self.filled:,} flows recorded by 3 agents ({load()})")
+        return self.filled
+
+    def feed(self, per_pair: int, pace: float = 0.0) -> tuple[int, float]:
+        """Datagrams to new ports on every pair; (flows the agents recorded, seconds)."""
+        before = total_flows(self.agents)
+        if per_pair > 60000:
+            raise ValueError("at most 60000 datagrams per pair (one port each)")
+        t = time.monotonic()
+        # a new socket (new source port) per run: ports used before are new flows again
+        procs = [self.lab.popen(self.lab.pods[f"c{x}"].netns, sys.executable, TRAFFIC,
+                                "udp-send", self.lab.pods[f"s{y}"].ip4, "2000", "--count",
+                                str(per_pair), "--ports", str(per_pair), "--pace", str(pace))
+                 for x, y in PAIRS]
+        for proc in procs:
+            proc.wait(600)
+        dur = time.monotonic() - t
+        return settle(self.agents, before + 2 * len(PAIRS) * per_pair) - before, dur
+
+    def churn(self, rate_per_pair: float, seconds: float) -> tuple[int, float]:
+        """Paced new flows from bench/udpgen.c (C: Python cannot pace 10k datagrams/s
+        per sender here), every pair at once; (flows recorded, seconds)."""
+        if self.udpgen is None:
+            self.udpgen = str(self.workdir / "udpgen")
+            subprocess.run(["gcc", "-O2", "-Wall", "-o", self.udpgen,
+                            str(ROOT / "bench" / "udpgen.c")], check=True)
+        count = int(rate_per_pair * seconds)
+        before = total_flows(self.agents)
+        t = time.monotonic()
+        procs = [self.lab.popen(self.lab.pods[f"c{x}"].netns, self.udpgen, "churn",
+                                self.lab.pods[f"s{y}"].ip4, "--src", self.lab.pods[f"c{x}"].ip4,
+                                "--first", str(self.tuple), "--dport-lo", "5000", "--dports",
+                                "256", "--rate", str(int(rate_per_pair)), "--count", str(count),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for x, y in PAIRS]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"udpgen: {err.strip()}")
+        self.tuple += count
+        dur = time.monotonic() - t
+        return settle(self.agents, before + 2 * len(PAIRS) * count) - before, dur
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+        for a in self.agents:
+            a.stop()
+        self.lab.cleanup()
+
+
+# -- rows --------------------------------------------------------------------------------
+
+def merged_row() -> list[Target]:
+    """3 agents -> relay -> one batched client, history (full rings) and live."""
+    p, a = pipeline(), OPTS
+    assert p.relay is not None
+    p.fill()
+    c0 = cpu_seconds(p.relay.proc.pid)
+    n, dt = read_batches(p.relay.channel)
+    cpu = (cpu_seconds(p.relay.proc.pid) - c0) / max(n, 1) * 1e6
+    hist = n / dt
+    print(f"history through the relay, batched: {n:,} flows in {dt:.2f}s = {hist:,.0f} flows/s "
+          f"(relay CPU {cpu:.1f} us/flow; {load()})")
+    rec = BatchRecorder(p.relay.channel, since=now_ts())
+    time.sleep(0.5)
+    produced, dur = p.feed(a.live_per_pair)
+    deadline = time.monotonic() + 30
+    while len(rec.samples) < produced and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.2)  # the sort window
+    rec.stop()
+    s = rec.samples
+    span = (max(r for r, _ in s) - min(r for r, _ in s)) / 1e9 if len(s) > 1 else 0
+    live = len(s) / span if span else 0.0
+    print(f"live burst through the relay, batched: {len(s):,}/{produced:,} flows at "
+          f"{live:,.0f} flows/s (traffic took {dur:.1f}s; {load()})")
+    return [Target("3 agents->relay->batched client, history", hist, "flows/s", hist >= 100_000),
+            Target("3 agents->relay->batched client, live", live, "flows/s", live >= 100_000)]
+
+
+def latency_row() -> list[Target]:
+    """Live through the relay at ~50k flows/s offered: p99 of kernel event -> client."""
+    p, a = pipeline(), OPTS
+    assert p.relay is not None
+    rec = BatchRecorder(p.relay.channel, since=now_ts())
+    time.sleep(0.5)
+    # each datagram is a new flow on the client's and on the server's node
+    produced, dur = p.churn(a.offered / (2 * len(PAIRS)), a.latency_seconds)
+    deadline = time.monotonic() + 30
+    while len(rec.samples) < produced and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.2)
+    rec.stop()
+    lat = [(r - t) / 1e9 for r, t in rec.samples]
+    offered = produced / dur if dur else 0
+    p99 = pct(lat, 99)
+    print(f"live paced: {produced:,} flows offered at {offered:,.0f} flows/s (asked "
+          f"{a.offered:,}), {len(lat):,} received; latency p50 {pct(lat, 50):.3f}s "
+          f"p99 {p99:.3f}s ({load()})")
+    return [Target(f"live via relay at {offered / 1000:.0f}k flows/s offered, p99 latency",
+                   p99, "s", p99 <= 1.5 and offered >= 0.9 * a.offered)]
+
+
+def ring_row() -> list[Target]:
+    """One agent's full ring with the batched stream."""
+    p = pipeline()
+    p.fill()
+    ag = p.agents[0]
+    held = ag.observer.ServerStatus(opb.ServerStatusRequest(), timeout=5).num_flows
+    best = None
+    for _ in range(3):
+        n, dt = read_batches(ag.channel)
+        best = dt if best is None else min(best, dt)
+    print(f"ring read (batched) from {ag.node}: {n:,} flows of {held:,} held, best of 3 "
+          f"{best:.3f}s ({load()})")
+    assert best is not None
+    return [Target(f"full {RING}-flow ring read, batched", best, "s",
+                   best <= 0.5 and held >= RING)]
+
+
+BARE_SERVER = r'''
+import asyncio, sys, grpc
+data = open(sys.argv[2], "rb").read()
+msgs, i = [], 0
+while i < len(data):
+    n = int.from_bytes(data[i:i + 4], "big"); msgs.append(data[i + 4:i + 4 + n]); i += 4 + n
+async def get_flows(req, ctx):
+    for m in msgs:
+        yield m
+async def main():
+    s = grpc.aio.server()
+    h = grpc.unary_stream_rpc_method_handler(get_flows, request_deserializer=lambda b: b,
+                                             response_serializer=lambda b: b)
+    s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("observer.Observer",
+                                                                     {"GetFlows": h}),))
+    s.add_insecure_port("127.0.0.1:" + sys.argv[1]); await s.start(); print("ready", flush=True)
+    await s.wait_for_termination()
+asyncio.run(main())
+'''
+
+
+def getflows_row() -> list[Target]:
+    """Hubble's GetFlows (relay and agent) vs a bare grpcio server streaming the same
+    pre-encoded responses, ABBA in one run."""
+    p, a = pipeline(), OPTS
+    p.fill()
+    assert p.relay is not None
+    out = []
+    for label, channel in (("relay", p.relay.channel), ("agent", p.agents[0].channel)):
+        # A time window holding about --ratio-flows flows: what the relay reads from
+        # the agents is what it sends (with `number` it would read N per agent).
+        newest = [opb.GetFlowsResponse.FromString(m) for m in raw_get_flows(channel)(
+            opb.GetFlowsRequest(number=a.ratio_flows), timeout=600)]
+        times = [r.time for r in newest if r.HasField("flow")]
+        req = {"since": times[0], "until": times[-1]}
+        msgs = list(raw_get_flows(channel)(opb.GetFlowsRequest(**req), timeout=600))
+        with tempfile.NamedTemporaryFile(delete=False) as f:
+            for m in msgs:
+                f.write(len(m).to_bytes(4, "big") + m)
+        port = free_port()
+        srv = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port), f.name],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+            bare = grpc.insecure_channel(f"127.0.0.1:{port}", options=NO_BDP)
+            ratios, rates = [], {"webb": [], "bare": []}  # type: ignore[var-annotated]
+            for _ in range(a.abba_rounds):
+                r: dict[str, list[float]] = {"webb": [], "bare": []}
+                for who in ("webb", "bare", "bare", "webb"):  # ABBA
+                    n, dt = read_get_flows(channel if who == "webb" else bare, **req)
+                    r[who].append(n / dt)
+                ratios.append(sum(r["webb"]) / sum(r["bare"]))
+                rates["webb"] += r["webb"]
+                rates["bare"] += r["bare"]
+            bare.close()
+        finally:
+            srv.kill()
+            srv.wait()
+            os.unlink(f.name)
+        w, b = statistics.median(rates["webb"]), statistics.median(rates["bare"])
+        ratio = statistics.median(ratios)
+        print(f"GetFlows, {label} vs bare grpcio with the same {len(msgs):,} responses: "
+              f"median {w:,.0f} vs {b:,.0f} messages/s; ratio per ABBA round "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}: median {ratio:.2f} ({load()})")
+        out.append(Target(f"Hubble GetFlows ({label}) / bare grpcio", ratio, "ratio",
+                          ratio >= 0.9))
+    return out
+
+
+def history_row() -> list[Target]:
+    """1-hour since/until + filter over a store of --history-flows flows (in process,
+    bench/history_bench.py's store and query)."""
+    a = OPTS
+    if not a.history_flows:
+        print("history query: skipped (--history-flows 10000000 measures it, ~3 min)")
+        return [Target("1h since/until + filter over 10M stored flows", 0, "s", False,
+                       "not measured: --history-flows 10000000")]
+    import shutil
+
+    from history_bench import HOUR, fill, query, raw_event
+    from webb.api.flow import flow_pb2 as fpb
+    base = tempfile.mkdtemp(prefix="webb-pipeline-history-")
+    try:
+        raws = [raw_event(i) for i in range(8192)]
+        span = 24 * HOUR
+        t_fill, written = fill(base, a.history_flows, span, raws)
+        t0 = time.time_ns() - span
+        lat = []
+        for k in range(3):
+            since = t0 + (11 + k) * HOUR
+            r = asyncio.run(query(base, since, since + HOUR,
+                                  [fpb.FlowFilter(source_pod=["default/reviews"],
+                                                  destination_port=["9080"])]))
+            lat.append(r["latency_s"])
+        best = sorted(lat)[1]
+        print(f"history: {written:,} flows stored in {t_fill:.0f}s; 1h query + filter median "
+              f"{best:.2f}s ({load()})")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return [Target(f"1h since/until + filter over {written / 1e6:.0f}M stored flows", best, "s",
+                   best <= 2.0 and written >= 10_000_000)]
+
+
+
 ROWS: dict[str, Callable[[], list[Target]]] = {
+    "merged": merged_row,
+    "ring": ring_row,
+    "latency": latency_row,
+    "getflows": getflows_row,
+    "history": history_row,
     "exporter": exporter_row,
     "ui": ui_row,
 }
@@ -189,12 +559,30 @@ ROWS: dict[str, Callable[[], list[Target]]] = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    p.add_argument("--fill-per-pair", type=int, default=OPTS.fill_per_pair,
+                   help="merged: datagrams per client/server pair filling the rings (2 flows each)")
+    p.add_argument("--live-per-pair", type=int, default=OPTS.live_per_pair)
+    p.add_argument("--offered", type=int, default=OPTS.offered,
+                   help="latency: flows/s offered")
+    p.add_argument("--latency-seconds", type=float, default=OPTS.latency_seconds)
+    p.add_argument("--ratio-flows", type=int, default=OPTS.ratio_flows)
+    p.add_argument("--abba-rounds", type=int, default=OPTS.abba_rounds)
+    p.add_argument("--history-flows", type=int, default=OPTS.history_flows,
+                   help="history: stored flows (10000000 for the target; ~3 min; 0 skips)")
     a = p.parse_args()
+    for k in vars(OPTS):
+        setattr(OPTS, k, getattr(a, k))
     print(f"pipeline bench · {platform.node()} · {os.cpu_count()} CPUs · Python "
           f"{platform.python_version()} · {load()}")
     targets: list[Target] = []
-    for name in a.rows.split(","):
-        targets += ROWS[name.strip()]()
+    try:
+        for name in a.rows.split(","):
+            print(f"\n-- {name.strip()}", flush=True)
+            targets += ROWS[name.strip()]()
+    finally:
+        if _PIPELINE is not None:
+            _PIPELINE.stop()
+    print()
     for t in targets:
         print(t.line())
 

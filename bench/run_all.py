@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["agent", "policy", "l7", "relay", "metrics", "ui", "history", "protojson"]
+ORDER = ["agent", "policy", "l7", "relay", "metrics", "ui", "history", "protojson", "pipeline"]
 
 
 def main() -> int:

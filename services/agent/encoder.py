@@ -40,6 +40,19 @@ EMITTER_NAME = "webb"
 
 
 def _varint(n: int) -> bytes:
+    # Unrolled for up to 5 bytes (nanoseconds, seconds since 1970): a loop over a
+    # bytearray costs several times as much, once per flow per timestamp.
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
+    if n < 0x800000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80,
+                      n >> 21 & 0x7F | 0x80, n >> 28))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -76,9 +89,17 @@ def s(field: int, text: str) -> bytes:
     return ld(field, text.encode()) if text else b""
 
 
+_SECONDS: dict[int, bytes] = {}  # encoded `seconds` fields: flows come in runs of one second
+
+
 def timestamp(ns: int) -> bytes:
     sec, nanos = divmod(ns, 1_000_000_000)
-    return vi(1, sec) + vi(2, nanos)
+    head = _SECONDS.get(sec)
+    if head is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        head = _SECONDS[sec] = vi(1, sec)
+    return head + b"\x10" + _varint(nanos) if nanos else head
 
 
 def encode_endpoint(ep_id: int, identity: int, namespace: str, labels: tuple[str, ...],
