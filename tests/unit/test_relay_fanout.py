@@ -21,6 +21,8 @@ from webb.api.observer import observer_pb2_grpc
 from webb.api.peer import peer_pb2 as ppb
 from webb.api.peer import peer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
+from webb.api.stream import stream_pb2 as spb
+from webb.api.stream import stream_pb2_grpc
 from webb_relay.discovery import normalize_address
 from webb_relay.fanout import FlowsOptions
 from webb_relay.main import Relay, RelayConfig, duration, parse_args
@@ -34,8 +36,9 @@ class FakeAgent(observer_pb2_grpc.ObserverServicer, peer_pb2_grpc.PeerServicer):
     """Enough of an agent for the relay: a flow history, live flows, failures
     on demand, ServerStatus/GetNodes/GetNamespaces and peer.Peer/Notify."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, batched: bool = False) -> None:
         self.name = name
+        self.batched = batched  # also serve webb.stream.FlowStream (else: UNIMPLEMENTED)
         self.history: list[opb.GetFlowsResponse] = []
         self.followers: set[asyncio.Queue[Any]] = set()
         self.requests: list[opb.GetFlowsRequest] = []
@@ -54,6 +57,8 @@ class FakeAgent(observer_pb2_grpc.ObserverServicer, peer_pb2_grpc.PeerServicer):
         self.server = grpc.aio.server()
         observer_pb2_grpc.add_ObserverServicer_to_server(self, self.server)
         peer_pb2_grpc.add_PeerServicer_to_server(self, self.server)
+        if self.batched:
+            stream_pb2_grpc.add_FlowStreamServicer_to_server(FakeBatches(self), self.server)
         addr = f"127.0.0.1:{port or self.port}"
         self.port = (self.server.add_secure_port(addr, creds) if creds
                      else self.server.add_insecure_port(addr))
@@ -87,6 +92,13 @@ class FakeAgent(observer_pb2_grpc.ObserverServicer, peer_pb2_grpc.PeerServicer):
 
     async def GetFlows(self, req: opb.GetFlowsRequest, ctx: grpc.aio.ServicerContext
                        ) -> AsyncIterator[opb.GetFlowsResponse]:
+        async for chunk in self.answer(req, ctx):
+            for r in chunk:
+                yield r
+
+    async def answer(self, req: opb.GetFlowsRequest, ctx: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[list[opb.GetFlowsResponse]]:
+        """The history in one chunk, then each live flow as it comes."""
         self.requests.append(req)
         if self.reject:
             await ctx.abort(*self.reject)
@@ -99,13 +111,13 @@ class FakeAgent(observer_pb2_grpc.ObserverServicer, peer_pb2_grpc.PeerServicer):
         if req.follow:
             self.followers.add(q)
         try:
-            for r in hist:
-                yield r
+            if hist:
+                yield hist
             while req.follow:
                 item = await q.get()
                 if isinstance(item, tuple):
                     await ctx.abort(*item)
-                yield item
+                yield [item]
         finally:
             self.followers.discard(q)
 
@@ -152,6 +164,23 @@ class FakeAgent(observer_pb2_grpc.ObserverServicer, peer_pb2_grpc.PeerServicer):
             self.peer_queues.discard(q)
 
 
+class FakeBatches(stream_pb2_grpc.FlowStreamServicer):
+    """The fake agent's GetFlows answer in FlowBatches: history 64 to a batch, live
+    entries as they come."""
+
+    def __init__(self, agent: FakeAgent) -> None:
+        self.agent = agent
+
+    async def GetFlowBatches(self, req: opb.GetFlowsRequest, ctx: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[spb.FlowBatch]:
+        async for chunk in self.agent.answer(req, ctx):
+            for i in range(0, len(chunk), 64):
+                part = chunk[i:i + 64]
+                yield spb.FlowBatch(responses=[r.SerializeToString() for r in part],
+                                    time_ns=[r.time.ToNanoseconds() for r in part],
+                                    node_index=[0] * len(part), nodes=[self.agent.name])
+
+
 async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,6 +205,19 @@ class RelayHarness:
         call = self.observer.GetFlows(opb.GetFlowsRequest(**req), timeout=timeout)
         return [r async for r in call]
 
+    async def batched_flows(self, timeout: float = 10, **req: Any) -> list[opb.GetFlowsResponse]:
+        """The relay's GetFlowBatches, entries decoded; checks each batch's columns."""
+        call = stream_pb2_grpc.FlowStreamStub(self.channel).GetFlowBatches(
+            opb.GetFlowsRequest(**req), timeout=timeout)
+        out = []
+        async for b in call:
+            assert len(b.responses) == len(b.time_ns) == len(b.node_index)
+            for raw, t, i in zip(b.responses, b.time_ns, b.node_index):
+                r = opb.GetFlowsResponse.FromString(raw)
+                assert r.time.ToNanoseconds() == t and b.nodes[i] == r.node_name
+                out.append(r)
+        return out
+
 
 async def start_relay(cfg: RelayConfig, creds: grpc.ChannelCredentials | None = None,
                       options: list | None = None) -> RelayHarness:
@@ -197,10 +239,11 @@ def fast_opts(**kw: Any) -> FlowsOptions:
     return FlowsOptions(**base)
 
 
-@pytest.fixture
-async def cluster():
-    """Three fake agents (n1..n3) and a relay with them as static peers."""
-    agents = [await FakeAgent(f"n{i}").start() for i in (1, 2, 3)]
+@pytest.fixture(params=["batched", "plain"])
+async def cluster(request):
+    """Three fake agents (n1..n3) and a relay with them as static peers; the agents
+    serve webb's batched stream, or only GetFlows (the relay falls back)."""
+    agents = [await FakeAgent(f"n{i}", request.param == "batched").start() for i in (1, 2, 3)]
     h = await start_relay(RelayConfig(peers=[a.address for a in agents], flows=fast_opts()))
     await h.connected(3)
     try:
@@ -250,6 +293,22 @@ async def test_agents_lost_events_pass_through_in_time_order(cluster):
     assert [r.time.ToNanoseconds() for r in out] == [base + 10, base + 20, base + 25, base + 30]
     assert out[2].lost_events.num_events_lost == 7 and out[2].node_name == "n2"
     assert out[2].lost_events.source == fpb.HUBBLE_RING_BUFFER
+    # the batched answer: the same entries, byte for byte, the same node status
+    both = [await h.flows(), await h.batched_flows()]
+    entries = [[r.SerializeToString() for r in x if not r.HasField("node_status")] for x in both]
+    assert entries[0] == entries[1] and len(entries[0]) == 4
+    assert [statuses(x) for x in both] == [[(rpb.NODE_CONNECTED, ["n1", "n2", "n3"], "")]] * 2
+
+
+async def test_batches_and_get_flows_agree_on_number_and_filters(cluster):
+    agents, h = cluster
+    base = time.time_ns() - 60 * S
+    for i, a in enumerate(agents):
+        a.add(*(base + (3 * k + i) * 1000 for k in range(300)))
+    for req in ({}, {"number": 50}, {"number": 20, "first": True}):
+        both = [await h.flows(**req), await h.batched_flows(**req)]
+        entries = [[r.SerializeToString() for r in x if r.HasField("flow")] for x in both]
+        assert entries[0] == entries[1] and entries[0], req
 
 
 async def test_number_means_cluster_wide(cluster):
@@ -410,8 +469,9 @@ async def test_patterns_go_rejects_are_invalid_argument_with_the_reason(cluster,
     assert not any(a.requests for a in agents)
 
 
-async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded():
-    a = await FakeAgent("n1").start()
+@pytest.mark.parametrize("batched", [True, False])
+async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded(batched):
+    a = await FakeAgent("n1", batched).start()
     h = await start_relay(RelayConfig(peers=[a.address], flows=fast_opts(
         queue_size=50, lag_timeout=0.2)))
     try:
@@ -448,8 +508,9 @@ async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded():
         await a.stop()
 
 
-async def test_a_client_that_keeps_reading_slowly_gets_backpressure_not_drops():
-    a = await FakeAgent("n1").start()
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_client_that_keeps_reading_slowly_gets_backpressure_not_drops(batched):
+    a = await FakeAgent("n1", batched).start()
     h = await start_relay(RelayConfig(peers=[a.address], flows=fast_opts(
         queue_size=20, lag_timeout=0.3)))
     try:
