@@ -46,12 +46,32 @@ CACHE = Path(os.environ.get("WEBB_IMAGE_CACHE", "/var/cache/webb/images"))
 KUBE_BIN = Path(os.environ.get("WEBB_KUBE_BIN", "/var/cache/webb/kube-1.20.2/bin"))
 MIRROR = os.environ.get("WEBB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Bumped whenever how images are made changes (not what goes into them: that is keyed).
-RECIPE = "1"
+RECIPE = "2"
 SUITE = "bookworm"
 # What each FROM of the Dockerfiles becomes: debootstrap's packages beyond minbase.
 BASES = {
     "debian:bookworm-slim": [],
     "python:3.11-slim": ["python3", "python3-venv"],
+}
+# The -slim images' dpkg and apt settings (docker-debian-artifacts, bookworm).
+SLIM_DPKG = """path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/man/*
+"""
+_CLEAN = ('"rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+          '/var/cache/apt/*.bin || true"')
+SLIM_APT = {
+    "docker-clean": (f"DPkg::Post-Invoke {{ {_CLEAN}; }};\nAPT::Update::Post-Invoke {{ {_CLEAN}; }};\n"
+                     'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'),
+    "docker-no-languages": 'Acquire::Languages "none";\n',
+    "docker-gzip-indexes": 'Acquire::GzipIndexes "true";\n',
+    "docker-autoremove-suggests": 'Apt::AutoRemove::SuggestsImportant "false";\n',
 }
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COMPONENTS = ["agent", "relay", "ui", "metrics"]
@@ -150,7 +170,22 @@ def base_tree(image: str) -> tuple[Path, Path, str]:
     if extra:
         args.append("--include=" + ",".join(extra))
     run(args + [SUITE, str(rootfs), MIRROR])
-    # Like the official images: no apt lists, no caches; minimal and reproducible.
+    # Like the official -slim images (docker-debian-artifacts): dpkg leaves out
+    # documentation, manuals and translations, apt keeps no .debs or caches; what
+    # debootstrap already put there goes the same way.
+    (rootfs / "etc/dpkg/dpkg.cfg.d/docker").write_text(SLIM_DPKG)
+    for name, text in SLIM_APT.items():
+        (rootfs / "etc/apt/apt.conf.d" / name).write_text(text)
+    for sub in ("usr/share/man", "usr/share/info", "usr/share/groff", "usr/share/lintian",
+                "usr/share/linda"):
+        for p in (rootfs / sub).glob("*"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in (rootfs / "usr/share/locale").glob("*"):
+        if p.name != "locale.alias":
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in (rootfs / "usr/share/doc").glob("*/*"):
+        if p.name != "copyright":
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
     (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
     for p in (rootfs / "var/cache/apt").glob("*.bin"):
@@ -221,6 +256,7 @@ class Stage:
     base: str
     rootfs: Path | None = None
     key: str = ""
+    fs_key: str = ""
     config: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -311,7 +347,11 @@ def chroot_run(rootfs: Path, command: str, env: dict[str, str]) -> None:
     if pip_conf:
         (rootfs / "tmp/.webb-host/pip.conf").write_text(pip_conf)
     r = shlex.quote(str(rootfs))
-    mounts = [f"mount -t proc proc {r}/proc", f"mount --rbind /dev {r}/dev"]
+    # First drop the copies of network namespace mounts this namespace got: held for
+    # the minutes a RUN takes, they would keep other programs' namespaces alive after
+    # those delete them.
+    mounts = ["awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+              f"mount -t proc proc {r}/proc", f"mount --rbind /dev {r}/dev"]
     for src, dst in binds:
         mountpoint(dst, os.path.isdir(src))
         mounts.append(f"mount --bind {shlex.quote(src)} {r}{shlex.quote(dst)}")
@@ -379,6 +419,26 @@ def save_snapshot(key: str, rootfs: Path) -> None:
     (d / "done").write_text(time.strftime("%F %T"))
 
 
+def apply_config(stage: Stage, ins: str, args: str) -> None:
+    """What an instruction does to the image config and to the build's environment."""
+    if ins in ("ENV", "ARG"):
+        pairs = parse_env(args) if ins == "ENV" else (
+            [tuple(args.split("=", 1))] if "=" in args else [])
+        for k, v in pairs:
+            stage.env[k] = v
+            if ins == "ENV":
+                env = [e for e in stage.config.get("Env", []) if not e.startswith(k + "=")]
+                stage.config["Env"] = env + [f"{k}={v}"]
+    elif ins in ("ENTRYPOINT", "CMD"):
+        stage.config["Entrypoint" if ins == "ENTRYPOINT" else "Cmd"] = json.loads(args)
+    elif ins == "USER":
+        stage.config["User"] = args
+    elif ins == "WORKDIR":
+        stage.config["WorkingDir"] = args
+    elif ins == "EXPOSE":
+        stage.config.setdefault("ExposedPorts", {})[args if "/" in args else f"{args}/tcp"] = {}
+
+
 def build_dockerfile(component: str, used: set[str]) -> Path:
     dockerfile = ROOT / "images" / component / "Dockerfile"
     patterns = ignore_patterns(dockerfile)
@@ -416,15 +476,25 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
                 content = h.hexdigest()
         current.key = sha(current.key, ins, args, content)
         plan[-1][1].append((ins, args, current.key))
+        if ins in ("RUN", "COPY"):
+            current.fs_key = current.key
 
     final = plan[-1][0]
     ref = f"webb-{component}:{chart_version()}"
+    # The final stage's filesystem layer depends only on the instructions that change
+    # files: images differing in ENTRYPOINT/CMD/EXPOSE alone (relay, ui, metrics) share it.
+    layer_cache = CACHE / f"layer-{sha(RECIPE, final.fs_key or final.key)}.tar"
     out = CACHE / f"{component}-{sha(RECIPE, final.key, ref)}.tar"
     if out.exists():
         used.update(key for _, steps in plan for ins, _, key in steps if ins == "RUN")
         return out
     log(f"building {ref} from {dockerfile.relative_to(ROOT)}")
+    execute = not layer_cache.exists()
     for stage, steps in plan:
+        if not execute:  # only the config is needed
+            for ins, args, _ in steps:
+                apply_config(stage, ins, args)
+            continue
         base_root, base_layer, base_key = base_tree(stage.base)
         work = CACHE / f"work-{component}-{stage.name}"
         # Resume from the last RUN whose snapshot exists (Docker's build cache).
@@ -440,22 +510,7 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
         stage.rootfs = work
         for i, (ins, args, key) in enumerate(steps):
             # ENV/ARG/USER/... before the resume point still shape the config and env.
-            if ins in ("ENV", "ARG"):
-                for k, v in (parse_env(args) if ins == "ENV" else [tuple(args.split("=", 1))]
-                             if "=" in args else []):
-                    stage.env[k] = v
-                    if ins == "ENV":
-                        env = [e for e in stage.config.get("Env", []) if not e.startswith(k + "=")]
-                        stage.config["Env"] = env + [f"{k}={v}"]
-            elif ins in ("ENTRYPOINT", "CMD"):
-                stage.config["Entrypoint" if ins == "ENTRYPOINT" else "Cmd"] = json.loads(args)
-            elif ins == "USER":
-                stage.config["User"] = args
-            elif ins == "WORKDIR":
-                stage.config["WorkingDir"] = args
-            elif ins == "EXPOSE":
-                stage.config.setdefault("ExposedPorts", {})[
-                    args if "/" in args else f"{args}/tcp"] = {}
+            apply_config(stage, ins, args)
             if i < start:
                 continue
             if ins == "RUN":
@@ -485,10 +540,12 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, f"PATH={DEFAULT_PATH}")
     final.config["Env"] = [e.replace("$PATH", DEFAULT_PATH) for e in env]
-    diff = CACHE / f"work-{component}.layer.tar"
-    layer_from_tree(final.rootfs, diff, below=base_root)  # type: ignore[arg-type]
-    write_archive(out, ref, [base_layer, diff], final.config)
-    diff.unlink()
+    if execute:
+        tmp = CACHE / f"work-{component}.layer.tar"
+        layer_from_tree(final.rootfs, tmp, below=base_root)  # type: ignore[arg-type]
+        tmp.replace(layer_cache)
+    os.utime(layer_cache)
+    write_archive(out, ref, [base_layer, layer_cache], final.config)
     # Keep every RUN snapshot of this plan: a later change resumes from the nearest one.
     used.update(key for _, steps in plan for ins, _, key in steps
                 if ins == "RUN" and (snapshot_dir(key) / "done").exists())
@@ -497,20 +554,40 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
     return out
 
 
-def gc(keep: set[Path], used: set[str]) -> None:
-    """Drop archives and snapshots this build did not produce or use (older keys)."""
-    for p in CACHE.glob("*.tar"):
-        if p not in keep:
-            p.unlink()
-    for d in CACHE.glob("snap-*"):
-        if d.name[len("snap-"):] not in used:
+# Several checkouts (worktrees) of different code share the cache: each keeps what it
+# uses recently; older archives and snapshots go.
+ARCHIVES_KEPT = 3   # per image name
+SNAPSHOTS_KEPT = 12
+
+
+def gc(names: list[str], used: set[str]) -> None:
+    """Keep the most recently used archives of each image and the most recently used
+    snapshots (those this run used count as just used); drop the rest."""
+    for n in names:
+        old = sorted(CACHE.glob(f"{n}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in old[ARCHIVES_KEPT:]:
+            p.unlink(missing_ok=True)
+    layers = sorted(CACHE.glob("layer-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in layers[ARCHIVES_KEPT * 2:]:
+        p.unlink(missing_ok=True)
+    for key in used:
+        if (snapshot_dir(key) / "done").exists():
+            os.utime(snapshot_dir(key) / "done")
+    snaps = sorted((d for d in CACHE.glob("snap-*") if (d / "done").exists()),
+                   key=lambda d: (d / "done").stat().st_mtime, reverse=True)
+    for d in snaps[SNAPSHOTS_KEPT:]:
+        shutil.rmtree(d, ignore_errors=True)
+    bases = {f"base-{base_key}" for image in BASES for base_key in [
+        sha(RECIPE, "debootstrap", SUITE, "minbase", *BASES[image])]}
+    for d in CACHE.glob("base-*"):  # trees of an older recipe
+        if d.name not in bases:
             shutil.rmtree(d, ignore_errors=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", help="names to build (default: all)")
-    p.add_argument("--no-gc", action="store_true", help="keep archives of other keys")
+    p.add_argument("--no-gc", action="store_true", help="keep older archives and snapshots")
     a = p.parse_args()
     names = a.only or [*SMALL, *COMPONENTS]
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -530,10 +607,12 @@ def main() -> None:
                 out[n] = str(build_busybox())
             else:
                 out[n] = str(build_dockerfile(n, used))
-    if not a.only and not a.no_gc:
+    for v in out.values():
+        os.utime(v)  # most recently used
+    if not a.no_gc:
         with open(CACHE / ".lock-dockerfiles", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            gc({Path(v) for v in out.values()}, used)
+            gc(names, used)
     if time.monotonic() - t0 > 1:
         log(f"done in {time.monotonic() - t0:.0f}s")
     print(json.dumps(out))

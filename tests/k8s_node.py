@@ -11,7 +11,8 @@ plus kube-scheduler, and a node: containerd (Debian's, with runc) + kubelet + ku
 
 Isolation from the host and from everything else running on it:
 - The node is a network namespace of its own (`<tag>-knode`), joined to the host by
-  one veth pair (10.223.255.1 host side, .2 node side). containerd, the kubelet and
+  one veth pair, in a /16 of 10.223-254.0.0 that the host routes nowhere (chosen under
+  a machine-wide lock, so nodes of several checkouts can run at once). containerd, the kubelet and
   kube-proxy run in it, so the CNI's bridge and veths, ip_forward, and every iptables
   chain kube-proxy writes live there and vanish with it; the host's iptables are
   never touched. The node has no default route: nothing leaves the machine; the host
@@ -58,16 +59,22 @@ from k8s_cluster import (SERVICE_CIDR, KubeAPIError, KubeBinariesMissing, KubeCl
 
 ROOT = Path(__file__).resolve().parents[1]
 CNI_BIN = "/usr/lib/cni"
-# One /16 that the host must not route (checked at start): the node link and pod subnets.
-NET = ipaddress.ip_network("10.223.0.0/16")
-HOST_IP, NODE_IP = "10.223.255.1", "10.223.255.2"
-POD_CIDRS = {"bridge": "10.223.1.0/24", "ptp": "10.223.2.0/24"}
+# Each node takes one /16 that nothing on the host routes (nodes of other checkouts
+# running at the same time included): its .255.0/30 links the node to the host (.255.1
+# host side, .255.2 node side), the pods get .1.0/24 (bridge) or .2.0/24 (ptp).
+NET_CANDIDATES = [ipaddress.ip_network(f"10.{i}.0.0/16") for i in range(223, 255)]
+POD_SUBNET = {"bridge": 1, "ptp": 2}
+ALLOC_LOCK = "/run/lock/webb-kube-node.lock"
 CLUSTER_DNS = "10.96.0.10"
 PAUSE_IMAGE = "webb.test/pause:3.4"
 # Host settings the kubelet changes at start (pkg/kubelet/cm setupKernelTunables).
 KUBELET_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
                    "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"]
 NODE_READY_TIMEOUT = 120.0
+# Shell: detach (in a private mount namespace) every mount under /run and every network
+# namespace mount, deepest first.
+DETACH_RUN = ("awk '$2 ~ \"^/run/\" || $3 == \"nsfs\" {print $2}' /proc/self/mounts "
+              "| sort -r | xargs -r -n1 umount -l")
 
 
 def tag() -> str:
@@ -205,7 +212,8 @@ class KubeNode:
     bins: dict[str, str]
     holder: subprocess.Popen | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    kubeconfig: str = ""
+    node_ip: str = ""
+    host_ip: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     # -- running things in the node
@@ -301,22 +309,32 @@ def _kubeconfig(path: Path, server: str, ca: Path, crt: Path, key: Path, user: s
     path.chmod(0o600)
 
 
-def _check_routes() -> None:
-    """The node's /16 must be unused on the host (a stale run, another test, a real net)."""
+def _host_nets() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 destination the host routes (all tables), the default route aside."""
+    out = []
     for line in sh(["ip", "-4", "route", "show", "table", "all"]).stdout.splitlines():
-        dst = line.split()[0]
-        if dst in ("default", "broadcast", "local", "unreachable", "blackhole", "prohibit"):
-            dst = line.split()[1] if dst in ("broadcast", "local") else ""
-        if not dst:
-            continue
+        words = line.split()
+        dst = words[1] if words[0] in ("broadcast", "local", "unreachable", "blackhole",
+                                       "prohibit", "unicast") else words[0]
         try:
             net = ipaddress.ip_network(dst, strict=False)
         except ValueError:
             continue
-        if net.version == 4 and net.prefixlen > 0 and net.overlaps(NET):
-            raise RuntimeError(f"the host already routes {net} (`{line}`), which overlaps the test "
-                               f"node's {NET}: a stale node of an earlier run? "
-                               f"(`ip netns del {tag()}-knode`)")
+        if net.version == 4 and net.prefixlen > 0:
+            out.append(net)
+    return out
+
+
+def _free_net() -> ipaddress.IPv4Network:
+    """The first candidate /16 the host does not route (call with ALLOC_LOCK held, and
+    keep it until the node's route is in place)."""
+    used = _host_nets()
+    start = sum(tag().encode()) % len(NET_CANDIDATES)  # checkouts start apart
+    for net in NET_CANDIDATES[start:] + NET_CANDIDATES[:start]:
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise RuntimeError("no free /16 among 10.223-254.0.0/16 for a test node: every one "
+                       "overlaps a route of the host (`ip route show table all`)")
 
 
 def _sysctl_path(name: str) -> Path:
@@ -376,6 +394,54 @@ def cni_config(cni: str, pod_cidr: str, ipam_dir: Path) -> dict:
     return {"cniVersion": "0.4.0", "name": f"webb-{cni}", "plugins": [plugin]}
 
 
+# containerd roots with the images imported and unpacked, one per set of image archives:
+# importing ~2 GB of layers takes minutes on a busy disk, a hard-linked copy seconds.
+SEEDS = Path(os.environ.get("WEBB_CONTAINERD_SEEDS", "/var/cache/webb/containerd-seeds"))
+SEEDS_KEPT = 2
+# The bolt databases are written in place: each node gets its own copy of those.
+SEED_DBS = ("io.containerd.metadata.v1.bolt/meta.db", "io.containerd.snapshotter.v1.overlayfs/metadata.db")
+
+
+def _seed_key(archives: dict[str, str]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(sorted(archives.items())).encode()).hexdigest()[:24]
+
+
+def _seed_root(archives: dict[str, str], root: Path) -> bool:
+    """Fill `root` from the seed of these archives (hard links; the databases copied);
+    False when there is none yet. Committed snapshots are only ever overlay lower
+    layers and blobs are never rewritten, so sharing their inodes is safe."""
+    seed = SEEDS / _seed_key(archives)
+    if not (seed / "done").exists():
+        return False
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    sh(["cp", "-al", str(seed / "root"), str(root)], timeout=600)
+    for db in SEED_DBS:
+        (root / db).unlink()
+        shutil.copy2(seed / "root" / db, root / db)
+    os.utime(seed / "done")  # most recently used
+    return True
+
+
+def _save_seed(archives: dict[str, str], root: Path) -> None:
+    import fcntl
+    SEEDS.mkdir(parents=True, exist_ok=True)
+    with open(SEEDS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        seed = SEEDS / _seed_key(archives)
+        if (seed / "done").exists():
+            return
+        shutil.rmtree(seed, ignore_errors=True)
+        seed.mkdir()
+        sh(["cp", "-a", str(root), str(seed / "root")], timeout=1200)
+        (seed / "done").write_text(json.dumps(archives))
+        # keep the most recently used few (image archives change with webb's code)
+        done = sorted((p for p in SEEDS.glob("*/done")), key=lambda p: p.stat().st_mtime)
+        for old in done[:-SEEDS_KEPT]:
+            shutil.rmtree(old.parent, ignore_errors=True)
+
+
 def _stop(p: subprocess.Popen, grace: float = 10) -> None:
     if p.poll() is None:
         try:
@@ -411,7 +477,6 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
     bins = node_binaries()
     archives = build_images(sorted(set(images) | {"pause"}))
     cleanup_leftovers()
-    _check_routes()
     t = tag()
     netns, host_veth = f"{t}-knode", f"{t}-knh"
     cg_pods, cg_node = f"webb-{t}-kubepods", f"webb-{t}-node"
@@ -436,14 +501,21 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
             sh(["ip", "netns", "del", netns], check=False)
             sh(["ip", "link", "del", host_veth], check=False)
         stack.callback(del_net)
+        import fcntl
+        os.makedirs(os.path.dirname(ALLOC_LOCK), exist_ok=True)
+        lock = open(ALLOC_LOCK, "w")
+        stack.callback(lock.close)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # until the node's routes are in place
+        net = _free_net()
+        host_ip, node_ip = str(net[255 * 256 + 1]), str(net[255 * 256 + 2])
+        pod_cidr = str(ipaddress.ip_network(f"{net[POD_SUBNET[cni] * 256]}/24"))
         sh(["ip", "netns", "add", netns])
         sh(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
-        sh(["ip", "addr", "add", f"{HOST_IP}/30", "dev", host_veth])
+        sh(["ip", "addr", "add", f"{host_ip}/30", "dev", host_veth])
         sh(["ip", "link", "set", host_veth, "up"])
-        pod_cidr = POD_CIDRS[cni]
         nx = ["ip", "netns", "exec", netns]
         for cmd in (["ip", "link", "set", "lo", "up"],
-                    ["ip", "addr", "add", f"{NODE_IP}/30", "dev", "eth0"],
+                    ["ip", "addr", "add", f"{node_ip}/30", "dev", "eth0"],
                     ["ip", "link", "set", "eth0", "up"],
                     # ClusterIPs: a route for the node's own connections (hostNetwork
                     # pods), which kube-proxy's rules translate; untranslated, they end
@@ -454,7 +526,8 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
                     ["sysctl", "-qw", "net.ipv4.ip_forward=1"]):
             sh(nx + cmd)
         # Replies from the API server to pods (the `kubernetes` Service) go back to the node.
-        sh(["ip", "route", "add", pod_cidr, "via", NODE_IP, "dev", host_veth])
+        sh(["ip", "route", "add", pod_cidr, "via", node_ip, "dev", host_veth])
+        lock.close()
 
         # -- cgroups: the pods' tree (kubelet's cgroupRoot) and the node's processes
         stack.callback(_remove_cgroup, cg_node)
@@ -464,10 +537,10 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
         # moved out of the test's other cgroups (its memory limit stays theirs).
         _make_cgroup(cg_node, only=_tracking_hierarchy())
 
-        # -- the control plane, reachable from the node at HOST_IP
-        kc = stack.enter_context(kube_cluster(d, address=HOST_IP, with_nodes=True))
+        # -- the control plane, reachable from the node at host_ip
+        kc = stack.enter_context(kube_cluster(d, address=host_ip, with_nodes=True))
         node = KubeNode(kc=kc, dir=d, name=f"webb-{t}-node", cni=cni, pod_cidr=pod_cidr,
-                        netns=netns, bins=bins)
+                        netns=netns, bins=bins, node_ip=node_ip, host_ip=host_ip)
         node.timings["control plane"] = time.monotonic() - t0
 
         # -- certificates and kubeconfigs of the node's components
@@ -475,7 +548,7 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
         pki = d / "pki"
         kl_crt, kl_key = kc.ca.issue("kubelet-client", f"system:node:{node.name}",
                                      org="system:nodes", client=True)
-        srv_crt, srv_key = kc.ca.issue("kubelet-server", node.name, dns=(node.name,), ips=(NODE_IP,))
+        srv_crt, srv_key = kc.ca.issue("kubelet-server", node.name, dns=(node.name,), ips=(node_ip,))
         kp_crt, kp_key = kc.ca.issue("kube-proxy", "system:kube-proxy", client=True)
         _kubeconfig(d / "kubelet.kubeconfig", kc.server, kc.ca.cert, kl_crt, kl_key, "kubelet")
         _kubeconfig(d / "kube-proxy.kubeconfig", kc.server, kc.ca.cert, kp_crt, kp_key, "kube-proxy")
@@ -493,6 +566,10 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
                     pass
             stack.callback(rm_kubelet_dir)
         setup = " && ".join([
+            # The copies of the host's mounts under /run go first: hidden under the tmpfs
+            # they would still be found as the mount of /run/netns, and copies of other
+            # tests' netns mounts would keep those namespaces alive after they delete them.
+            DETACH_RUN,
             "mount -t tmpfs -o mode=0755 webb-node-run /run",
             # shared, so that the pods' netns mounts reach the agent (HostToContainer)
             "mount --make-rshared /run",
@@ -526,22 +603,30 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
         # -- containerd, its CNI configuration, the images
         (d / "cni/net.d/10-webb.conflist").write_text(json.dumps(cni_config(cni, pod_cidr, d / "cni/ipam")))
         (d / "containerd.toml").write_text(containerd_config(d, d / "cni/net.d"))
-        start("containerd", [bins["containerd"], "--config", str(d / "containerd.toml")])
+        t1 = time.monotonic()
+        seeded = _seed_root(archives, d / "containerd/root")
+
+        def start_containerd() -> None:
+            start("containerd", [bins["containerd"], "--config", str(d / "containerd.toml")])
+            node.wait(lambda: node.run(["ctr", "version"], check=False).returncode == 0, 60,
+                      "containerd answering")
+        start_containerd()
         # Unwinding: kube-proxy and the kubelet stop, then the pods die (by cgroup) while
         # containerd still runs, then containerd, the holder and the rest.
         stack.callback(_remove_cgroup, cg_pods)
-        node.wait(lambda: node.run(["ctr", "version"], check=False).returncode == 0, 60,
-                  "containerd answering")
-        t1 = time.monotonic()
-        for name, archive in archives.items():
-            node.run(["ctr", "-n", "k8s.io", "images", "import", archive], timeout=600)
-        node.timings["image import"] = time.monotonic() - t1
+        if not seeded:
+            for name, archive in archives.items():
+                node.run(["ctr", "-n", "k8s.io", "images", "import", archive], timeout=600)
+            _stop(node.procs.pop("containerd"))  # a consistent root to keep as the seed
+            _save_seed(archives, d / "containerd/root")
+            start_containerd()
+        node.timings["images"] = time.monotonic() - t1
 
         # -- kubelet
         (d / "resolv.conf").write_text("# pods of dnsPolicy Default: no upstream DNS here\n")
         kubelet_config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": NODE_IP, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+            "address": node_ip, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(kc.ca.cert)}},
             "authorization": {"mode": "Webhook"},
@@ -562,7 +647,7 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
                           f"--kubeconfig={d / 'kubelet.kubeconfig'}",
                           "--container-runtime=remote",
                           "--container-runtime-endpoint=unix:///run/containerd/containerd.sock",
-                          f"--node-ip={NODE_IP}", f"--hostname-override={node.name}",
+                          f"--node-ip={node_ip}", f"--hostname-override={node.name}",
                           f"--cert-dir={pki}", "--v=1"])
 
         def node_ready() -> bool:
@@ -578,7 +663,7 @@ def kube_node(base: Path | str, cni: str = "bridge", images: tuple[str, ...] = (
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(d / "kube-proxy.kubeconfig")},
             "mode": "iptables", "clusterCIDR": pod_cidr, "hostnameOverride": node.name,
-            "bindAddress": NODE_IP, "healthzBindAddress": "127.0.0.1:10256",
+            "bindAddress": node_ip, "healthzBindAddress": "127.0.0.1:10256",
             "metricsBindAddress": "127.0.0.1:10249", "oomScoreAdj": 0,
             # conntrack limits and timeouts are host-wide knobs: leave them alone
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from k8s_node import KUBELET_SYSCTLS, NET, kube_node, tag
+from k8s_node import KUBELET_SYSCTLS, kube_node, tag
 
 pytestmark = [pytest.mark.root, pytest.mark.kubelet]
 
@@ -34,10 +34,9 @@ def host_state() -> dict:
         "netns": f"{t}-knode" in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                 text=True).stdout,
         "link": subprocess.run(["ip", "link", "show", f"{t}-knh"], capture_output=True).returncode == 0,
-        "routes": [l for l in subprocess.run(["ip", "-4", "route"], capture_output=True,
-                                             text=True).stdout.splitlines()
-                   if l.split()[0] != "default" and
-                   ipaddress.ip_network(l.split()[0], strict=False).overlaps(NET)],
+        "routes": [l for l in subprocess.run(["ip", "-4", "route", "show", "table", "all"],
+                                             capture_output=True, text=True).stdout.splitlines()
+                   if f"dev {t}-knh" in l],
         "cgroups": cgroups,
         "var_lib_kubelet": os.path.lexists("/var/lib/kubelet"),
         "var_log_pods": os.path.lexists("/var/log/pods"),
