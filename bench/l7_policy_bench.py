@@ -126,7 +126,7 @@ def main() -> None:
         _client(a.host, a.seconds, a.rate)
         return
 
-    from agent_bench import Agent, machine, write_bench_endpoints
+    from agent_bench import Agent, machine, proc_times, write_bench_endpoints
     from webb.api.admin import admin_pb2
     from webb.netlab import NetLab
 
@@ -160,19 +160,27 @@ def main() -> None:
 
         def run(l7: bool, rate: float) -> dict:
             apply(l7)
+            u0, s0 = proc_times(agent.pid)
             out = lab.exec(cli.netns, sys.executable, __file__, "--mode", "client", "--host",
                            srv.ip4, "--seconds", str(a.seconds), "--rate", str(rate),
                            timeout=a.seconds + 60)
-            return json.loads(out.stdout)
+            r = json.loads(out.stdout)
+            u1, s1 = proc_times(agent.pid)
+            n = max(r["requests"], 1)
+            r["agent_cpu_us"] = (u1 - u0 + s1 - s0) * 1e6 / n
+            r["agent_sys_us"] = (s1 - s0) * 1e6 / n
+            return r
 
         load0 = os.getloadavg()
-        res: dict[str, dict[str, list[float]]] = {m: {"rps": [], "p50": [], "p99": []}
+        res: dict[str, dict[str, list[float]]] = {m: {"rps": [], "p50": [], "p99": [], "cpu": [], "sys": []}
                                                   for m in ("L4", "L7")}
         for _ in range(a.rounds):
             for l7 in (False, True, True, False):
                 m = "L7" if l7 else "L4"
                 r = run(l7, 0)
                 res[m]["rps"].append(r["requests"] / r["seconds"])
+                res[m]["cpu"].append(r["agent_cpu_us"])
+                res[m]["sys"].append(r["agent_sys_us"])
                 p = run(l7, a.rate)
                 res[m]["p50"].append(p["p50_ms"])
                 res[m]["p99"].append(p["p99_ms"])
@@ -184,7 +192,8 @@ def main() -> None:
         for m in ("L4", "L7"):
             d = med[m]
             print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
-                  f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms   "
+                  f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms; agent CPU "
+                  f"{d['cpu']:.1f} us/request ({d['sys']:.1f} in the kernel)   "
                   f"(runs: {', '.join(f'{x:.0f}' for x in res[m]['rps'])} req/s)")
         print(f"L7/L4 requests/s: {med['L7']['rps'] / med['L4']['rps']:.2f} (target >= 0.50)")
         print(f"added latency at {a.rate:g} req/s: p50 {med['L7']['p50'] - med['L4']['p50']:+.3f} ms, "

@@ -246,11 +246,41 @@ def _as_dict(server: str, p: apb.Policy, with_server: bool) -> dict:
     return d
 
 
+def l7_summary(document: str) -> str:
+    """The L7 rules of a policy document, e.g. "HTTP 9080/TCP (2 rules)", or "-"."""
+    try:
+        doc = json.loads(document)
+    except ValueError:
+        return "-"
+    specs = [doc.get("spec")] + list(doc.get("specs") or [])
+    out: list[str] = []
+    for spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        for key in ("ingress", "egress"):
+            for rule in spec.get(key) or []:
+                if not isinstance(rule, dict):
+                    continue
+                if rule.get("toFQDNs"):
+                    out.append("toFQDNs")
+                for tp in rule.get("toPorts") or []:
+                    rules = tp.get("rules") if isinstance(tp, dict) else None
+                    if not isinstance(rules, dict):
+                        continue
+                    ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'ANY')}"
+                                     for p in tp.get("ports") or [] if isinstance(p, dict))
+                    for kind in ("http", "dns"):
+                        if rules.get(kind):
+                            n = len(rules[kind])
+                            out.append(f"{kind.upper()} {ports} ({n} rule{'s' if n > 1 else ''})")
+    return "; ".join(dict.fromkeys(out)) or "-"
+
+
 def policies_table(pols: list[apb.Policy], wide: bool = False,
                    servers: list[str] | None = None) -> str:
     head = "NAMESPACE\tNAME\tKIND\tREVISION\tRULES\tINGRESS\tEGRESS\tSOURCE"
     if wide:
-        head += "\tSELECTS (ingress | egress)"
+        head += "\tL7\tSELECTS (ingress | egress)"
     if servers:
         head = "AGENT\t" + head
     text = head + "\n"
@@ -259,7 +289,8 @@ def policies_table(pols: list[apb.Policy], wide: bool = False,
                f"{p.rule_count}\t{len(p.ingress_endpoints)}\t{len(p.egress_endpoints)}\t"
                f"{safe(p.source)}")
         if wide:
-            row += (f"\t{', '.join(map(safe, p.ingress_endpoints)) or '-'} | "
+            row += (f"\t{safe(l7_summary(p.document))}"
+                    f"\t{', '.join(map(safe, p.ingress_endpoints)) or '-'} | "
                     f"{', '.join(map(safe, p.egress_endpoints)) or '-'}")
         if servers:
             row = f"{servers[i]}\t{row}"

@@ -238,3 +238,42 @@ def test_port_prefixes_cover_the_range_exactly(start, end):
         covered |= block
     assert covered == set(range(start, end + 1))
     assert len(port_prefixes(1, 65535)) == 16
+
+
+async def test_l7_reviews_policy_marks_entries_for_the_proxy_and_merges_rules(world):
+    """The tutorial's L7 policy: productpage may GET anything, anyone else only GET
+    /nopathallowed; the allow entries of 9080 carry MATCH_PROXY (the datapath steers
+    those connections to the proxy), and the proxy's entries merge every rule on it."""
+    from pathlib import Path
+
+    from webb_agent.policy.compile import MATCH_PROXY
+    reg, eng = world
+    text = (Path(__file__).resolve().parents[2] / "examples" / "reviews-l7.yaml").read_text()
+    await eng.apply_text(text + """---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: details-any, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: reviews}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: details}}]
+    toPorts: [{ports: [{port: "9080", protocol: TCP}]}]
+""")
+    rv, pp, dt = by(reg, "reviews"), by(reg, "productpage"), by(reg, "details")
+    c = eng.compiled
+    assert c.allow[PolicyKey(rv.id, DIR_INGRESS, pp.identity, 6, 9080, 16)][1] == \
+        MATCH_L3_L4 | MATCH_PROXY
+    assert c.allow[PolicyKey(rv.id, DIR_INGRESS, 0, 6, 9080, 16)][1] == MATCH_L4_ONLY | MATCH_PROXY
+    # details' own L4 rule has no L7 rules: its key goes direct.
+    assert c.allow[PolicyKey(rv.id, DIR_INGRESS, dt.identity, 6, 9080, 16)][1] == MATCH_L3_L4
+    assert c.allow[PolicyKey(rv.id, DIR_INGRESS, 1, 0)] == (0, MATCH_L3_ONLY)  # no proxy
+    entries = c.l7[(rv.id, DIR_INGRESS, 9080)]
+    assert len(entries) == 3
+    by_policy = {(e.policy.name, e.http is None) for e in entries}
+    assert by_policy == {("reviews", False), ("details-any", True)}
+    assert [r.method for e in entries if e.covers(pp.identity) and e.http
+            for r in e.http] == ["GET", "GET"]
+    assert eng.identity_of(pp.ips[0]) == pp.identity and eng.identity_of("8.8.8.8") == 2
+    await eng.delete("reviews", "bookinfo")
+    assert not eng.compiled.l7 and not any(
+        m & MATCH_PROXY for _, m in eng.compiled.allow.values())

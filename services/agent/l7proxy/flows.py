@@ -8,6 +8,7 @@ ingress_denied_by, as in Hubble's flows.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -42,6 +43,7 @@ def http_response(f: ProxyFlow) -> HTTPResponse:
     return HTTPResponse(h.start[0], f.code, h.start[2], _headers(h), True, len(h.raw))
 
 
+@functools.lru_cache(maxsize=4096)
 def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed.ljust(16, b"\0")
 

@@ -149,8 +149,24 @@ async def read_head(reader: asyncio.StreamReader) -> bytes | None:
 
 
 async def relay_body(body: int, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter | None) -> int:
-    """Copies (or with writer None, skips) one body; returns its bytes on the wire."""
+                     writer: asyncio.StreamWriter | None, head: bytes = b"") -> int:
+    """Copies (or with writer None, skips) one body; returns its bytes on the wire.
+
+    `head` (the message's head) goes out with the first piece of the body: one send,
+    one wake-up of the receiver, for the common small answer."""
+    if head and writer is not None:
+        if body > 0:
+            data = await reader.read(min(body, PIECE))
+            if not data:
+                writer.write(head)
+                raise asyncio.IncompleteReadError(b"", body)
+            writer.write(head + data)
+            if len(data) == body:
+                await writer.drain()
+                return body
+            body -= len(data)
+            return len(data) + await relay_body(body, reader, writer)
+        writer.write(head)
     if body == 0:
         return 0
     total = 0

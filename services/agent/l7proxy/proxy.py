@@ -311,18 +311,20 @@ class _Conn:
                 if raw is None:
                     raise HTTPError(503, "upstream closed before answering")
                 resp = parse_response(raw, head.start[0])
-                self.writer.write(raw)
-                sent = True
                 code = int(resp.start[1])
-                if 100 <= code < 200 and code != 101:
-                    continue  # 100 Continue and friends: the final answer follows
+                if 100 <= code < 200:
+                    self.writer.write(raw)
+                    sent = True
+                    if code != 101:
+                        continue  # 100 Continue and friends: the final answer follows
                 break
             self._flow(response=True, allowed=True, policies=policies, request=head,
                        code=code, response_head=resp, latency_ns=time.monotonic_ns() - t0)
             if code == 101:  # the protocol switched: bytes both ways until either closes
                 await self._splice(up_r, up_w)
                 return False
-            await relay_body(resp.body, up_r, self.writer)
+            sent = True
+            await relay_body(resp.body, up_r, self.writer, raw)
             if body_task is not None:
                 await body_task
         except (HTTPError, ConnectionError, asyncio.IncompleteReadError) as e:

@@ -45,10 +45,32 @@ def rule_matches(rule: HTTPRule, head: Head) -> bool:
     return True
 
 
-def decide(entries: Iterable[L7Entry], identity: int,
+# Decisions that depend only on (entries, identity, method, target, host): the same
+# requests repeat, and RE2 through its Python wrapper costs microseconds per pattern.
+# Keyed by the identity of the entries tuple (a recompile makes new ones; the tuple is
+# kept in the value, so a reused id never gives a stale answer).
+_DECIDED: dict[tuple[Any, ...], tuple[Any, tuple[bool, tuple[PolicyRef, ...]]]] = {}
+_DECIDED_MAX = 4096
+
+
+def decide(entries: tuple[L7Entry, ...], identity: int,
            head: Head) -> tuple[bool, tuple[PolicyRef, ...]]:
     """(allowed, the policies that decided): the allowing policy, or every policy that
     governs the port for this identity when none allowed."""
+    key = (id(entries), identity, head.start[0], head.start[1], head.header("host"))
+    got = _DECIDED.get(key)
+    if got is not None and got[0] is entries:
+        return got[1]
+    result = _decide(entries, identity, head)
+    if not any(r.headers for e in entries if e.http for r in e.http):  # else per request
+        if len(_DECIDED) >= _DECIDED_MAX:
+            _DECIDED.clear()
+        _DECIDED[key] = (entries, result)
+    return result
+
+
+def _decide(entries: Iterable[L7Entry], identity: int,
+            head: Head) -> tuple[bool, tuple[PolicyRef, ...]]:
     applying = []
     for e in entries:
         if not e.covers(identity):

@@ -1,0 +1,194 @@
+"""The L7 proxy's pieces without a network: HTTP/1.x heads and framing, bodies relayed
+through real asyncio streams, and requests against HTTP rules (Cilium's semantics)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from webb_agent.l7proxy.http1 import (CHUNKED, TO_CLOSE, HTTPError, parse_request,
+                                      parse_response, read_head, relay_body)
+from webb_agent.l7proxy.proxy import error_response
+from webb_agent.l7proxy.rules import decide
+from webb_agent.policy.compile import L7Entry, PolicyRef
+from webb_agent.policy.model import HeaderMatch, HTTPRule
+
+REF_A = PolicyRef("CiliumNetworkPolicy", "demo", "a", 1, ())
+REF_B = PolicyRef("CiliumNetworkPolicy", "demo", "b", 1, ())
+
+
+def req(text: str):
+    return parse_request(text.replace("\n", "\r\n").encode() + b"\r\n")
+
+
+def test_request_heads_and_framing():
+    h = req("POST /upload?x=1 HTTP/1.1\nHost: srv:80\nContent-Length: 12\n")
+    assert h.start == ("POST", "/upload?x=1", "HTTP/1.1") and h.body == 12 and h.keep_alive
+    assert h.header("host") == "srv:80"
+    assert req("GET / HTTP/1.1\nTransfer-Encoding: gzip, chunked\n").body == CHUNKED
+    assert not req("GET / HTTP/1.0\n").keep_alive
+    assert req("GET / HTTP/1.0\nConnection: keep-alive\n").keep_alive
+    assert not req("GET / HTTP/1.1\nConnection: close\n").keep_alive
+
+
+@pytest.mark.parametrize("text,status", [
+    ("GET / HTTP/2.0\n", 505),
+    ("\x16\x03\x01 hello\n", 400),
+    ("GET /a b HTTP/1.1\n", 400),
+    ("GET / HTTP/1.1\nBad Header: x\n", 400),
+    ("GET / HTTP/1.1\nX: a\x01b\n", 400),
+    ("GET / HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: chunked\n", 400),
+    ("GET / HTTP/1.1\nContent-Length: 1\nContent-Length: 2\n", 400),
+    ("GET / HTTP/1.1\nContent-Length: -1\n", 400),
+    ("GET / HTTP/1.1\nTransfer-Encoding: gzip\n", 501),
+])
+def test_bad_requests_are_refused_with_a_status(text, status):
+    with pytest.raises(HTTPError) as e:
+        req(text)
+    assert e.value.status == status
+
+
+def test_response_framing():
+    r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "GET")
+    assert r.body == 5 and r.keep_alive
+    assert parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD").body == 0
+    assert parse_response(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET").body == 0
+    r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", "GET")
+    assert r.body == TO_CLOSE and not r.keep_alive
+    with pytest.raises(HTTPError):
+        parse_response(b"HTTP/1.1 2000 OK\r\n\r\n", "GET")
+
+
+def test_error_response_is_cilium_like():
+    out = error_response(403, b"Access denied\r\n", close=False)
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n") and body == b"Access denied\r\n"
+    assert b"content-length: 15" in head and b"connection: close" not in head
+
+
+def _stream(data: bytes) -> asyncio.StreamReader:
+    r = asyncio.StreamReader(limit=64 * 1024)
+    r.feed_data(data)
+    r.feed_eof()
+    return r
+
+
+class _Sink:
+    """A StreamWriter stand-in that keeps what is written (write + drain only)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+    async def drain(self) -> None:
+        pass
+
+
+def test_bodies_are_relayed_piece_by_piece():
+    async def run():
+        chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
+        r, w = _stream(chunked), _Sink()
+        n = await relay_body(CHUNKED, r, w)  # type: ignore[arg-type]
+        assert bytes(w.data) == chunked[:-4] and n == len(chunked) - 4
+        assert await r.read() == b"NEXT"  # the next message stays in the stream
+        big = b"x" * 300_000
+        r, w = _stream(big + b"rest"), _Sink()
+        assert await relay_body(len(big), r, w) == len(big) and bytes(w.data) == big  # type: ignore[arg-type]
+        r = _stream(b"abc")
+        with pytest.raises(asyncio.IncompleteReadError):
+            await relay_body(10, r, None)  # cut short
+        with pytest.raises(HTTPError):
+            await relay_body(CHUNKED, _stream(b"zz\r\n"), None)
+        assert await read_head(_stream(b"")) is None
+        with pytest.raises(HTTPError) as e:
+            await read_head(_stream(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"))
+        assert e.value.status == 431
+    asyncio.run(run())
+
+
+def test_rules_match_whole_values_and_headers():
+    rules = (HTTPRule(method="GET", path="/public/.*"),
+             HTTPRule(method="POST|PUT", path="/upload", host="srv(:80)?",
+                      headers=(HeaderMatch("X-Token", "yes"), HeaderMatch("X-Trace"))))
+    entries = (L7Entry(frozenset({5}), rules, REF_A),)
+    ok = lambda text: decide(entries, 5, req(text))[0]  # noqa: E731
+    assert ok("GET /public/a HTTP/1.1\n")
+    assert not ok("GET /public HTTP/1.1\n")            # whole path
+    assert not ok("GETX /public/a HTTP/1.1\n")         # whole method
+    assert not ok("GET /x/public/a HTTP/1.1\n")
+    up = "PUT /upload HTTP/1.1\nHost: srv:80\nX-Token: yes\nX-Trace: 1\nContent-Length: 0\n"
+    assert ok(up)
+    assert not ok(up.replace("X-Token: yes", "X-Token: no"))
+    assert not ok(up.replace("X-Trace: 1\n", ""))
+    assert not ok(up.replace("srv:80", "other"))
+    assert not ok(up.replace("/upload", "/upload?x=1"))  # the query is part of the path
+    # Another identity: no entry covers it.
+    assert decide(entries, 6, req("GET /public/a HTTP/1.1\n")) == (False, ())
+
+
+def test_a_rule_without_http_rules_allows_every_request_of_its_peers():
+    entries = (L7Entry(frozenset({5, 6}), (HTTPRule(method="GET"),), REF_A),
+               L7Entry(frozenset({6}), None, REF_B))
+    assert decide(entries, 5, req("DELETE /x HTTP/1.1\n")) == (False, (REF_A,))
+    assert decide(entries, 6, req("DELETE /x HTTP/1.1\n")) == (True, (REF_B,))
+    assert decide(entries, 5, req("GET /x HTTP/1.1\n")) == (True, (REF_A,))
+    anyone = (L7Entry(frozenset({0}), (HTTPRule(path="/nopathallowed"),), REF_A),)
+    assert decide(anyone, 77, req("GET /nopathallowed HTTP/1.1\n"))[0]
+
+
+def test_policy_get_wide_names_the_l7_rules():
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from webb.api.admin import admin_pb2 as apb
+    from webb_cli.policy import l7_summary, policies_table
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" /
+                          "reviews-l7.yaml").read_text())
+    assert l7_summary(json.dumps(doc)) == "HTTP 9080/TCP (1 rule)"
+    p = apb.Policy(kind="CiliumNetworkPolicy", name="reviews", namespace="bookinfo",
+                   revision=3, document=json.dumps(doc), rule_count=2)
+    table = policies_table([p], wide=True)
+    assert "L7" in table.splitlines()[0] and "HTTP 9080/TCP (1 rule)" in table
+    assert l7_summary("{}") == "-" and l7_summary("not json") == "-"
+
+
+def test_proxy_flows_are_counted_by_the_exporter():
+    """What the proxy reports, encoded as the agent does, through the exporter's
+    httpV2 and policy handlers: a denied request counts as dropped, its 403 answer
+    and the allowed exchange as an ordinary HTTP request/response."""
+    from webb.api.flow import flow_pb2 as fpb
+    from webb_agent.l7.encode import L7Encoder
+    from webb_agent.l7proxy.flows import l7_message
+    from webb_agent.l7proxy.proxy import ProxyFlow
+    from webb_metrics.config import parse_metrics
+    from webb_metrics.handlers import PLUGINS
+    from webb_metrics.pipeline import Pipeline
+
+    enc = L7Encoder("n1", "test")
+    enc.policies = lambda set_id, field: b""
+    c, s = ("10.244.1.10", 41000), ("10.244.1.11", 9080)
+    denied = req("GET /private HTTP/1.1\nHost: server\n")
+    allowed = req("GET /public/a HTTP/1.1\nHost: server\n")
+    ok = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", "GET")
+    flows = [ProxyFlow(1, 4, c, s, False, False, (REF_A,), denied),
+             ProxyFlow(2, 4, c, s, True, False, (REF_A,), denied, code=403, latency_ns=10**6),
+             ProxyFlow(3, 4, c, s, False, True, (REF_A,), allowed),
+             ProxyFlow(4, 4, c, s, True, True, (REF_A,), allowed, code=200, response_head=ok,
+                       latency_ns=2 * 10**6)]
+    p = Pipeline(parse_metrics(["httpV2", "policy"], PLUGINS))
+    for i, f in enumerate(flows):
+        p.process(fpb.Flow.FromString(enc.encode(l7_message(f, 1), f.time_ns, str(i), b"", b"")))
+    got = {}
+    for vec in p.store.vecs:
+        for smp in vec.collect().samples:
+            if smp.name in ("hubble_http_requests_total", "hubble_policy_verdicts_total"):
+                got[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    policy = {dict(k)["action"]: v for (n, k), v in got.items()
+              if n == "hubble_policy_verdicts_total"}
+    assert policy == {"dropped": 1, "forwarded": 3}
+    codes = {dict(k)["status"]: v for (n, k), v in got.items() if n == "hubble_http_requests_total"}
+    assert codes == {"403": 1, "200": 1}
