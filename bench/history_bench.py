@@ -33,7 +33,7 @@ from webb_agent.history.hooks import PersistConfig, Persistence
 from webb_agent.identity import IdentityAllocator
 from webb_agent.ingest import Ingest
 from webb_agent.memory import tune_gc
-from webb_agent.observer import NodeState
+from webb_agent.observer import NodeState, flow_matcher
 from webb_agent.parser import FlowParser
 from webb_agent.record import FlowRecord
 from webb_agent.ring import Ring
@@ -163,8 +163,7 @@ async def query(path: str, since: int, until: int, pred_filter: list[fpb.FlowFil
     assert h.reader is not None
     tune_gc()
 
-    def match(rec) -> bool:  # what the observer does for a request with filters
-        return pred(parser.flow(rec))
+    match = flow_matcher(parser, pred_filter, pred)  # what the observer does
     t0 = time.perf_counter()
     n = 0
     size = 0

@@ -17,6 +17,7 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
 from webb.filters import FilterError, build_filter
+from webb.filters.k8s import pod_prefilter
 
 from .agent_events import AgentEventLog
 from .flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
@@ -116,11 +117,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             until_ns=ts_ns(request.until) if request.HasField("until") else None)
         validate(req)
         mask = _field_mask(request)
-        parser = self.parser
-        match = None
-        if request.whitelist or request.blacklist:
-            flow_of = parser.flow
-            match = lambda rec: pred(flow_of(rec))  # noqa: E731
+        match = flow_matcher(self.parser, request.whitelist, pred) \
+            if request.whitelist or request.blacklist else None
         return self.read_flows(self.node.ring, req, match, idle=idle), self._encoder(mask)
 
     def _encoder(self, mask: Any) -> Callable[[Any], bytes]:
@@ -211,6 +209,25 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             await asyncio.Event().wait()  # cancelled when the client goes away
         return
         yield  # pragma: no cover - makes this an async generator
+
+
+def flow_matcher(parser: FlowParser, whitelist: Any, pred: Callable[[Any], bool]
+                 ) -> Callable[[Any], bool]:
+    """A record's match for a request's filters (pred = build_filter(...)). A flow is
+    built only for records whose endpoints can pass the whitelist's pod filters."""
+    flow_of = parser.flow
+    pre = pod_prefilter(whitelist)
+    if pre is None:
+        return lambda rec: pred(flow_of(rec))
+
+    def match(rec: Any) -> bool:
+        s, d = rec.src, rec.dst
+        # (a stored record kept as flow bytes has no endpoints: the flow decides)
+        if s is not None and d is not None and not pre(s.namespace, s.name, d.namespace,
+                                                       d.name):
+            return False
+        return pred(flow_of(rec))
+    return match
 
 
 def _field_mask(request: opb.GetFlowsRequest) -> Any:

@@ -56,15 +56,34 @@ EVENT_TYPE_OFFSET = _event_type_offset()
 
 
 class StoredEndpoint:
-    """An endpoint as stored: only its flow.Endpoint bytes (all the encoder reads)."""
+    """An endpoint as stored: only its flow.Endpoint bytes (all the encoder reads);
+    namespace and pod name parsed from them when a filter asks (once per endpoint
+    of a frame)."""
 
-    __slots__ = ("wire",)
+    __slots__ = ("wire", "_ns_name")
 
     def __init__(self, wire: bytes) -> None:
         self.wire = wire
+        self._ns_name: tuple[str, str] | None = None
 
     def with_wire(self) -> "StoredEndpoint":
         return self
+
+    def _parse(self) -> tuple[str, str]:
+        if self._ns_name is None:
+            from webb.api.flow import flow_pb2
+
+            ep = flow_pb2.Endpoint.FromString(self.wire)
+            self._ns_name = (ep.namespace, ep.pod_name)
+        return self._ns_name
+
+    @property
+    def namespace(self) -> str:
+        return self._parse()[0]
+
+    @property
+    def name(self) -> str:
+        return self._parse()[1]
 
 
 def _ep_wire(ep: Any) -> bytes:
