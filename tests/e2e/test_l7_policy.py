@@ -233,8 +233,13 @@ def test_keep_alive_pipelining_and_bodies(lab, agent, policy):
 
 def test_bad_input_gets_an_answer_and_leaks_nothing(lab, agent, policy):
     before = agent_fds(agent)
+    t0 = now_ts()
     res = http(lab, "client", [{"raw": "\x16\x03\x01\x00\x05hello\r\n\r\n"}])
     assert res[0]["raw"].startswith("HTTP/1.1 400 Bad Request\r\n")
+    # Not HTTP: still a flow pair, the request DROPPED and the proxy's 400.
+    fs = l7_flows(agent, t0, 2)
+    assert {(f.l7.type, f.verdict, f.l7.http.code) for f in fs} == {
+        (fpb.REQUEST, fpb.DROPPED, 0), (fpb.RESPONSE, fpb.FORWARDED, 400)}
     res = http(lab, "client", [{"raw": get("/public/a", "X-Big: " + "a" * 70000 + "\r\n")}])
     assert res[0]["raw"].startswith("HTTP/1.1 431 ")
     res = http(lab, "client", [{"raw": "GET /public/a HTTP/2.0\r\nHost: x\r\n\r\n"}])
