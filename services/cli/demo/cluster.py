@@ -26,6 +26,8 @@ import yaml
 
 from webb.netlab import NetLab, cleanup_prefix
 
+from .supervisor import Supervisor
+
 log = logging.getLogger("webb.demo")
 
 PREFIX = "wbd"
@@ -121,6 +123,7 @@ class DemoCluster:
         self.lab = NetLab(prefix)
         self.pods: dict[str, PodState] = {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.supervisor = Supervisor()
         self.workloads = {w.name: w for w in WORKLOADS}
         self._next_host: dict[str, int] = {}
         self.dns_ip = ""
@@ -216,13 +219,30 @@ class DemoCluster:
     # -- processes -----------------------------------------------------------------
     def _spawn(self, key: str, args: list[str], netns: str | None = None,
                env: dict[str, str] | None = None) -> subprocess.Popen:
-        logf = open(self.state_dir / "logs" / f"{key}.log", "ab")
         cmd = (["ip", "netns", "exec", netns] if netns else []) + args
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
-        self.procs[key] = proc
+
+        def start() -> subprocess.Popen:
+            with open(self.state_dir / "logs" / f"{key}.log", "ab") as logf:
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})},
+                                        start_new_session=True)
+            self.procs[key] = proc
+            return proc
+        proc = start()
+        self.supervisor.add(key, start, proc)
         self._save()
         return proc
+
+    def supervise(self) -> None:
+        """While the demo runs: restarts what exited, with back-off (supervisor.py)."""
+        restarted = self.supervisor.check()
+        for key in restarted:
+            if key.startswith("pod-"):
+                pod = self.pods.get(key[len("pod-"):])
+                if pod is not None:
+                    pod.pid = self.procs[key].pid
+        if restarted:
+            self._save()  # `webb demo clean` must find the new PIDs
 
     def start_agents(self) -> None:
         for i, node in enumerate(self.lab.nodes.values(), start=1):
@@ -339,6 +359,7 @@ class DemoCluster:
         raise ValueError(f"no workload {name}; known: {', '.join(self.workloads)}")
 
     def _stop_pod(self, pod: PodState) -> None:
+        self.supervisor.remove(f"pod-{pod.name}")  # stopped on purpose: not restarted
         proc = self.procs.pop(f"pod-{pod.name}", None)
         if proc is not None:
             _terminate(proc)
@@ -380,6 +401,7 @@ class DemoCluster:
 
     # -- tear-down -----------------------------------------------------------------------
     def teardown(self) -> None:
+        self.supervisor.children.clear()
         for proc in self.procs.values():
             _terminate(proc)
         self.procs.clear()

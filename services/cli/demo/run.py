@@ -14,6 +14,7 @@ from pathlib import Path
 from .cluster import PREFIX, DemoCluster, Ports, agent_host, clean
 
 DEFAULT_STATE = Path("/run/webb-demo")
+SUPERVISE_INTERVAL_S = 0.2
 
 
 def _banner(c: DemoCluster) -> str:
@@ -59,17 +60,17 @@ async def _run(c: DemoCluster, duration: float | None) -> None:
     server = await c.serve_control()
     print(_banner(c), flush=True)
     (c.state_dir / "ready").write_text("ok\n")
+    end = None if duration is None else loop.time() + duration
     try:
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), SUPERVISE_INTERVAL_S)
             except asyncio.TimeoutError:
                 pass
-            c.check_alive()
-            if duration is not None:
-                duration -= 1.0
-                if duration <= 0:
-                    break
+            # A process that dies is restarted (like kubelet); the rest keeps running.
+            c.supervise()
+            if end is not None and loop.time() >= end:
+                break
     finally:
         server.close()
 
