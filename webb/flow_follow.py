@@ -304,7 +304,9 @@ class FlowFollower:
                     continue
                 self._set_state("retrying", "the server closed the stream")
             except asyncio.CancelledError:
-                if not self._restarting:
+                task = asyncio.current_task()
+                # restart() cancelled the call; a cancellation of this task itself goes on
+                if not self._restarting or (task is not None and task.cancelling()):
                     raise
                 self._set_state("retrying", "the server stopped answering")
             except grpc.aio.AioRpcError as e:

@@ -275,6 +275,10 @@ async def test_restart_reconnects_at_once_and_bad_requests_are_errors(channel_fo
         f.restart()
         await until(lambda: f.stats.connects == 2, what="reconnected")
         assert "retrying" in states and states[-1] == "live"
+        # a restart just before the consumer goes away must not keep the reader alive
+        f.restart()
+        await asyncio.wait_for(c.stop(), 5)
+        assert c.task.done()
     finally:
         await c.stop()
         await srv.stop()
