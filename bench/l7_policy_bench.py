@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,31 @@ async def _serve(timeout: float) -> None:
     srv.close()
 
 
+def _serve_stdlib() -> None:
+    """The same answer from Python's http.server (a typical slow backend)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else head and body wait for delayed ACKs
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+
+    srv = ThreadingHTTPServer(("0.0.0.0", PORT), H)
+    srv.daemon_threads = True
+    print("ready", flush=True)
+    threading.Timer(600, srv.shutdown).start()
+    srv.serve_forever()
+
+
 def _client(host: str, seconds: float, rate: float) -> None:
     c = socket.create_connection((host, PORT), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -116,11 +142,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
     ap.add_argument("--seconds", type=float, default=3.0, help="per run (default 3)")
     ap.add_argument("--rate", type=float, default=1000.0, help="paced rate for latency")
+    ap.add_argument("--backend", choices=["asyncio", "http.server"], default="asyncio",
+                    help="the server: a minimal asyncio protocol (default, the hardest "
+                         "baseline) or Python's http.server (a typical slow backend)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--host", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.mode == "serve":
-        asyncio.run(_serve(600))
+        if a.backend == "http.server":
+            _serve_stdlib()
+        else:
+            asyncio.run(_serve(600))
         return
     if a.mode == "client":
         _client(a.host, a.seconds, a.rate)
@@ -142,7 +174,7 @@ def main() -> None:
         eps = tmp / "endpoints.yaml"
         write_bench_endpoints(eps, (cli, srv))
         server = lab.popen(srv.netns, sys.executable, __file__, "--mode", "serve",
-                           stdout=subprocess.PIPE, text=True)
+                           "--backend", a.backend, stdout=subprocess.PIPE, text=True)
         procs.append(server)
         assert server.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         agent = Agent(tmp, n1.netns, eps, [])
@@ -188,7 +220,8 @@ def main() -> None:
         med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res.items()}
         print(f"machine: {machine()}")
         print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
-        print(f"{a.rounds} ABBA rounds of {a.seconds:g} s runs, one keep-alive connection each")
+        print(f"{a.rounds} ABBA rounds of {a.seconds:g} s runs, one keep-alive connection each, "
+              f"backend {a.backend}")
         for m in ("L4", "L7"):
             d = med[m]
             print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
