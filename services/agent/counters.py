@@ -34,6 +34,7 @@ def agent_counters(datapath: Any, ingest: Any) -> dict[str, int]:
     # Pairing state: requests still waiting for an answer, and those given up on
     # (connection idle or closed, or bounds reached).
     out["l7.http_pending"] = tracker.http.pending()
+    out["l7.tcp_stream_marks"] = tracker.streams()
     out["l7.http_evicted_requests"] = tracker.http.evicted
     out["l7.dns_evicted_queries"] = tracker.dns.evicted
     out["l7.dns_unmatched_responses"] = tracker.dns.unmatched

@@ -57,6 +57,9 @@ def format_counters(st: apb.AgentStatus, dict_style: bool = False) -> str:
     lines.append(f"  Not HTTP/1.x: {', '.join(unparsable) if unparsable else '0'}")
     lines.append(f"  HTTP segments skipped (retransmitted or inside a body): "
                  f"{n('l7.http_skipped_segments')}")
+    lines.append(f"  TCP directions tracked: {n('l7.tcp_stream_marks')} "
+                 f"({n('l7.tcp_stream_marks_expired')} expired when idle, "
+                 f"{n('l7.tcp_stream_marks_evicted')} evicted at the limit)")
     lines.append(f"  DNS: {n('l7.dns_queries')} queries, {n('l7.dns_responses')} responses, "
                  f"{n('l7.dns_unparsable')} not DNS, "
                  f"{n('l7.dns_unmatched_responses')} answers without a query seen, "

@@ -145,6 +145,32 @@ def test_keepalive_requests_pair_in_order_with_latency():
     assert t.http.pending() == 0
 
 
+def test_marks_of_ended_connections_expire_and_are_counted():
+    """A connection per request (the demo's clients): each direction leaves a
+    next-message mark; marks of quiet directions go after STREAM_IDLE_NS, counted,
+    instead of piling up to MAX_STREAMS (agent memory growing after the ring is full)."""
+    from webb_agent.l7 import tracker as tr
+    t = L7Tracker()
+    step = 10**8  # 10 connections per second of kernel time
+    conns = 2000  # 200 s: far longer than the idle limit
+    for i in range(conns):
+        c = Conn(client=("10.1.0.10", 20000 + i))
+        ts = 1_000_000_000 + i * step
+        t.process([c.req(get(f"/c/{i}"), ts=ts), c.resp(ok(), ts=ts + 1000)], OFFSET)
+    per_s = 2 * 10**9 // step  # directions that start per second
+    assert t.streams() <= per_s * (tr.STREAM_IDLE_NS // 10**9 + 2)
+    assert t.counters["tcp_stream_marks_expired"] == 2 * conns - t.streams()
+    assert t.counters["http_requests"] == conns == t.counters["http_responses"]
+    # a direction still talking keeps its mark (and its retransmission check)
+    c = Conn(client=("10.1.0.10", 9999))
+    t0 = 1_000_000_000 + conns * step
+    first = c.req(get("/again"), ts=t0)
+    for k in range(40):  # one request a second for 40 s, past the idle limit
+        t.process([c.req(get(f"/ka/{k}"), ts=t0 + (k + 1) * 10**9)], OFFSET)
+    out = t.process([first], OFFSET)  # an old retransmission: still recognised
+    assert not out and t.counters["http_skipped_segments"] >= 1
+
+
 def test_pipelined_requests_in_one_segment():
     t, c = L7Tracker(), Conn()
     seg = get("/pipe/0") + get("/pipe/1") + b"POST /pipe/2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"

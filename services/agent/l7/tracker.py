@@ -24,6 +24,11 @@ from .pairing import DNSPairer, HTTPPairer
 log = logging.getLogger(__name__)
 
 MAX_STREAMS = 65536
+# A TCP direction's next-message mark is dropped once the direction was quiet this
+# long: the demo's clients open a connection per request, and marks of connections
+# that ended would otherwise pile up to MAX_STREAMS (~27 MiB). A keep-alive connection
+# quiet for longer only loses the retransmission check of its next segment.
+STREAM_IDLE_NS = 30 * 10**9
 EXPIRE_EVERY_NS = 1_000_000_000
 
 
@@ -62,8 +67,10 @@ class L7Tracker:
         self.fqdn = fqdn if fqdn is not None else FQDNCache()
         self.http: HTTPPairer[HTTPRequest | _Truncated] = HTTPPairer()
         self.dns: DNSPairer[DNSMessage] = DNSPairer()
-        # TCP direction -> sequence number before which no message starts.
-        self._next_seq: OrderedDict[tuple[bytes, int, bytes, int], int] = OrderedDict()
+        # TCP direction -> (sequence number before which no message starts, kernel
+        # time last seen); least recently seen first.
+        self._next_seq: OrderedDict[tuple[bytes, int, bytes, int], tuple[int, int]] = \
+            OrderedDict()
         self.counters: Counter[str] = Counter()
         self._last_expire = 0
         self._deferred: list[tuple[L7Event, bytes]] = []
@@ -107,6 +114,7 @@ class L7Tracker:
                 self._last_expire = now
                 self.http.expire(now)
                 self.dns.expire(now)
+                self._expire_streams(now)
         return out
 
     def _early_answer(self, ev: L7Event, payload: bytes) -> bool:
@@ -126,8 +134,8 @@ class L7Tracker:
 
     def _before_next(self, ev: L7Event) -> bool:
         """Whether the segment starts before the direction's next possible message."""
-        nxt = self._next_seq.get((ev.saddr, ev.sport, ev.daddr, ev.dport))
-        return nxt is not None and (ev.seq - nxt) & 0xFFFFFFFF >= 0x80000000
+        got = self._next_seq.get((ev.saddr, ev.sport, ev.daddr, ev.dport))
+        return got is not None and (ev.seq - got[0]) & 0xFFFFFFFF >= 0x80000000
 
     def _seq_check(self, ev: L7Event) -> bool:
         """False for a segment before the direction's next possible message start."""
@@ -141,9 +149,30 @@ class L7Tracker:
 
     def _advance(self, ev: L7Event, consumed: int) -> None:
         k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-        if k not in self._next_seq and len(self._next_seq) >= MAX_STREAMS:
-            self._next_seq.popitem(last=False)
-        self._next_seq[k] = (ev.seq + max(consumed, ev.payload_len)) & 0xFFFFFFFF
+        marks = self._next_seq
+        if k in marks:
+            marks.move_to_end(k)
+        elif len(marks) >= MAX_STREAMS:
+            marks.popitem(last=False)
+            self.counters["tcp_stream_marks_evicted"] += 1
+        marks[k] = ((ev.seq + max(consumed, ev.payload_len)) & 0xFFFFFFFF, ev.ts)
+
+    def _expire_streams(self, now: int) -> None:
+        """Drops the marks of directions quiet for STREAM_IDLE_NS (oldest first)."""
+        marks = self._next_seq
+        n = 0
+        while marks:  # bounded by the table's size; stops at the first fresh mark
+            k, (_, seen) = next(iter(marks.items()))
+            if now - seen <= STREAM_IDLE_NS:
+                break
+            del marks[k]
+            n += 1
+        if n:
+            self.counters["tcp_stream_marks_expired"] += n
+
+    def streams(self) -> int:
+        """TCP directions with a next-message mark (a gauge for the counters)."""
+        return len(self._next_seq)
 
     def _http(self, ev: L7Event, payload: bytes, time_ns: int, out: list[L7Message]) -> None:
         if ev.proto == 6 and not self._seq_check(ev):
