@@ -172,9 +172,18 @@ class Upstream:
                     if len(nodes) < n:
                         nodes += [self.name] * (n - len(nodes))
                 times = list(batch.time_ns)
-                if len(times) != n:  # a malformed batch: find the times in the entries
+                if len(times) != n or not all(raws):
+                    # a malformed batch (or an empty response, which carries nothing):
+                    # the entries' own times, empty ones left out
                     now = time.time_ns()
-                    times, raws = map(list, zip(*(scan(r, now) for r in raws)))  # type: ignore[assignment]
+                    keep = [i for i, r in enumerate(raws) if r]
+                    if not keep:
+                        continue
+                    scanned = [scan(raws[i], now) for i in keep]
+                    times = [t for t, _ in scanned]
+                    raws = [r for _, r in scanned]
+                    nodes = [nodes[i] for i in keep]
+                    n = len(raws)
                 self.received += n
                 self._note_times(times, raws)
                 if len(self.raws) >= self.maxsize:
@@ -190,6 +199,8 @@ class Upstream:
         try:
             async for raw in call:
                 self.batched = False
+                if not raw:  # an empty response carries nothing
+                    continue
                 t, raw = scan(raw, time.time_ns())
                 self.received += 1
                 if raw[0] == FLOW_BYTE and (self.last_time_ns is None or t > self.last_time_ns):

@@ -300,6 +300,17 @@ async def test_agents_lost_events_pass_through_in_time_order(cluster):
     assert [statuses(x) for x in both] == [[(rpb.NODE_CONNECTED, ["n1", "n2", "n3"], "")]] * 2
 
 
+async def test_empty_responses_from_an_agent_are_skipped(cluster):
+    agents, h = cluster
+    base = time.time_ns() - 60 * S
+    agents[0].add(base + 10)
+    agents[0].history.append(opb.GetFlowsResponse())  # serializes to no bytes at all
+    agents[1].add(base + 20)
+    for out in (await h.flows(), await h.batched_flows()):
+        assert flow_times(out) == [base + 10, base + 20]
+        assert all(r.HasField("flow") or r.HasField("node_status") for r in out)
+
+
 async def test_batches_and_get_flows_agree_on_number_and_filters(cluster):
     agents, h = cluster
     base = time.time_ns() - 60 * S
