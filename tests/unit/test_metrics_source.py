@@ -318,7 +318,11 @@ async def test_relay_without_agent_events_falls_back_to_idle_expiry(fake):
 
 async def test_unreachable_source_is_reported_and_joined_when_it_comes():
     port = free_port()
-    cfg = FlowSourceConfig(f"127.0.0.1:{port}", start_ns=time.time_ns(), connect_warn_s=0.1)
+    # The joining delay is the back-off's ceiling (5 s by default, plus gRPC's own
+    # reconnect pause): bound it here so the wait below is about joining, not about
+    # where the back-off happened to be when the server came up.
+    cfg = FlowSourceConfig(f"127.0.0.1:{port}", start_ns=time.time_ns(), connect_warn_s=0.1,
+                           backoff_min_s=0.05, backoff_max_s=0.2)
     got: list = []
     src = FlowSource(cfg, got.extend, lambda e: None)
     task = asyncio.create_task(src.run())
