@@ -17,11 +17,11 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 from webb.api.relay import relay_pb2 as rpb
 from webb.filters import FilterError, build_filter
-from webb.filters.k8s import pod_prefilter
 
 from .agent_events import AgentEventLog
 from .flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
 from .parser import FlowParser
+from .prefilter import record_prefilter
 from .record import FlowRecord
 from .ring import Ring
 
@@ -117,7 +117,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             until_ns=ts_ns(request.until) if request.HasField("until") else None)
         validate(req)
         mask = _field_mask(request)
-        match = flow_matcher(self.parser, request.whitelist, pred) \
+        match = flow_matcher(self.parser, request.whitelist, pred, request.blacklist) \
             if request.whitelist or request.blacklist else None
         return self.read_flows(self.node.ring, req, match, idle=idle), self._encoder(mask)
 
@@ -211,23 +211,16 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         yield  # pragma: no cover - makes this an async generator
 
 
-def flow_matcher(parser: FlowParser, whitelist: Any, pred: Callable[[Any], bool]
-                 ) -> Callable[[Any], bool]:
-    """A record's match for a request's filters (pred = build_filter(...)). A flow is
-    built only for records whose endpoints can pass the whitelist's pod filters."""
+def flow_matcher(parser: FlowParser, whitelist: Any, pred: Callable[[Any], bool],
+                 blacklist: Any = ()) -> Callable[[Any], bool]:
+    """A record's match for a request's filters (pred = build_filter(whitelist,
+    blacklist)). A flow is built only for records that pass what the filters say about
+    their raw ports/protocol and endpoints (prefilter.py: never rejects a match)."""
     flow_of = parser.flow
-    pre = pod_prefilter(whitelist)
-    if pre is None:
-        return lambda rec: pred(flow_of(rec))
 
-    def match(rec: Any) -> bool:
-        s, d = rec.src, rec.dst
-        # (a stored record kept as flow bytes has no endpoints: the flow decides)
-        if s is not None and d is not None and not pre(s.namespace, s.name, d.namespace,
-                                                       d.name):
-            return False
+    def full(rec: Any) -> bool:
         return pred(flow_of(rec))
-    return match
+    return record_prefilter(whitelist, blacklist, then=full) or full
 
 
 def _field_mask(request: opb.GetFlowsRequest) -> Any:

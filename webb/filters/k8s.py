@@ -9,8 +9,6 @@ endpoint has neither namespace nor name never match.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from webb.filters._common import FilterFunc, values
 from webb.filters.errors import FilterError
 
@@ -81,35 +79,10 @@ def build(ff) -> list[FilterFunc]:
     return fs
 
 
-def _pod_matches(specs: tuple, ns: str, name: str) -> bool:
+def pod_matches(specs: tuple, ns: str, name: str) -> bool:
     if not ns and not name:
         return False
     for want_ns, prefix in specs:
         if want_ns == ns and name.startswith(prefix):
             return True
     return False
-
-
-def pod_prefilter(whitelist: Any) -> Callable[[str, str, str, str], bool] | None:
-    """A necessary condition of a whitelist on the source's and destination's
-    namespace and pod name alone: f(src_ns, src_pod, dst_ns, dst_pod) is False only
-    for flows the whitelist cannot match, so a reader can skip building them (a
-    history scan decodes most of its time away otherwise). None when some filter of
-    the list has no pod condition (it may match any endpoints)."""
-    if not whitelist:
-        return None
-    conds = []
-    for ff in whitelist:
-        src, dst = values(ff, "source_pod"), values(ff, "destination_pod")
-        if not src and not dst:
-            return None
-        conds.append((compile_names(src, "source_pod") if src else None,
-                      compile_names(dst, "destination_pod") if dst else None))
-
-    def pre(src_ns: str, src_pod: str, dst_ns: str, dst_pod: str) -> bool:
-        for s, d in conds:
-            if ((s is None or _pod_matches(s, src_ns, src_pod))
-                    and (d is None or _pod_matches(d, dst_ns, dst_pod))):
-                return True
-        return False
-    return pre

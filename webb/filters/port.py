@@ -13,7 +13,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _L4_WITH_PORTS = ("TCP", "UDP", "SCTP")
 
 
-def _parse_port(text: str, field: str) -> int:
+def parse_port(text: str, field: str) -> int:
     if not _DIGITS.fullmatch(text):
         raise FilterError(f"invalid {field} filter: invalid port {text!r}: not a decimal number")
     port = int(text)
@@ -38,5 +38,5 @@ def build(ff) -> list[FilterFunc]:
     for field, attr in (("source_port", "source_port"), ("destination_port", "destination_port")):
         entries = values(ff, field)
         if entries:
-            fs.append(_by_port(frozenset(_parse_port(p, field) for p in entries), attr))
+            fs.append(_by_port(frozenset(parse_port(p, field) for p in entries), attr))
     return fs

@@ -31,8 +31,10 @@ from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from ..datapath.event import EVENT_SIZE, EVENT_TRACE, FlowEvent, decode, pack
+from ..prefilter import L4_OF_RECORD
 from ..record import FlowRecord
 
+Keep = Callable[[tuple[int, int, int], Any, Any], bool]
 _HEAD = struct.Struct("<IIII")
 _LEN = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
@@ -154,8 +156,10 @@ def pack_batch(recs: Sequence[Any], raws: Sequence[bytes | None],
                      *(c.tobytes() for c in cols), raw_blob, wire_blob])
 
 
-def unpack_batch(data: bytes) -> list[FlowRecord]:
-    """The records of a batch, as ring-like FlowRecords (raw ones encoded when read)."""
+def unpack_batch(data: bytes, keep: Keep | None = None) -> list[FlowRecord]:
+    """The records of a batch, as ring-like FlowRecords (raw ones encoded when read).
+    keep(l4, src, dst): False leaves out a raw record (a reader's pre-filter,
+    prefilter.py: only records its request cannot match), before a record is made."""
     n, n_eps, raw_len, wire_len = _HEAD.unpack_from(data, 0)
     pos = _HEAD.size
     eps: list[StoredEndpoint] = []
@@ -180,11 +184,22 @@ def unpack_batch(data: bytes) -> list[FlowRecord]:
     new = FlowRecord.__new__
     out: list[FlowRecord] = []
     append = out.append
+    l4s: list[tuple[int, int, int]] = []
+    if keep is not None and raw_len % EVENT_SIZE == 0 \
+            and rawlens.count(0) + rawlens.count(EVENT_SIZE) == n:
+        l4s = list(L4_OF_RECORD.iter_unpack(data[raw_pos:raw_pos + raw_len]))
+    k = 0
     for i in range(n):
+        rl = rawlens[i]
+        if l4s and rl:
+            ok = keep(l4s[k], eps[srcs[i]], eps[dsts[i]])  # type: ignore[misc]
+            k += 1
+            if not ok:
+                raw_pos += rl
+                continue
         r = new(FlowRecord)
         r.seq = seqs[i]
         r.time_ns = times[i]
-        rl = rawlens[i]
         if rl:
             r.raw = data[raw_pos:raw_pos + rl]
             raw_pos += rl

@@ -151,7 +151,7 @@ class HistoryReader:
         while frame is not None and steps:  # bounded by the number of frames
             steps -= 1
             if until is None or frame.min_time <= until:
-                recs = await self._load(frame)
+                recs = await self._load(frame, match)
                 if recs is None:  # removed meanwhile, or failed its checksum
                     unreadable += frame.last_seq - frame.first_seq + 1
                 for i, r in enumerate(reversed(recs or [])):
@@ -176,10 +176,14 @@ class HistoryReader:
 
     # -- filling a span the ring no longer has ---------------------------------------
 
-    async def _load(self, frame: Frame) -> list[FlowRecord] | None:
+    async def _load(self, frame: Frame, match: Match = None) -> list[FlowRecord] | None:
+        """A frame's records; with a match that has a pre-filter for stored records
+        (prefilter.py), only those that can match (what a scan skips anyway)."""
+        keep = getattr(match, "keep_stored", None)
+
         def load() -> list[FlowRecord] | None:
             data = self.store.read_frame(frame)
-            return None if data is None else unpack_batch(data)
+            return None if data is None else unpack_batch(data, keep)
         return await asyncio.get_running_loop().run_in_executor(None, load)
 
     async def _fill(self, lo: int, hi: int, since: int | None, until: int | None,
@@ -204,7 +208,7 @@ class HistoryReader:
             if frame is not None and frame.first_seq < hi:
                 if ((since is None or frame.max_time >= since)
                         and (until is None or frame.min_time <= until)):
-                    recs = await self._load(frame)
+                    recs = await self._load(frame, match)
                     if recs is None:  # removed meanwhile, or failed its checksum: say so
                         yield Lost(LOST_SOURCE_RING, frame.last_seq - frame.first_seq + 1, -1,
                                    time.time_ns())
