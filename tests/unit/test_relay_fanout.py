@@ -522,8 +522,12 @@ async def test_slow_client_gets_a_lost_event_and_the_relay_stays_bounded(batched
 @pytest.mark.parametrize("batched", [True, False])
 async def test_a_client_that_keeps_reading_slowly_gets_backpressure_not_drops(batched):
     a = await FakeAgent("n1", batched).start()
+    # The relay, the fake agent and this reader share one event loop: when the
+    # machine stalls the process, the relay's clock sees the stall as the client not
+    # reading. A slow reader and a stopped one (the test above, 0.2 s) must be told
+    # apart by far more than such a stall, so this one gets the default 1 s and more.
     h = await start_relay(RelayConfig(peers=[a.address], flows=fast_opts(
-        queue_size=20, lag_timeout=0.3)))
+        queue_size=20, lag_timeout=3.0)))
     try:
         await h.connected(1)
         call = h.observer.GetFlows(opb.GetFlowsRequest(follow=True), timeout=30)
