@@ -87,8 +87,11 @@ fi
 # A failed build must not stop the rest of the suite: the Kubernetes tests then fail
 # by themselves, naming scripts/build_kube.sh and its log.
 scripts/build_kube.sh || echo "setup: WARNING: building Kubernetes failed (see the log above); the Kubernetes tests will fail" >&2
-# The kubelet tests' images, cached per machine outside the repository as well.
-"$VENV/bin/python" scripts/build_images.py --only pause busybox >/dev/null \
+# The kubelet tests' images (tests/k8s_node.py), built offline from images/*/Dockerfile
+# and cached per machine outside the repository: the first time takes ~15 minutes on 2
+# busy vCPUs (debootstrap, apt, pip); after a change to webb's code only the steps from
+# its COPY on run again (a few minutes); unchanged, nothing.
+"$VENV/bin/python" scripts/build_images.py >/dev/null \
   || echo "setup: WARNING: building the test images failed (see above); the kubelet tests will fail" >&2
 
 "$VENV/bin/python" -c 'import bcc, grpc, webb.api.flow.flow_pb2' || { echo "setup: venv check failed" >&2; exit 1; }
