@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from webb.api.admin import admin_pb2, admin_pb2_grpc
@@ -170,6 +171,29 @@ def start_in(lab: NetLab, netns: str, *args: str) -> subprocess.Popen:
     line = p.stdout.readline()  # type: ignore[union-attr]
     assert line.strip() == "ready", f"traffic helper did not start: {line!r}"
     return p
+
+
+def ts(ns: int) -> Timestamp:
+    """A protobuf Timestamp of `ns` nanoseconds since the epoch (since/until of requests)."""
+    t = Timestamp()
+    t.FromNanoseconds(ns)
+    return t
+
+
+@contextmanager
+def client_server_lab(prefix: str, nodes: Iterable[str]) -> Iterator[NetLab]:
+    """One node namespace per name, each with a client pod c<i> (.10) and a server pod
+    s<i> (.11); everything removed afterwards, also when the test fails."""
+    lab = NetLab(prefix)
+    lab.cleanup()
+    try:
+        for i, name in enumerate(nodes, start=1):
+            node = lab.add_node(name, i)
+            lab.add_pod(node, f"c{i}", 10)
+            lab.add_pod(node, f"s{i}", 11)
+        yield lab
+    finally:
+        lab.cleanup()
 
 
 def lab_prefix(base: str) -> str:

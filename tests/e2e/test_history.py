@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 import support
-from support import (TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in, wait_for,
+from support import (client_server_lab, ts, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in, wait_for,
                      write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -32,24 +31,11 @@ MARK_PORT = 7001
 RING = 15
 
 
-def ts(ns: int) -> Timestamp:
-    t = Timestamp()
-    t.FromNanoseconds(ns)
-    return t
-
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = NetLab(PREFIX)
-    lab.cleanup()
-    try:
-        for i, name in enumerate(ALL_NODES, start=1):
-            node = lab.add_node(name, i)
-            lab.add_pod(node, f"c{i}", 10)
-            lab.add_pod(node, f"s{i}", 11)
+    with client_server_lab(PREFIX, ALL_NODES) as lab:
         yield lab
-    finally:
-        lab.cleanup()
 
 
 @pytest.fixture(scope="module")

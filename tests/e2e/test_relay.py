@@ -18,7 +18,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import support
-from support import (BIN, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in,
+from support import (client_server_lab, BIN, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in,
                      wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -92,16 +92,8 @@ class Follow:
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = NetLab(PREFIX)
-    lab.cleanup()
-    try:
-        for i, name in enumerate(NODES + ("n4",), start=1):
-            node = lab.add_node(name, i)
-            lab.add_pod(node, f"c{i}", 10)
-            lab.add_pod(node, f"s{i}", 11)
+    with client_server_lab(PREFIX, NODES + ("n4",)) as lab:
         yield lab
-    finally:
-        lab.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from support import (TRAFFIC, AgentProc, RelayProc, lab_prefix, pod_endpoint, run_in,
+from support import (client_server_lab, ts, TRAFFIC, AgentProc, RelayProc, lab_prefix, pod_endpoint, run_in,
                      start_in, wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -34,24 +33,11 @@ NODES = ("n1", "n2")
 GET_FLOWS = "/observer.Observer/GetFlows"
 
 
-def ts(ns: int) -> Timestamp:
-    t = Timestamp()
-    t.FromNanoseconds(ns)
-    return t
-
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = NetLab(PREFIX)
-    lab.cleanup()
-    try:
-        for i, name in enumerate(NODES, start=1):
-            node = lab.add_node(name, i)
-            lab.add_pod(node, f"c{i}", 10)
-            lab.add_pod(node, f"s{i}", 11)
+    with client_server_lab(PREFIX, NODES) as lab:
         yield lab
-    finally:
-        lab.cleanup()
 
 
 @pytest.fixture(scope="module")
