@@ -228,3 +228,47 @@ def test_l4_policy_drops_details_to_reviews(cluster):
     assert "k8s:app=reviews" in d.destination.labels and d.l4.TCP.destination_port == 9080
     assert [(p.name, p.namespace) for p in d.ingress_denied_by] == [("reviews", BOOKINFO_NS)]
     node.kubectl("delete", "-f", str(ROOT / "examples/reviews-l4.yaml"))
+
+
+def test_port_forward_gives_grpcurl_and_webb_observe(cluster):
+    """What a user types on a cluster: kubectl port-forward to the relay, then grpcurl
+    (server reflection) and `webb observe` on the local port."""
+    import sys
+    from pathlib import Path
+    bin_dir = Path(sys.executable).parent
+    addr = f"127.0.0.1:{cluster['pf'].port}"
+    out = subprocess.run([str(bin_dir / "grpcurl"), "-plaintext", addr, "list"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "observer.Observer" in out.stdout, out.stderr
+
+    def observe() -> list[dict]:
+        obs = subprocess.run([str(bin_dir / "webb"), "observe", "--server", addr, "--last", "50",
+                              "--from-pod", f"{BOOKINFO_NS}/productpage", "-o", "json"],
+                             capture_output=True, text=True, timeout=60)
+        assert obs.returncode == 0, obs.stderr
+        return [json.loads(l) for l in obs.stdout.splitlines() if l.strip()]
+    # the load generator's first calls may still be on their way
+    lines = cluster["node"].wait(observe, 60, "webb observe showing productpage's flows")
+    assert all(l["flow"]["source"]["pod_name"].startswith("productpage-v1-") for l in lines), lines[:2]
+
+
+def test_pod_recreated_with_a_new_ip_is_named_right(cluster):
+    """details' pod deleted: its Deployment makes a new one with a new address, and the
+    flows to it name the new pod."""
+    node: KubeNode = cluster["node"]
+    old = node.pods_ready(BOOKINFO_NS, "app=details", 1)[0]
+    node.kubectl("delete", "pod", "-n", BOOKINFO_NS, old["metadata"]["name"], "--wait=true")
+
+    def replaced() -> dict | None:
+        pods = node.pods_ready(BOOKINFO_NS, "app=details", 1)
+        new = [p for p in pods if p["metadata"]["name"] != old["metadata"]["name"]]
+        return new[0] if new else None
+    new = node.wait(replaced, 120, "the new details pod Ready")
+    assert new["status"]["podIP"] != old["status"]["podIP"]
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    fl = wait_flows(cluster, "flows to the new details pod", since=t0,
+                    destination_pod=[f"{BOOKINFO_NS}/details-v1"],
+                    destination_ip=[new["status"]["podIP"]])
+    assert {f.destination.pod_name for f in fl} == {new["metadata"]["name"]}
+    assert "k8s:app=details" in fl[0].destination.labels
