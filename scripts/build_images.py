@@ -556,8 +556,8 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
 
 # Several checkouts (worktrees) of different code share the cache: each keeps what it
 # uses recently; older archives and snapshots go.
-ARCHIVES_KEPT = 3   # per image name
-SNAPSHOTS_KEPT = 12
+ARCHIVES_KEPT = 2   # per image name
+SNAPSHOTS_KEPT = 8
 
 
 def gc(names: list[str], used: set[str]) -> None:
