@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import logging
 import time
+from bisect import bisect_left
 from operator import attrgetter
 from typing import Callable
 
@@ -27,6 +28,31 @@ LOST_SOURCE_PERF = 1  # flow.LostEventSource.PERF_EVENT_RING_BUFFER
 
 
 CHUNK = 8192  # most raw events held in one list: a drain after a stall goes by chunks
+
+# A drain reads the per-CPU buffers one after the other, so an event stamped on one
+# CPU just before the drain may land in its buffer after that buffer was read, and
+# come one drain later than newer events of another CPU. The timer drain therefore
+# releases only records stamped HOLD_NS before it began; the rest wait one drain and
+# are sorted with what comes next, so each node's stream leaves in time order. (A
+# program's run from its timestamp to its perf write is microseconds; the margin
+# also covers a vCPU paused in between.)
+HOLD_NS = 5_000_000
+# The kernel stamps CLOCK_MONOTONIC; flows carry wall time. The offset between the
+# two is taken from a tight bracket of readings and refreshed this often, not read
+# per drain: two bare readings a preemption apart would shift a whole drain's times.
+OFFSET_REFRESH_NS = 1_000_000_000
+
+
+def wall_offset_ns(tries: int = 5) -> int:
+    """time_ns() - monotonic_ns(), from the reading pair least disturbed by scheduling."""
+    best_gap, best = None, 0
+    for _ in range(tries):
+        m1 = time.monotonic_ns()
+        w = time.time_ns()
+        m2 = time.monotonic_ns()
+        if best_gap is None or m2 - m1 < best_gap:
+            best_gap, best = m2 - m1, w - (m1 + m2) // 2
+    return best
 
 
 class Ingest:
@@ -48,6 +74,10 @@ class Ingest:
         # L7 payload records (their own perf buffer) and what turns them into messages.
         self.l7: L7Tracker | None = None
         self._l7_raw: list[bytes] = []
+        # Records of the last timer drain too new to release (see HOLD_NS).
+        self._held: list[FlowRecord] = []
+        self._offset = wall_offset_ns()
+        self._offset_at = time.monotonic_ns()
 
     # bcc callbacks: keep them minimal, they run once per event.
     def on_event(self, cpu: int, data: int, size: int) -> None:
@@ -80,22 +110,28 @@ class Ingest:
             return self.cidr_endpoint(family, packed) or WORLD
         return WORLD
 
-    def process(self, raws: list[bytes] | None = None) -> int:
+    def process(self, raws: list[bytes] | None = None, hold_from_ns: int | None = None) -> int:
         """Turns the collected raw events into ring entries; returns how many.
 
         Records keep the raw bytes: only the kernel time and the addresses are read
-        here (no full decode, no per-event tuple kept)."""
+        here (no full decode, no per-event tuple kept). With hold_from_ns (kernel
+        monotonic time), records stamped at or after it wait for the next call;
+        without it everything held is released too."""
         if raws is None:
             raws, self._raw = self._raw, []
         lost, self._lost = self._lost, []
         l7raws, self._l7_raw = self._l7_raw, []
-        if not raws and not lost and not l7raws:
+        held, self._held = self._held, []
+        if not raws and not lost and not l7raws and not held:
             return 0
-        offset = time.time_ns() - time.monotonic_ns()
+        mono = time.monotonic_ns()
+        if mono - self._offset_at >= OFFSET_REFRESH_NS:
+            self._offset, self._offset_at = wall_offset_ns(), mono
+        offset = self._offset
         head = HEAD_STRUCT.unpack_from
         get = self.registry.by_packed.get
         endpoint = self._endpoint
-        recs = []
+        recs = held
         append = recs.append
         for raw in raws:
             ts, saddr, daddr, fam = head(raw)
@@ -108,6 +144,11 @@ class Ingest:
                                 get(ev.daddr) or endpoint(ev.daddr, ev.family)))
         # Per-CPU buffers deliver out of order across CPUs: order by kernel time.
         recs.sort(key=_time_ns)
+        if hold_from_ns is not None and recs:
+            cut = bisect_left(recs, hold_from_ns + offset, key=_time_ns)
+            recs, self._held = recs[:cut], recs[cut:]
+            if not recs and not lost:
+                return 0
         entries: list[FlowRecord | LostRecord] = []
         now = time.time_ns()
         for cpu, n in lost:
@@ -144,8 +185,9 @@ class Ingest:
     async def run(self, consume: Callable[[], None], interval: float = 0.01) -> None:
         while True:
             try:
+                start = time.monotonic_ns()
                 consume()
-                self.process()
+                self.process(hold_from_ns=start - HOLD_NS)
             except Exception:
                 log.exception("ingest batch failed")
             await asyncio.sleep(interval)

@@ -331,6 +331,28 @@ def test_ingest_orders_by_kernel_time_and_resolves_endpoints():
     assert ing.seen_events == 3 and ing.lost_events == 5
 
 
+def test_timer_drain_holds_back_the_newest_so_a_late_cpu_keeps_time_order():
+    """Per-CPU buffers are read one after the other: an event stamped on CPU 1 just
+    before a drain can reach its buffer after that buffer was read, and so arrive one
+    drain after newer events of CPU 0. Records within the hold-back margin of the
+    drain's start wait for the next drain, so the ring stays in time order."""
+    reg = client_server()
+    ring: Ring = Ring(15)
+    ing = Ingest(ring, reg, set())
+    start = 10_000_000
+    # Drain 1 sees CPU 0's event at start - 1 µs; CPU 1's at start - 5 µs is late.
+    assert ing.process([pack(ev(ts=start - 1_000)), pack(ev(ts=start - 9_000_000))],
+                       hold_from_ns=start - 2_000_000) == 1
+    # Drain 2 brings the late one: it leaves before the held, newer one.
+    assert ing.process([pack(ev(ts=start - 5_000))], hold_from_ns=start + 8_000_000) == 2
+    assert [ring.get(i).ev.ts for i in range(3)] == [start - 9_000_000, start - 5_000,
+                                                     start - 1_000]
+    assert [ring.get(i).seq for i in range(3)] == [0, 1, 2]
+    # A drain without a margin (the chunked path) releases whatever is held.
+    assert ing.process([pack(ev(ts=start + 9_000_000))], hold_from_ns=start) == 0
+    assert ing.process([]) == 1 and ing.seen_events == 4
+
+
 def test_response_bytes_parse_as_get_flows_response():
     from webb.api.observer import observer_pb2 as opb
     reg = client_server()
