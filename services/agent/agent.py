@@ -107,7 +107,6 @@ class Agent:
         self.policy: PolicyEngine | None = None
         self.kernel_drops: KernelDrops | None = None
         self.l7proxy: L7Proxy | None = None
-        self._proxy_pending: list[ProxyFlow] = []
         self.attach_errors: dict[str, str] = {}
         self.agent_events = AgentEventLog()
         self.peers = PeerDirectory(cfg.cluster_name if cfg.tls_cert else "")
@@ -215,16 +214,9 @@ class Agent:
         return out
 
     def _proxy_flow(self, f: ProxyFlow) -> None:
-        # Gathered and written to the ring once per turn of the event loop.
-        if not self._proxy_pending:
-            asyncio.get_running_loop().call_soon(self._proxy_flush)
-        self._proxy_pending.append(f)
-
-    def _proxy_flush(self) -> None:
+        # Ingest gathers them and writes them with its next drain, in time order.
         assert self.policy is not None
-        pending, self._proxy_pending = self._proxy_pending, []
-        intern = self.policy.sets.intern
-        self.ingest.add_l7([l7_message(f, intern(f.policies)) for f in pending])
+        self.ingest.add_l7([l7_message(f, self.policy.sets.intern(f.policies))])
 
     async def _start_kernel_drops(self) -> None:
         assert self.datapath is not None

@@ -74,6 +74,7 @@ class Ingest:
         # L7 payload records (their own perf buffer) and what turns them into messages.
         self.l7: L7Tracker | None = None
         self._l7_raw: list[bytes] = []
+        self._l7_msgs: list = []  # already-built L7 messages (add_l7)
         # Records of the last timer drain too new to release (see HOLD_NS).
         self._held: list[FlowRecord] = []
         self._offset = wall_offset_ns()
@@ -122,7 +123,8 @@ class Ingest:
         lost, self._lost = self._lost, []
         l7raws, self._l7_raw = self._l7_raw, []
         held, self._held = self._held, []
-        if not raws and not lost and not l7raws and not held:
+        msgs, self._l7_msgs = self._l7_msgs, []
+        if not raws and not lost and not l7raws and not held and not msgs:
             return 0
         mono = time.monotonic_ns()
         if mono - self._offset_at >= OFFSET_REFRESH_NS:
@@ -138,10 +140,11 @@ class Ingest:
             append(FlowRecord(raw, ts + offset, get(saddr) or endpoint(saddr, fam),
                               get(daddr) or endpoint(daddr, fam)))
         if l7raws and self.l7 is not None:
-            for m in self.l7.process(l7raws, offset):
-                ev = m.ev
-                append(L7Record(m, m.time_ns, get(ev.saddr) or endpoint(ev.saddr, ev.family),
-                                get(ev.daddr) or endpoint(ev.daddr, ev.family)))
+            msgs.extend(self.l7.process(l7raws, offset))
+        for m in msgs:
+            ev = m.ev
+            append(L7Record(m, m.time_ns, get(ev.saddr) or endpoint(ev.saddr, ev.family),
+                            get(ev.daddr) or endpoint(ev.daddr, ev.family)))
         # Per-CPU buffers deliver out of order across CPUs: order by kernel time.
         recs.sort(key=_time_ns)
         if hold_from_ns is not None and recs:
@@ -168,19 +171,9 @@ class Ingest:
         return len(entries)
 
     def add_l7(self, messages: list) -> None:
-        """L7 messages from outside the datapath (the L7 proxy) into the ring."""
-        get = self.registry.by_packed.get
-        endpoint = self._endpoint
-        recs = [L7Record(m, m.time_ns, get(m.ev.saddr) or endpoint(m.ev.saddr, m.ev.family),
-                         get(m.ev.daddr) or endpoint(m.ev.daddr, m.ev.family)) for m in messages]
-        seq = self.ring.next_seq
-        for r in recs:
-            r.seq = seq
-            seq += 1
-        self.ring.write_many(recs)
-        self.seen_events += len(recs)
-        if self.on_batch is not None and recs:
-            self.on_batch(recs)
+        """L7 messages from outside the datapath (the L7 proxy): they go to the ring with
+        the next drain, sorted and held back with the datapath's records."""
+        self._l7_msgs.extend(messages)
 
     async def run(self, consume: Callable[[], None], interval: float = 0.01) -> None:
         while True:
