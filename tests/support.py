@@ -1,6 +1,7 @@
 """Test support: agents as real processes, endpoint files, gRPC helpers."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -171,6 +172,17 @@ def start_in(lab: NetLab, netns: str, *args: str) -> subprocess.Popen:
     line = p.stdout.readline()  # type: ignore[union-attr]
     assert line.strip() == "ready", f"traffic helper did not start: {line!r}"
     return p
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls pred on the event loop until it is truthy (returned), or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ts(ns: int) -> Timestamp:

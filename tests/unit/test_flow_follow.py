@@ -11,7 +11,7 @@ import uuid
 import grpc
 import pytest
 
-from support import free_port
+from support import free_port, until
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
@@ -115,15 +115,6 @@ class Server:
         if self.server is not None:
             await self.server.stop(0)
             self.server = None
-
-
-async def until(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Consumer:

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 import pytest
 
-from support import free_port
+from support import free_port, until
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
@@ -111,15 +111,6 @@ class Server:
         if self.server is not None:
             await self.server.stop(0)
             self.server = None
-
-
-async def until(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

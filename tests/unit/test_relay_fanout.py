@@ -26,6 +26,7 @@ from webb.api.stream import stream_pb2_grpc
 from webb_relay.discovery import normalize_address
 from webb_relay.fanout import FlowsOptions
 from webb_relay.main import Relay, RelayConfig, duration, parse_args
+from support import until
 
 S = 1_000_000_000
 NO_BDP = [("grpc.http2.bdp_probe", 0)]
@@ -179,16 +180,6 @@ class FakeBatches(stream_pb2_grpc.FlowStreamServicer):
                 yield spb.FlowBatch(responses=[r.SerializeToString() for r in part],
                                     time_ns=[r.time.ToNanoseconds() for r in part],
                                     node_index=[0] * len(part), nodes=[self.agent.name])
-
-
-async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class RelayHarness:
