@@ -8,7 +8,8 @@ One client for all of them:
   what arrives one message at a time is handed on in batches all the same.
 - **Batches to the consumer.** ``follow()`` yields ``Batch``es: the encoded
   ``GetFlowsResponse`` entries (flows, node status, lost events) in stream order, with
-  each entry's time and node beside it. Nothing here decodes a flow; the consumer
+  each entry's time and node beside it; what queued up while the consumer was busy
+  comes as one batch. Nothing here decodes a flow; the consumer
   decodes what it needs.
 - **Reconnects** with ``webb.backoff`` and **resumes without gap or duplicate**: the
   next request asks ``since`` = newest delivered time minus ``overlap`` (the relay
@@ -244,7 +245,7 @@ class FlowFollower:
                     await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
-                batch = self._queue.popleft()
+                batch = self._take()
                 self.stats.pending -= len(batch.raw)
                 if self.stats.pending < self.max_pending:
                     self._has_room.set()
@@ -256,6 +257,32 @@ class FlowFollower:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    def _take(self) -> Batch:
+        """The next batch, with the stream batches queued behind it joined on: a consumer
+        that fell behind takes what waits in one step, however small the server's batches
+        were (its time goes into flows, not into batches). A mark stays a batch of its own."""
+        q = self._queue
+        first = q.popleft()
+        if first.mark or not q or q[0].mark:
+            return first
+        parts = [first]
+        while q and not q[0].mark:
+            parts.append(q.popleft())
+        raw: list[bytes] = []
+        times: list[int] = []
+        nodes: list[str] = []
+        decoded: list[opb.GetFlowsResponse] | None = []
+        for b in parts:
+            raw += b.raw
+            times += b.time_ns
+            nodes += b.nodes
+            if decoded is not None:
+                if b.decoded is None:
+                    decoded = None
+                else:
+                    decoded += b.decoded
+        return Batch(raw, times, nodes, decoded)
 
     def restart(self) -> None:
         """Drop the current stream and reconnect now (e.g. the server stopped answering)."""

@@ -299,3 +299,40 @@ def test_what_is_remembered_for_resuming_is_bounded():
     assert d.entries <= 1000
     d.start_replay()
     assert len(d._replay) == d.entries
+
+
+async def test_what_queued_behind_a_busy_consumer_comes_as_one_batch(channel_for):
+    """Batches of one flow each (a server that sends as soon as anything is ready) pile up
+    while the consumer is busy; it then takes them in one step, in order, with no loss."""
+    now = time.time_ns()
+    store = Store(batch=1)
+    srv = await Server(store).start()
+    f = FlowFollower(channel_for(srv), since_ns=now, backoff=fast_backoff())
+    sizes: list[int] = []
+    got: list[str] = []
+    release = asyncio.Event()
+
+    async def consume() -> None:
+        async for b in f.follow():
+            sizes.append(len(b))
+            got.extend(r.flow.uuid for r in b.responses() if r.HasField("flow"))
+            await release.wait()
+    task = asyncio.create_task(consume())
+    try:
+        sent = [flow_resp(now + i * 1000) for i in range(50)]
+        await until(lambda: f.stats.connected, what="connected")
+        store.add(sent[0])
+        await until(lambda: sizes, what="the first batch")
+        for r in sent[1:]:
+            store.add(r)
+            await asyncio.sleep(0)
+        await until(lambda: f.stats.pending == 49, what="49 flows queued")
+        assert f.stats.batches == 50
+        release.set()
+        await until(lambda: len(got) == 50, what="all delivered")
+        assert sizes == [1, 49]
+        assert got == [r.flow.uuid for r in sent]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await srv.stop()
