@@ -25,6 +25,14 @@
 // table 100). No proxy listening means a drop (SOCKET_LOOKUP_FAILED): policy never
 // fails open. Packets of the proxy's own connections to endpoints carry
 // WEBB_UPSTREAM_MARK (SO_MARK) and are neither checked again nor redirected.
+// Egress L7 policy (the rules of the client's endpoint): the client's packets enter
+// the node at its interface's TC ingress, where they are given at once to the proxy's
+// egress listener (CONF_PROXY_EGRESS_PORT) or its socket for the connection. The
+// proxy connects to the server from the client's own address (IP_TRANSPARENT), so the
+// server's answers come back towards the client's interface; there (TC egress, a new
+// direction nobody sent the other way at this interface, on an endpoint with
+// EP_PROXY_EGRESS) a socket of the node owning the tuple means the proxy's upstream
+// connection: the packets go back in like to_proxy's and are assigned to that socket.
 // Directions without L7 rules pay one compare of skb->mark.
 //
 // An established direction touches no policy map (not even ep_map) while the
@@ -61,6 +69,7 @@
 // config slots 0 and 1 (report intervals) are compile-time constants now, see below.
 #define CONF_POLICY_REVISION 2
 #define CONF_PROXY_PORT 3
+#define CONF_PROXY_EGRESS_PORT 4
 
 // Hubble's DropReason for a packet the policy denied.
 #define DROP_POLICY_DENIED 133
@@ -72,9 +81,13 @@
 #define WEBB_UPSTREAM_MARK 0x77650002
 #define DROP_SOCKET_LOOKUP_FAILED 178
 #define DROP_SOCKET_ASSIGN_FAILED 179
-// agg_val.proxy
-#define PROXY_REDIRECT 1  // the direction goes to the proxy
+// agg_val.proxy (bits)
+#define PROXY_REDIRECT 1  // the direction goes to the proxy (to_proxy, then proxy_assign)
 #define PROXY_UPSTREAM 2  // the proxy's own connection to the endpoint
+#define PROXY_ASSIGN 4    // egress: the client's direction, assigned to the proxy here
+#define PROXY_REPLY 8     // the other direction of a proxied connection
+// Decided when the direction was first seen, kept across policy revisions.
+#define PROXY_KEEP (PROXY_UPSTREAM | PROXY_REPLY)
 
 struct agg_key {
     u8 saddr[16];
@@ -125,7 +138,7 @@ BPF_TABLE("lru_hash", struct agg_key, struct agg_val, agg_map, AGG_MAP_SIZE);
 BPF_TABLE("lru_hash", struct drop_key, struct drop_val, drop_map, DROP_MAP_SIZE);
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
-BPF_ARRAY(config, u64, 4);
+BPF_ARRAY(config, u64, 5);
 // The event under construction: too big for the stack next to everything else.
 BPF_PERCPU_ARRAY(scratch, struct flow_event, 1);
 
@@ -445,14 +458,18 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct parsed *p) {
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
-// A packet to_proxy sent back in: the proxy's socket for its connection, else the
-// proxy's listener (127.0.0.1 / ::1 on CONF_PROXY_PORT); neither: dropped.
-static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p) {
+// A packet to_proxy sent back in (slot CONF_PROXY_PORT, reported at the endpoint it
+// was headed to), or a client's packet of an egress-proxied connection (slot
+// CONF_PROXY_EGRESS_PORT, reported where it came from): the proxy's socket for its
+// connection, else the proxy's listener (127.0.0.1 / ::1 on the slot's port);
+// neither: dropped.
+static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p, int slot,
+                                        u8 drop_point) {
     struct bpf_sock_tuple t = {};
     struct bpf_sock *sk = 0;
     struct policy_result res = {};
     u32 reason = DROP_SOCKET_LOOKUP_FAILED;
-    u16 port = (u16)config_get(CONF_PROXY_PORT);
+    u16 port = (u16)config_get(slot);
     if (p->key.proto != IPPROTO_TCP || !port)
         goto drop;
     if (p->key.family == 4) {
@@ -491,12 +508,39 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p)
         goto drop;
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
-    if (err == 0)
+    if (err == 0) {
+        skb->mark = WEBB_PROXY_MARK;  // the node routes it locally (steering.py)
         return TC_ACT_OK;
+    }
     reason = DROP_SOCKET_ASSIGN_FAILED;
 drop:
-    // Reported where the packet was headed: into the endpoint.
-    return datapath_drop(skb, p, POINT_TO_ENDPOINT, bpf_ktime_get_ns(), 0, &res, reason);
+    return datapath_drop(skb, p, drop_point, bpf_ktime_get_ns(), 0, &res, reason);
+}
+
+// An answer towards a client whose tuple a socket of the node owns: the egress proxy's
+// upstream connection (it connected from the client's address). Only asked for the
+// first packet of a direction nobody sent the other way at this interface.
+static __always_inline int upstream_answer(struct __sk_buff *skb, struct parsed *p) {
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk;
+    if (p->key.family == 4) {
+        __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
+        __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
+        t.ipv4.sport = bpf_htons(p->key.sport);
+        t.ipv4.dport = bpf_htons(p->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    } else {
+        __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
+        __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
+        t.ipv6.sport = bpf_htons(p->key.sport);
+        t.ipv6.dport = bpf_htons(p->key.dport);
+        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+    }
+    if (!sk)
+        return 0;
+    int found = sk->state != BPF_TCP_LISTEN;
+    bpf_sk_release(sk);
+    return found;
 }
 
 // Which L7 parser (if any) the direction of p at this point goes to: the request side
@@ -572,6 +616,7 @@ struct ep_policy {
     u32 pflags;
     u32 ep_id;
     u32 default_set;
+    u32 flags;  // ep_info.flags as they are
 };
 
 static __always_inline void ep_policy_get(u32 ifindex, u8 dir, struct parsed *p,
@@ -580,6 +625,7 @@ static __always_inline void ep_policy_get(u32 ifindex, u8 dir, struct parsed *p,
     if (!ep)
         return;
     u32 f = ep->flags;
+    e->flags = f;
     e->ep_id = ep->ep_id;
     if (dir == DIR_INGRESS) {
         e->pflags = ((f & EP_POLICY_INGRESS) ? 1 : 0) | ((f & EP_ENFORCE_INGRESS) ? 2 : 0);
@@ -605,7 +651,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     p.key.point = point;
     u32 mark = skb->mark;
     if (point == POINT_FROM_ENDPOINT && mark == WEBB_PROXY_MARK)
-        return proxy_assign(skb, &p);  // sent back in by to_proxy: not the pod's packet
+        // sent back in by to_proxy: not the pod's packet
+        return proxy_assign(skb, &p, CONF_PROXY_PORT, POINT_TO_ENDPOINT);
     u8 upstream = point == POINT_TO_ENDPOINT && mark == WEBB_UPSTREAM_MARK;
 
     // The revision is read before any policy map: the agent bumps it after every
@@ -629,7 +676,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         // Established direction: the endpoint's policy is consulted again only when
         // the revision changed since the direction was last checked.
         if (v->policy_rev != rev) {
-            u8 proxy = v->proxy & PROXY_UPSTREAM;
+            u8 proxy = v->proxy & PROXY_KEEP ? v->proxy : 0;
             if (!v->ct_reply && !upstream) {
                 ep_policy_get(ifindex, dir, &p, &pol);
                 if (pol.pflags) {
@@ -639,8 +686,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
                                                &res);
                     if (verdict >= VERDICT_DENY)
                         return policy_drop(skb, &p, point, bpf_ktime_get_ns(), identity, &res);
-                    if (res.proxy && dir == DIR_INGRESS)
-                        proxy = PROXY_REDIRECT;
+                    if (res.proxy)
+                        proxy = dir == DIR_INGRESS ? PROXY_REDIRECT : PROXY_ASSIGN;
                 }
             }
             v->proxy = proxy;
@@ -649,8 +696,13 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             v->l7 = proxy ? L7_NONE : l7_select(&p, point);
             v->policy_rev = rev;
         }
-        if (v->proxy == PROXY_REDIRECT)
+        if (v->proxy & PROXY_REDIRECT)
             act = to_proxy(skb, &p);
+        else if (v->proxy & PROXY_ASSIGN) {
+            act = proxy_assign(skb, &p, CONF_PROXY_EGRESS_PORT, POINT_FROM_ENDPOINT);
+            if (act != TC_ACT_OK)
+                return act;
+        }
         if (v->l7)
             l7_capture(skb, &p, point, v->l7, &v->l7_seen, v->is_reply);
         packets = __sync_fetch_and_add(&v->packets, 1) + 1;
@@ -697,6 +749,16 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         u8 proxy = upstream ? PROXY_UPSTREAM : 0;
         if (rv && (rv->proxy & PROXY_UPSTREAM))
             proxy = PROXY_UPSTREAM;  // the endpoint's answers to the proxy
+        else if (rv && (rv->proxy & PROXY_ASSIGN))
+            proxy = PROXY_REPLY;     // the egress proxy's answers to the client
+        else if (!rv && point == POINT_TO_ENDPOINT && (pol.flags & EP_PROXY_EGRESS) &&
+                 p.key.proto == IPPROTO_TCP && upstream_answer(skb, &p)) {
+            // The server answers the egress proxy, which connected from the client's
+            // address: to the proxy's socket, past the client's ingress policy.
+            proxy = PROXY_REDIRECT | PROXY_REPLY;
+            ct_reply = 1;
+            act = to_proxy(skb, &p);
+        }
         u8 known = 0;
         is_reply = reply_by_flags(&p, &known);
         if (!known)
@@ -713,6 +775,11 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             if (res.proxy && dir == DIR_INGRESS) {
                 proxy = PROXY_REDIRECT;
                 act = to_proxy(skb, &p);
+            } else if (res.proxy) {
+                proxy = PROXY_ASSIGN;
+                act = proxy_assign(skb, &p, CONF_PROXY_EGRESS_PORT, POINT_FROM_ENDPOINT);
+                if (act != TC_ACT_OK)
+                    return act;
             }
         }
         struct agg_val nv = {};

@@ -20,6 +20,7 @@
 #define EP_ENFORCE_EGRESS 2
 #define EP_POLICY_INGRESS 4   // some policy selects the endpoint: deny entries apply
 #define EP_POLICY_EGRESS 8
+#define EP_PROXY_EGRESS 16   // egress L7 rules: answers to the proxy may come (flow.c)
 
 #define IDENTITY_WORLD 2
 

@@ -277,3 +277,33 @@ spec:
     await eng.delete("reviews", "bookinfo")
     assert not eng.compiled.l7 and not any(
         m & MATCH_PROXY for _, m in eng.compiled.allow.values())
+
+
+async def test_egress_http_rules_steer_the_clients_connections(world):
+    """Egress HTTP rules: the client's allow entries carry MATCH_PROXY, the proxy's
+    entries are keyed by the client and egress, and the client's endpoint gets
+    EP_PROXY_EGRESS (the datapath then looks for the proxy's answers at its interface)."""
+    from webb_agent.policy.compile import DIR_EGRESS, EP_PROXY_EGRESS, MATCH_PROXY
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pp-egress, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: reviews}}]
+    toPorts:
+    - ports: [{port: "9080", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+""")
+    rv, pp = by(reg, "reviews"), by(reg, "productpage")
+    c = eng.compiled
+    assert c.allow[PolicyKey(pp.id, DIR_EGRESS, rv.identity, 6, 9080, 16)][1] == \
+        MATCH_L3_L4 | MATCH_PROXY
+    (entry,) = c.l7[(pp.id, DIR_EGRESS, 9080)]
+    assert entry.covers(rv.identity) and not entry.covers(pp.identity)
+    assert c.endpoints[pp.id].flags & EP_PROXY_EGRESS
+    assert not c.endpoints.get(rv.id) or not c.endpoints[rv.id].flags & EP_PROXY_EGRESS
+    await eng.delete("pp-egress", "bookinfo")
+    assert not eng.compiled.l7

@@ -323,11 +323,14 @@ def test_http_rule_errors_name_the_field(change, message):
     assert message in str(e.value)
 
 
-def test_rules_not_enforced_yet_are_rejected_not_ignored():
+def test_egress_http_rules_are_accepted():
     egress_http = L7_CNP.replace("  ingress:", "  egress:").replace("fromEndpoints", "toEndpoints")
-    with pytest.raises(PolicyError, match=r"spec.egress\[0\].toPorts\[0\].rules.http: HTTP "
-                                          r"rules are enforced on ingress only"):
-        parse_documents(egress_http)
+    (pol,) = parse_documents(egress_http)
+    (rule,) = pol.specs[0].rules
+    assert rule.direction == "egress" and rule.ports[0].http
+
+
+def test_rules_not_enforced_yet_are_rejected_not_ignored():
     dns = """
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

@@ -30,6 +30,7 @@ FILTER_HANDLE = 0xC0DE
 # compiled into the programs (-DREPORT_NS, -DDROP_REPORT_NS).
 CONF_POLICY_REVISION = 2
 CONF_PROXY_PORT = 3  # the L7 proxy's listening port (0: none, policed connections drop)
+CONF_PROXY_EGRESS_PORT = 4  # its listener for egress-policed connections
 
 
 class AttachError(RuntimeError):
@@ -110,8 +111,9 @@ class Datapath:
         rev = self._policy_revision + self._l7_changes
         self.bpf[b"config"][ctypes.c_int(CONF_POLICY_REVISION)] = ctypes.c_uint64(rev)
 
-    def set_proxy_port(self, port: int) -> None:
+    def set_proxy_port(self, port: int, egress_port: int = 0) -> None:
         self.bpf[b"config"][ctypes.c_int(CONF_PROXY_PORT)] = ctypes.c_uint64(port)
+        self.bpf[b"config"][ctypes.c_int(CONF_PROXY_EGRESS_PORT)] = ctypes.c_uint64(egress_port)
 
     def set_l7_selection(self, entries: dict[tuple[int, int, int, int], int]) -> bool:
         """Makes l7_sel hold exactly entries: (ifindex, port, proto, mode) -> kind.

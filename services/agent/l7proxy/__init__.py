@@ -1,4 +1,4 @@
-"""The agent's transparent HTTP proxy for L7 policy (HTTP rules of ingress policies).
+"""The agent's transparent HTTP proxy for L7 policy (HTTP rules of ingress and egress rules).
 
 steering.py  the node namespace's routing for steered packets, the listeners
 http1.py     HTTP/1.x heads and message framing, bodies streamed

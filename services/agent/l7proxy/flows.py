@@ -1,10 +1,11 @@
 """What the proxy handled, as the L7 flows Hubble shows for Cilium's proxy.
 
-A request is `http-request FORWARDED` or, when the rules deny it, `DROPPED`
-(with the policies that govern the port in ingress_denied_by); its answer, the
-endpoint's or the proxy's own 403, is `http-response FORWARDED` with the latency
-from the request. The deciding policy goes in ingress_allowed_by /
-ingress_denied_by, as in Hubble's flows.
+A request is `http-request FORWARDED` or, when the rules deny it, `DROPPED`;
+its answer, the endpoint's or the proxy's own 403, is `http-response FORWARDED`
+with the latency from the request. The deciding policy goes in
+ingress_allowed_by / ingress_denied_by (the server's ingress rules) or
+egress_allowed_by / egress_denied_by (the client's egress rules), as in Hubble's
+flows; traffic_direction says which.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .http1 import Head
 from .proxy import ProxyFlow
 
 VERDICT_DROPPED = 2
-FIELD_INGRESS_ALLOWED_BY, FIELD_INGRESS_DENIED_BY = 21002, 21005
+FIELD_EGRESS_ALLOWED_BY, FIELD_INGRESS_ALLOWED_BY = 21001, 21002
+FIELD_EGRESS_DENIED_BY, FIELD_INGRESS_DENIED_BY = 21004, 21005
 L7_HTTP = 1
 
 
@@ -50,12 +52,15 @@ def _packed(ip: str) -> bytes:
 
 def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
     c, s = f.client, f.server
+    # The point is the policed endpoint's side: the server's for ingress rules, the
+    # client's for egress rules (the encoder gives INGRESS / EGRESS from it).
     if f.response:
         ev = L7Event(0, _packed(s[0]), _packed(c[0]), s[1], c[1], 0, 0, 0, 0, 0, f.family, 6,
-                     POINT_FROM_ENDPOINT, L7_HTTP | 0x10, 1, 0)
+                     POINT_TO_ENDPOINT if f.egress else POINT_FROM_ENDPOINT,
+                     L7_HTTP | 0x10, 1, 0)
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, 6,
-                     POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
+                     POINT_FROM_ENDPOINT if f.egress else POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
     req = http_request(f.request)
     denied_request = not f.response and not f.allowed
     msg: Any = http_response(f) if f.response else req
@@ -63,5 +68,8 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
                      req if f.response else None, None,
                      verdict=VERDICT_DROPPED if denied_request else 0,
                      policy_set=policy_set,
-                     policy_field=FIELD_INGRESS_ALLOWED_BY if f.allowed
-                     else FIELD_INGRESS_DENIED_BY)
+                     policy_field=_FIELDS[f.egress, f.allowed])
+
+
+_FIELDS = {(False, True): FIELD_INGRESS_ALLOWED_BY, (False, False): FIELD_INGRESS_DENIED_BY,
+           (True, True): FIELD_EGRESS_ALLOWED_BY, (True, False): FIELD_EGRESS_DENIED_BY}

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..policy.compile import DIR_INGRESS, PolicyRef
+from ..policy.compile import DIR_EGRESS, DIR_INGRESS, PolicyRef
 from .http1 import (MAX_HEAD, TO_CLOSE, Head, HTTPError, parse_request, parse_response,
                     read_head, relay_body)
 from .rules import decide
-from .steering import Steering, listeners, upstream_socket
+from .steering import Steering, egress_upstream_socket, listeners, upstream_socket
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ProxyFlow:
     response_head: Head | None = None
     latency_ns: int = 0
     error: str = ""                 # bad input, cut answers
+    egress: bool = False            # the client's egress rules decided (else the server's ingress)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class L7Proxy:
         self.registry = registry
         self.datapath = datapath
         self.port = port
+        self.egress_port = 0  # another listener: which one took a connection says whose rules apply
         self.idle_timeout = idle_timeout      # waiting for (the rest of) a request head
         self.stream_timeout = stream_timeout  # a request in flight: body and answer
         self.max_connections = max_connections
@@ -102,20 +105,30 @@ class L7Proxy:
     async def start(self) -> None:
         dp = self.datapath
 
-        def setup() -> list[socket.socket]:
+        def setup() -> tuple[list[socket.socket], list[socket.socket]]:
             self.steering.install(dp.netlink())
-            return listeners(self.port)
-        socks = await dp.in_netns(setup)
-        self.port = socks[0].getsockname()[1]
-        for s in socks:
-            self.servers.append(await asyncio.start_server(
-                self._handle, sock=s, limit=MAX_HEAD + 1024))
-        dp.set_proxy_port(self.port)
-        log.info("L7 proxy listening on 127.0.0.1/::1 port %d of the node's namespace", self.port)
+            ingress = listeners(self.port)
+            try:
+                return ingress, listeners(0)
+            except BaseException:
+                for s in ingress:
+                    s.close()
+                raise
+        ingress, egress = await dp.in_netns(setup)
+        self.port = ingress[0].getsockname()[1]
+        self.egress_port = egress[0].getsockname()[1]
+        for socks, is_egress in ((ingress, False), (egress, True)):
+            for s in socks:
+                self.servers.append(await asyncio.start_server(
+                    functools.partial(self._handle, egress=is_egress), sock=s,
+                    limit=MAX_HEAD + 1024))
+        dp.set_proxy_port(self.port, self.egress_port)
+        log.info("L7 proxy listening on 127.0.0.1/::1 ports %d (ingress rules) and %d (egress "
+                 "rules) of the node's namespace", self.port, self.egress_port)
 
     async def stop(self) -> None:
         dp = self.datapath
-        dp.set_proxy_port(0)  # from now on policed connections drop, never pass
+        dp.set_proxy_port(0, 0)  # from now on policed connections drop, never pass
         for srv in self.servers:
             srv.close()
         for t in list(self._conns):
@@ -129,13 +142,14 @@ class L7Proxy:
             log.warning("removing the proxy's routing: %s", e)
 
     # -- one client connection ---------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      egress: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
         self.stats.connections += 1
         self.stats.active += 1
-        conn = _Conn(self, reader, writer)
+        conn = _Conn(self, reader, writer, egress)
         try:
             if len(self._conns) > self.max_connections:
                 self.stats.error("overloaded")
@@ -156,8 +170,9 @@ class _Conn:
     """A client connection and, once a request is allowed, its connection upstream."""
 
     def __init__(self, proxy: L7Proxy, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, egress: bool = False) -> None:
         self.proxy = proxy
+        self.egress = egress
         self.reader = reader
         self.writer = writer
         self.up_reader: asyncio.StreamReader | None = None
@@ -207,17 +222,19 @@ class _Conn:
         if cb is not None:
             try:
                 cb(ProxyFlow(time.time_ns(), 4 if self.family == socket.AF_INET else 6,
-                             self.client, self.server, **kw))
+                             self.client, self.server, egress=self.egress, **kw))
             except Exception:
                 log.exception("reporting a proxy flow failed")
 
     def _entries(self) -> tuple[Any, int]:
         eng, reg = self.proxy.engine, self.proxy.registry
-        ep = reg.by_ip(self.server[0])
+        local, remote = (self.client, self.server) if self.egress else (self.server, self.client)
+        ep = reg.by_ip(local[0])
         if ep is None or not reg.is_local(ep):
-            return (), 0
-        return (eng.compiled.l7.get((ep.id, DIR_INGRESS, self.server[1]), ()),
-                eng.identity_of(self.client[0]))
+            return (), 0  # nothing applies: denied (the datapath steered it, so it is policed)
+        d = DIR_EGRESS if self.egress else DIR_INGRESS
+        return (eng.compiled.l7.get((ep.id, d, self.server[1]), ()),
+                eng.identity_of(remote[0]))
 
     async def _answer(self, status: int, body: bytes, head: Head | None, allowed: bool,
                       policies: tuple[PolicyRef, ...], error: str, t0: int,
@@ -278,9 +295,12 @@ class _Conn:
         if w is not None:
             w.close()
         dp = self.proxy.datapath
-        fam = self.family
+        fam, client = self.family, self.client[0]
         try:
-            sock = await dp.in_netns(lambda: upstream_socket(fam))
+            if self.egress:  # from the client's address: the server sees the client
+                sock = await dp.in_netns(lambda: egress_upstream_socket(fam, client))
+            else:
+                sock = await dp.in_netns(lambda: upstream_socket(fam))
             await asyncio.wait_for(self.loop.sock_connect(sock, self.server), 10)
             self.up_reader, self.up_writer = await asyncio.open_connection(
                 sock=sock, limit=MAX_HEAD + 1024)

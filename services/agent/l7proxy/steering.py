@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import random
 import socket
 from typing import Any
 
@@ -116,4 +117,42 @@ def upstream_socket(family: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, WEBB_UPSTREAM_MARK)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.setblocking(False)
+    return s
+
+
+# Source ports of the egress proxy's upstream connections: below the default
+# ephemeral range (32768-60999) that the pods' own connections take theirs from, so
+# that the proxy's connection from the client's address never has the 4-tuple of one
+# the client opens itself (flow.c would take the one's answers for the other's).
+UPSTREAM_PORTS = (10000, 32767)
+
+
+def egress_upstream_socket(family: int, client_ip: str) -> socket.socket:
+    """A socket for the egress proxy's connection to the original destination, from
+    the client's own address (IP_TRANSPARENT; netlink thread, the node's namespace).
+
+    Not marked: the destination's ingress policy applies to it as to the client's
+    own connection (flow.c sends the answers back to this socket)."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lo, hi = UPSTREAM_PORTS
+        start = random.randint(lo, hi)
+        for i in range(64):
+            try:
+                s.bind((client_ip, lo + (start - lo + i * 7919) % (hi - lo + 1)))
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        else:
+            raise OSError(errno.EADDRINUSE, "no source port free for the upstream connection")
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
     return s

@@ -26,6 +26,7 @@ DIRECTIONS = {INGRESS: DIR_INGRESS, EGRESS: DIR_EGRESS}
 # bpf/policy.h ep_info.flags
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS = 1, 2
 EP_POLICY_INGRESS, EP_POLICY_EGRESS = 4, 8
+EP_PROXY_EGRESS = 16  # bpf/policy.h: egress L7 rules, the proxy's answers may come back
 
 # Cilium's policy match types (flow.policy_match_type).
 MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
@@ -262,6 +263,9 @@ class Compiler:
             for ep, f in flags.items():
                 if f & EP_ENFORCE_INGRESS:
                     allow_refs.setdefault(PolicyKey(ep, DIR_INGRESS, RESERVED_HOST, 0), set())
+        for ep, d, _ in l7_ports:
+            if d == DIR_EGRESS:
+                flags[ep] = flags.get(ep, 0) | EP_PROXY_EGRESS
         endpoints = {}
         for ep, f in flags.items():
             endpoints[ep] = EndpointPolicy(

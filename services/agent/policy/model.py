@@ -323,8 +323,6 @@ _UNSUPPORTED_L7 = {
 # apply time rather than ignored (an unenforced rule would silently allow).
 _NOT_ENFORCED_DNS = "DNS rules are validated but not enforced by webb yet; the policy is rejected"
 _NOT_ENFORCED_FQDN = "toFQDNs is validated but not enforced by webb yet; the policy is rejected"
-_NOT_ENFORCED_EGRESS_HTTP = ("HTTP rules are enforced on ingress only so far (egress HTTP "
-                             "rules are validated but not enforced); the policy is rejected")
 MAX_HTTP_RULES = 256  # per toPorts entry
 
 
@@ -469,8 +467,6 @@ def _l7_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
             raise PolicyError(f"{where}.port: HTTP rules need a port (not 0, every port)")
         if pr.end != pr.start:
             raise PolicyError(f"{where}.endPort: HTTP rules apply to single ports, not ranges")
-    if direction == EGRESS:
-        raise PolicyError(f"{rp}.http: {_NOT_ENFORCED_EGRESS_HTTP}")
     return http
 
 

@@ -1,0 +1,187 @@
+"""Egress L7 (HTTP) policy end to end: the client's own egress rules, enforced by the
+proxy on the client's node (real eBPF steering at the client's interface), against
+real HTTP servers on the same node and on another node. The servers see the client's
+address (the proxy connects from it), and the L7 flows say EGRESS."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from support import AgentProc, lab_prefix, pod_endpoint, wait_for
+from webb.api.admin import admin_pb2 as apb
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
+from webb.netlab import NetLab
+
+pytestmark = pytest.mark.root
+
+PREFIX = lab_prefix("l7e")
+HELPERS = Path(__file__).resolve().parent.parent / "helpers"
+PORT = 9080
+
+POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts:
+    - ports: [{port: "9080", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/public(/.*)?"}
+"""
+
+
+def get(path: str) -> str:
+    return f"GET {path} HTTP/1.1\r\nHost: server:9080\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = NetLab(PREFIX)
+    lab.cleanup()
+    procs: list[subprocess.Popen] = []
+    try:
+        n1, n2 = lab.add_node("n1", 1), lab.add_node("n2", 2)
+        lab.add_pod(n1, "client", 10)
+        lab.add_pod(n1, "server", 11)
+        lab.add_pod(n2, "remote", 10)
+        for pod in ("server", "remote"):
+            srv = lab.popen(lab.pods[pod].netns, sys.executable,
+                            str(HELPERS / "http_server.py"), str(PORT),
+                            stdout=subprocess.PIPE, text=True)
+            procs.append(srv)
+            assert srv.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        yield lab
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        lab.cleanup()
+
+
+def start_agent(lab: NetLab, d: Path, *extra: str) -> AgentProc:
+    eps = d / "endpoints.yaml"
+    p = lab.pods
+    eps.write_text(yaml.safe_dump({"endpoints": [
+        pod_endpoint(p["client"], "client"), pod_endpoint(p["server"], "server"),
+        pod_endpoint(p["remote"], "server", version="v2")],
+        "nodes": [{"name": "n1", "ips": [lab.nodes["n1"].ip]},
+                  {"name": "n2", "ips": [lab.nodes["n2"].ip]}]}))
+    (d / "policies").mkdir(exist_ok=True)
+    (d / "policies" / "egress.yaml").write_text(POLICY)
+    a = AgentProc(d, "n1", lab.nodes["n1"].netns, eps,
+                  extra=["--policy-dir", str(d / "policies"), *extra])
+    a.start()
+    try:
+        a.wait_attached(["client", "server"])
+        wait_for(lambda: a.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,
+                 10, 0.2, "the policy file to be applied")
+    except BaseException:
+        a.stop()
+        raise
+    return a
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("l7egress")
+
+
+@pytest.fixture(scope="module")
+def agent(lab, workdir):
+    a = start_agent(lab, workdir)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def http(lab: NetLab, host: str, steps: list, timeout: float = 3.0) -> list:
+    out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "http_client.py"),
+                   host, str(PORT), str(timeout), timeout=60, input=json.dumps(steps))
+    return json.loads(out.stdout)
+
+
+def statuses(results: list) -> list:
+    return [r["status"] if isinstance(r, dict) and "status" in r else r for r in results]
+
+
+def peer(response: dict) -> str:
+    """The client address the server saw (its socket is dual-stack)."""
+    return response["headers"]["x-peer"].removeprefix("::ffff:")
+
+
+def test_egress_rules_allow_and_deny_and_keep_the_client_address(lab, agent):
+    c = lab.pods["client"]
+    steps = [{"send": get("/public/a")}, {"send": get("/private")}, {"send": get("/public/b")}]
+    for server, host, client_ip in (("server", lab.pods["server"].ip4, c.ip4),
+                                    ("server", lab.pods["server"].ip6, c.ip6),
+                                    ("remote", lab.pods["remote"].ip4, c.ip4)):
+        res = http(lab, host, steps)
+        assert statuses(res) == [200, 403, 200], (server, host, res)
+        assert res[1]["body"] == "Access denied\r\n"
+        assert res[0]["body"].startswith("GET /public/a ")
+        # Transparent both ways: the server saw the client's own address.
+        assert peer(res[0]) == client_ip == peer(res[2]), (server, host, res)
+    counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    assert counters["l7proxy.requests"] >= 9 and counters["l7proxy.denied"] >= 3
+
+
+def test_egress_flows(lab, agent):
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    assert statuses(http(lab, lab.pods["remote"].ip4,
+                         [{"send": get("/public/x")}, {"send": get("/nope")}])) == [200, 403]
+
+    def got():
+        req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+            event_type=[fpb.EventTypeFilter(type=129)])])
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        return fs if len(fs) >= 4 else None
+    fs = wait_for(got, 10, 0.2, "4 L7 flows")
+    by = {(f.l7.type, f.l7.http.url, f.l7.http.code): f for f in fs}
+    url = "http://server:9080"
+    req_ok, resp_ok = by[(fpb.REQUEST, f"{url}/public/x", 0)], by[(fpb.RESPONSE, f"{url}/public/x", 200)]
+    req_no, resp_no = by[(fpb.REQUEST, f"{url}/nope", 0)], by[(fpb.RESPONSE, f"{url}/nope", 403)]
+    assert {f.traffic_direction for f in fs} == {fpb.EGRESS}
+    assert req_ok.verdict == fpb.FORWARDED and req_no.verdict == fpb.DROPPED
+    assert resp_ok.verdict == resp_no.verdict == fpb.FORWARDED
+    assert req_no.source.pod_name == "client" and req_no.destination.pod_name == "remote"
+    assert resp_ok.source.pod_name == "remote" and resp_ok.is_reply.value
+    assert not req_ok.is_reply.value
+    assert [p.name for p in req_no.egress_denied_by] == ["client-egress"]
+    assert [p.name for p in req_ok.egress_allowed_by] == ["client-egress"]
+    assert not req_no.ingress_denied_by and not req_ok.ingress_allowed_by
+    assert req_no.l7.http.method == "GET" and resp_no.l7.latency_ns > 0
+    assert req_no.l4.TCP.destination_port == PORT
+    assert req_no.IP.source == lab.pods["client"].ip4
+
+
+def test_no_proxy_fails_closed(lab, workdir, agent):
+    """Last in the module: it stops the module's agent."""
+    agent.stop()
+    a2 = start_agent(lab, workdir, "--l7-proxy", "false")
+    try:
+        t0 = Timestamp()
+        t0.GetCurrentTime()
+        assert http(lab, lab.pods["server"].ip4, [{"send": get("/public/a")}],
+                    timeout=1.5) == ["timeout"]
+        req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(verdict=[fpb.DROPPED])])
+        drops = wait_for(lambda: [r.flow for r in a2.observer.GetFlows(req, timeout=10)
+                                  if r.HasField("flow")], 10, 0.2, "a drop")
+        d = drops[0]
+        assert d.drop_reason_desc == fpb.SOCKET_LOOKUP_FAILED
+        assert d.source.pod_name == "client" and d.destination.pod_name == "server"
+        assert d.traffic_direction == fpb.EGRESS and d.l4.TCP.destination_port == PORT
+    finally:
+        a2.stop()
