@@ -22,21 +22,21 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.filters import build_filter
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_SIZE, EVENT_TRACE, FlowEvent,
                                        pack)
-from webb_agent.endpoint import EndpointRegistry, packed_ip, parse_endpoint
-from webb_agent.flows_reader import Lost, ReadRequest
-from webb_agent.history import History
-from webb_agent.history.batch import pack_batch
-from webb_agent.history.encoding import wire_encoder
-from webb_agent.history.store import HistoryStore
-from webb_agent.history.writer import FRAME_FLOWS
-from webb_agent.history.hooks import PersistConfig, Persistence
-from webb_agent.identity import IdentityAllocator
-from webb_agent.ingest import Ingest
+from webb_agent.stores.endpoints import EndpointRegistry, packed_ip, parse_endpoint
+from webb_agent.pipeline.selection import Lost, ReadRequest
+from webb_agent.stores.history import History
+from webb_agent.stores.history.batch import pack_batch
+from webb_agent.stores.history.encoding import wire_encoder
+from webb_agent.stores.history.store import HistoryStore
+from webb_agent.stores.history.writer import FRAME_FLOWS
+from webb_agent.stores.history.hooks import PersistConfig, Persistence
+from webb_agent.stores.identities import IdentityAllocator
+from webb_agent.pipeline.ingest import Ingest
 from webb_agent.memory import tune_gc
-from webb_agent.observer import NodeState, flow_matcher
-from webb_agent.parser import FlowParser
-from webb_agent.record import FlowRecord
-from webb_agent.ring import Ring
+from webb_agent.api.observer import NodeState, flow_matcher
+from webb_agent.pipeline.wire_cache import FlowWireCache
+from webb_agent.pipeline.record import FlowRecord
+from webb_agent.stores.ring import Ring
 
 RATE = 175_000  # the agent's measured ingest ceiling, events/s
 TICK = 0.01  # the agent drains perf buffers every 10 ms
@@ -81,9 +81,9 @@ async def ingest_at_rate(history_dir: str | None, seconds: float, raws: list[byt
                                         history_max_bytes=10**10, history_max_age_ns=10**6 * HOUR))
     ring: Ring = Ring(65535, persist.start_seq)
     node = NodeState("n", "v", "", ring, lambda: 0)
-    parser = FlowParser("n", {}, "v")
+    wire_cache = FlowWireCache("n", {}, "v")
     ing = Ingest(ring, reg, {packed_ip("10.0.0.254")})
-    ing.on_batch = persist.bind(parser, "n", node.note_batch)
+    ing.on_batch = persist.bind(wire_cache, "n", node.note_batch)
     tasks = [asyncio.create_task(t) for _, t in persist.tasks()]
     tune_gc()  # as the agent does once started
     bufs = [ctypes.create_string_buffer(r, EVENT_SIZE) for r in raws]
@@ -134,7 +134,7 @@ def fill(path: str, n: int, span_ns: int, raws: list[bytes]) -> tuple[float, int
     eps = {ip: reg.by_packed[packed_ip(ip)] for _, _, ip in PODS}
     store = HistoryStore(path, 10**11, 10**6 * HOUR)
     store.open()
-    wire_of = wire_encoder(FlowParser("n", {}, "v"))
+    wire_of = wire_encoder(FlowWireCache("n", {}, "v"))
     t0 = time.time_ns() - span_ns
     step = span_ns / n
     ips = [(PODS[i % len(PODS)][2], PODS[(i * 7 + 1) % len(PODS)][2]) for i in range(len(raws))]
@@ -157,19 +157,19 @@ def fill(path: str, n: int, span_ns: int, raws: list[bytes]) -> tuple[float, int
 async def query(path: str, since: int, until: int, pred_filter: list[fpb.FlowFilter]) -> dict:
     h = History(path, 10**11, 10**6 * HOUR)
     ring: Ring = Ring(4095, h.next_seq)
-    parser = FlowParser("n", {}, "v")
-    h.bind(parser)
+    wire_cache = FlowWireCache("n", {}, "v")
+    h.bind(wire_cache)
     pred = build_filter(pred_filter, [])
     assert h.reader is not None
     tune_gc()
 
-    match = flow_matcher(parser, pred_filter, pred)  # what the observer does
+    match = flow_matcher(wire_cache, pred_filter, pred)  # what the observer does
     t0 = time.perf_counter()
     n = 0
     size = 0
     async for item in h.reader(ring, ReadRequest(since_ns=since, until_ns=until), match):
         if not isinstance(item, Lost):
-            size += len(parser.response(item))  # the bytes GetFlows would send
+            size += len(wire_cache.response(item))  # the bytes GetFlows would send
             n += 1
     dt = time.perf_counter() - t0
     scanned = sum(f.count for f in h.store.frames

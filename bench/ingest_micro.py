@@ -14,13 +14,13 @@ import sys
 import time
 
 from webb_agent.datapath.event import EVENT_SIZE, EVENT_TRACE, FlowEvent, pack
-from webb_agent.endpoint import EndpointRegistry, packed_ip, parse_endpoint
-from webb_agent.identity import IdentityAllocator
-from webb_agent.ingest import Ingest
-from webb_agent.observer import NodeState
-from webb_agent.parser import FlowParser
-from webb_agent.ring import Ring
-import webb_agent.ingest as ingmod
+from webb_agent.stores.endpoints import EndpointRegistry, packed_ip, parse_endpoint
+from webb_agent.stores.identities import IdentityAllocator
+from webb_agent.pipeline.ingest import Ingest
+from webb_agent.api.observer import NodeState
+from webb_agent.pipeline.wire_cache import FlowWireCache
+from webb_agent.stores.ring import Ring
+import webb_agent.pipeline.ingest as ingmod
 print("module:", ingmod.__file__)
 
 
@@ -72,7 +72,7 @@ t0 = time.process_time()
 for _ in range(100):
     node.flows_rate()
 print(f"flows_rate: {(time.process_time() - t0) / 100 * 1e6:.0f} us/call")
-p = FlowParser("n", {7: "l"}, "v")
+p = FlowWireCache("n", {7: "l"}, "v")
 t0 = time.process_time()
 for s in range(ring.oldest_seq, ring.next_seq):
     e = ring.get(s)

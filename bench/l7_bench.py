@@ -135,7 +135,7 @@ def synthesize(kind: str, pairs: int, conns: int = 256) -> list[bytes]:
     from webb_agent.datapath.event import (L7_DNS, L7_HTTP, L7_RESPONSE_SIDE,
                                            POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event,
                                            pack_l7)
-    from webb_agent.endpoint import packed_ip
+    from webb_agent.stores.endpoints import packed_ip
 
     cli, srv = "10.244.1.10", "10.244.1.11"
     seqs = [[1000, 5000] for _ in range(conns)]
@@ -173,10 +173,10 @@ def synthesize(kind: str, pairs: int, conns: int = 256) -> list[bytes]:
 
 
 def part_decode(pairs: int, batch: int) -> dict[str, float]:
-    from webb_agent.endpoint import Endpoint
-    from webb_agent.l7.encode import L7Encoder
-    from webb_agent.l7.fqdn import FQDNCache
-    from webb_agent.l7.tracker import L7Tracker
+    from webb_agent.stores.endpoints import Endpoint
+    from webb_agent.pipeline.l7.encode import L7Encoder
+    from webb_agent.pipeline.l7.fqdn import FQDNCache
+    from webb_agent.pipeline.l7.tracker import L7Tracker
 
     print(f"\n== (b) L7 events decoded in-process ({pairs:,} pairs = {2 * pairs:,} events per "
           f"kind, batches of {batch}) ==")

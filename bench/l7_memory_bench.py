@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "services"))
 from webb_agent.datapath.event import (L7_DNS, L7_HTTP, L7_RESPONSE_SIDE,  # noqa: E402
                                        POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event,
                                        pack_l7)
-from webb_agent.endpoint import packed_ip  # noqa: E402
-from webb_agent.l7 import tracker as tracker_mod  # noqa: E402
-from webb_agent.l7.tracker import L7Tracker  # noqa: E402
+from webb_agent.stores.endpoints import packed_ip  # noqa: E402
+from webb_agent.pipeline.l7 import tracker as tracker_mod  # noqa: E402
+from webb_agent.pipeline.l7.tracker import L7Tracker  # noqa: E402
 
 SEC = 10**9
 SERVER = ("10.244.2.11", 9080)

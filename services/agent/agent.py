@@ -10,32 +10,32 @@ from typing import TYPE_CHECKING
 import webb
 from webb.tls import server_credentials
 
-from .admin import AdminService
-from .agent_events import AgentEventLog
-from .counters import agent_counters
+from .api.admin import AdminService
+from .api.agent_events import AgentEventLog
+from .pipeline.counters import agent_counters
 from .datapath.kernel_drops import KernelDrops, current_netns_inode, netns_inodes
 from .datapath.loader import AttachError, Datapath
-from .endpoint import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
-from .flow_batches import FlowStreamService
-from .history.hooks import PersistConfig, Persistence
-from .identity import IdentityAllocator
-from .ingest import Ingest
-from .l7.encode import L7Encoder
-from .l7.fqdn import FQDNCache
-from .l7.redact import RedactSettings
-from .l7.tracker import L7Tracker
+from .stores.endpoints import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
+from .api.flow_batches import FlowStreamService
+from .stores.history.hooks import PersistConfig, Persistence
+from .stores.identities import IdentityAllocator
+from .pipeline.ingest import Ingest
+from .pipeline.l7.encode import L7Encoder
+from .pipeline.l7.fqdn import FQDNCache
+from .pipeline.l7.redact import RedactSettings
+from .pipeline.l7.tracker import L7Tracker
 from .l7proxy.flows import l7_message
 from .l7proxy.proxy import L7Proxy, ProxyFlow
-from .l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
+from .pipeline.l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
 from .memory import release_freed_heap
-from .observer import NodeState, ObserverService
-from .parser import FlowParser
-from .peer import PeerDirectory, PeerService
+from .api.observer import NodeState, ObserverService
+from .pipeline.wire_cache import FlowWireCache
+from .api.peer import PeerDirectory, PeerService
 from .policy.engine import PolicyEngine, watch_policy_dir
 from .policy.store import PolicyStore
 from .policy.model import Policy
-from .ring import Ring
-from .server import start_server
+from .stores.ring import Ring
+from .api.server import start_server
 
 if TYPE_CHECKING:
     from .k8s.client import KubeClient
@@ -132,19 +132,19 @@ class Agent:
         self.policy.bind_datapath(self.datapath)
         self.ingest = Ingest(self.ring, self.registry, {packed_ip(ip) for ip in node_ips})
         self.ingest.cidr_endpoint = self.policy.cidr_endpoint
-        self.parser = FlowParser(cfg.node_name, {}, VERSION)
-        self.parser.encoder.policies = self.policy.policies_field
+        self.wire_cache = FlowWireCache(cfg.node_name, {}, VERSION)
+        self.wire_cache.encoder.policies = self.policy.policies_field
         self.fqdn = FQDNCache()
         self.l7_rules = parse_visibility(cfg.l7_visibility)
         self.ingest.l7 = L7Tracker(self.fqdn)
-        self.parser.l7 = L7Encoder(cfg.node_name, VERSION, cfg.redact, self.fqdn)
-        self.parser.encoder.fqdn = self.fqdn
-        self.parser.l7.policies = self.policy.policies_field
+        self.wire_cache.l7 = L7Encoder(cfg.node_name, VERSION, cfg.redact, self.fqdn)
+        self.wire_cache.encoder.fqdn = self.fqdn
+        self.wire_cache.l7.policies = self.policy.policies_field
         if cfg.l7_proxy:
             await self._start_l7proxy()
         self.node = NodeState(cfg.node_name, VERSION, self.address, self.ring,
                               lambda: self.ingest.seen_events)
-        self.ingest.on_batch = self.persist.bind(self.parser, cfg.node_name, self.node.note_batch)
+        self.ingest.on_batch = self.persist.bind(self.wire_cache, cfg.node_name, self.node.note_batch)
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
         self.datapath.open_l7_events(self.ingest.on_l7_event, self.ingest.on_lost,
@@ -161,7 +161,7 @@ class Agent:
         self._on_nodes([])
         if kube_client is not None:
             await self._start_kube(kube_client)
-        observer = ObserverService(self.node, self.parser, self.agent_events)
+        observer = ObserverService(self.node, self.wire_cache, self.agent_events)
         self.persist.serve(observer)
         self.server, self.health = await start_server(
             observer, PeerService(self.peers),
@@ -228,7 +228,7 @@ class Agent:
         kd.set_node_netns(await self.datapath.in_netns(current_netns_inode))
         kd.open_events(self.ingest.on_event, self.ingest.on_lost, max(self.cfg.perf_pages // 8, 64),
                        self.cfg.wakeup_events)
-        self.parser.encoder.kernel_reason = kd.reason
+        self.wire_cache.encoder.kernel_reason = kd.reason
         self.kernel_drops = kd
 
     async def _start_kube(self, client: "KubeClient") -> None:
@@ -241,7 +241,7 @@ class Agent:
         cfg, dp = self.cfg, self.datapath
         assert dp is not None and self.policy is not None
         services = ServiceMap()
-        self.parser.encoder.services = services.fields
+        self.wire_cache.encoder.services = services.fields
         port = cfg.listen_address.rsplit(":", 1)[-1] if cfg.listen_address else ""
         opts = KubeOptions(node_name=cfg.node_name, cluster=cfg.cluster_name,
                            agent_port=int(port) if port.isdigit() else 4244,
@@ -358,8 +358,8 @@ class Agent:
             if self.attach_errors.get(ifname) != str(e):
                 log.warning("%s (will retry)", e)
             self.attach_errors[ifname] = str(e)
-        self.parser.ifnames.clear()
-        self.parser.ifnames.update(self.datapath.ifindex_names())
+        self.wire_cache.ifnames.clear()
+        self.wire_cache.ifnames.update(self.datapath.ifindex_names())
 
     async def _retry_attach(self) -> None:
         """Interfaces that did not exist yet (a pod still starting) are retried."""

@@ -12,11 +12,11 @@ import sys
 from webb.tls import TLSConfigError, server_credentials
 
 from .agent import Agent, AgentConfig
-from .history import hooks as persist_flags
-from .l7.redact import DEFAULT_DENY_HEADERS, DEFAULT_SENSITIVE_QUERY_PARAMS, RedactSettings
-from .l7.visibility import DEFAULT_RULES, VisibilityError, parse_visibility
+from .stores.history import hooks as persist_flags
+from .pipeline.l7.redact import DEFAULT_DENY_HEADERS, DEFAULT_SENSITIVE_QUERY_PARAMS, RedactSettings
+from .pipeline.l7.visibility import DEFAULT_RULES, VisibilityError, parse_visibility
 from .memory import tune_gc
-from .ring import valid_capacity
+from .stores.ring import valid_capacity
 
 
 def parse_args(argv: list[str] | None = None) -> AgentConfig:

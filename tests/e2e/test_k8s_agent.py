@@ -345,7 +345,7 @@ def test_a_gap_on_the_probe_path_does_not_give_a_second_number(kc):
     from webb_agent.k8s.client import KubeClient
     from webb_agent.k8s.identity_crd import (RESOURCE, CRDIdentityAllocator, first_candidate,
                                              probe, to_object)
-    from webb_agent.identity import label_key
+    from webb_agent.stores.identities import label_key
 
     low, high = 60100, 60103
     key = label_key(["k8s:app=gapped", "k8s:io.kubernetes.pod.namespace=tiny"])

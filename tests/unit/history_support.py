@@ -8,10 +8,10 @@ from typing import Any
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
                                        POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, REASON_FLAGS,
                                        REASON_NEW, FlowEvent, pack)
-from webb_agent.endpoint import Endpoint, packed_ip
-from webb_agent.parser import FlowParser
-from webb_agent.record import WORLD, FlowRecord
-from webb_agent.ring import Ring
+from webb_agent.stores.endpoints import Endpoint, packed_ip
+from webb_agent.pipeline.wire_cache import FlowWireCache
+from webb_agent.pipeline.record import WORLD, FlowRecord
+from webb_agent.stores.ring import Ring
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -61,5 +61,5 @@ def ingest(ring: Ring, recs: list[FlowRecord], on_batch: Any = None) -> None:
         on_batch(recs)
 
 
-def parser() -> FlowParser:
-    return FlowParser("node-h", {7: "lxc-h"}, "test")
+def wire_cache() -> FlowWireCache:
+    return FlowWireCache("node-h", {7: "lxc-h"}, "test")

@@ -12,14 +12,14 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.datapath.event import (EVENT_SIZE, EVENT_TRACE, POINT_FROM_ENDPOINT,
                                        POINT_TO_ENDPOINT, REASON_FLAGS, REASON_NEW, FlowEvent,
                                        decode, pack)
-from webb_agent.endpoint import (Endpoint, EndpointError, EndpointRegistry, packed_ip,
+from webb_agent.stores.endpoints import (Endpoint, EndpointError, EndpointRegistry, packed_ip,
                                  parse_endpoint)
-from webb_agent.flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
-from webb_agent.identity import IdentityAllocator
-from webb_agent.ingest import Ingest
-from webb_agent.parser import FlowParser, tcp_flags_summary
-from webb_agent.record import WORLD, FlowRecord, LostRecord
-from webb_agent.ring import Ring, valid_capacity
+from webb_agent.pipeline.selection import Lost, ReadRequest, RequestError, read_flows, validate
+from webb_agent.stores.identities import IdentityAllocator
+from webb_agent.pipeline.ingest import Ingest
+from webb_agent.pipeline.wire_cache import FlowWireCache, tcp_flags_summary
+from webb_agent.pipeline.record import WORLD, FlowRecord, LostRecord
+from webb_agent.stores.ring import Ring, valid_capacity
 
 
 def ev(saddr="10.0.0.1", daddr="10.0.0.2", sport=40000, dport=80, proto=socket.IPPROTO_TCP,
@@ -67,8 +67,8 @@ def test_tcp_summary_order_matches_hubble():
     assert tcp_flags_summary(0x14) == "ACK, RST"
 
 
-def make_parser() -> FlowParser:
-    return FlowParser("node-a", {7: "lxc1"}, "test")
+def make_wire_cache() -> FlowWireCache:
+    return FlowWireCache("node-a", {7: "lxc1"}, "test")
 
 
 def run_sync(coro):
@@ -94,7 +94,7 @@ def client_server():
 
 def test_parser_directions_and_fields():
     reg = client_server()
-    p = make_parser()
+    p = make_wire_cache()
     c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
     syn = p.flow(FlowRecord(ev(), 1_700_000_000_123_456_789, c, s))
     assert syn.Summary == "TCP Flags: SYN" and syn.verdict == fpb.FORWARDED
@@ -118,9 +118,9 @@ def test_parser_directions_and_fields():
 
 
 def test_uuids_are_stable_and_distinct():
-    p = make_parser()
+    p = make_wire_cache()
     assert p.flow_uuid(5) == p.flow_uuid(5) != p.flow_uuid(6)
-    assert make_parser().flow_uuid(5) != p.flow_uuid(5)  # per-process salt
+    assert make_wire_cache().flow_uuid(5) != p.flow_uuid(5)  # per-process salt
 
 
 def test_identity_allocation_is_shared_through_file(tmp_path):
@@ -200,7 +200,7 @@ async def test_endpoint_ids_are_this_nodes_unique_and_stable():
 
 def test_endpoint_id_follows_the_name_across_agent_restarts():
     """Without state on disk, a restarted agent gives the same pods the same IDs."""
-    from webb_agent.endpoint_ids import EndpointIDs
+    from webb_agent.stores.endpoint_ids import EndpointIDs
 
     keys = [f"ns/pod-{i}" for i in range(300)]
     first, second = EndpointIDs(), EndpointIDs()
@@ -209,7 +209,7 @@ def test_endpoint_id_follows_the_name_across_agent_restarts():
     assert a == b and len(set(a.values())) == 300
 
 
-def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowParser]:
+def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowWireCache]:
     reg = client_server()
     c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
     ring: Ring = Ring(cap)
@@ -219,13 +219,13 @@ def filled_ring(n: int, cap: int = 15) -> tuple[Ring, FlowParser]:
         r.seq = i
         recs.append(r)
     ring.write_many(recs)
-    return ring, make_parser()
+    return ring, make_wire_cache()
 
 
-async def collect(ring, parser, req, match=None):
+async def collect(ring, wire_cache, req, match=None):
     out = []
     async for item in read_flows(ring, req, match):
-        out.append(item if isinstance(item, Lost) else parser.flow(item).l4.TCP.source_port - 30000)
+        out.append(item if isinstance(item, Lost) else wire_cache.flow(item).l4.TCP.source_port - 30000)
     return out
 
 
@@ -357,7 +357,7 @@ def test_response_bytes_parse_as_get_flows_response():
     from webb.api.observer import observer_pb2 as opb
     reg = client_server()
     c, s = reg.by_ip("10.0.0.1"), reg.by_ip("10.0.0.2")
-    p = make_parser()
+    p = make_wire_cache()
     rec = FlowRecord(ev(), 1_700_000_000_000_000_001, c, s)
     resp = opb.GetFlowsResponse.FromString(p.response(rec))
     assert resp.node_name == "node-a" and resp.HasField("flow")
@@ -395,7 +395,7 @@ def test_records_keep_raw_bytes_until_encoded():
     rec = ring.get(1)
     assert rec.raw is raw and type(rec.raw) is bytes  # no decoded tuple kept
     assert rec.ev == e and rec.ev.ts == 123456789
-    p = make_parser()
+    p = make_wire_cache()
     flow = p.flow(rec)
     assert rec.raw is None and rec.wire is not None  # encoded: raw bytes dropped
     assert flow.IP.source == "fd00::1" and flow.l4.TCP.source_port == 40000
@@ -425,8 +425,8 @@ def test_ingest_drains_in_bounded_chunks():
 
 
 def test_flows_rate_from_per_second_counters(monkeypatch):
-    from webb_agent import observer
-    from webb_agent.observer import NodeState
+    from webb_agent.api import observer
+    from webb_agent.api.observer import NodeState
 
     class NoWalk(Ring):
         def get(self, seq):  # flows_rate must not walk the ring
@@ -512,7 +512,7 @@ async def test_agent_health_serves_the_names_hubble_clients_ask(name, tmp_path):
     from webb.api.admin import admin_pb2_grpc
     from webb.api.observer import observer_pb2_grpc
     from webb.api.peer import peer_pb2_grpc
-    from webb_agent.server import start_server
+    from webb_agent.api.server import start_server
 
     server, _ = await start_server(observer_pb2_grpc.ObserverServicer(),
                                    peer_pb2_grpc.PeerServicer(), admin_pb2_grpc.AdminServicer(),

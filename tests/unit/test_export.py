@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from history_support import ingest, parser, records
+from history_support import ingest, wire_cache, records
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb_agent.export import (ExportOptionError, RotatingFile, open_exporter, parse_fieldmask,
                                parse_filters)
-from webb_agent.ring import Ring
+from webb_agent.stores.ring import Ring
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -26,12 +26,12 @@ def read_lines(path: Path) -> list[dict]:
 
 
 async def export(tmp_path: Path, n: int = 400, **kw) -> tuple[list[dict], list[fpb.Flow]]:
-    p = parser()
+    p = wire_cache()
     path = tmp_path / "flows.log"
     args = dict(max_size_mb=10, max_backups=5, compress=False, allow=[], deny=[],
                 fieldmask=None)
     args.update(kw)
-    exp = open_exporter(str(path), parser=p, node_name="node-h", **args)  # type: ignore[arg-type]
+    exp = open_exporter(str(path), wire_cache=p, node_name="node-h", **args)  # type: ignore[arg-type]
     ring: Ring = Ring(4095)
     recs = records(0, n)
     for k in range(0, n, 100):
@@ -105,7 +105,7 @@ async def test_rotation_backups_and_gzip(tmp_path):
 
 
 async def test_falling_behind_writes_a_lost_events_line(tmp_path):
-    p = parser()
+    p = wire_cache()
     path = tmp_path / "flows.log"
     exp = open_exporter(str(path), 10, 5, False, [], [], None, p, "node-h", max_pending=150)
     ring: Ring = Ring(4095)

@@ -11,18 +11,18 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from history_support import BASE_NS, ingest, parser, records
+from history_support import BASE_NS, ingest, wire_cache, records
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.stream import stream_pb2 as spb
 from webb.api.stream import stream_pb2_grpc
-from webb_agent.agent_events import AgentEventLog
-from webb_agent.flow_batches import FlowStreamService
-from webb_agent.history import History
-from webb_agent.observer import NodeState, ObserverService
-from webb_agent.record import LostRecord
-from webb_agent.ring import Ring
-from webb_agent.server import add_observer
+from webb_agent.api.agent_events import AgentEventLog
+from webb_agent.api.flow_batches import FlowStreamService
+from webb_agent.stores.history import History
+from webb_agent.api.observer import NodeState, ObserverService
+from webb_agent.pipeline.record import LostRecord
+from webb_agent.stores.ring import Ring
+from webb_agent.api.server import add_observer
 
 HOUR = 3600 * 10**9
 GET_FLOWS = "/observer.Observer/GetFlows"
@@ -40,10 +40,10 @@ class Served:
     def __init__(self, directory: str, ring_capacity: int = 63, max_entries: int = 100) -> None:
         self.history = History(directory, 50_000_000, 10**6 * HOUR, flush_interval=0.01)
         self.ring: Ring = Ring(ring_capacity, self.history.next_seq)
-        self.parser = parser()
-        self.history.bind(self.parser)
+        self.wire_cache = wire_cache()
+        self.history.bind(self.wire_cache)
         node = NodeState("node-h", "test", "", self.ring, lambda: 0)
-        self.observer = ObserverService(node, self.parser, AgentEventLog())
+        self.observer = ObserverService(node, self.wire_cache, AgentEventLog())
         self.observer.read_flows = self.history.reader  # as Persistence.serve does
         self.batches = FlowStreamService(self.observer, max_entries=max_entries)
         self.writer_task: asyncio.Task[None] | None = None
@@ -204,11 +204,11 @@ def test_the_pod_prefilter_never_changes_an_answer(wl):
     pod filters: on ring records and on records read back from the store, it answers
     exactly as the filter on the built flow."""
     from webb.filters import build_filter
-    from webb_agent.history.batch import pack_batch, unpack_batch
-    from webb_agent.history.encoding import wire_encoder
-    from webb_agent.observer import flow_matcher
+    from webb_agent.stores.history.batch import pack_batch, unpack_batch
+    from webb_agent.stores.history.encoding import wire_encoder
+    from webb_agent.api.observer import flow_matcher
 
-    p = parser()
+    p = wire_cache()
     recs = records(0, 600)
     for i, r in enumerate(recs):
         r.seq = i

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from history_support import BASE_NS, ingest, parser, records
-from webb_agent.flows_reader import Lost, ReadRequest
-from webb_agent.history import History
-from webb_agent.history.batch import unpack_batch
-from webb_agent.history.store import UNCLEAN_SEQ_GAP, HistoryStore
-from webb_agent.ring import Ring
+from history_support import BASE_NS, ingest, wire_cache, records
+from webb_agent.pipeline.selection import Lost, ReadRequest
+from webb_agent.stores.history import History
+from webb_agent.stores.history.batch import unpack_batch
+from webb_agent.stores.history.store import UNCLEAN_SEQ_GAP, HistoryStore
+from webb_agent.stores.ring import Ring
 
 HERE = Path(__file__).resolve().parent
 FOREVER = 10**6 * 3600 * 10**9
@@ -25,14 +25,14 @@ FOREVER = 10**6 * 3600 * 10**9
 WRITER = textwrap.dedent("""
     import asyncio, sys
     sys.path.insert(0, {here!r})
-    from history_support import ingest, parser, records
-    from webb_agent.history import History
-    from webb_agent.ring import Ring
+    from history_support import ingest, wire_cache, records
+    from webb_agent.stores.history import History
+    from webb_agent.stores.ring import Ring
 
     async def main():
         h = History({d!r}, 10**9, {forever}, flush_interval=0.001)
         ring = Ring(63, h.next_seq)
-        h.bind(parser())
+        h.bind(wire_cache())
         task = asyncio.create_task(h.run())
         i = ring.next_seq
         for _ in range(100000):  # bounded; the test kills it long before
@@ -94,7 +94,7 @@ def test_killed_mid_write_reopens_cleanly(tmp_path, round_):
     async def reopen_and_read() -> None:
         h = History(str(d), 10**9, FOREVER, flush_interval=0.01)
         ring: Ring = Ring(63, h.next_seq)
-        h.bind(parser())
+        h.bind(wire_cache())
         start = ring.next_seq
         ingest(ring, records(start, 100), h.on_batch)
         assert h.writer is not None and h.reader is not None
@@ -118,7 +118,7 @@ def test_full_disk_keeps_serving_and_drops_the_oldest(tmp_path):
             h = History(str(mnt), 10_000_000, FOREVER, flush_interval=0.01)
             h.store.segment_bytes = 100_000
             ring: Ring = Ring(63, h.next_seq)
-            p = parser()
+            p = wire_cache()
             h.bind(p)
             assert h.writer is not None and h.reader is not None
             i = 0

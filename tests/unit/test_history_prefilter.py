@@ -1,4 +1,4 @@
-"""The record pre-filter (services/agent/prefilter.py) never changes an answer:
+"""The record pre-filter (services/agent/pipeline/prefilter.py) never changes an answer:
 random whitelists and blacklists over a varied mix of records (TCP/UDP/ICMP, drops,
 verdicts, the world endpoint), as the ring holds them, as the store gives them back
 (also unpacked with the pre-filter, as the history reader does), and already
@@ -8,13 +8,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from history_support import parser, records
+from history_support import wire_cache, records
 from webb.api.flow import flow_pb2 as fpb
 from webb.filters import build_filter
-from webb_agent.history.batch import pack_batch, unpack_batch
-from webb_agent.history.encoding import wire_encoder
-from webb_agent.observer import flow_matcher
-from webb_agent.prefilter import record_prefilter
+from webb_agent.stores.history.batch import pack_batch, unpack_batch
+from webb_agent.stores.history.encoding import wire_encoder
+from webb_agent.api.observer import flow_matcher
+from webb_agent.pipeline.prefilter import record_prefilter
 
 N = 220  # records per trial: every kind of history_support's mix, several times
 PORTS = ["80", "53", "0", "443", "8080", "30001", "30007", "9999"]
@@ -46,7 +46,7 @@ def random_filter(rng: random.Random, exact_only: bool) -> fpb.FlowFilter:
 
 def test_the_record_prefilter_never_changes_an_answer() -> None:
     rng = random.Random(15)
-    p = parser()
+    p = wire_cache()
 
     def ring_recs() -> list[Any]:
         recs = records(0, N)
@@ -58,7 +58,7 @@ def test_the_record_prefilter_never_changes_an_answer() -> None:
     def encoded() -> list[Any]:  # read once already: raw bytes dropped, wire kept
         recs = ring_recs()
         for r in recs:
-            p.wire(r)
+            p.cache_wire(r)
         return recs
     kinds = {"ring": ring_recs, "stored": lambda: unpack_batch(packed), "encoded": encoded}
     pruned = skipped_stored = 0
@@ -94,7 +94,7 @@ def test_the_record_prefilter_never_changes_an_answer() -> None:
 def test_a_blacklist_prunes_only_on_what_it_checks_exactly() -> None:
     """A blacklist filter with a field the pre-filter cannot check prunes nothing;
     one of ports and protocol alone prunes exactly the records it names."""
-    p = parser()
+    p = wire_cache()
     recs = records(0, N)
     mixed = [fpb.FlowFilter(destination_port=["80"], verdict=[fpb.DROPPED])]
     pre = record_prefilter([], mixed)

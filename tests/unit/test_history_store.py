@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from history_support import BASE_NS, ingest, parser, records
+from history_support import BASE_NS, ingest, wire_cache, records
 from webb.api.flow import flow_pb2 as fpb
 from webb.filters import build_filter
-from webb_agent.flows_reader import LOST_SOURCE_RING, Lost, ReadRequest, read_flows
-from webb_agent.history import History
-from webb_agent.history.batch import pack_batch, unpack_batch
-from webb_agent.history.encoding import wire_encoder
-from webb_agent.history.segment import HEADER_SIZE
-from webb_agent.history.sizes import parse_size
-from webb_agent.history.store import HistoryStore
-from webb_agent.ring import Ring
+from webb_agent.pipeline.selection import LOST_SOURCE_RING, Lost, ReadRequest, read_flows
+from webb_agent.stores.history import History
+from webb_agent.stores.history.batch import pack_batch, unpack_batch
+from webb_agent.stores.history.encoding import wire_encoder
+from webb_agent.stores.history.segment import HEADER_SIZE
+from webb_agent.stores.history.sizes import parse_size
+from webb_agent.stores.history.store import HistoryStore
+from webb_agent.stores.ring import Ring
 
 HOUR = 3600 * 10**9
 
@@ -40,8 +40,8 @@ class Node:
                  max_age_ns: int = 10**6 * HOUR) -> None:
         self.history = History(directory, max_bytes, max_age_ns, flush_interval=0.01)
         self.ring: Ring = Ring(ring_capacity, self.history.next_seq)
-        self.parser = parser()
-        self.history.bind(self.parser)
+        self.wire_cache = wire_cache()
+        self.history.bind(self.wire_cache)
 
     def feed(self, start: int, n: int, batch: int = 50, t0: int = BASE_NS,
              step_ns: int = 1_000_000) -> None:
@@ -69,7 +69,7 @@ def test_sizes():
 
 def test_batch_round_trip_gives_the_ring_encoding():
     """Stored flows encode to exactly the bytes the ring's flows do."""
-    p = parser()
+    p = wire_cache()
     recs = records(0, 300)
     for i, r in enumerate(recs):
         r.seq = 1000 + i
@@ -80,7 +80,7 @@ def test_batch_round_trip_gives_the_ring_encoding():
     assert [r.time_ns for r in back] == [r.time_ns for r in recs]
     # drops and policy verdicts are stored encoded, traces raw
     assert any(r.raw is None for r in back) and any(r.raw is not None for r in back)
-    assert [p.wire(r) for r in back] == [p.wire(r) for r in recs]
+    assert [p.cache_wire(r) for r in back] == [p.cache_wire(r) for r in recs]
 
 
 async def test_since_until_after_the_ring_wrapped(tmp_path):
@@ -94,7 +94,7 @@ async def test_since_until_after_the_ring_wrapped(tmp_path):
                                       until_ns=BASE_NS + 2010 * 10**6))
     assert not any(isinstance(x, Lost) for x in out)
     assert seqs(out) == list(range(100, 2011))  # no gap, no duplicate, store → ring
-    f = node.parser.flow(out[0])
+    f = node.wire_cache.flow(out[0])
     assert f.time.ToNanoseconds() == BASE_NS + 100 * 10**6
     # first N from the beginning of the store, number N across store and ring
     assert seqs(await node.read(ReadRequest(first=True, number=5))) == [0, 1, 2, 3, 4]
@@ -173,10 +173,10 @@ async def test_filters_answer_the_same_on_history_as_on_the_ring(tmp_path, filt)
         node = Node(str(tmp_path / d), ring_capacity=capacity)
         node.feed(0, 1500)
         await node.flush()
-        match = lambda rec, p=node.parser: pred(p.flow(rec))  # noqa: E731  (as the observer)
+        match = lambda rec, p=node.wire_cache: pred(p.flow(rec))  # noqa: E731  (as the observer)
         out = await node.read(ReadRequest(since_ns=BASE_NS), match)
         assert not any(isinstance(x, Lost) for x in out)
-        flows = [node.parser.flow(x) for x in out]
+        flows = [node.wire_cache.flow(x) for x in out]
         for f in flows:
             f.ClearField("uuid")  # salted per store
         results.append(flows)
@@ -188,15 +188,15 @@ async def test_restart_keeps_flows_seqs_and_uuids(tmp_path):
     node = Node(str(tmp_path))
     node.feed(0, 700)
     before = await node.read(ReadRequest(first=True, number=10))
-    uuids = [node.parser.flow(x).uuid for x in before]
+    uuids = [node.wire_cache.flow(x).uuid for x in before]
     await node.close()  # a clean stop writes what is pending
     again = Node(str(tmp_path))
     assert again.ring.next_seq == 700  # the sequence goes on
     again.feed(700, 100)
     out = await again.read(ReadRequest(first=True, number=800))
     assert seqs(out) == list(range(800))
-    assert [again.parser.flow(x).uuid for x in out[:10]] == uuids
-    assert len({again.parser.flow(x).uuid for x in out}) == 800
+    assert [again.wire_cache.flow(x).uuid for x in out[:10]] == uuids
+    assert len({again.wire_cache.flow(x).uuid for x in out}) == 800
     await again.close()
 
 
@@ -243,7 +243,7 @@ async def test_retention_by_age(tmp_path):
 def test_torn_last_frame_is_cut_on_open(tmp_path):
     store = HistoryStore(str(tmp_path), 10_000_000, 10**6 * HOUR)
     store.open()
-    p = parser()
+    p = wire_cache()
     for k in range(3):
         recs = records(k * 100, 100)
         for i, r in enumerate(recs):
@@ -334,8 +334,8 @@ async def test_l7_flows_come_back_from_history(tmp_path):
     """L7 records (no raw bytes: encoded on the loop) are stored with the L3/L4 ones
     and read back, after the ring wrapped, as the same flows."""
     from test_l7_pipeline import Conn, get, ok
-    from webb_agent.l7.tracker import L7Tracker
-    from webb_agent.record import L7Record
+    from webb_agent.pipeline.l7.tracker import L7Tracker
+    from webb_agent.pipeline.record import L7Record
 
     from history_support import EPS
 
@@ -347,11 +347,11 @@ async def test_l7_flows_come_back_from_history(tmp_path):
                            t_l7 - 10)
     recs = [L7Record(m, m.time_ns, EPS[0], EPS[1]) for m in msgs]
     ingest(node.ring, recs, node.history.on_batch)
-    in_ring = [fpb.Flow.FromString(node.parser.wire(r)) for r in recs]
+    in_ring = [fpb.Flow.FromString(node.wire_cache.cache_wire(r)) for r in recs]
     node.feed(100, 500, t0=BASE_NS + 200 * 1_000_000)  # the 63-flow ring wraps
     await node.flush()
     out = await node.read(ReadRequest(since_ns=t_l7 - 1, until_ns=t_l7 + 100))
-    got = [node.parser.flow(x) for x in out if not isinstance(x, Lost)]
+    got = [node.wire_cache.flow(x) for x in out if not isinstance(x, Lost)]
     l7 = [f for f in got if f.Type == fpb.L7]
     assert [f.l7.type for f in l7] == [fpb.REQUEST, fpb.RESPONSE]
     assert l7 == in_ring  # byte for byte the flows the ring served

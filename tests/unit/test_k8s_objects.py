@@ -9,7 +9,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.datapath.event import FlowEvent
 from webb_agent.k8s.identity_crd import (FIRST_ALLOCATED, LAST_ALLOCATED, first_candidate,
                                          from_object, probe, to_object)
-from webb_agent.identity import label_key
+from webb_agent.stores.identities import label_key
 from webb_agent.k8s.nodes import node_info
 from webb_agent.k8s.pods import identity_labels, owner_workload, pod_endpoint
 from webb_agent.k8s.policies import policy_document, source_of

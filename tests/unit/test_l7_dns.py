@@ -1,13 +1,13 @@
-"""DNS message parser (services/agent/l7/dns.py)."""
+"""DNS message parser (services/agent/pipeline/l7/dns.py)."""
 from __future__ import annotations
 
 import random
 import socket
 import struct
 
-from webb_agent.l7 import dns
-from webb_agent.l7.dns import dns_record, dns_summary, parse_dns
-from webb_agent.l7.pairing import DNSPairer
+from webb_agent.pipeline.l7 import dns
+from webb_agent.pipeline.l7.dns import dns_record, dns_summary, parse_dns
+from webb_agent.pipeline.l7.pairing import DNSPairer
 
 
 def name(n: str) -> bytes:

@@ -1,13 +1,13 @@
-"""HTTP/1.x prefix parser and Hubble-style redaction (services/agent/l7)."""
+"""HTTP/1.x prefix parser and Hubble-style redaction (services/agent/pipeline/l7)."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from webb_agent.l7.http import (HTTPRequest, HTTPResponse, canonical_header_key, http_record,
+from webb_agent.pipeline.l7.http import (HTTPRequest, HTTPResponse, canonical_header_key, http_record,
                                 http_summary, parse_http)
-from webb_agent.l7.redact import REDACTED, RedactSettings, redact_header_value, redact_url
+from webb_agent.pipeline.l7.redact import REDACTED, RedactSettings, redact_header_value, redact_url
 
 GET = (b"GET /reviews/0?x=1 HTTP/1.1\r\nHost: reviews:9080\r\nuser-agent: curl/8.7.1\r\n"
        b"Accept: */*\r\nAuthorization: Bearer MY_TOKEN\r\n\r\n")
@@ -167,7 +167,7 @@ def test_random_bytes_never_raise():
 
 
 def test_pairing_in_order_with_pipelining_and_bounds():
-    from webb_agent.l7.pairing import HTTPPairer
+    from webb_agent.pipeline.l7.pairing import HTTPPairer
     p: HTTPPairer[str] = HTTPPairer(max_pending_per_conn=2, max_conns=2)
     c = ("10.0.0.1", 40000, "10.0.0.2", 9080)
     p.request(c, "r1", 1_000)

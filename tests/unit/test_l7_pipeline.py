@@ -15,20 +15,20 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.datapath.event import (EVENT_TRACE, L7_DNS, L7_HTTP, L7_MODE_SPORT,
                                        L7_RESPONSE_SIDE, POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT,
                                        REASON_NEW, FlowEvent, L7Event, decode_l7, pack_l7)
-from webb_agent.encoder import FlowEncoder
-from webb_agent.endpoint import Endpoint, EndpointError, EndpointRegistry, packed_ip, parse_endpoint
-from webb_agent.identity import IdentityAllocator
-from webb_agent.ingest import Ingest
-from webb_agent.l7.encode import L7Encoder
-from webb_agent.l7.fqdn import FQDNCache
-from webb_agent.l7.http import HTTPRequest, HTTPResponse
-from webb_agent.l7.redact import REDACTED
-from webb_agent.l7.tracker import L7Message, L7Tracker
-from webb_agent.l7.visibility import (ANNOTATION, DEFAULT_RULES, VisibilityError,
+from webb_agent.pipeline.threefour import FlowEncoder
+from webb_agent.stores.endpoints import Endpoint, EndpointError, EndpointRegistry, packed_ip, parse_endpoint
+from webb_agent.stores.identities import IdentityAllocator
+from webb_agent.pipeline.ingest import Ingest
+from webb_agent.pipeline.l7.encode import L7Encoder
+from webb_agent.pipeline.l7.fqdn import FQDNCache
+from webb_agent.pipeline.l7.http import HTTPRequest, HTTPResponse
+from webb_agent.pipeline.l7.redact import REDACTED
+from webb_agent.pipeline.l7.tracker import L7Message, L7Tracker
+from webb_agent.pipeline.l7.visibility import (ANNOTATION, DEFAULT_RULES, VisibilityError,
                                       parse_visibility, selection_keys)
-from webb_agent.parser import FlowParser
-from webb_agent.record import L7Record
-from webb_agent.ring import Ring
+from webb_agent.pipeline.wire_cache import FlowWireCache
+from webb_agent.pipeline.record import L7Record
+from webb_agent.stores.ring import Ring
 
 CLIENT = ("10.1.0.10", 40000)
 SERVER = ("10.1.0.11", 8080)
@@ -149,7 +149,7 @@ def test_marks_of_ended_connections_expire_and_are_counted():
     """A connection per request (the demo's clients): each direction leaves a
     next-message mark; marks of quiet directions go after STREAM_IDLE_NS, counted,
     instead of piling up to MAX_STREAMS (agent memory growing after the ring is full)."""
-    from webb_agent.l7 import tracker as tr
+    from webb_agent.pipeline.l7 import tracker as tr
     t = L7Tracker()
     step = 10**8  # 10 connections per second of kernel time
     conns = 2000  # 200 s: far longer than the idle limit
@@ -520,7 +520,7 @@ def test_traffic_direction_for_all_four_combinations(point, response, want):
     payload = ok() if response else get("/d")
     src, dst = (SERVER, CLIENT) if response else (CLIENT, SERVER)
     ev, data = decode_l7(record(payload, ts=5, src=src, dst=dst, point=point, answers=response))
-    from webb_agent.l7.http import parse_http
+    from webb_agent.pipeline.l7.http import parse_http
 
     msg = parse_http(data).messages[0]
     req = parse_http(get("/d")).messages[0]
@@ -551,7 +551,7 @@ def test_dns_flows_on_the_wire_with_names():
 
 
 async def test_l7_records_through_ingest_ring_and_parser():
-    """The agent's own path: bcc callback -> Ingest -> ring -> FlowParser wire bytes."""
+    """The agent's own path: bcc callback -> Ingest -> ring -> FlowWireCache wire bytes."""
     registry = EndpointRegistry("n1", IdentityAllocator(None))
     await registry.upsert(parse_endpoint({"name": "client", "ips": ["10.1.0.10"],
                                           "labels": {"app": "client"}}))
@@ -565,15 +565,15 @@ async def test_l7_records_through_ingest_ring_and_parser():
         buf = ctypes.create_string_buffer(raw, len(raw))
         ingest.on_l7_event(0, ctypes.addressof(buf), len(raw))
     assert ingest.process() == 2
-    parser = FlowParser("n1", {}, "v")
+    wire_cache = FlowWireCache("n1", {}, "v")
     recs = [ring.get(i) for i in range(ring.oldest_seq, ring.next_seq)]
     assert all(isinstance(r, L7Record) for r in recs)
-    flows = [parser.flow(r) for r in recs]  # type: ignore[arg-type]
+    flows = [wire_cache.flow(r) for r in recs]  # type: ignore[arg-type]
     assert [f.l7.type for f in flows] == [fpb.REQUEST, fpb.RESPONSE]
     assert flows[0].source.pod_name == "client" and flows[0].destination.pod_name == "server"
     assert flows[1].source.pod_name == "server" and "k8s:app=server" in flows[1].source.labels
     assert flows[1].l7.http.url == "http://server:8080/ring" and flows[1].l7.latency_ns == 1000
-    assert parser.flow(recs[0]).uuid == flows[0].uuid  # encoded once, read again the same
+    assert wire_cache.flow(recs[0]).uuid == flows[0].uuid  # encoded once, read again the same
 
 
 # --- visibility rules ---------------------------------------------------------------------
@@ -694,8 +694,8 @@ async def test_agent_counters_over_the_admin_api_and_as_webb_status_prints_them(
 
     from webb.api.admin import admin_pb2 as apb
     from webb.api.admin import admin_pb2_grpc
-    from webb_agent.admin import AdminService
-    from webb_agent.counters import agent_counters
+    from webb_agent.api.admin import AdminService
+    from webb_agent.pipeline.counters import agent_counters
     from webb_cli.agent_counters import format_counters
 
     registry = EndpointRegistry("n1", IdentityAllocator(None))
@@ -738,7 +738,7 @@ async def test_get_status_without_a_source_is_unimplemented():
 
     from webb.api.admin import admin_pb2 as apb
     from webb.api.admin import admin_pb2_grpc
-    from webb_agent.admin import AdminService
+    from webb_agent.api.admin import AdminService
 
     server = grpc.aio.server()
     admin_pb2_grpc.add_AdminServicer_to_server(
@@ -782,9 +782,9 @@ async def test_pathological_http_path_over_a_full_ring_through_the_agents_getflo
     from webb.api.observer import observer_pb2 as opb
     from webb.api.observer import observer_pb2_grpc
     from webb.api.peer import peer_pb2_grpc
-    from webb_agent.agent_events import AgentEventLog
-    from webb_agent.observer import NodeState, ObserverService
-    from webb_agent.server import start_server
+    from webb_agent.api.agent_events import AgentEventLog
+    from webb_agent.api.observer import NodeState, ObserverService
+    from webb_agent.api.server import start_server
 
     registry = EndpointRegistry("n1", IdentityAllocator(None))
     ring: Ring = Ring(4095)
@@ -798,10 +798,10 @@ async def test_pathological_http_path_over_a_full_ring_through_the_agents_getflo
             ingest.on_l7_event(0, ctypes.addressof(buf), len(raw))
     ingest.process()
     assert len(ring) == ring.capacity == 4095
-    parser = FlowParser("n1", {}, "v")
+    wire_cache = FlowWireCache("n1", {}, "v")
     node = NodeState("n1", "v", "", ring, lambda: ingest.seen_events)
     sock = tmp_path / "agent.sock"
-    server, _ = await start_server(ObserverService(node, parser, AgentEventLog()),
+    server, _ = await start_server(ObserverService(node, wire_cache, AgentEventLog()),
                                    peer_pb2_grpc.PeerServicer(), admin_pb2_grpc.AdminServicer(),
                                    "", str(sock))
     try:

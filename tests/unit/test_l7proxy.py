@@ -161,7 +161,7 @@ def test_proxy_flows_are_counted_by_the_exporter():
     httpV2 and policy handlers: a denied request counts as dropped, its 403 answer
     and the allowed exchange as an ordinary HTTP request/response."""
     from webb.api.flow import flow_pb2 as fpb
-    from webb_agent.l7.encode import L7Encoder
+    from webb_agent.pipeline.l7.encode import L7Encoder
     from webb_agent.l7proxy.flows import l7_message
     from webb_agent.l7proxy.proxy import ProxyFlow
     from webb_metrics.config import parse_metrics

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from webb.api.flow import flow_pb2 as fpb
-from webb_agent.endpoint import EndpointRegistry, NodeInfo, parse_endpoint
-from webb_agent.identity import IdentityAllocator
+from webb_agent.stores.endpoints import EndpointRegistry, NodeInfo, parse_endpoint
+from webb_agent.stores.identities import IdentityAllocator
 from webb_agent.policy.compile import (DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS,
                                        EP_ENFORCE_INGRESS, EP_POLICY_INGRESS, MATCH_ALL,
                                        MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, PolicyKey,

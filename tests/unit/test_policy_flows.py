@@ -12,10 +12,10 @@ from webb_agent.datapath import kernel_drops as kd
 from webb_agent.datapath.btf import BTF, BTFError
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT,
                                        POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, FlowEvent)
-from webb_agent.encoder import ld, s, vi
-from webb_agent.endpoint import packed_ip
-from webb_agent.parser import FlowParser
-from webb_agent.record import WORLD, FlowRecord
+from webb_agent.pipeline.threefour import ld, s, vi
+from webb_agent.stores.endpoints import packed_ip
+from webb_agent.pipeline.wire_cache import FlowWireCache
+from webb_agent.pipeline.record import WORLD, FlowRecord
 
 
 def event(event_type, point=POINT_TO_ENDPOINT, **kw) -> FlowEvent:
@@ -28,7 +28,7 @@ def event(event_type, point=POINT_TO_ENDPOINT, **kw) -> FlowEvent:
 
 
 def parse(ev: FlowEvent) -> fpb.Flow:
-    p = FlowParser("n1", {7: "lxc1"}, "1.0+webb")
+    p = FlowWireCache("n1", {7: "lxc1"}, "1.0+webb")
     p.encoder.policies = lambda set_id, field: ld(field, s(1, f"pol{set_id}") + s(2, "ns")
                                                   + vi(4, 3) + s(5, "CiliumNetworkPolicy"))
     p.encoder.kernel_reason = lambda v: ("NO_SOCKET", 178) if v == 3 else (str(v), 0)

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from webb_agent.endpoint import EndpointRegistry, NodeInfo, parse_endpoint
-from webb_agent.identity import IdentityAllocator
+from webb_agent.stores.endpoints import EndpointRegistry, NodeInfo, parse_endpoint
+from webb_agent.stores.identities import IdentityAllocator
 from webb_agent.policy.compile import (DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS,
                                        EP_ENFORCE_INGRESS, EP_POLICY_EGRESS, EP_POLICY_INGRESS)
 from webb_agent.policy.engine import PolicyEngine

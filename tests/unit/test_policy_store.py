@@ -11,9 +11,9 @@ import pytest
 
 from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
-from webb_agent.admin import AdminService
-from webb_agent.endpoint import EndpointRegistry, NodeInfo, parse_endpoint
-from webb_agent.identity import IdentityAllocator
+from webb_agent.api.admin import AdminService
+from webb_agent.stores.endpoints import EndpointRegistry, NodeInfo, parse_endpoint
+from webb_agent.stores.identities import IdentityAllocator
 from webb_agent.policy.engine import PolicyEngine, watch_policy_dir
 from webb_agent.policy.store import PolicyStore
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format, wrappers_pb2
 
-from history_support import parser, records
+from history_support import wire_cache, records
 from webb import protojson
 from webb.api.admin import admin_pb2 as apb
 from webb.api.flow import flow_pb2 as fpb
@@ -90,7 +90,7 @@ def test_hubble_jsonpb_terminal_escapes():
 def test_same_values_as_json_format_on_varied_flows():
     """Every mapping rule agrees with the reference implementation; the order is the
     declaration order (json_format's dicts follow it too)."""
-    p = parser()
+    p = wire_cache()
     for rec in records(0, 200):
         rec.seq = 7
         flow = p.flow(rec)

@@ -24,7 +24,7 @@ from webb.api.observer import observer_pb2 as opb
 from webb.filters import build_filter
 from webb.protojson import line as _line
 
-from ..history.encoding import capture_raws
+from ..stores.history.encoding import capture_raws
 from .rotate import RotatingFile
 
 log = logging.getLogger(__name__)

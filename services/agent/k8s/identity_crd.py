@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-from ..identity import FIRST_ALLOCATED, Identity, IdentityAllocator, label_key
+from ..stores.identities import FIRST_ALLOCATED, Identity, IdentityAllocator, label_key
 from .client import KubeClient, KubeError, Resource
 from .informer import DELETED, Informer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..endpoint import NodeInfo
+from ..stores.endpoints import NodeInfo
 
 # The address kinds a node's agent and its traffic can come from, preferred first.
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")

@@ -10,8 +10,8 @@ import ipaddress
 import logging
 from typing import Any
 
-from ..endpoint import Endpoint
-from ..l7.visibility import ANNOTATION, VisibilityError, parse_visibility
+from ..stores.endpoints import Endpoint
+from ..pipeline.l7.visibility import ANNOTATION, VisibilityError, parse_visibility
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import ipaddress
 from typing import Any
 
 from ..datapath.event import FlowEvent
-from ..encoder import ld, s
+from ..pipeline.threefour import ld, s
 
 SOURCE_SERVICE, DESTINATION_SERVICE = 20, 21
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from webb.backoff import Backoff, delay as backoff_delay
 
-from ..endpoint import Endpoint, EndpointRegistry, NodeInfo
+from ..stores.endpoints import Endpoint, EndpointRegistry, NodeInfo
 from ..policy.engine import PolicyEngine
 from .client import KubeClient, KubeError, Resource
 from .identity_crd import CRDIdentityAllocator, IdentityError

@@ -14,8 +14,8 @@ import ipaddress
 from typing import Any
 
 from ..datapath.event import POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event
-from ..l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
-from ..l7.tracker import L7Message
+from ..pipeline.l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
+from ..pipeline.l7.tracker import L7Message
 from .http1 import Head
 from .proxy import ProxyFlow
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..identity import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
+from ..stores.identities import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
                         RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
                         RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
                         RESERVED_WORLD_IPV6)

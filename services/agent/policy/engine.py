@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..encoder import ld, s, vi
-from ..endpoint import Endpoint, EndpointRegistry, NodeInfo
-from ..identity import RESERVED
+from ..pipeline.threefour import ld, s, vi
+from ..stores.endpoints import Endpoint, EndpointRegistry, NodeInfo
+from ..stores.identities import RESERVED
 from .compile import ClusterView, Compiled, Compiler, EndpointPolicy, PolicySets
 from .ipcache import CIDRIdentities, IPKey, PrefixLookup, build
 from .maps import BPFTables, EpEntry, MapState, MapWriter, Tables

@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..identity import RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WORLD
+from ..stores.identities import RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WORLD
 from .model import Network
 
 CIDR_IDENTITY_BASE = (1 << 24) + 1  # Cilium's first local (node-scoped) identity

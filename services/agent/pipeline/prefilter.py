@@ -25,11 +25,11 @@ from webb.filters.errors import FilterError
 from webb.filters.k8s import compile_names, pod_matches
 from webb.filters.port import parse_port
 
-from .datapath.event import EVENT_STRUCT, EVENT_SIZE, FlowEvent
+from ..datapath.event import EVENT_STRUCT, EVENT_SIZE, FlowEvent
 
 PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
 # Which raw protocols make the encoder set each Layer4 field a protocol filter names
-# (encoder.py: TCP and UDP with ports, ICMPv4/v6; no other L4 field, and no L7 from
+# (threefour.py: TCP and UDP with ports, ICMPv4/v6; no other L4 field, and no L7 from
 # a raw record): the names that select none of them match no raw record.
 _PROTOCOLS: dict[str, frozenset[int]] = {
     "tcp": frozenset({PROTO_TCP}), "udp": frozenset({PROTO_UDP}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
-from ..encoder import ld
+from ..threefour import ld
 
 # (name, valid from, valid until) in wall-clock ns
 Entry = tuple[str, int, int]

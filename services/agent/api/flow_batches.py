@@ -20,7 +20,7 @@ from webb.api.stream import stream_pb2 as spb
 from webb.api.stream import stream_pb2_grpc
 from webb.filters import FilterError
 
-from .flows_reader import IDLE, RequestError
+from ..pipeline.selection import IDLE, RequestError
 from .observer import ObserverService
 
 MAX_ENTRIES = 1024

@@ -7,8 +7,8 @@ from typing import AsyncIterator
 
 from webb.api.flow import flow_pb2 as fpb
 
-from .endpoint import Endpoint
-from .ring import Ring
+from ..stores.endpoints import Endpoint
+from ..stores.ring import Ring
 
 
 class AgentEventLog:

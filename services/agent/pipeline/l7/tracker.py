@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Union
 
-from ..datapath.event import L7_DNS, L7_HTTP, L7Event, decode_l7
+from ...datapath.event import L7_DNS, L7_HTTP, L7Event, decode_l7
 from .dns import DNSMessage, parse_dns
 from .fqdn import FQDNCache
 from .http import HTTPRequest, HTTPResponse, parse_http

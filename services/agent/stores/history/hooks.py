@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 from webb.api.flow import flow_pb2 as fpb
 from webb.durations import parse_duration
 
-from ..parser import FlowParser
+from ...pipeline.wire_cache import FlowWireCache
 from . import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, History
 from .sizes import parse_size
 
@@ -68,7 +68,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser) -> PersistConfig:
     """PersistConfig of parsed flags; bad values end with p.error (a clear message)."""
-    from ..export.options import ExportOptionError, parse_fieldmask, parse_filters
+    from ...export.options import ExportOptionError, parse_fieldmask, parse_filters
     try:
         max_bytes = parse_size(a.history_max_bytes)
     except ValueError as e:
@@ -114,19 +114,19 @@ class Persistence:
     def start_seq(self) -> int:
         return self.history.next_seq if self.history is not None else 0
 
-    def bind(self, parser: FlowParser, node_name: str, on_batch: Batch) -> Batch:
+    def bind(self, wire_cache: FlowWireCache, node_name: str, on_batch: Batch) -> Batch:
         """The ingest batch hook: the agent's own, then history's and export's."""
         hooks = [on_batch]
         if self.history is not None:
-            self.history.bind(parser)
+            self.history.bind(wire_cache)
             hooks.append(self.history.on_batch)
         c = self.cfg
         if c.export_file_path:
-            from ..export import open_exporter
+            from ...export import open_exporter
             self.exporter = open_exporter(
                 c.export_file_path, c.export_file_max_size_mb, c.export_file_max_backups,
                 c.export_file_compress, c.export_allowlist, c.export_denylist,
-                c.export_fieldmask, parser, node_name)
+                c.export_fieldmask, wire_cache, node_name)
             hooks.append(self.exporter.on_batch)
             log.info("exporting flows to %s", c.export_file_path)
         if len(hooks) == 1:

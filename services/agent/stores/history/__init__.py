@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..parser import FlowParser
+from ...pipeline.wire_cache import FlowWireCache
 from .encoding import use_store_salt, wire_encoder
 from .reader import HistoryReader
 from .sizes import format_size, parse_size
@@ -29,7 +29,7 @@ DEFAULT_MAX_AGE = "24h"
 
 class History:
     """The store opened at start-up (so the ring continues its sequence numbers),
-    its writer and reader bound to the agent's parser."""
+    its writer and reader bound to the agent's wire cache."""
 
     def __init__(self, directory: str, max_bytes: int, max_age_ns: int,
                  flush_interval: float = 1.0) -> None:
@@ -43,9 +43,9 @@ class History:
     def next_seq(self) -> int:
         return self.store.next_seq
 
-    def bind(self, parser: FlowParser) -> None:
-        use_store_salt(parser, self.store.salt)
-        self.writer = HistoryWriter(self.store, wire_encoder(parser), parser.wire,
+    def bind(self, wire_cache: FlowWireCache) -> None:
+        use_store_salt(wire_cache, self.store.salt)
+        self.writer = HistoryWriter(self.store, wire_encoder(wire_cache), wire_cache.cache_wire,
                                     interval=self.flush_interval)
         self.reader = HistoryReader(self.store, self.writer)
 

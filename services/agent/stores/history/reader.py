@@ -3,7 +3,7 @@
 Every flow has a sequence number, monotonic across restarts; the ring holds the
 newest span, the writer's pending batches the span on its way to disk, the store
 everything older still retained. A history request (since, first, or number
-beyond what the ring holds) starts the ring reader (flows_reader.read_flows) at
+beyond what the ring holds) starts the ring reader (selection.read_flows) at
 a sequence number older than the ring; the ring reports the span it no longer
 has as lost (HUBBLE_RING_BUFFER), and this reader fills exactly that span from
 the store and the pending batches, in sequence order, so the answer continues
@@ -23,8 +23,8 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Callable
 
-from ..flows_reader import IDLE, LOST_SOURCE_RING, Lost, ReadRequest, read_flows
-from ..record import FlowRecord, LostRecord
+from ...pipeline.selection import IDLE, LOST_SOURCE_RING, Lost, ReadRequest, read_flows
+from ...pipeline.record import FlowRecord, LostRecord
 from ..ring import Ring
 from .batch import unpack_batch
 from .segment import Frame
@@ -40,7 +40,7 @@ def wants_history(req: ReadRequest) -> bool:
 
 
 class HistoryReader:
-    """Called like flows_reader.read_flows; the observer uses it when history is on."""
+    """Called like selection.read_flows; the observer uses it when history is on."""
 
     def __init__(self, store: HistoryStore, writer: HistoryWriter) -> None:
         self.store = store
@@ -178,7 +178,7 @@ class HistoryReader:
 
     async def _load(self, frame: Frame, match: Match = None) -> list[FlowRecord] | None:
         """A frame's records; with a match that has a pre-filter for stored records
-        (prefilter.py), only those that can match (what a scan skips anyway)."""
+        (pipeline/prefilter.py), only those that can match (what a scan skips anyway)."""
         keep = getattr(match, "keep_stored", None)
 
         def load() -> list[FlowRecord] | None:

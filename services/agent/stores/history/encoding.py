@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..datapath.event import decode
-from ..parser import FlowParser
-from ..record import FlowRecord
+from ...datapath.event import decode
+from ...pipeline.wire_cache import FlowWireCache
+from ...pipeline.record import FlowRecord
 
 
 def capture_raws(recs: list[Any]) -> list[bytes | None]:
@@ -18,8 +18,8 @@ def capture_raws(recs: list[Any]) -> list[bytes | None]:
         return [getattr(r, "raw", None) for r in recs]
 
 
-def wire_encoder(parser: FlowParser) -> Callable[[Any, bytes | None], bytes]:
-    encoder = parser.encoder
+def wire_encoder(wire_cache: FlowWireCache) -> Callable[[Any, bytes | None], bytes]:
+    encoder = wire_cache.encoder
 
     def wire_of(rec: Any, raw: bytes | None) -> bytes:
         w = rec.wire
@@ -30,13 +30,13 @@ def wire_encoder(parser: FlowParser) -> Callable[[Any, bytes | None], bytes]:
             return encoder.encode(decode(raw), rec.time_ns, rec.seq,
                                   src.wire or src.with_wire().wire,
                                   dst.wire or dst.with_wire().wire)
-        return parser.wire(rec)  # other record kinds (L7) encode themselves
+        return wire_cache.cache_wire(rec)  # other record kinds (L7) encode themselves
 
     return wire_of
 
 
-def use_store_salt(parser: FlowParser, salt: str) -> None:
+def use_store_salt(wire_cache: FlowWireCache, salt: str) -> None:
     """Flow UUIDs are salt + seq: with the store's salt (kept across restarts) and
     monotonic seqs, a stored flow has the same UUID before and after a restart."""
     if len(salt) >= 16:
-        parser.encoder.set_uuid_salt(salt)
+        wire_cache.encoder.set_uuid_salt(salt)

@@ -30,9 +30,9 @@ from array import array
 from operator import attrgetter
 from typing import Any, Callable, Sequence
 
-from ..datapath.event import EVENT_SIZE, EVENT_TRACE, FlowEvent, decode, pack
-from ..prefilter import L4_OF_RECORD
-from ..record import FlowRecord
+from ...datapath.event import EVENT_SIZE, EVENT_TRACE, FlowEvent, decode, pack
+from ...pipeline.prefilter import L4_OF_RECORD
+from ...pipeline.record import FlowRecord
 
 Keep = Callable[[tuple[int, int, int], Any, Any], bool]
 _HEAD = struct.Struct("<IIII")
@@ -159,7 +159,7 @@ def pack_batch(recs: Sequence[Any], raws: Sequence[bytes | None],
 def unpack_batch(data: bytes, keep: Keep | None = None) -> list[FlowRecord]:
     """The records of a batch, as ring-like FlowRecords (raw ones encoded when read).
     keep(l4, src, dst): False leaves out a raw record (a reader's pre-filter,
-    prefilter.py: only records its request cannot match), before a record is made."""
+    pipeline/prefilter.py: only records its request cannot match), before a record is made."""
     n, n_eps, raw_len, wire_len = _HEAD.unpack_from(data, 0)
     pos = _HEAD.size
     eps: list[StoredEndpoint] = []

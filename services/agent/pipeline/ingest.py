@@ -16,11 +16,11 @@ from bisect import bisect_left
 from operator import attrgetter
 from typing import Callable
 
-from .datapath.event import EVENT_SIZE, HEAD_STRUCT
-from .endpoint import Endpoint, EndpointRegistry
+from ..datapath.event import EVENT_SIZE, HEAD_STRUCT
+from ..stores.endpoints import Endpoint, EndpointRegistry
 from .l7.tracker import L7Tracker
 from .record import HOST, REMOTE_NODE, WORLD, FlowRecord, L7Record, LostRecord
-from .ring import Ring
+from ..stores.ring import Ring
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ bytes are dropped.
 """
 from __future__ import annotations
 
-from .datapath.event import FlowEvent, decode, pack
-from .endpoint import Endpoint
-from .identity import RESERVED, RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WORLD
+from ..datapath.event import FlowEvent, decode, pack
+from ..stores.endpoints import Endpoint
+from ..stores.identities import RESERVED, RESERVED_HOST, RESERVED_REMOTE_NODE, RESERVED_WORLD
 
 
 def reserved_endpoint(identity: int) -> Endpoint:
@@ -49,7 +49,7 @@ class FlowRecord:
 
 
 class L7Record(FlowRecord):
-    """An L7 message (services/agent/l7/tracker.py); it has no raw event."""
+    """An L7 message (pipeline/l7/tracker.py); it has no raw event."""
 
     __slots__ = ("msg",)
 

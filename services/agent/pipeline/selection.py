@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Union
 
 from .record import FlowRecord, LostRecord
-from .ring import Ring
+from ..stores.ring import Ring
 
 LOST_SOURCE_RING = 3  # flow.LostEventSource.HUBBLE_RING_BUFFER
 

@@ -10,10 +10,10 @@ import grpc
 from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
 
-from .endpoint import Endpoint, EndpointError, EndpointRegistry, parse_endpoint
-from .policy.engine import PolicyEngine
-from .policy.model import Policy, PolicyError, parse_documents
-from .policy.store import PolicyStore
+from ..stores.endpoints import Endpoint, EndpointError, EndpointRegistry, parse_endpoint
+from ..policy.engine import PolicyEngine
+from ..policy.model import Policy, PolicyError, parse_documents
+from ..policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
 

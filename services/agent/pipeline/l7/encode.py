@@ -10,8 +10,8 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from ..datapath.event import POINT_TO_ENDPOINT
-from ..encoder import (EMITTER_NAME, IPV4, IPV6, TRAFFIC_EGRESS, TRAFFIC_INGRESS,
+from ...datapath.event import POINT_TO_ENDPOINT
+from ..threefour import (EMITTER_NAME, IPV4, IPV6, TRAFFIC_EGRESS, TRAFFIC_INGRESS,
                        VERDICT_FORWARDED, ld, s, timestamp, vi)
 from .dns import dns_record, dns_summary
 from .fqdn import FQDNCache

@@ -19,11 +19,11 @@ from webb.api.relay import relay_pb2 as rpb
 from webb.filters import FilterError, build_filter
 
 from .agent_events import AgentEventLog
-from .flows_reader import Lost, ReadRequest, RequestError, read_flows, validate
-from .parser import FlowParser
-from .prefilter import record_prefilter
-from .record import FlowRecord
-from .ring import Ring
+from ..pipeline.selection import Lost, ReadRequest, RequestError, read_flows, validate
+from ..pipeline.wire_cache import FlowWireCache
+from ..pipeline.prefilter import record_prefilter
+from ..pipeline.record import FlowRecord
+from ..stores.ring import Ring
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,18 @@ class NodeState:
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):
-    def __init__(self, node: NodeState, parser: FlowParser, agent_events: AgentEventLog) -> None:
+    def __init__(self, node: NodeState, wire_cache: FlowWireCache, agent_events: AgentEventLog) -> None:
         self.node = node
-        self.parser = parser
+        self.wire_cache = wire_cache
         self.agent_events = agent_events
-        # The ring alone, or (history/reader.py) the store and the ring as one.
+        # The ring alone, or (stores/history/reader.py) the store and the ring as one.
         self.read_flows: Callable[..., AsyncIterator[Any]] = read_flows
 
     def select(self, request: opb.GetFlowsRequest, idle: bool = False
                ) -> tuple[AsyncIterator[Any], Callable[[Any], bytes]]:
         """The one implementation of GetFlows' selection (number/first/since/until/
         follow, filters, field mask) behind both output shapes: GetFlows sends each
-        entry as a message, GetFlowBatches (flow_batches.py) many per message.
+        entry as a message, GetFlowBatches (flow_batches.py, beside this) many per message.
 
         Returns the reader (FlowRecords, Lost notices and, with idle=True, IDLE
         marks) and the function that gives an entry's GetFlowsResponse bytes.
@@ -117,14 +117,14 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             until_ns=ts_ns(request.until) if request.HasField("until") else None)
         validate(req)
         mask = _field_mask(request)
-        match = flow_matcher(self.parser, request.whitelist, pred, request.blacklist) \
+        match = flow_matcher(self.wire_cache, request.whitelist, pred, request.blacklist) \
             if request.whitelist or request.blacklist else None
         return self.read_flows(self.node.ring, req, match, idle=idle), self._encoder(mask)
 
     def _encoder(self, mask: Any) -> Callable[[Any], bytes]:
-        parser = self.parser
+        wire_cache = self.wire_cache
         node_name = self.node.node_name
-        response = parser.response
+        response = wire_cache.response
 
         def lost(item: Lost) -> bytes:
             ev = fpb.LostEvent(source=item.source, num_events_lost=item.count)
@@ -143,7 +143,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         def encode_masked(item: Any) -> bytes:
             if item.__class__ is Lost:
                 return lost(item)
-            flow, out = parser.flow(item), fpb.Flow()
+            flow, out = wire_cache.flow(item), fpb.Flow()
             mask.MergeMessage(flow, out)
             return opb.GetFlowsResponse(flow=out, node_name=node_name,
                                         time=flow.time).SerializeToString()
@@ -211,12 +211,12 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         yield  # pragma: no cover - makes this an async generator
 
 
-def flow_matcher(parser: FlowParser, whitelist: Any, pred: Callable[[Any], bool],
+def flow_matcher(wire_cache: FlowWireCache, whitelist: Any, pred: Callable[[Any], bool],
                  blacklist: Any = ()) -> Callable[[Any], bool]:
     """A record's match for a request's filters (pred = build_filter(whitelist,
     blacklist)). A flow is built only for records that pass what the filters say about
     their raw ports/protocol and endpoints (prefilter.py: never rejects a match)."""
-    flow_of = parser.flow
+    flow_of = wire_cache.flow
 
     def full(rec: Any) -> bool:
         return pred(flow_of(rec))

@@ -18,8 +18,8 @@ from typing import Any, Awaitable, Callable, Iterable
 import yaml
 
 from .endpoint_ids import EndpointIDError, EndpointIDs
-from .identity import Identity, IdentityAllocator
-from .l7.visibility import ANNOTATION, VisibilityError, parse_visibility
+from .identities import Identity, IdentityAllocator
+from ..pipeline.l7.visibility import ANNOTATION, VisibilityError, parse_visibility
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ class Endpoint:
     id: int = 0
     identity: int = 0
     identity_labels: tuple[str, ...] = field(default=(), compare=False)
-    # Kubernetes-style annotations webb reads (L7 visibility: l7/visibility.py).
+    # Kubernetes-style annotations webb reads (L7 visibility: pipeline/l7/visibility.py).
     annotations: tuple[tuple[str, str], ...] = ()
     # Its flow.Endpoint message, encoded once: every flow of the endpoint reuses it.
     wire: bytes = field(default=b"", compare=False, repr=False)
 
     def with_wire(self) -> "Endpoint":
-        from .encoder import encode_endpoint
+        from ..pipeline.threefour import encode_endpoint
 
         return replace(self, wire=encode_endpoint(
             self.id, self.identity, self.namespace, self.identity_labels, self.name,

@@ -1,23 +1,28 @@
-"""L3/L4 parser: datapath records to flow.Flow, like Hubble's threefour parser.
+"""The flow wire cache: each record's flow.Flow bytes, encoded once and kept on it.
 
-Runs only for flows somebody reads; the per-event path stops at FlowRecord (raw
-event bytes, decoded here). A record's wire bytes are encoded once (encoder.py) and
-cached, and its raw bytes dropped; a flow_pb2.Flow is parsed from them when a filter
-or field mask needs the message.
+Nothing here parses: the datapath's raw event bytes are decoded and encoded by
+threefour.py (L3/L4) or l7/encode.py (L7) the first time somebody reads a record,
+and the result is stored in the record itself (FlowRecord.wire), whose raw bytes
+(or L7 message) are then dropped. So cache_wire() CHANGES THE RECORD IT IS GIVEN;
+flow() and response() go through it. A flow_pb2.Flow is parsed from the cached
+bytes only when a filter or a field mask needs the message. The per-event path
+stops at FlowRecord; this runs only for flows somebody reads.
 """
 from __future__ import annotations
 
 from webb.api.flow import flow_pb2 as fpb
 
-from .datapath.event import decode
-from .encoder import FlowEncoder, tcp_flags_summary
+from ..datapath.event import decode
+from .threefour import FlowEncoder, tcp_flags_summary
 from .l7.encode import L7Encoder
 from .record import FlowRecord, L7Record
 
-__all__ = ["FlowParser", "tcp_flags_summary"]
+__all__ = ["FlowWireCache", "tcp_flags_summary"]
 
 
-class FlowParser:
+class FlowWireCache:
+    """Encodes records' flows on first read and caches the bytes on the records."""
+
     def __init__(self, node_name: str, ifnames: dict[int, str], version: str) -> None:
         self.node_name = node_name
         self.ifnames = ifnames
@@ -27,7 +32,9 @@ class FlowParser:
     def flow_uuid(self, seq: int) -> str:
         return self.encoder.flow_uuid(seq)
 
-    def wire(self, rec: FlowRecord) -> bytes:
+    def cache_wire(self, rec: FlowRecord) -> bytes:
+        """The record's flow.Flow bytes; the first call stores them on the record
+        (rec.wire) and drops its raw bytes or L7 message."""
         w = rec.wire
         if w is None:
             if rec.__class__ is L7Record:
@@ -52,7 +59,7 @@ class FlowParser:
         return w
 
     def flow(self, rec: FlowRecord) -> fpb.Flow:
-        return fpb.Flow.FromString(self.wire(rec))
+        return fpb.Flow.FromString(self.cache_wire(rec))
 
     def response(self, rec: FlowRecord) -> bytes:
-        return self.encoder.response(self.wire(rec), rec.time_ns)
+        return self.encoder.response(self.cache_wire(rec), rec.time_ns)

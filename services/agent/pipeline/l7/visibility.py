@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..datapath.event import (L7_DNS, L7_HTTP, L7_MODE_SPORT, POINT_FROM_ENDPOINT,
+from ...datapath.event import (L7_DNS, L7_HTTP, L7_MODE_SPORT, POINT_FROM_ENDPOINT,
                               POINT_TO_ENDPOINT)
 
 ANNOTATION = "policy.cilium.io/proxy-visibility"

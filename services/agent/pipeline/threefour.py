@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from webb.icmp import icmp_type_code
 
-from .datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
+from ..datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
                              POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
 
 # Values of flow.proto enums used here.

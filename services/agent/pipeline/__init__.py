@@ -1,0 +1,1 @@
+"""The flow pipeline: datapath records in (ingest), flows out (wire encoding, selection)."""
