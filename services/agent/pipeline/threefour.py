@@ -1,12 +1,13 @@
-"""Encodes datapath records straight into flow.Flow wire bytes.
+"""Hubble's L3/L4 ("threefour") flows: datapath records straight into flow.Flow wire bytes.
 
 Setting ~45 protobuf fields one by one costs ~20 µs a flow in Python; most of a
 Flow is the same for every event of an endpoint (its Endpoint message) or of the
 agent (node name, emitter), so those parts are encoded once and concatenated,
 and only the per-event fields are encoded here. The bytes go to clients as they
 are; a flow_pb2.Flow is parsed from them (in C) only when a filter or a field
-mask needs one. Field numbers are those of proto/flow/flow.proto; the unit tests
-check that parsing the bytes gives the fields a user expects.
+mask needs one. Field numbers and enum values come from flow_pb2's descriptors
+(proto/flow/flow.proto), read once at import; tests/unit/test_threefour_wire.py
+checks the bytes and what parsing them gives.
 """
 from __future__ import annotations
 
@@ -15,26 +16,61 @@ import uuid
 
 from typing import Any, Callable
 
+from google.protobuf import timestamp_pb2, wrappers_pb2
+
+from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
 from webb.icmp import icmp_type_code
 
 from ..datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
-                             POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
+                              POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
+
+
+def _fields(message: Any) -> Any:
+    """Field numbers of a message by name: _fields(fpb.Flow).uuid == 34."""
+    return type("Fields", (), {f.name: f.number for f in message.DESCRIPTOR.fields})
+
+
+F = _fields(fpb.Flow)
+EP = _fields(fpb.Endpoint)
+WORKLOAD = _fields(fpb.Workload)
+L4 = _fields(fpb.Layer4)
+PORTS = _fields(fpb.TCP)  # UDP's source/destination_port have the same numbers
+assert (PORTS.source_port, PORTS.destination_port) == (_fields(fpb.UDP).source_port,
+                                                       _fields(fpb.UDP).destination_port)
+ICMP = _fields(fpb.ICMPv4)  # ICMPv6's type/code have the same numbers
+ETH = _fields(fpb.Ethernet)
+IPF = _fields(fpb.IP)
+EVT = _fields(fpb.CiliumEventType)
+IFACE = _fields(fpb.NetworkInterface)
+AGG = _fields(fpb.Aggregate)
+EMITTER = _fields(fpb.Emitter)
+TS = _fields(timestamp_pb2.Timestamp)
+BOOL = _fields(wrappers_pb2.BoolValue)
+RESP = _fields(opb.GetFlowsResponse)
+# TCPFlags field of each TCP header bit (FIN=1 ... CWR=8).
+_TCP_FLAG_FIELDS = tuple((bit, fpb.TCPFlags.DESCRIPTOR.fields_by_name[name].number)
+                         for bit, name in ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"),
+                                           (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
+                                           (0x40, "ECE"), (0x80, "CWR")))
 
 # Values of flow.proto enums used here.
-VERDICT_FORWARDED = 1
-VERDICT_DROPPED = 2
-CILIUM_EVENT_DROP = 1
-CILIUM_EVENT_POLICY_VERDICT = 5
+VERDICT_FORWARDED = fpb.FORWARDED
+VERDICT_DROPPED = fpb.DROPPED
 # Flow fields of the policies behind a verdict.
-EGRESS_ALLOWED_BY, INGRESS_ALLOWED_BY = 21001, 21002
-EGRESS_DENIED_BY, INGRESS_DENIED_BY = 21004, 21005
-FLOW_TYPE_L3_L4 = 1
-IPV4, IPV6 = 1, 2
-TRAFFIC_INGRESS, TRAFFIC_EGRESS = 1, 2
-POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB = 5, 101
-TRACE_REASON_NEW, TRACE_REASON_ESTABLISHED, TRACE_REASON_REPLY = 1, 2, 3
+EGRESS_ALLOWED_BY, INGRESS_ALLOWED_BY = F.egress_allowed_by, F.ingress_allowed_by
+EGRESS_DENIED_BY, INGRESS_DENIED_BY = F.egress_denied_by, F.ingress_denied_by
+FLOW_TYPE_L3_L4 = fpb.L3_L4
+IPV4, IPV6 = fpb.IPv4, fpb.IPv6
+TRAFFIC_INGRESS, TRAFFIC_EGRESS = fpb.INGRESS, fpb.EGRESS
+POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB = fpb.FROM_ENDPOINT, fpb.TO_ENDPOINT
+TRACE_REASON_NEW, TRACE_REASON_ESTABLISHED, TRACE_REASON_REPLY = fpb.NEW, fpb.ESTABLISHED, fpb.REPLY
+# Cilium's monitor message types and trace sub types (CiliumEventType is two int32s
+# in flow.proto: these values are Cilium's, not an enum flow_pb2 knows).
+CILIUM_EVENT_DROP = 1
 CILIUM_EVENT_TRACE = 4
-TRACE_TO_LXC, TRACE_FROM_LXC = 0, 5  # Hubble's trace sub types
+CILIUM_EVENT_POLICY_VERDICT = 5
+TRACE_TO_LXC, TRACE_FROM_LXC = 0, 5
 
 EMITTER_NAME = "webb"
 
@@ -98,20 +134,20 @@ def timestamp(ns: int) -> bytes:
     if head is None:
         if len(_SECONDS) >= 4096:
             _SECONDS.clear()
-        head = _SECONDS[sec] = vi(1, sec)
-    return head + b"\x10" + _varint(nanos) if nanos else head
+        head = _SECONDS[sec] = vi(TS.seconds, sec)
+    return head + _T_NANOS + _varint(nanos) if nanos else head
 
 
 def encode_endpoint(ep_id: int, identity: int, namespace: str, labels: tuple[str, ...],
                     pod_name: str, workload_name: str, workload_kind: str,
                     cluster: str) -> bytes:
-    out = vi(1, ep_id) + vi(2, identity) + s(3, namespace)
-    out += b"".join(s(4, label) for label in labels)
-    out += s(5, pod_name)
+    out = vi(EP.ID, ep_id) + vi(EP.identity, identity) + s(EP.namespace, namespace)
+    out += b"".join(s(EP.labels, label) for label in labels)
+    out += s(EP.pod_name, pod_name)
     if workload_name:
-        out += ld(6, s(1, workload_name) + s(2, workload_kind))
+        out += ld(EP.workloads, s(WORKLOAD.name, workload_name) + s(WORKLOAD.kind, workload_kind))
     if pod_name:
-        out += s(7, cluster)
+        out += s(EP.cluster_name, cluster)
     return out
 
 
@@ -125,13 +161,11 @@ def tcp_flags_summary(flags: int) -> str:
 
 
 def _tcp_flags_message(flags: int) -> bytes:
-    # TCPFlags fields: FIN=1 SYN=2 RST=3 PSH=4 ACK=5 URG=6 ECE=7 CWR=8
-    return b"".join(vi(i + 1, 1) for i, bit in enumerate((0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80))
-                    if flags & bit)
+    return b"".join(vi(field, 1) for bit, field in _TCP_FLAG_FIELDS if flags & bit)
 
 
-_TCP_FLAGS = [ld(3, _tcp_flags_message(f)) for f in range(256)]
-_TCP_SUMMARY = [s(100000, "TCP Flags: " + tcp_flags_summary(f)) for f in range(256)]
+_TCP_FLAGS = [ld(PORTS.flags, _tcp_flags_message(f)) for f in range(256)]
+_TCP_SUMMARY = [s(F.Summary, "TCP Flags: " + tcp_flags_summary(f)) for f in range(256)]
 
 _ICMP_SUMMARY: dict[tuple[int, int, int], bytes] = {}
 
@@ -143,31 +177,46 @@ def icmp_summary(proto: int, icmp_type: int, code: int) -> bytes:
     if b is None:
         v6 = proto == 58
         text = ("ICMPv6 " if v6 else "ICMPv4 ") + icmp_type_code(icmp_type, code, v6)
-        b = _ICMP_SUMMARY[key_] = s(100000, text)
+        b = _ICMP_SUMMARY[key_] = s(F.Summary, text)
     return b
 
 
-_UDP_SUMMARY = s(100000, "UDP")
+_UDP_SUMMARY = s(F.Summary, "UDP")
 
-_IS_REPLY = {True: ld(26, vi(1, 1)) + vi(16, 1), False: ld(26, b"")}
+_IS_REPLY = {True: ld(F.is_reply, vi(BOOL.value, 1)) + vi(F.reply, 1),
+             False: ld(F.is_reply, b"")}
 _EVENT_TYPE = {
-    POINT_TO_ENDPOINT: ld(19, vi(1, CILIUM_EVENT_TRACE) + vi(2, TRACE_TO_LXC))
-    + vi(24, POINT_TO_ENDPOINT_PB),
-    0: ld(19, vi(1, CILIUM_EVENT_TRACE) + vi(2, TRACE_FROM_LXC)) + vi(24, POINT_FROM_ENDPOINT_PB),
+    POINT_TO_ENDPOINT: ld(F.event_type, vi(EVT.type, CILIUM_EVENT_TRACE)
+                          + vi(EVT.sub_type, TRACE_TO_LXC))
+    + vi(F.trace_observation_point, POINT_TO_ENDPOINT_PB),
+    0: ld(F.event_type, vi(EVT.type, CILIUM_EVENT_TRACE) + vi(EVT.sub_type, TRACE_FROM_LXC))
+    + vi(F.trace_observation_point, POINT_FROM_ENDPOINT_PB),
 }
 # traffic_direction by (observation point, is_reply): the connection's direction as
 # seen from the endpoint at this interface.
-_DIRECTION = {(0, False): vi(22, TRAFFIC_EGRESS), (0, True): vi(22, TRAFFIC_INGRESS),
-              (POINT_TO_ENDPOINT, False): vi(22, TRAFFIC_INGRESS),
-              (POINT_TO_ENDPOINT, True): vi(22, TRAFFIC_EGRESS)}
-_TRACE_REASON = {(True, False): vi(36, TRACE_REASON_NEW), (True, True): vi(36, TRACE_REASON_REPLY),
-                 (False, False): vi(36, TRACE_REASON_ESTABLISHED),
-                 (False, True): vi(36, TRACE_REASON_ESTABLISHED)}
-_IP_VERSION = {4: vi(3, IPV4), 6: vi(3, IPV6)}
+_DIRECTION = {(0, False): vi(F.traffic_direction, TRAFFIC_EGRESS),
+              (0, True): vi(F.traffic_direction, TRAFFIC_INGRESS),
+              (POINT_TO_ENDPOINT, False): vi(F.traffic_direction, TRAFFIC_INGRESS),
+              (POINT_TO_ENDPOINT, True): vi(F.traffic_direction, TRAFFIC_EGRESS)}
+_TRACE_REASON = {(True, False): vi(F.trace_reason, TRACE_REASON_NEW),
+                 (True, True): vi(F.trace_reason, TRACE_REASON_REPLY),
+                 (False, False): vi(F.trace_reason, TRACE_REASON_ESTABLISHED),
+                 (False, True): vi(F.trace_reason, TRACE_REASON_ESTABLISHED)}
+_IP_VERSION = {4: vi(IPF.ipVersion, IPV4), 6: vi(IPF.ipVersion, IPV6)}
 
 _ntop = socket.inet_ntop
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
-_K1, _K2 = key(1, 0), key(2, 0)
+# Field keys (tags) of the per-event fields encode() writes inline.
+_K1, _K2 = key(PORTS.source_port, 0), key(PORTS.destination_port, 0)
+assert (_K1, _K2) == (key(ICMP.type, 0), key(ICMP.code, 0))
+_T_TIME, _T_UUID, _T_ETH = key(F.time, 2), key(F.uuid, 2), key(F.ethernet, 2)
+_T_IP, _T_L4, _T_SRC, _T_DST = key(F.IP, 2), key(F.l4, 2), key(F.source, 2), key(F.destination, 2)
+_T_TCP, _T_UDP = key(L4.TCP, 2), key(L4.UDP, 2)
+_T_ICMP4, _T_ICMP6 = key(L4.ICMPv4, 2), key(L4.ICMPv6, 2)
+_T_SECONDS, _T_NANOS = key(TS.seconds, 0), key(TS.nanos, 0)
+_T_IP_SRC, _T_IP_DST = key(IPF.source, 2), key(IPF.destination, 2)
+# Ethernet's source/destination keys with the length of a MAC's text (17 bytes).
+_ETH_SRC, _ETH_DST = key(ETH.source, 2) + b"\x11", key(ETH.destination, 2) + b"\x11"
 
 
 def summary_text(ev: FlowEvent) -> str:
@@ -197,14 +246,19 @@ def _no_services(ev: FlowEvent) -> bytes:
     return b""
 
 
+def _drop_event(code: int) -> bytes:
+    """event_type of a drop: Cilium's drop message, the drop reason as its sub type."""
+    return ld(F.event_type, vi(EVT.type, CILIUM_EVENT_DROP) + vi(EVT.sub_type, code))
+
+
 class FlowEncoder:
     def __init__(self, node_name: str, version: str, ifnames: dict[int, str]) -> None:
         self.node_name = node_name
         self.ifnames = ifnames  # kept current by the agent as interfaces come and go
-        emitter = ld(41, s(1, EMITTER_NAME) + s(2, version))
-        tail = vi(10, FLOW_TYPE_L3_L4) + s(11, node_name)
-        self._static = emitter + vi(2, VERDICT_FORWARDED) + tail
-        self._static_dropped = emitter + vi(2, VERDICT_DROPPED) + tail
+        emitter = ld(F.emitter, s(EMITTER.name, EMITTER_NAME) + s(EMITTER.version, version))
+        tail = vi(F.Type, FLOW_TYPE_L3_L4) + s(F.node_name, node_name)
+        self._static = emitter + vi(F.verdict, VERDICT_FORWARDED) + tail
+        self._static_dropped = emitter + vi(F.verdict, VERDICT_DROPPED) + tail
         # Set by the agent: a policy set's flow.Policy fields, and a kernel drop
         # reason's (name, Hubble DropReason).
         self.policies: Callable[[int, int], bytes] = _no_policies
@@ -212,7 +266,7 @@ class FlowEncoder:
         # Set in Kubernetes mode: Flow fields 20/21 (source/destination_service) of an
         # event, from the Services the agent watches (k8s/services.py).
         self.services: Callable[[FlowEvent], bytes] = _no_services
-        self._node_field = s(1000, node_name)
+        self._node_field = s(RESP.node_name, node_name)
         salt = uuid.uuid4().hex
         # Stable per flow (so two reads agree), distinct across agents and restarts.
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
@@ -233,7 +287,7 @@ class FlowEncoder:
         b = self._iface.get(ifindex)
         name = self.ifnames.get(ifindex, "")
         if b is None or not b.endswith(name.encode()):
-            b = self._iface[ifindex] = ld(28, vi(1, ifindex) + s(2, name))
+            b = self._iface[ifindex] = ld(F.interface, vi(IFACE.index, ifindex) + s(IFACE.name, name))
         return b
 
     def encode(self, ev: FlowEvent, time_ns: int, seq: int, src: bytes, dst: bytes) -> bytes:
@@ -247,28 +301,28 @@ class FlowEncoder:
         proto = ev.proto
         if proto == 6:
             p = _K1 + V[ev.sport] + _K2 + V[ev.dport] + _TCP_FLAGS[ev.tcp_flags]
-            l4 = b"\x32" + V[len(p) + 2] + b"\x0a" + V[len(p)] + p
+            l4 = _T_L4 + V[len(p) + 2] + _T_TCP + V[len(p)] + p
             summary = _TCP_SUMMARY[ev.tcp_flags]
         elif proto == 17:
             p = _K1 + V[ev.sport] + _K2 + V[ev.dport]
-            l4 = b"\x32" + V[len(p) + 2] + b"\x12" + V[len(p)] + p
+            l4 = _T_L4 + V[len(p) + 2] + _T_UDP + V[len(p)] + p
             summary = _UDP_SUMMARY
         elif proto == 1 or proto == 58:
             p = _K1 + V[ev.icmp_type] + _K2 + V[ev.icmp_code]
-            l4 = b"\x32" + V[len(p) + 2] + (b"\x1a" if proto == 1 else b"\x22") + V[len(p)] + p
+            l4 = _T_L4 + V[len(p) + 2] + (_T_ICMP4 if proto == 1 else _T_ICMP6) + V[len(p)] + p
             summary = icmp_summary(proto, ev.icmp_type, ev.icmp_code)
         else:
             l4 = b""
-            summary = s(100000, f"IP protocol {proto}")
+            summary = s(F.Summary, f"IP protocol {proto}")
         sec, nanos = divmod(time_ns, 1_000_000_000)
-        ts = b"\x08" + varint(sec) + b"\x10" + varint(nanos)
+        ts = _T_SECONDS + varint(sec) + _T_NANOS + varint(nanos)
         uid = self.flow_uuid(seq).encode()
-        eth = b"\x0a\x11" + ev.smac.hex(":").encode() + b"\x12\x11" + ev.dmac.hex(":").encode()
+        eth = _ETH_SRC + ev.smac.hex(":").encode() + _ETH_DST + ev.dmac.hex(":").encode()
         if fam == 4:
             sip, dip = _ntop(_AF4, ev.saddr[:4]).encode(), _ntop(_AF4, ev.daddr[:4]).encode()
         else:
             sip, dip = _ntop(_AF6, ev.saddr).encode(), _ntop(_AF6, ev.daddr).encode()
-        ip = b"\x0a" + V[len(sip)] + sip + b"\x12" + V[len(dip)] + dip + _IP_VERSION[fam]
+        ip = _T_IP_SRC + V[len(sip)] + sip + _T_IP_DST + V[len(dip)] + dip + _IP_VERSION[fam]
         reply = ev.is_reply != 0
         point = ev.point
         et = ev.event_type
@@ -283,14 +337,14 @@ class FlowEncoder:
             if et == EVENT_KERNEL_DROP and not any(ev.smac) and not any(ev.dmac):
                 eth = b""
         return b"".join((
-            b"\x0a", V[len(ts)], ts,
-            b"\x92\x02", V[len(uid)], uid,
+            _T_TIME, V[len(ts)], ts,
+            _T_UUID, V[len(uid)], uid,
             static,
-            b"\x22" + V[len(eth)] + eth if eth else b"",
-            b"\x2a", V[len(ip)], ip,
+            _T_ETH + V[len(eth)] + eth if eth else b"",
+            _T_IP, V[len(ip)], ip,
             l4,
-            b"\x42", V[len(src)], src,
-            b"\x4a", V[len(dst)], dst,
+            _T_SRC, V[len(src)], src,
+            _T_DST, V[len(dst)], dst,
             kind,
             self._interface(ev.ifindex) if ev.ifindex else b"",
             self.services(ev),
@@ -302,24 +356,28 @@ class FlowEncoder:
     def _verdict(self, ev: FlowEvent, summary: bytes) -> tuple[bytes, bytes]:
         """Fields of policy verdicts and drops (rarer than traces: written plainly)."""
         ingress = ev.point == POINT_TO_ENDPOINT
-        direction = vi(22, TRAFFIC_INGRESS if ingress else TRAFFIC_EGRESS)
+        direction = vi(F.traffic_direction, TRAFFIC_INGRESS if ingress else TRAFFIC_EGRESS)
         if ev.event_type == EVENT_POLICY_VERDICT:
             field = INGRESS_ALLOWED_BY if ingress else EGRESS_ALLOWED_BY
-            return (ld(19, vi(1, CILIUM_EVENT_POLICY_VERDICT)) + direction
-                    + vi(23, ev.match_type) + _IS_REPLY[False]
+            return (ld(F.event_type, vi(EVT.type, CILIUM_EVENT_POLICY_VERDICT)) + direction
+                    + vi(F.policy_match_type, ev.match_type) + _IS_REPLY[False]
                     + self.policies(ev.policy_set, field)), summary
-        count = ld(21007, vi(1 if ingress else 2, ev.packets))  # drops this event stands for
+        # drops this event stands for
+        count = ld(F.aggregate, vi(AGG.ingress_flow_count if ingress else AGG.egress_flow_count,
+                                   ev.packets))
         if ev.event_type == EVENT_DROP:
             code = ev.drop_reason
             field = INGRESS_DENIED_BY if ingress else EGRESS_DENIED_BY
-            return (vi(3, code) + ld(19, vi(1, CILIUM_EVENT_DROP) + vi(2, code)) + direction
-                    + vi(25, code) + self.policies(ev.policy_set, field) + count), summary
+            return (vi(F.drop_reason, code) + _drop_event(code) + direction
+                    + vi(F.drop_reason_desc, code) + self.policies(ev.policy_set, field)
+                    + count), summary
         # A drop the kernel made: the closest Hubble reason, the kernel's name kept.
         name, code = self.kernel_reason(ev.drop_reason)
         text = summary_text(ev)
-        return (vi(3, code) + ld(19, vi(1, CILIUM_EVENT_DROP) + vi(2, code)) + direction
-                + vi(25, code) + s(43, name) + count), s(100000, f"{text} (kernel: {name})")
+        return (vi(F.drop_reason, code) + _drop_event(code) + direction
+                + vi(F.drop_reason_desc, code) + s(F.ext_drop_reason_desc, name) + count,
+                s(F.Summary, f"{text} (kernel: {name})"))
 
     def response(self, flow: bytes, time_ns: int) -> bytes:
         """observer.GetFlowsResponse bytes around encoded flow bytes."""
-        return ld(1, flow) + self._node_field + ld(1001, timestamp(time_ns))
+        return ld(RESP.flow, flow) + self._node_field + ld(RESP.time, timestamp(time_ns))
