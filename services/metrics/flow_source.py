@@ -82,15 +82,17 @@ class FlowSourceConfig:
 
 
 class FlowSource:
-    """Hands each flow batch to ``on_flows`` (a list of flow.Flow) and each lost-event
-    notice to ``on_lost``."""
+    """Hands each flow batch to ``on_flows`` (a list of flow.Flow; with ``encoded``, a
+    list of the encoded GetFlowsResponses that carry them) and each lost-event notice
+    to ``on_lost``."""
 
     def __init__(self, config: FlowSourceConfig,
-                 on_flows: Callable[[Sequence[fpb.Flow]], None],
-                 on_lost: Callable[[fpb.LostEvent], None]) -> None:
+                 on_flows: Callable[[Sequence], None],
+                 on_lost: Callable[[fpb.LostEvent], None], *, encoded: bool = False) -> None:
         self.config = config
         self.on_flows = on_flows
         self.on_lost = on_lost
+        self.encoded = encoded
         self.connected_event = asyncio.Event()
         self.follower: FlowFollower | None = None
         self._follow_stats = FollowStats()
@@ -103,9 +105,16 @@ class FlowSource:
             self.connected_event.clear()
 
     def handle(self, batch: Batch) -> None:
-        flows: list[fpb.Flow] = []
+        flows: list = []
         add = flows.append
-        if batch.decoded is not None:
+        if self.encoded:
+            for raw in batch.raw:  # the fallback's decoded batches keep their bytes too
+                b = raw[:1]
+                if b == b"\n":
+                    add(raw)
+                elif b == b"\x1a":
+                    self._lost(_parse(raw).lost_events)
+        elif batch.decoded is not None:
             for resp in batch.decoded:
                 which = resp.WhichOneof("response_types")
                 if which == "flow":

@@ -125,11 +125,12 @@ class Exporter:
         self.gc: SeriesGC | None = None
         if self.pipeline.binds:
             self.gc = SeriesGC(self.pipeline.store, grace=cfg.grace, idle_timeout=cfg.idle_timeout)
-            self.pipeline.on_flow = self.gc.touch
+            self.pipeline.set_gc(self.gc)
         self.start_ns = time.time_ns()
         self.source = FlowSource(FlowSourceConfig(cfg.server, overlap_s=cfg.overlap,
                                                   start_ns=self.start_ns),
-                                 self.pipeline.process_batch, self.pipeline.lost_events)
+                                 self.pipeline.process_encoded, self.pipeline.lost_events,
+                                 encoded=True)
         self.events: EndpointEvents | None = None
         if self.gc is not None and cfg.endpoint_events:
             self.events = EndpointEvents(cfg.server, self.gc, start_ns=self.start_ns)

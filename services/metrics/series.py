@@ -23,6 +23,10 @@ from prometheus_client.samples import Exemplar
 Key = tuple[str, ...]
 NO_BINDING: tuple[str, ...] = ()
 
+# What a recorded update (Vec.sink) does when n flows made it: the amount times n
+# (counters), the update n times (histograms), or once (an exemplar: the last wins).
+SCALED, EACH, ONCE = 0, 1, 2
+
 # Go client's prometheus.DefBuckets, which Hubble's histograms use.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -41,6 +45,13 @@ class Vec:
         self.help = help
         self.labelnames = tuple(labelnames)
         self.bindings: dict[Key, tuple[str, ...]] = {}
+        # While the pipeline records what a flow does (pipeline.Effects), updates go
+        # here instead of into the series.
+        self.sink: list | None = None
+
+    def _check(self, key: Key) -> None:
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(key)} label values for {self.labelnames}")
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -66,11 +77,14 @@ class CounterVec(Vec):
         return len(self.values)
 
     def inc(self, key: Key, bound: tuple[str, ...] = NO_BINDING, amount: float = 1.0) -> None:
+        if self.sink is not None:
+            self._check(key)
+            self.sink.append((SCALED, self.inc, (key, bound, amount)))
+            return
         values = self.values
         v = values.get(key)
         if v is None:
-            if len(key) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(key)} label values for {self.labelnames}")
+            self._check(key)
             if bound:
                 self.bindings[key] = bound
             values[key] = amount
@@ -81,7 +95,13 @@ class CounterVec(Vec):
                           amount: float = 1.0) -> None:
         self.inc(key, bound, amount)
         if ex is not None:
-            self.exemplars[key] = ex
+            if self.sink is not None:
+                self.sink.append((ONCE, self._set_exemplar, (key, ex)))
+            else:
+                self.exemplars[key] = ex
+
+    def _set_exemplar(self, key: Key, ex: Exemplar) -> None:
+        self.exemplars[key] = ex
 
     def get(self, key: Key) -> float | None:
         return self.values.get(key)
@@ -116,10 +136,13 @@ class HistogramVec(Vec):
 
     def observe(self, key: Key, value: float, bound: tuple[str, ...] = NO_BINDING,
                 ex: Exemplar | None = None) -> None:
+        if self.sink is not None:
+            self._check(key)
+            self.sink.append((EACH, self.observe, (key, value, bound, ex)))
+            return
         row = self.data.get(key)
         if row is None:
-            if len(key) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(key)} label values for {self.labelnames}")
+            self._check(key)
             row = self.data[key] = [0.0] * (len(self.buckets) + 2)
             if bound:
                 self.bindings[key] = bound

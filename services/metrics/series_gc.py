@@ -52,6 +52,19 @@ class SeriesGC:
         if k:
             seen[k] = now
 
+    @staticmethod
+    def endpoint_keys(flow: fpb.Flow) -> tuple[str, ...]:
+        """What ``touch`` marks alive for this flow (the pipeline remembers it per
+        distinct flow digest and calls ``touch_keys``)."""
+        return tuple(k for k in (endpoint_key(flow.source, flow.IP.source),
+                                 endpoint_key(flow.destination, flow.IP.destination)) if k)
+
+    def touch_keys(self, keys: tuple[str, ...]) -> None:
+        now = self.clock()
+        seen = self.last_seen
+        for k in keys:
+            seen[k] = now
+
     def endpoint_deleted(self, namespace: str, pod: str) -> None:
         key = pod_key(namespace, pod)
         self.deleted.setdefault(key, self.clock())

@@ -1,0 +1,116 @@
+"""A flow reduced to what the metric handlers read, as bytes: flows with equal digests
+count the same, so the exporter evaluates the handlers once per distinct digest.
+
+The digest is computed in C (upb), never by reading fields in Python: the encoded
+GetFlowsResponse is parsed as a *reduced* flow.Flow -- the same field numbers and
+types, minus the fields no handler reads (time, uuid, node, source ports, URLs,
+headers, DNS TTLs, ...), which the parser keeps as unknown fields and
+``DiscardUnknownFields`` drops -- and serialized again. What is left are the bytes of
+a valid flow.Flow with only the read fields, so ``flow.Flow.FromString(digest)`` is a
+flow the handlers treat exactly as the original.
+
+Whole sub-messages whose presence no handler tests (the endpoints, the trace context,
+ICMP) are declared ``bytes``: they are copied, not decoded.
+
+One conditional read: the destination port is read only of flows that are not
+replies, or that were dropped (port-distribution, flows-to-world). A reply's
+destination port is the client's ephemeral port: left in, every reply would be a
+digest of its own; it is cleared from the digest of forwarded replies.
+
+READS below must list every field a handler (or the context options, or the series
+GC) reads. tests/unit/test_metrics_digest.py checks, on randomized flows that set
+every field, that counting by digest gives what the handlers give flow by flow.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2, timestamp_pb2, wrappers_pb2
+
+from webb.api.flow import flow_pb2 as fpb
+
+BYTES = "bytes"   # the whole field, carried undecoded
+KEEP = "keep"     # the field as declared
+
+# message (in package flow) -> field -> KEEP | BYTES. Messages not listed keep all fields.
+READS: dict[str, dict[str, str]] = {
+    "Flow": {"verdict": KEEP, "drop_reason_desc": KEEP, "event_type": KEEP, "IP": KEEP,
+             "l4": KEEP, "source": BYTES, "destination": BYTES, "source_names": KEEP,
+             "destination_names": KEEP, "l7": KEEP, "traffic_direction": KEEP,
+             "policy_match_type": KEEP, "is_reply": KEEP, "trace_context": BYTES},
+    "IP": {"source": KEEP, "destination": KEEP, "ipVersion": KEEP},
+    # a oneof keeps every member: which one is set is read (l4_kind)
+    "Layer4": {"TCP": KEEP, "UDP": KEEP, "SCTP": KEEP, "ICMPv4": BYTES, "ICMPv6": BYTES,
+               "VRRP": BYTES, "IGMP": BYTES},
+    "TCP": {"destination_port": KEEP, "flags": KEEP},
+    "UDP": {"destination_port": KEEP},
+    "SCTP": {"destination_port": KEEP},
+    "Layer7": {"type": KEEP, "latency_ns": KEEP, "dns": KEEP, "http": KEEP, "kafka": BYTES},
+    "DNS": {"query": KEEP, "ips": KEEP, "rcode": KEEP, "qtypes": KEEP, "rrtypes": KEEP},
+    "HTTP": {"code": KEEP, "method": KEEP, "protocol": KEEP},
+}
+
+
+def _reduced_response_class() -> type:
+    """A GetFlowsResponse-compatible message whose only field is the reduced flow (1)."""
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto()
+    fpb.DESCRIPTOR.CopyToProto(fdp)
+    by_name = {m.name: m for m in fdp.message_type}
+    for name, fields in READS.items():
+        msg = by_name[name]  # KeyError: READS names a message flow.proto no longer has
+        known = {f.name for f in msg.field}
+        missing = set(fields) - known
+        if missing:
+            raise RuntimeError(f"digest READS: flow.{name} has no field(s) {sorted(missing)}")
+        kept = []
+        for f in msg.field:
+            how = fields.get(f.name)
+            if how is None:
+                continue
+            if how == BYTES:
+                f.type = F.TYPE_BYTES
+                f.ClearField("type_name")
+            kept.append(f)
+        del msg.field[:]
+        msg.field.extend(kept)
+    pool = descriptor_pool.DescriptorPool()
+    for dep in (any_pb2, wrappers_pb2, timestamp_pb2):
+        p = descriptor_pb2.FileDescriptorProto()
+        dep.DESCRIPTOR.CopyToProto(p)
+        pool.Add(p)
+    pool.Add(fdp)
+    resp = descriptor_pb2.FileDescriptorProto(name="webb_metrics_digest.proto",
+                                              package="webb_metrics_digest",
+                                              dependency=[fdp.name], syntax="proto3")
+    m = resp.message_type.add(name="Response")
+    m.field.add(name="flow", number=1, type=F.TYPE_MESSAGE, type_name=".flow.Flow",
+                label=F.LABEL_OPTIONAL)
+    pool.Add(resp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("webb_metrics_digest.Response"))
+
+
+_Response = _reduced_response_class()
+_DROPPED = fpb.DROPPED
+
+
+def make_digest() -> Callable[[bytes], bytes]:
+    """digest(encoded GetFlowsResponse carrying a flow) -> bytes of a reduced flow.Flow."""
+    parse = _Response.FromString
+
+    def digest(raw: bytes) -> bytes:
+        f = parse(raw).flow
+        if f.is_reply.value and f.verdict != _DROPPED:
+            l4 = f.l4
+            which = l4.WhichOneof("protocol")
+            if which == "TCP":
+                l4.TCP.destination_port = 0
+            elif which == "UDP":
+                l4.UDP.destination_port = 0
+            elif which == "SCTP":
+                l4.SCTP.destination_port = 0
+        f.DiscardUnknownFields()
+        return f.SerializeToString()
+
+    return digest
