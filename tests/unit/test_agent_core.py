@@ -13,7 +13,7 @@ from webb_agent.datapath.event import (EVENT_SIZE, EVENT_TRACE, POINT_FROM_ENDPO
                                        POINT_TO_ENDPOINT, REASON_FLAGS, REASON_NEW, FlowEvent,
                                        decode, pack)
 from webb_agent.stores.endpoints import (Endpoint, EndpointError, EndpointRegistry, packed_ip,
-                                 parse_endpoint)
+                                         parse_endpoint)
 from webb_agent.pipeline.selection import Lost, ReadRequest, RequestError, read_flows, validate
 from webb_agent.stores.identities import IdentityAllocator
 from webb_agent.pipeline.ingest import Ingest

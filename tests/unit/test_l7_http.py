@@ -6,7 +6,7 @@ import random
 import pytest
 
 from webb_agent.pipeline.l7.http import (HTTPRequest, HTTPResponse, canonical_header_key, http_record,
-                                http_summary, parse_http)
+                                         http_summary, parse_http)
 from webb_agent.pipeline.l7.redact import REDACTED, RedactSettings, redact_header_value, redact_url
 
 GET = (b"GET /reviews/0?x=1 HTTP/1.1\r\nHost: reviews:9080\r\nuser-agent: curl/8.7.1\r\n"

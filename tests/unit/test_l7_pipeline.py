@@ -25,7 +25,7 @@ from webb_agent.pipeline.l7.http import HTTPRequest, HTTPResponse
 from webb_agent.pipeline.l7.redact import REDACTED
 from webb_agent.pipeline.l7.tracker import L7Message, L7Tracker
 from webb_agent.pipeline.l7.visibility import (ANNOTATION, DEFAULT_RULES, VisibilityError,
-                                      parse_visibility, selection_keys)
+                                               parse_visibility, selection_keys)
 from webb_agent.pipeline.wire_cache import FlowWireCache
 from webb_agent.pipeline.record import L7Record
 from webb_agent.stores.ring import Ring

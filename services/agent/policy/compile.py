@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..stores.identities import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
-                        RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
-                        RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
-                        RESERVED_WORLD_IPV6)
+                                 RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
+                                 RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
+                                 RESERVED_WORLD_IPV6)
 from .ipcache import CIDRIdentities
 from .model import (ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, HTTPRule, Network, Peer, Policy,
                     PortRange)

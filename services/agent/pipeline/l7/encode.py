@@ -12,7 +12,7 @@ from typing import Callable
 
 from ...datapath.event import POINT_TO_ENDPOINT
 from ..threefour import (EMITTER_NAME, IPV4, IPV6, TRAFFIC_EGRESS, TRAFFIC_INGRESS,
-                       VERDICT_FORWARDED, ld, s, timestamp, vi)
+                         VERDICT_FORWARDED, ld, s, timestamp, vi)
 from .dns import dns_record, dns_summary
 from .fqdn import FQDNCache
 from .http import HTTPRequest, http_record, http_summary

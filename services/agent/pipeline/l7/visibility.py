@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ...datapath.event import (L7_DNS, L7_HTTP, L7_MODE_SPORT, POINT_FROM_ENDPOINT,
-                              POINT_TO_ENDPOINT)
+                               POINT_TO_ENDPOINT)
 
 ANNOTATION = "policy.cilium.io/proxy-visibility"
 DEFAULT_RULES = "<Egress/53/UDP/DNS>,<Egress/53/TCP/DNS>"
