@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -122,6 +123,75 @@ class Batch:
             parse = opb.GetFlowsResponse.FromString
             self.decoded = [parse(r) for r in self.raw]
         return self.decoded
+
+
+class FlowStream:
+    """One request on ``channel``, answered exactly as the server answers it (GetFlows'
+    semantics: number, first, follow, since, until, filters, field mask as given): read
+    with ``webb.stream.FlowStream/GetFlowBatches``, or with ``observer.Observer/GetFlows``
+    when the server lacks the batched stream (UNIMPLEMENTED before any answer: a Hubble
+    Relay, a Cilium agent). Errors end the iteration. FlowFollower reads each of its
+    requests through this; the CLI uses it alone (one request and no reconnect, as
+    ``hubble observe``)."""
+
+    def __init__(self, channel: grpc.aio.Channel,
+                 on_fallback: Callable[[], None] | None = None) -> None:
+        self.on_fallback = on_fallback
+        self.mode = ""  # "batches" or "getflows": what the current request is read with
+        self.call: grpc.aio.Call | None = None  # the call in progress (to cancel it)
+        self._batches_stub = channel.unary_stream(
+            GET_FLOW_BATCHES, request_serializer=opb.GetFlowsRequest.SerializeToString,
+            response_deserializer=spb.FlowBatch.FromString)
+        # raw bytes: parsed once below, not once by gRPC and again for the batch
+        self._flows_stub = channel.unary_stream(
+            GET_FLOWS, request_serializer=opb.GetFlowsRequest.SerializeToString,
+            response_deserializer=None)
+
+    async def read(self, req: opb.GetFlowsRequest) -> AsyncIterator[Batch]:
+        """The answer as Batches. From GetFlows each entry is its own (decoded) Batch.
+        Read it inside ``contextlib.aclosing``: leaving early then cancels the call at once."""
+        call = None
+        try:
+            self.mode = "batches"
+            call = self.call = self._batches_stub(req)
+            received = False
+            try:
+                async for fb in call:
+                    received = True
+                    yield batch_of(fb)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNIMPLEMENTED or received:
+                    raise
+            # a Hubble server: GetFlows, with the same request
+            self.mode = "getflows"
+            if self.on_fallback is not None:
+                self.on_fallback()
+            call = self.call = self._flows_stub(req)
+            parse = opb.GetFlowsResponse.FromString
+            async for raw in call:
+                resp = parse(raw)
+                t = ts_ns(resp.time) if resp.HasField("time") else (
+                    ts_ns(resp.flow.time) if resp.HasField("flow") else 0)
+                yield Batch([raw], [t], [resp.node_name], [resp])
+        finally:
+            if call is not None:
+                call.cancel()  # nothing if it has ended
+                if self.call is call:
+                    self.call = None
+
+
+def batch_of(fb: spb.FlowBatch) -> Batch:
+    """A received FlowBatch as a Batch (node indexes resolved; short columns padded)."""
+    names = list(fb.nodes)
+    raw = list(fb.responses)
+    times = list(fb.time_ns)
+    nodes = [names[i] if i < len(names) else "" for i in fb.node_index]
+    if len(nodes) < len(raw):
+        nodes += [""] * (len(raw) - len(nodes))
+    if len(times) < len(raw):
+        times += [0] * (len(raw) - len(times))
+    return Batch(raw, times, nodes)
 
 
 @dataclass
@@ -216,16 +286,9 @@ class FlowFollower:
         self._has_room.set()
         self._unreported_shed = 0
         self._shed_first = 0
-        self._call: grpc.aio.Call | None = None
         self._restarting = False
         self._oldest_history_ns = 0
-        self._batches_stub = channel.unary_stream(
-            GET_FLOW_BATCHES, request_serializer=opb.GetFlowsRequest.SerializeToString,
-            response_deserializer=spb.FlowBatch.FromString)
-        # raw bytes: parsed once below, not once by gRPC and again for the batch
-        self._flows_stub = channel.unary_stream(
-            GET_FLOWS, request_serializer=opb.GetFlowsRequest.SerializeToString,
-            response_deserializer=None)
+        self._reader = FlowStream(channel, on_fallback=self._fallback)
 
     # -- consumer side ----------------------------------------------------------------
     async def follow(self) -> AsyncIterator[Batch]:
@@ -286,9 +349,9 @@ class FlowFollower:
 
     def restart(self) -> None:
         """Drop the current stream and reconnect now (e.g. the server stopped answering)."""
-        if self._call is not None:
+        if self._reader.call is not None:
             self._restarting = True
-            self._call.cancel()
+            self._reader.call.cancel()
         self.backoff.wake()
 
     # -- reader side ---------------------------------------------------------------------
@@ -348,7 +411,6 @@ class FlowFollower:
                 if permanent:
                     self.backoff.attempt = max(self.backoff.attempt, 8)
             finally:
-                self._call = None
                 self._restarting = False
                 self.stats.connected = False
             await self.backoff.sleep()
@@ -369,28 +431,19 @@ class FlowFollower:
 
     async def _stream(self, history: bool) -> None:
         req = self._request(history)
-        call = self._call = self._batches_stub(req)
         self._connected(history, "batches")
-        received = False
-        try:
-            async for fb in call:
-                received = True
-                await self._put_batch(fb, history)
-            return
-        except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.UNIMPLEMENTED or received:
-                raise
-        # a Hubble server: GetFlows, with the same request
+        async with contextlib.aclosing(self._reader.read(req)) as batches:
+            async for batch in batches:
+                self.stats.batches += 1
+                if batch.decoded is None:
+                    await self._put_batch(batch, history)
+                else:
+                    await self._put_one(batch, history)
+
+    def _fallback(self) -> None:
         if self.stats.mode == "batches":
             log.info("%s: %s has no batched stream; reading GetFlows", self.name, self.target)
-        call = self._call = self._flows_stub(req)
         self.stats.mode = "getflows"
-        parse = opb.GetFlowsResponse.FromString
-        async for raw in call:
-            resp = parse(raw)
-            t = ts_ns(resp.time) if resp.HasField("time") else (
-                ts_ns(resp.flow.time) if resp.HasField("flow") else 0)
-            await self._put_one(raw, t, resp.node_name, resp, history)
 
     def _connected(self, history: bool, mode: str) -> None:
         s = self.stats
@@ -458,26 +511,16 @@ class FlowFollower:
             self.stats.last_time_ns = hi
         return batch
 
-    async def _put_batch(self, fb: spb.FlowBatch, history: bool) -> None:
-        self.stats.batches += 1
-        names = list(fb.nodes)
-        raw = list(fb.responses)
-        times = list(fb.time_ns)
-        nodes = [names[i] if i < len(names) else "" for i in fb.node_index]
-        if len(nodes) < len(raw):
-            nodes += [""] * (len(raw) - len(nodes))
-        if len(times) < len(raw):
-            times += [0] * (len(raw) - len(times))
-        batch = self._admit(raw, times, nodes, None)
+    async def _put_batch(self, received: Batch, history: bool) -> None:
+        batch = self._admit(received.raw, received.time_ns, received.nodes, None)
         if batch is not None:
             if history:
                 self._note_history(batch)
             await self._enqueue(batch)
 
-    async def _put_one(self, raw: bytes, t: int, node: str, resp: opb.GetFlowsResponse,
-                       history: bool) -> None:
-        self.stats.batches += 1
-        batch = self._admit([raw], [t], [node], [resp])
+    async def _put_one(self, received: Batch, history: bool) -> None:
+        """One entry read from GetFlows: joins the batch the consumer has not taken yet."""
+        batch = self._admit(received.raw, received.time_ns, received.nodes, received.decoded)
         if batch is None:
             return
         if history:
@@ -487,10 +530,10 @@ class FlowFollower:
         if last is not None and not last.mark and last.decoded is not None \
                 and len(last.raw) < FALLBACK_BATCH and self.stats.pending < self.max_pending:
             # the consumer is busy: add to the batch it has not taken yet
-            last.raw.append(raw)
+            last.raw.append(batch.raw[0])
             last.time_ns.append(batch.time_ns[0])
-            last.nodes.append(node)
-            last.decoded.append(resp)
+            last.nodes.append(batch.nodes[0])
+            last.decoded.append(batch.decoded[0])  # type: ignore[index]
             self.stats.pending += 1
             return
         await self._enqueue(batch)

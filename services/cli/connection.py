@@ -98,6 +98,17 @@ class Connection:
     target: str  # as the user gave it
     request_timeout: float
     _proxy: InsecureTLSProxy | None = field(default=None, repr=False)
+    # how `channel` was made (address, credentials or None, options): for aio_channel()
+    _dial: tuple[str, grpc.ChannelCredentials | None, list] = field(
+        default=("", None, []), repr=False)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """An asyncio channel to the same server, made the same way (for the shared
+        asyncio flow reader, webb.flow_follow); call it inside the event loop."""
+        address, creds, options = self._dial
+        if creds is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, creds, options=options)
 
     def close(self) -> None:
         self.channel.close()
@@ -141,8 +152,10 @@ def open_connection(a: argparse.Namespace) -> Connection:
     if bool(a.tls_client_cert_file) != bool(a.tls_client_key_file):
         raise CLIError("--tls-client-cert-file and --tls-client-key-file go together", 2)
     proxy = None
+    creds: grpc.ChannelCredentials | None = None
+    options = list(CHANNEL_OPTIONS)
     if not use_tls:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(address, options=options)
     elif address.startswith("unix:"):
         raise CLIError("TLS over a unix socket is not supported", 2)
     elif a.tls_allow_insecure:
@@ -154,18 +167,18 @@ def open_connection(a: argparse.Namespace) -> Connection:
             raise CLIError(f"failed to connect to '{target}': TLS: {e}") from None
         except OSError as e:  # unreadable client certificate
             raise CLIError(f"cannot load client certificate: {e}") from None
-        channel = grpc.insecure_channel(proxy.address, options=CHANNEL_OPTIONS)
+        address = proxy.address
+        channel = grpc.insecure_channel(address, options=options)
     else:
         roots = b"".join(_read_pem(f, "cert") for f in ca_files) or None
         key = _read_pem(a.tls_client_key_file, "key") if a.tls_client_key_file else None
         cert = _read_pem(a.tls_client_cert_file, "cert") if a.tls_client_cert_file else None
         creds = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
                                              certificate_chain=cert)
-        options = list(CHANNEL_OPTIONS)
         if a.tls_server_name:
             options.append(("grpc.ssl_target_name_override", a.tls_server_name))
         channel = grpc.secure_channel(address, creds, options=options)
-    conn = Connection(channel, target, a.request_timeout, proxy)
+    conn = Connection(channel, target, a.request_timeout, proxy, (address, creds, options))
     try:
         _wait_connected(conn, a.timeout)
     except BaseException:

@@ -9,12 +9,12 @@ import grpc
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
-from webb.api.observer import observer_pb2_grpc
 
 from . import datapath_names as names
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
 from .errors import rpc_error
+from .flow_reader import read_flows
 from .formats.monitor_line import event_kind, lost_line, monitor_line
 
 # Event types that become flows; the others exist in cilium monitor but carry no flows.
@@ -107,24 +107,23 @@ def matches(f: fpb.Flow, a: argparse.Namespace) -> bool:
 def run(a: argparse.Namespace) -> int:
     req = build_request(a)
     with open_connection(a) as conn:
-        stream = observer_pb2_grpc.ObserverStub(conn.channel).GetFlows(req)
         sys.stderr.write(f"Listening for events on {conn.target}\nPress Ctrl-C to quit\n")
         sys.stderr.flush()
+
+        def show(res: opb.GetFlowsResponse) -> None:
+            kind = res.WhichOneof("response_types")
+            if kind == "flow":
+                if matches(res.flow, a):
+                    sys.stdout.write(monitor_line(res.flow, a.numeric) + "\n")
+            elif kind == "lost_events":
+                sys.stdout.write(lost_line(res) + "\n")
+
         try:
-            for res in stream:
-                kind = res.WhichOneof("response_types")
-                if kind == "flow":
-                    if matches(res.flow, a):
-                        sys.stdout.write(monitor_line(res.flow, a.numeric) + "\n")
-                        sys.stdout.flush()
-                elif kind == "lost_events":
-                    sys.stdout.write(lost_line(res) + "\n")
-                    sys.stdout.flush()
+            read_flows(conn, req, show, flush=True)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
                 return 0
             raise rpc_error(e, conn.target, streaming=True) from None
         except KeyboardInterrupt:
-            stream.cancel()
             return 0
     return 0

@@ -12,12 +12,12 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from webb import protojson
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
-from webb.api.observer import observer_pb2_grpc
 
 from . import datapath_names as names
 from .cli_parser import add_command
 from .connection import add_server_flags, open_connection
 from .errors import CLIError, rpc_error
+from .flow_reader import read_flows
 from .filter_builder import FilterBuilder, FilterFlagError
 from .formats import color
 from .formats.printer import OUTPUTS, PrintOptions, Printer
@@ -404,20 +404,14 @@ def run(a: argparse.Namespace) -> int:
         printer.close()
         return 0
     with open_connection(a) as conn:
-        stub = observer_pb2_grpc.ObserverStub(conn.channel)
-        stream = stub.GetFlows(req)
         try:
-            for res in stream:
-                printer.write_response(res)
-                if a.follow:
-                    sys.stdout.flush()
+            read_flows(conn, req, printer.write_response, flush=a.follow, debug=a.debug)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
                 return 0
             printer.close()
             raise rpc_error(e, conn.target, streaming=True) from None
         except KeyboardInterrupt:
-            stream.cancel()
             printer.close()
             return 0
         printer.close()

@@ -6,6 +6,9 @@ merge: the same flows in the same order, node status and errors, a slow batched
 consumer, an agent killed under a batched follower."""
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
 import threading
 import time
@@ -16,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from support import (client_server_lab, ts, TRAFFIC, AgentProc, RelayProc, lab_prefix, pod_endpoint, run_in,
                      start_in, wait_for, write_endpoints)
@@ -24,7 +28,12 @@ from webb.api.observer import observer_pb2 as opb
 from webb.api.relay import relay_pb2 as rpb
 from webb.api.stream import stream_pb2 as spb
 from webb.api.stream import stream_pb2_grpc
+from webb.api.observer import observer_pb2_grpc
 from webb.netlab import NetLab
+from webb_cli.formats.printer import Printer
+from webb_cli.main import build_parser
+from webb_cli.main import main as webb_main
+from webb_cli.observe import build_request, print_options
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -165,6 +174,83 @@ def test_batches_and_get_flows_give_the_same_flows_in_the_same_order(agents, rel
                          for f in agents[n].flows(until=history)))
         assert sorted((r.flow.time.ToNanoseconds(), r.flow.uuid) for r in got) == direct
         assert {r.node_name for r in got} == set(NODES) # n2 came through GetFlows
+
+
+def webb_observe(*argv: str) -> tuple[int, str, str]:
+    """`webb observe ARGV` in this process (no interpreter start), output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            webb_main(["observe", *argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def printed_from_get_flows(address: str, argv: list[str]) -> tuple[str, str]:
+    """What the same command line prints from Hubble's GetFlows, one flow per message,
+    read here directly (the way `webb observe` read before the batched stream)."""
+    a = build_parser().parse_args(["observe", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    printer = Printer(print_options(a), out=out, err=err)
+    with grpc.insecure_channel(address) as ch:
+        for res in observer_pb2_grpc.ObserverStub(ch).GetFlows(build_request(a), timeout=20):
+            printer.write_response(res)
+    printer.close()
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_window(lab, agents, relay, history) -> Timestamp:
+    """Hundreds of flows on each node (new UDP destination ports: one flow each, seen on
+    both nodes), and a time up to which every read sees them all."""
+    for i in (1, 2):
+        run_in(lab, lab.pods[f"c{i}"].netns, "udp-send", lab.pods[f"s{3 - i}"].ip4, "21000",
+               "--count", "200", "--ports", "200")
+
+    def ports_on(n: str) -> int:
+        return len({f.l4.UDP.destination_port for f in agents[n].flows(number=5000)
+                    if 21000 <= f.l4.UDP.destination_port < 21200})
+    wait_for(lambda: all(ports_on(n) == 200 for n in NODES), 15, what="the UDP flows on both nodes")
+    time.sleep(0.1)  # the last packets: drained within 10 ms
+    return ts(max(f.time.ToNanoseconds() for n in NODES for f in agents[n].flows(number=1)))
+
+
+@pytest.mark.parametrize("target,method", [("relay", "GetFlowBatches"), ("n1", "GetFlowBatches"),
+                                           ("n2", "GetFlows")])
+def test_cli_observe_reads_batches_and_falls_back_to_get_flows(agents, relay, cli_window,
+                                                               target, method):
+    """`webb observe` reads webb's batched stream from the relay and from an agent, and
+    Hubble's GetFlows from an agent without it (--disable-batch-service, as a Cilium
+    agent): the output is byte for byte what GetFlows read one flow at a time gives."""
+    address = relay.address if target == "relay" else agents[target].address
+    until = cli_window.ToJsonString()
+    for fmt, flows in ((["-o", "compact", "--print-node-name"], lambda o: o.count("\n") > 200),
+                       (["-o", "jsonpb", "--last", "50"], lambda o: o.count('{"flow":') == 50),
+                       (["-o", "dict", "--first", "30"], lambda o: o.count("  TIMESTAMP:") == 30)):
+        argv = ["--server", address, "--until", until, "-D", *fmt]
+        code, out, err = webb_observe(*argv)
+        assert code == 0, err
+        expected_out, expected_err = printed_from_get_flows(address, argv)
+        assert out == expected_out and flows(out), out[-500:]
+        debug = [ln for ln in err.splitlines() if ln.startswith("debug: ")]
+        # node status (stderr with -D) is stamped when sent: all else the same
+        assert unstamped(err) == unstamped(expected_err)
+        m = re.fullmatch(r"debug: (\d+) responses in (\d+) (\w+) messages", debug[-1])
+        assert m and m[3] == method, debug
+        responses, messages = int(m[1]), int(m[2])
+        if target == "n1":  # the agent's history: many flows to a message
+            assert messages < responses / 10, debug
+        # (the relay's batches follow the merge: n2's flows come one GetFlows message at
+        # a time, so how many go into one batch depends on timing)
+        if method == "GetFlows":
+            assert "has no batched stream" in err and messages == responses, debug
+
+
+def unstamped(stderr: str) -> list[str]:
+    return [re.sub(r'[A-Z][a-z]{2} +\d+ [\d:.]+|"time":"[^"]*"', "", ln)
+            for ln in stderr.splitlines() if not ln.startswith("debug: ")]
 
 
 class BatchFollower:
