@@ -470,7 +470,31 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     struct policy_result res = {};
     u32 reason = DROP_SOCKET_LOOKUP_FAILED;
     u16 port = (u16)config_get(slot);
-    if (p->key.proto != IPPROTO_TCP || !port)
+    if (!port)
+        goto drop;
+    if (p->key.proto == IPPROTO_UDP) {
+        // DNS (egress): every datagram to the proxy's UDP socket on the same port; it
+        // learns the original destination from IP_ORIGDSTADDR.
+        if (slot != CONF_PROXY_EGRESS_PORT)
+            goto drop;
+        if (p->key.family == 4) {
+            __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
+            t.ipv4.sport = bpf_htons(p->key.sport);
+            t.ipv4.daddr = bpf_htonl(0x7f000001);
+            t.ipv4.dport = bpf_htons(port);
+            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        } else {
+            __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
+            t.ipv6.sport = bpf_htons(p->key.sport);
+            t.ipv6.daddr[3] = bpf_htonl(1);
+            t.ipv6.dport = bpf_htons(port);
+            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (!sk)
+            goto drop;
+        goto assign;
+    }
+    if (p->key.proto != IPPROTO_TCP)
         goto drop;
     if (p->key.family == 4) {
         __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
@@ -506,6 +530,7 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     }
     if (!sk)
         goto drop;
+assign:;
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
     if (err == 0) {

@@ -24,7 +24,8 @@ from .pipeline.l7.encode import L7Encoder
 from .pipeline.l7.fqdn import FQDNCache
 from .pipeline.l7.redact import RedactSettings
 from .pipeline.l7.tracker import L7Tracker
-from .l7proxy.flows import l7_message
+from .l7proxy.dnsproxy import DNSFlow
+from .l7proxy.flows import dns_message, l7_message
 from .l7proxy.proxy import L7Proxy, ProxyFlow
 from .pipeline.l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
 from .memory import release_freed_heap
@@ -192,6 +193,7 @@ class Agent:
         proxy = L7Proxy(self.policy, self.registry, self.datapath, self.cfg.l7_proxy_port,
                         self.cfg.l7_proxy_idle_timeout)
         proxy.on_flow = self._proxy_flow
+        proxy.dns.on_flow = self._proxy_flow
         try:
             await proxy.start()
         except Exception as e:  # policy stays closed: policed connections drop
@@ -209,14 +211,16 @@ class Agent:
         st = p.stats
         out = {"l7proxy.port": p.port, "l7proxy.connections": st.connections,
                "l7proxy.active_connections": st.active, "l7proxy.requests": st.requests,
-               "l7proxy.denied": st.denied}
+               "l7proxy.denied": st.denied, "l7proxy.dns_queries": st.dns_queries,
+               "l7proxy.dns_denied": st.dns_denied}
         out.update({f"l7proxy.error_{k}": v for k, v in st.errors.items()})
         return out
 
-    def _proxy_flow(self, f: ProxyFlow) -> None:
+    def _proxy_flow(self, f: ProxyFlow | DNSFlow) -> None:
         # Ingest gathers them and writes them with its next drain, in time order.
         assert self.policy is not None
-        self.ingest.add_l7([l7_message(f, self.policy.sets.intern(f.policies))])
+        make = dns_message if isinstance(f, DNSFlow) else l7_message
+        self.ingest.add_l7([make(f, self.policy.sets.intern(f.policies))])  # type: ignore[arg-type]
 
     async def _start_kernel_drops(self) -> None:
         assert self.datapath is not None

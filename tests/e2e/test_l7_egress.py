@@ -38,7 +38,15 @@ spec:
       rules:
         http:
         - {method: GET, path: "/public(/.*)?"}
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchName: allowed.example.com}, {matchPattern: "*.good.example"}]
 """
+ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
+        "denied.example.com.": [30, ["10.99.0.2"]],
+        "www.good.example.": [30, ["10.99.0.3"]]}
 
 
 def get(path: str) -> str:
@@ -54,7 +62,12 @@ def lab():
         n1, n2 = lab.add_node("n1", 1), lab.add_node("n2", 2)
         lab.add_pod(n1, "client", 10)
         lab.add_pod(n1, "server", 11)
+        lab.add_pod(n1, "dns", 12)
         lab.add_pod(n2, "remote", 10)
+        dns = lab.popen(lab.pods["dns"].netns, sys.executable, str(HELPERS / "dns_server.py"),
+                        "53", json.dumps(ZONE), stdout=subprocess.PIPE, text=True)
+        procs.append(dns)
+        assert dns.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         for pod in ("server", "remote"):
             srv = lab.popen(lab.pods[pod].netns, sys.executable,
                             str(HELPERS / "http_server.py"), str(PORT),
@@ -74,7 +87,7 @@ def start_agent(lab: NetLab, d: Path, *extra: str) -> AgentProc:
     p = lab.pods
     eps.write_text(yaml.safe_dump({"endpoints": [
         pod_endpoint(p["client"], "client"), pod_endpoint(p["server"], "server"),
-        pod_endpoint(p["remote"], "server", version="v2")],
+        pod_endpoint(p["remote"], "server", version="v2"), pod_endpoint(p["dns"], "dns")],
         "nodes": [{"name": "n1", "ips": [lab.nodes["n1"].ip]},
                   {"name": "n2", "ips": [lab.nodes["n2"].ip]}]}))
     (d / "policies").mkdir(exist_ok=True)
@@ -83,7 +96,7 @@ def start_agent(lab: NetLab, d: Path, *extra: str) -> AgentProc:
                   extra=["--policy-dir", str(d / "policies"), *extra])
     a.start()
     try:
-        a.wait_attached(["client", "server"])
+        a.wait_attached(["client", "server", "dns"])
         wait_for(lambda: a.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,
                  10, 0.2, "the policy file to be applied")
     except BaseException:
@@ -165,6 +178,55 @@ def test_egress_flows(lab, agent):
     assert req_no.l7.http.method == "GET" and resp_no.l7.latency_ns > 0
     assert req_no.l4.TCP.destination_port == PORT
     assert req_no.IP.source == lab.pods["client"].ip4
+
+
+def dns(lab: NetLab, name: str, qtype: str = "A", server: str | None = None,
+        transport: str = "udp") -> dict | str:
+    out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "dns_client.py"),
+                   server or lab.pods["dns"].ip4, name, qtype, "3", transport, timeout=30)
+    return json.loads(out.stdout)
+
+
+def test_dns_rules_allow_and_refuse(lab, agent):
+    d = lab.pods["dns"]
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    ok = dns(lab, "allowed.example.com")
+    assert ok == {"rcode": 0, "ips": ["10.99.0.1"], "ttl": 30, "from": f"{d.ip4}:53"}, ok
+    assert dns(lab, "ALLOWED.example.com.", "AAAA", d.ip6)["ips"] == ["fd99::1"]
+    assert dns(lab, "www.good.example")["ips"] == ["10.99.0.3"]
+    # Denied: REFUSED at once from the server's address, the server never asked.
+    no = dns(lab, "denied.example.com")
+    assert no == {"rcode": 5, "ips": [], "ttl": None, "from": f"{d.ip4}:53"}, no
+    assert dns(lab, "a.b.good.example")["rcode"] == 5  # `*` stays inside one label
+    # Over TCP alike (protocol ANY).
+    assert dns(lab, "allowed.example.com", transport="tcp")["ips"] == ["10.99.0.1"]
+    assert dns(lab, "denied.example.com", transport="tcp")["rcode"] == 5
+
+    def got():
+        req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+            event_type=[fpb.EventTypeFilter(type=129)])])
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        return fs if len(fs) >= 14 else None
+    fs = wait_for(got, 10, 0.2, "14 DNS flows")
+    by = {(f.l7.type, f.l7.dns.query, f.IP.destination): f for f in fs if f.l4.HasField("UDP")}
+    assert len([f for f in fs if f.l4.HasField("TCP")]) == 4
+    req_ok = by[(fpb.REQUEST, "allowed.example.com.", d.ip4)]
+    resp_ok = by[(fpb.RESPONSE, "allowed.example.com.", lab.pods["client"].ip4)]
+    req_no = by[(fpb.REQUEST, "denied.example.com.", d.ip4)]
+    resp_no = by[(fpb.RESPONSE, "denied.example.com.", lab.pods["client"].ip4)]
+    assert {f.traffic_direction for f in fs} == {fpb.EGRESS}
+    assert req_ok.verdict == fpb.FORWARDED and req_no.verdict == fpb.DROPPED
+    assert resp_ok.l7.dns.ips == ["10.99.0.1"] and resp_ok.l7.dns.ttl == 30
+    assert resp_ok.l7.dns.rrtypes == ["A"] and resp_ok.l7.dns.rcode == 0
+    assert resp_no.l7.dns.rcode == 5 and not resp_no.l7.dns.ips
+    assert req_ok.l7.dns.qtypes == ["A"] and req_ok.l7.dns.observation_source == "proxy"
+    assert req_ok.source.pod_name == "client" and req_ok.destination.pod_name == "dns"
+    assert req_ok.l4.UDP.destination_port == 53 and resp_ok.is_reply.value
+    assert [p.name for p in req_no.egress_denied_by] == ["client-egress"]
+    assert [p.name for p in req_ok.egress_allowed_by] == ["client-egress"]
+    counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    assert counters["l7proxy.dns_queries"] >= 7 and counters["l7proxy.dns_denied"] >= 3
 
 
 def test_no_proxy_fails_closed(lab, workdir, agent):

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from webb_agent.policy.model import (KIND_CCNP, KIND_CNP, KIND_KNP, PolicyError, PortRange,
+from webb_agent.policy.model import (KIND_CCNP, DNSRule, KIND_CNP, KIND_KNP, PolicyError, PortRange,
                                      normalize_kind, parse_documents)
 from webb_agent.policy.selector import LabelSet, parse_selector
 
@@ -345,8 +345,14 @@ spec:
         dns: [{matchPattern: "*.cilium.io"}, {matchName: "api.github.com"}]
   - toFQDNs: [{matchName: api.github.com}]
 """
-    with pytest.raises(PolicyError, match=r"rules.dns: DNS rules are validated but not enforced"):
-        parse_documents(dns)
+    dns_only = dns.replace("  - toFQDNs: [{matchName: api.github.com}]\n", "")
+    (pol,) = parse_documents(dns_only)
+    (rule,) = pol.specs[0].rules
+    assert [p.dns for p in rule.ports] == [
+        (DNSRule("", "*.cilium.io"), DNSRule("api.github.com", ""))]
+    with pytest.raises(PolicyError, match=r"rules.dns: DNS rules apply to egress only"):
+        parse_documents(dns_only.replace("egress:", "ingress:").replace("toEndpoints",
+                                                                          "fromEndpoints"))
     with pytest.raises(PolicyError, match=r"dns\[0\].matchPattern: '\*\.ci lium' is not"):
         parse_documents(dns.replace('"*.cilium.io"', '"*.ci lium"'))
     with pytest.raises(PolicyError, match=r"ports\[0\]: DNS rules apply to port 53 only"):

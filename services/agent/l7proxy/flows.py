@@ -17,12 +17,13 @@ from ..datapath.event import POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event
 from ..pipeline.l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
 from ..pipeline.l7.tracker import L7Message
 from .http1 import Head
+from .dnsproxy import DNSFlow
 from .proxy import ProxyFlow
 
 VERDICT_DROPPED = 2
 FIELD_EGRESS_ALLOWED_BY, FIELD_INGRESS_ALLOWED_BY = 21001, 21002
 FIELD_EGRESS_DENIED_BY, FIELD_INGRESS_DENIED_BY = 21004, 21005
-L7_HTTP = 1
+L7_HTTP, L7_DNS = 1, 2
 
 
 def _headers(head: Head) -> tuple[HTTPHeader, ...]:
@@ -73,3 +74,19 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
 
 _FIELDS = {(False, True): FIELD_INGRESS_ALLOWED_BY, (False, False): FIELD_INGRESS_DENIED_BY,
            (True, True): FIELD_EGRESS_ALLOWED_BY, (True, False): FIELD_EGRESS_DENIED_BY}
+
+
+def dns_message(f: DNSFlow, policy_set: int) -> L7Message:
+    """A query or answer of the DNS proxy (egress rules: the client's side)."""
+    c, s = f.client, f.server
+    proto = 6 if f.tcp else 17
+    if f.response:
+        ev = L7Event(0, _packed(s[0]), _packed(c[0]), s[1], c[1], 0, 0, 0, 0, 0, f.family, proto,
+                     POINT_TO_ENDPOINT, L7_DNS | 0x10, 1, 0)
+    else:
+        ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, proto,
+                     POINT_FROM_ENDPOINT, L7_DNS, 0, 0)
+    return L7Message(ev, f.time_ns, f.response, f.latency_ns, None, None, f.message,
+                     verdict=VERDICT_DROPPED if not f.response and not f.allowed else 0,
+                     policy_set=policy_set, policy_field=_FIELDS[True, f.allowed],
+                     observation_source="proxy")

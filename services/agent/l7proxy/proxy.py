@@ -23,6 +23,7 @@ import email.utils
 import functools
 import logging
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from ..policy.compile import DIR_EGRESS, DIR_INGRESS, PolicyRef
 from .http1 import (MAX_HEAD, TO_CLOSE, Head, HTTPError, parse_request, parse_response,
                     read_head, relay_body)
 from .rules import decide
+from .dnsproxy import DNSProxy, dns_sockets
 from .steering import Steering, egress_upstream_socket, listeners, upstream_socket
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class ProxyStats:
     active: int = 0
     requests: int = 0
     denied: int = 0
+    dns_queries: int = 0
+    dns_denied: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, what: str) -> None:
@@ -100,21 +104,30 @@ class L7Proxy:
         self.servers: list[asyncio.base_events.Server] = []
         self.stats = ProxyStats()
         self.on_flow: Callable[[ProxyFlow], None] | None = None
+        self.dns = DNSProxy(engine, registry, datapath, self.stats)
         self._conns: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         dp = self.datapath
 
-        def setup() -> tuple[list[socket.socket], list[socket.socket]]:
+        def setup() -> tuple[list[socket.socket], list[socket.socket], list[socket.socket]]:
             self.steering.install(dp.netlink())
             ingress = listeners(self.port)
             try:
-                return ingress, listeners(0)
+                for _ in range(20):
+                    egress = listeners(0)
+                    try:  # DNS on the egress listener's port number, UDP
+                        return ingress, egress, dns_sockets(egress[0].getsockname()[1])
+                    except OSError:
+                        for s in egress:
+                            s.close()
+                raise OSError("no port free for the proxy's DNS sockets")
             except BaseException:
                 for s in ingress:
                     s.close()
                 raise
-        ingress, egress = await dp.in_netns(setup)
+        ingress, egress, dns = await dp.in_netns(setup)
+        self.dns.start(dns)
         self.port = ingress[0].getsockname()[1]
         self.egress_port = egress[0].getsockname()[1]
         for socks, is_egress in ((ingress, False), (egress, True)):
@@ -131,6 +144,7 @@ class L7Proxy:
         dp.set_proxy_port(0, 0)  # from now on policed connections drop, never pass
         for srv in self.servers:
             srv.close()
+        await self.dns.stop()
         for t in list(self._conns):
             t.cancel()
         if self._conns:
@@ -245,6 +259,8 @@ class _Conn:
                    code=status, latency_ns=time.monotonic_ns() - t0, error=error)
 
     async def run(self) -> None:
+        if self.egress and any(e.dns is not None for e in self._entries()[0]):
+            return await self._run_dns()
         st = self.proxy.stats
         while True:
             self._arm(self.proxy.idle_timeout)
@@ -287,6 +303,24 @@ class _Conn:
                 continue
             if not await self._forward(head, policies, t0):
                 return
+
+    async def _run_dns(self) -> None:
+        """DNS over TCP on a port with DNS rules: length-prefixed queries, answered in
+        order (the DNS proxy decides each)."""
+        dns = self.proxy.dns
+        while True:
+            self._arm(self.proxy.idle_timeout)
+            try:
+                n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+                query = await self.reader.readexactly(n)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return
+            self._arm(self.proxy.stream_timeout)
+            answer = await dns.handle(self.family, query, self.client, self.server, tcp=True)
+            if answer is None:
+                return  # not DNS, or no answer from the server: the client sees a close
+            self.writer.write(struct.pack("!H", len(answer)) + answer)
+            await self.writer.drain()
 
     async def _connect(self) -> bool:
         w = self.up_writer

@@ -16,8 +16,8 @@ from ..stores.identities import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESER
                                  RESERVED_UNMANAGED, RESERVED_WORLD, RESERVED_WORLD_IPV4,
                                  RESERVED_WORLD_IPV6)
 from .ipcache import CIDRIdentities
-from .model import (ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, HTTPRule, Network, Peer, Policy,
-                    PortRange)
+from .model import (ANY_PROTOCOLS, CIDR, EGRESS, INGRESS, DNSRule, HTTPRule, Network, Peer,
+                    Policy, PortRange)
 from .selector import CLUSTER_KEY, NAMESPACE_KEY, LabelSet, namespace_labels
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
@@ -130,11 +130,12 @@ class ClusterView:
 @dataclass(frozen=True)
 class L7Entry:
     """What the proxy allows on one policed port for some identities: a rule's HTTP
-    rules (None: every request, from a rule without L7 rules on that port)."""
+    or DNS rules (both None: every request, from a rule without L7 rules on that port)."""
 
     identities: frozenset[int]  # ANY_IDENTITY in it: every identity
     http: tuple[HTTPRule, ...] | None
     policy: "PolicyRef"
+    dns: tuple[DNSRule, ...] | None = None
 
     def covers(self, identity: int) -> bool:
         return identity in self.identities or ANY_IDENTITY in self.identities
@@ -148,8 +149,10 @@ class Compiled:
     # Which policies select each local endpoint, per direction (for the admin API).
     selected_by: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]
     cidrs: dict[Network, int] = field(default_factory=dict)  # policy prefixes in use
-    # (endpoint id, direction, TCP port) with HTTP rules -> every allow rule on it.
+    # (endpoint id, direction, TCP port) with HTTP or DNS rules -> every allow rule on it;
+    # l7_udp the same for DNS over UDP.
     l7: dict[tuple[int, int, int], tuple[L7Entry, ...]] = field(default_factory=dict)
+    l7_udp: dict[tuple[int, int, int], tuple[L7Entry, ...]] = field(default_factory=dict)  # DNS
 
 
 def port_prefixes(start: int, end: int) -> list[tuple[int, int]]:
@@ -212,7 +215,8 @@ class Compiler:
         default_refs: dict[tuple[int, int], set[PolicyRef]] = {}
         selected_by: dict[int, tuple[set[str], set[str]]] = {}
         rules_seen: list[tuple[Any, list[int], frozenset[int], PolicyRef]] = []
-        l7_ports: set[tuple[int, int, int]] = set()
+        l7_ports: set[tuple[int, int, int]] = set()  # TCP
+        udp_ports: set[tuple[int, int, int]] = set()  # DNS over UDP
         proxied: set[PolicyKey] = set()
         for pol in policies:
             ref = PolicyRef(pol.kind, pol.namespace, pol.name, pol.revision, tuple(pol.labels()))
@@ -252,18 +256,23 @@ class Compiler:
                     if not rule.deny:
                         rules_seen.append((rule, eps, frozenset(ids), ref))
                         for pr in rule.ports or ():
-                            if pr.http is not None:
-                                for ep in eps:
-                                    l7_ports.add((ep, d, pr.start))
-                                    for ident in ids:
-                                        proxied.add(PolicyKey(ep, d, ident, 6, pr.start, 16))
+                            if pr.http is None and pr.dns is None:
+                                continue
+                            protos = (6,) if pr.http is not None else (
+                                (pr.protocol,) if pr.protocol else (6, 17))
+                            for ep in eps:
+                                for proto in protos:
+                                    (l7_ports if proto == 6 else udp_ports).add((ep, d, pr.start))
+                                for ident in ids:
+                                    for proto in protos:
+                                        proxied.add(PolicyKey(ep, d, ident, proto, pr.start, 16))
         if self.allow_localhost:
             # Cilium's allow-localhost=always: the node may always reach its endpoints
             # (probes), unless a deny rule says otherwise.
             for ep, f in flags.items():
                 if f & EP_ENFORCE_INGRESS:
                     allow_refs.setdefault(PolicyKey(ep, DIR_INGRESS, RESERVED_HOST, 0), set())
-        for ep, d, _ in l7_ports:
+        for ep, d, _ in l7_ports | udp_ports:
             if d == DIR_EGRESS:
                 flags[ep] = flags.get(ep, 0) | EP_PROXY_EGRESS
         endpoints = {}
@@ -271,11 +280,11 @@ class Compiler:
             endpoints[ep] = EndpointPolicy(
                 ep, f, self.sets.intern(default_refs.get((ep, DIR_INGRESS), ())),
                 self.sets.intern(default_refs.get((ep, DIR_EGRESS), ())))
-        l7 = _l7_entries(rules_seen, l7_ports)
+        l7 = _l7_entries(rules_seen, l7_ports, 6)
         return Compiled(
             allow={k: (self.sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
                    for k, v in allow_refs.items()},
-            l7=l7,
+            l7=l7, l7_udp=_l7_entries(rules_seen, udp_ports, 17),
             deny={k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()},
             endpoints=endpoints,
             selected_by={ep: (tuple(sorted(i)), tuple(sorted(e)))
@@ -311,7 +320,8 @@ class Compiler:
 
 
 def _l7_entries(rules: list[tuple[Any, list[int], frozenset[int], PolicyRef]],
-                l7_ports: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], tuple[L7Entry, ...]]:
+                l7_ports: set[tuple[int, int, int]],
+                proto: int) -> dict[tuple[int, int, int], tuple[L7Entry, ...]]:
     """For each policed port, every allow rule that covers it (as Cilium merges them: a
     rule without L7 rules on the port allows every request of its peers)."""
     by_ep: dict[int, list[tuple[int, int]]] = {}
@@ -328,10 +338,10 @@ def _l7_entries(rules: list[tuple[Any, list[int], frozenset[int], PolicyRef]],
                     out.setdefault((ep, d, port), []).append(L7Entry(ids, None, ref))
                     continue
                 for pr in rule.ports:
-                    if pr.protocol not in (None, 6) or not (
+                    if pr.protocol not in (None, proto) or not (
                             pr.start == 0 or pr.start <= port <= pr.end):
                         continue
-                    out.setdefault((ep, d, port), []).append(L7Entry(ids, pr.http, ref))
+                    out.setdefault((ep, d, port), []).append(L7Entry(ids, pr.http, ref, pr.dns))
     return {k: tuple(v) for k, v in out.items()}
 
 

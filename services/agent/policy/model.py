@@ -99,13 +99,17 @@ class PortRange:
     # L7 rules of the toPorts entry: None means L3/L4 only; otherwise requests on
     # this port are allowed only if one of the rules matches (HTTP through the proxy).
     http: tuple[HTTPRule, ...] | None = None
+    # DNS rules (egress, port 53): queries are allowed only if one matches (the proxy
+    # answers the others REFUSED).
+    dns: tuple[DNSRule, ...] | None = None
 
     def text(self) -> str:
         proto = PROTOCOL_NAMES.get(self.protocol, "ANY") if self.protocol else "ANY"
         if self.start == 0:
             return f"*/{proto}"
         port = str(self.start) if self.end == self.start else f"{self.start}-{self.end}"
-        return f"{port}/{proto}" + (" (HTTP rules)" if self.http is not None else "")
+        return f"{port}/{proto}" + (" (HTTP rules)" if self.http is not None else "") + (
+            " (DNS rules)" if self.dns is not None else "")
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,6 @@ _UNSUPPORTED_L7 = {
 }
 # Accepted and checked for errors, but webb does not enforce them yet: rejected at
 # apply time rather than ignored (an unenforced rule would silently allow).
-_NOT_ENFORCED_DNS = "DNS rules are validated but not enforced by webb yet; the policy is rejected"
 _NOT_ENFORCED_FQDN = "toFQDNs is validated but not enforced by webb yet; the policy is rejected"
 MAX_HTTP_RULES = 256  # per toPorts entry
 
@@ -421,8 +424,12 @@ def _cilium_peer_rule(raw: Any, path: str, direction: str, deny: bool, namespace
             if len(plist) > MAX_PORTS:
                 raise PolicyError(f"{pp}.ports: too many ports, the maximum is {MAX_PORTS}")
             parsed = [_cilium_port(port, f"{pp}.ports[{j}]") for j, port in enumerate(plist)]
-            http = _l7_rules(pr, pp, parsed, direction, deny)
-            out.extend(replace(x, http=http) for x in parsed)
+            if isinstance(pr.get("rules"), Mapping) and "dns" in pr["rules"]:
+                dns = _dns_rules(pr, pp, parsed, direction, deny)
+                out.extend(replace(x, dns=dns) for x in parsed)
+            else:
+                http = _l7_rules(pr, pp, parsed, direction, deny)
+                out.extend(replace(x, http=http) for x in parsed)
         ports = tuple(out)
     if peers is None and ports is None:
         peers = ()  # `{}`: allows nothing, only enables default deny
@@ -441,18 +448,6 @@ def _l7_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
         raise PolicyError(f"{rp}: http and dns rules cannot share a toPorts entry")
     if deny:
         raise PolicyError(f"{rp}: L7 rules are not allowed in deny rules (as in Cilium)")
-    if "dns" in rules:
-        items = _list(rules, "dns", rp)
-        if not items:
-            raise PolicyError(f"{rp}.dns: must list at least one matchName or matchPattern")
-        for i, d in enumerate(items):
-            _dns_rule(d, f"{rp}.dns[{i}]")
-        for j, pr in enumerate(ports):
-            if pr.start != 53 or pr.end != 53:
-                raise PolicyError(f"{path}.ports[{j}]: DNS rules apply to port 53 only")
-        if direction != EGRESS:
-            raise PolicyError(f"{rp}.dns: DNS rules apply to egress only (as in Cilium)")
-        raise PolicyError(f"{rp}.dns: {_NOT_ENFORCED_DNS}")
     items = _list(rules, "http", rp)
     if not items:
         raise PolicyError(f"{rp}.http: must list at least one rule ({{}} allows every request)")
@@ -468,6 +463,32 @@ def _l7_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
         if pr.end != pr.start:
             raise PolicyError(f"{where}.endPort: HTTP rules apply to single ports, not ranges")
     return http
+
+
+def _dns_rules(raw: Mapping, path: str, ports: list[PortRange], direction: str,
+               deny: bool) -> tuple[DNSRule, ...]:
+    """`rules.dns` of a toPorts entry (egress, port 53, UDP/TCP/ANY)."""
+    rp = f"{path}.rules"
+    rules = _mapping(raw["rules"], rp)
+    _only(rules, ("http", "dns"), rp, _UNSUPPORTED_L7)
+    if "http" in rules:
+        raise PolicyError(f"{rp}: http and dns rules cannot share a toPorts entry")
+    if deny:
+        raise PolicyError(f"{rp}: L7 rules are not allowed in deny rules (as in Cilium)")
+    items = _list(rules, "dns", rp)
+    if not items:
+        raise PolicyError(f"{rp}.dns: must list at least one matchName or matchPattern")
+    if len(items) > MAX_HTTP_RULES:
+        raise PolicyError(f"{rp}.dns: too many rules, the maximum is {MAX_HTTP_RULES}")
+    out = tuple(_dns_rule(d, f"{rp}.dns[{i}]") for i, d in enumerate(items))
+    for j, pr in enumerate(ports):
+        if pr.start != 53 or pr.end != 53:
+            raise PolicyError(f"{path}.ports[{j}]: DNS rules apply to port 53 only")
+        if pr.protocol not in (None, PROTOCOLS["TCP"], PROTOCOLS["UDP"]):
+            raise PolicyError(f"{path}.ports[{j}].protocol: DNS rules need UDP, TCP or ANY")
+    if direction != EGRESS:
+        raise PolicyError(f"{rp}.dns: DNS rules apply to egress only (as in Cilium)")
+    return out
 
 
 def _regex(raw: Mapping, key: str, path: str) -> str:

@@ -77,7 +77,7 @@ class L7Encoder:
             summary = http_summary(m.http, self.redact, request=req, latency_ns=m.latency_ns)
         else:
             assert m.dns is not None
-            record = ld(100, _dns(dns_record(m.dns)))
+            record = ld(100, _dns(dns_record(m.dns, m.observation_source)))
             summary = dns_summary(m.dns)
         layer7 = vi(1, L7_RESPONSE if m.response else L7_REQUEST) + vi(2, m.latency_ns) + record
         fq = self.fqdn

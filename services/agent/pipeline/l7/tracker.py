@@ -45,6 +45,7 @@ class L7Message:
     verdict: int = 0                 # 0: FORWARDED; else flow.Verdict
     policy_set: int = 0              # the deciding policies (policy/compile.py PolicySets)
     policy_field: int = 0            # which repeated flow.Policy field names them
+    observation_source: str = ""     # DNS: "proxy" from the L7 proxy
 
 
 class _Truncated:
