@@ -22,7 +22,7 @@ from webb.api.admin import admin_pb2_grpc
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
 
-from .cli_parser import CLIParser, add_command
+from .cli_parser import add_command
 from .connection import RELAY_SERVER, add_server_flags, open_connection
 from .errors import CLIError, rpc_error
 from .formats.flow_fields import safe
@@ -317,27 +317,3 @@ def run(a: argparse.Namespace) -> int:
     servers = _servers(a)
     cmd = {"apply": _apply, "get": _get, "list": _get, "ls": _get, "delete": _delete}
     return cmd[a.policy_cmd](a, servers)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m webb_cli.policy ...`: the verb on its own (until `webb` registers it)."""
-    p = CLIParser(prog="webb")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    add_parser(sub)
-    a = p.parse_args(argv)
-    if a.command != "policy":
-        p.print_help()
-        sys.exit(2)
-    try:
-        code = run(a)
-    except CLIError as e:
-        sys.stdout.flush()
-        sys.stderr.write(f"Error: {e}\n")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -669,7 +669,7 @@ endpointSelector: {matchLabels: {app: server}}
 ingress:
 - fromEndpoints: [{matchLabels: {app: client}}]
 """))
-    cli = [str(BIN / "python"), "-m", "webb_cli.policy", "policy"]
+    cli = [str(BIN / "webb"), "policy"]
     srv = ["--server", agent.address]
 
     def run(*args: str) -> subprocess.CompletedProcess:
