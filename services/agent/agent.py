@@ -12,7 +12,7 @@ from webb.tls import server_credentials
 
 from .api.admin import AdminService
 from .api.agent_events import AgentEventLog
-from .pipeline.counters import agent_counters
+from .pipeline.counters import agent_counters, bounded_state_counters
 from .datapath.kernel_drops import KernelDrops, current_netns_inode, netns_inodes
 from .datapath.loader import AttachError, Datapath
 from .stores.endpoints import Endpoint, EndpointRegistry, NodeInfo, packed_ip, watch_registry_file
@@ -171,6 +171,8 @@ class Agent:
                                 if cfg.policy_store and self.policy is not None else None),
                          status=lambda: (cfg.node_name, VERSION,
                                          {**agent_counters(self.datapath, self.ingest),
+                                          **bounded_state_counters(self.node,
+                                                                   self.wire_cache.encoder),
                                           **self._proxy_counters()})),
             cfg.listen_address, cfg.unix_socket, credentials,
             FlowStreamService(observer) if cfg.batch_service else None)

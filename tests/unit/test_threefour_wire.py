@@ -1,7 +1,12 @@
-"""threefour.py's flow.Flow bytes stay byte-for-byte what they were when its field
-numbers and enum values were literals (they now come from flow_pb2's descriptors):
-a digest over encodings of every kind of event the datapath sends, and a parse of
-each that checks the fields land where flow.proto puts them."""
+"""threefour.py's flow.Flow bytes stay what they were when its field numbers and enum
+values were literals (they now come from flow_pb2's descriptors): a digest over
+encodings of every kind of event the datapath sends, and a parse of each that checks
+the fields land where flow.proto puts them.
+
+The content is pinned by a digest of each message re-serialized in field-number order
+(the literal-numbered encoder's); the bytes as written, whose field order changed when
+uuid, source and destination moved after the body (they are added per read, so the
+ring keeps only the body), by a second digest."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +20,11 @@ from webb_agent.datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLI
 from webb_agent.pipeline.threefour import FlowEncoder, encode_endpoint, ld, s
 from webb_agent.stores.endpoints import packed_ip
 
-# sha256 of the encodings below, as the literal-numbered encoder made them.
-GOLDEN = "4cabe54e4deac9e9391b3b5ea7b66dbb53c35b4367b5d974a34943489d642f3e"
+# sha256 of the encodings below re-serialized in field-number order: the same for the
+# literal-numbered encoder (whose own bytes hashed to 4cabe54e...642f3e).
+GOLDEN_CONTENT = "39a40612cebee547241438934746554ec20cd0c4f714e05e64cdc7ba67822fe4"
+# sha256 of the bytes as written (body, then uuid, source, destination).
+GOLDEN = "cb0d49ead3d5987603538b3676b3b4e13cd51f0d99df20f32e8d5ae516944b8d"
 
 
 def ev(event_type=EVENT_TRACE, saddr="10.0.0.1", daddr="10.0.0.2", proto=socket.IPPROTO_TCP,
@@ -66,7 +74,12 @@ def encodings() -> list[bytes]:
 
 
 def test_encoding_unchanged():
-    assert hashlib.sha256(b"|".join(encodings())).hexdigest() == GOLDEN
+    enc = encodings()
+    n = len(EVENTS)
+    canon = [fpb.Flow.FromString(b).SerializeToString(deterministic=True) for b in enc[:n]]
+    canon.append(opb.GetFlowsResponse.FromString(enc[n]).SerializeToString(deterministic=True))
+    assert hashlib.sha256(b"|".join(canon + enc[n + 1:])).hexdigest() == GOLDEN_CONTENT
+    assert hashlib.sha256(b"|".join(enc)).hexdigest() == GOLDEN
 
 
 def test_fields_where_flow_proto_puts_them():

@@ -28,6 +28,9 @@ from ..stores.ring import Ring
 log = logging.getLogger(__name__)
 
 NAMESPACE_WINDOW_NS = 3600 * 1_000_000_000  # Hubble lists namespaces seen in the last hour
+# Namespaces remembered at most: beyond, those older than the window go first, then the
+# least recently seen (counted), so namespace churn cannot grow the agent's memory.
+MAX_NAMESPACES = 4096
 RATE_WINDOW_S = 60  # ServerStatus.flows_rate: flows per second over the last minute
 
 
@@ -51,6 +54,7 @@ class NodeState:
         self.seen = seen
         self.started_ns = time.monotonic_ns()
         self.namespaces: dict[tuple[str, str], int] = {}
+        self.namespaces_evicted = 0
         # Flows ingested per wall-clock second, the last RATE_WINDOW_S seconds.
         self._rate_count = [0] * RATE_WINDOW_S
         self._rate_second = [-1] * RATE_WINDOW_S
@@ -69,6 +73,19 @@ class NodeState:
                 dst = r.dst
                 if dst.namespace:
                     seen[(dst.cluster, dst.namespace)] = t
+        if len(seen) > MAX_NAMESPACES:
+            self._bound_namespaces(t)
+
+    def _bound_namespaces(self, now_ns: int) -> None:
+        seen = self.namespaces
+        horizon = now_ns - NAMESPACE_WINDOW_NS
+        for key in [k for k, t in seen.items() if t < horizon]:
+            del seen[key]
+        if len(seen) > MAX_NAMESPACES:
+            stalest = sorted(seen, key=seen.__getitem__)[:len(seen) - MAX_NAMESPACES]
+            for key in stalest:
+                del seen[key]
+            self.namespaces_evicted += len(stalest)
 
     def count_flows(self, n: int, second: int) -> None:
         """Adds n flows to the per-second counters behind flows_rate."""

@@ -5,11 +5,15 @@ bcc compiles with whatever headers are installed (here Debian's 6.1 on a 6.18 ke
 struct layouts and enum numbers differ between them, so anything beyond UAPI is
 taken from the kernel itself at run time. Only the parts of the BTF format needed
 for that are decoded: types are indexed once, names resolved on demand.
+
+A loaded BTF holds the whole of the kernel's (~5 MB) and an index of its ~125k
+types (~11 MiB of Python objects in all): it is for start-up, so `vmlinux()` loads
+a new one each call and callers drop it once they have what they need.
 """
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
+from array import array
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -42,7 +46,7 @@ class BTF:
         self._strs = hdr_len + str_off
         self._str_end = self._strs + str_len
         # Offset of each type's header, by type id (id 0 is void).
-        self._offsets: list[int] = [0]
+        self._offsets = array("I", [0])
         self._by_name: dict[tuple[int, str], int] = {}
         pos, end = self._types, self._types + type_len
         unpack = struct.unpack_from
@@ -158,6 +162,6 @@ class BTF:
         return out
 
 
-@lru_cache(maxsize=1)
 def vmlinux() -> BTF:
+    """The running kernel's BTF, loaded anew (not kept: see the module's note)."""
     return BTF.load(VMLINUX)

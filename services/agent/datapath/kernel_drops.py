@@ -184,7 +184,9 @@ class KernelDrops:
         fmt = tracepoint_format(root)
         btf = vmlinux()
         self.reasons = drop_reasons(btf, fmt)
-        self.bpf = BPF(text=bpf_source("drop.c"), cflags=compile_flags(btf, fmt, self.reasons))
+        cflags = compile_flags(btf, fmt, self.reasons)
+        del btf  # ~11 MiB that nothing needs after this (btf.py)
+        self.bpf = BPF(text=bpf_source("drop.c"), cflags=cflags)
         self.bpf.attach_tracepoint(tp=b"skb:kfree_skb", fn_name=b"on_kfree_skb")
         cfg = self.bpf[b"kd_config"]
         cfg[ctypes.c_int(0)] = ctypes.c_uint64(int(report_interval_s * 1e9))

@@ -41,3 +41,11 @@ def agent_counters(datapath: Any, ingest: Any) -> dict[str, int]:
     out["l7.fqdn_addresses"] = len(tracker.fqdn)
     out["l7.fqdn_evicted"] = tracker.fqdn.evicted
     return out
+
+
+def bounded_state_counters(node: Any, encoder: Any) -> dict[str, int]:
+    """Sizes and evictions of the agent's own bounded tables beside the L7 ones:
+    namespaces seen (GetNamespaces), encoded interface fields."""
+    return {"agent.namespaces": len(node.namespaces),
+            "agent.namespaces_evicted": node.namespaces_evicted,
+            "agent.interfaces_evicted": encoder.interfaces_evicted}

@@ -3,8 +3,10 @@
 A FlowRecord keeps the event's raw perf record bytes (104 bytes, one object, not
 tracked by the garbage collector) and references to the (immutable) endpoint
 snapshots valid when it was seen. The event is decoded (`ev`) only when a reader
-needs it; its flow.Flow wire bytes are encoded once and cached, and then the raw
-bytes are dropped.
+needs it; its flow body (every field of the flow.Flow but uuid, source and
+destination, which each read adds: wire_cache.py) is encoded once and kept in `wire`,
+and then the raw bytes are dropped. A record read back from the history store has
+no endpoints (src None) and keeps the whole flow in `wire`.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class FlowRecord:
         self.src = src
         self.dst = dst
         self.seq = 0
-        self.wire: bytes | None = None  # encoded flow.Flow once read
+        self.wire: bytes | None = None  # the encoded flow body once read (see above)
 
     @property
     def ev(self) -> FlowEvent:

@@ -1,19 +1,22 @@
-"""The flow wire cache: each record's flow.Flow bytes, encoded once and kept on it.
+"""The flow wire cache: each record's flow body, encoded once and kept on it.
 
 Nothing here parses: the datapath's raw event bytes are decoded and encoded by
 threefour.py (L3/L4) or l7/encode.py (L7) the first time somebody reads a record,
 and the result is stored in the record itself (FlowRecord.wire), whose raw bytes
 (or L7 message) are then dropped. So cache_wire() CHANGES THE RECORD IT IS GIVEN;
-flow() and response() go through it. A flow_pb2.Flow is parsed from the cached
-bytes only when a filter or a field mask needs the message. The per-event path
-stops at FlowRecord; this runs only for flows somebody reads.
+flow() and response() go through it. What is kept is the flow's body: every field
+but the UUID and the two endpoints' messages, which each read adds
+(threefour.with_endpoints), so the ring does not hold a copy of them per flow (they
+are two thirds of a flow's bytes). A flow_pb2.Flow is parsed from the bytes only
+when a filter or a field mask needs the message. The per-event path stops at
+FlowRecord; this runs only for flows somebody reads.
 """
 from __future__ import annotations
 
 from webb.api.flow import flow_pb2 as fpb
 
 from ..datapath.event import decode
-from .threefour import FlowEncoder, tcp_flags_summary
+from .threefour import FlowEncoder, tcp_flags_summary, with_endpoints
 from .l7.encode import L7Encoder
 from .record import FlowRecord, L7Record
 
@@ -21,7 +24,7 @@ __all__ = ["FlowWireCache", "tcp_flags_summary"]
 
 
 class FlowWireCache:
-    """Encodes records' flows on first read and caches the bytes on the records."""
+    """Encodes records' flow bodies on first read and caches them on the records."""
 
     def __init__(self, node_name: str, ifnames: dict[int, str], version: str) -> None:
         self.node_name = node_name
@@ -33,28 +36,26 @@ class FlowWireCache:
         return self.encoder.flow_uuid(seq)
 
     def cache_wire(self, rec: FlowRecord) -> bytes:
-        """The record's flow.Flow bytes; the first call stores them on the record
-        (rec.wire) and drops its raw bytes or L7 message."""
-        w = rec.wire
-        if w is None:
+        """The record's whole flow.Flow bytes; the first call stores its body on the
+        record (rec.wire) and drops its raw bytes or L7 message."""
+        body = rec.wire
+        if body is None:
             if rec.__class__ is L7Record:
-                return self._l7_wire(rec)  # type: ignore[arg-type]
-            ev = decode(rec.raw)  # type: ignore[arg-type]
-            w = rec.wire = self.encoder.encode(ev, rec.time_ns, rec.seq,
-                                               rec.src.wire or rec.src.with_wire().wire,
-                                               rec.dst.wire or rec.dst.with_wire().wire)
-            rec.raw = None  # the wire bytes say it all now
-        return w
+                body = self._l7_body(rec)  # type: ignore[arg-type]
+            else:
+                body = rec.wire = self.encoder.body(decode(rec.raw), rec.time_ns)  # type: ignore[arg-type]
+                rec.raw = None  # the body says it all now
+        src = rec.src
+        if src is None:  # read back from the history store: the whole flow
+            return body
+        dst = rec.dst
+        return with_endpoints(body, self.encoder.flow_uuid(rec.seq).encode(),
+                              src.wire or src.with_wire().wire, dst.wire or dst.with_wire().wire)
 
-    def _l7_wire(self, rec: L7Record) -> bytes:
+    def _l7_body(self, rec: L7Record) -> bytes:
         # Encoded once, on the loop (history and export encode L7 records there too,
         # before their threads see them); the message is dropped once encoded.
-        msg = rec.msg
-        if msg is None:
-            return rec.wire  # type: ignore[return-value]
-        w = rec.wire = self.l7.encode(msg, rec.time_ns, self.flow_uuid(rec.seq),  # type: ignore[arg-type]
-                                      rec.src.wire or rec.src.with_wire().wire,
-                                      rec.dst.wire or rec.dst.with_wire().wire)
+        w = rec.wire = self.l7.body(rec.msg, rec.time_ns)  # type: ignore[arg-type]
         rec.msg = None
         return w
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ...datapath.event import POINT_TO_ENDPOINT
 from ..threefour import (EMITTER_NAME, IPV4, IPV6, TRAFFIC_EGRESS, TRAFFIC_INGRESS,
-                         VERDICT_FORWARDED, ld, s, timestamp, vi)
+                         VERDICT_FORWARDED, ld, s, timestamp, vi, with_endpoints)
 from .dns import dns_record, dns_summary
 from .fqdn import FQDNCache
 from .http import HTTPRequest, http_record, http_summary
@@ -62,6 +62,11 @@ class L7Encoder:
         self.policies: Callable[[int, int], bytes] | None = None
 
     def encode(self, m: L7Message, time_ns: int, uuid: str, src: bytes, dst: bytes) -> bytes:
+        return with_endpoints(self.body(m, time_ns), uuid.encode(), src, dst)
+
+    def body(self, m: L7Message, time_ns: int) -> bytes:
+        """The message's Flow fields but uuid, source and destination (the ring keeps
+        this; threefour.with_endpoints adds the rest when the flow is read)."""
         ev = m.ev
         ip = s(1, _ip(ev.family, ev.saddr)) + s(2, _ip(ev.family, ev.daddr))
         ip += vi(3, IPV4 if ev.family == 4 else IPV6)
@@ -87,8 +92,8 @@ class L7Encoder:
         if m.policy_set and self.policies is not None:
             pol = self.policies(m.policy_set, m.policy_field)
         return b"".join((
-            ld(1, timestamp(time_ns)), s(34, uuid), self._static, verdict, pol,
-            ld(5, ip), l4, ld(8, src), ld(9, dst), names, ld(15, layer7),
+            ld(1, timestamp(time_ns)), self._static, verdict, pol,
+            ld(5, ip), l4, names, ld(15, layer7),
             vi(22, TRAFFIC_INGRESS if ingress else TRAFFIC_EGRESS),
             ld(26, vi(1, 1)) + vi(16, 1) if m.response else ld(26, b""),
             s(100000, summary),

@@ -22,15 +22,14 @@ def wire_encoder(wire_cache: FlowWireCache) -> Callable[[Any, bytes | None], byt
     encoder = wire_cache.encoder
 
     def wire_of(rec: Any, raw: bytes | None) -> bytes:
-        w = rec.wire
-        if w is not None:
-            return w
-        if raw is not None and rec.__class__ is FlowRecord:
+        if rec.wire is None and raw is not None and rec.__class__ is FlowRecord:
             src, dst = rec.src, rec.dst
             return encoder.encode(decode(raw), rec.time_ns, rec.seq,
                                   src.wire or src.with_wire().wire,
                                   dst.wire or dst.with_wire().wire)
-        return wire_cache.cache_wire(rec)  # other record kinds (L7) encode themselves
+        # Encoded already (the body, read here, is set once), or a kind of record
+        # that encodes itself on the loop (L7).
+        return wire_cache.cache_wire(rec)
 
     return wire_of
 
