@@ -186,3 +186,25 @@ def test_pairing_in_order_with_pipelining_and_bounds():
     p.request(("d",), "d", 0)
     p.expire(61 * 10**9)
     assert p.pending() == 0
+
+
+@pytest.mark.parametrize("head", [
+    b"Host: a\r\nAccept: */*\r\nX-Empty:\r\nX-Pad:  v \t\r\n\r\nbody",
+    b"\r\n",                                   # no header lines
+    b"Host: a\nAccept: */*\n\n",               # LF-only lines
+    b"Host: a\r\nAccept: */*\n\r\n",           # mixed line ends
+    b"Host: a\r\n folded\r\n\r\n",             # obs-fold: rejected
+    b"Host: a\r\nBad Name: v\r\n\r\n",         # not a token
+    b"Host: a\r\nX: a\x01b\r\n\r\n",           # control character in a value
+    b"Host: a\r\nX: a\rb\r\n\r\n",             # bare CR in a value
+    b"Host: a\r\nAccept: */*\r\n",             # cut by the prefix: incomplete
+    b"".join(b"X-%d: v\r\n" % i for i in range(100)) + b"\r\n",   # 100: the most
+    b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",   # 101: not trusted
+])
+def test_one_pass_header_block_reads_as_line_by_line(head):
+    """The one-pass path for complete CRLF heads gives what the line-by-line reader
+    gives (headers, end offset, completeness, or None), whatever the head holds."""
+    from webb_agent.pipeline.l7.http import _parse_header_lines, _parse_headers
+
+    data = b"GET / HTTP/1.1\r\n" + head
+    assert _parse_headers(data, 16) == _parse_header_lines(data, 16)
