@@ -198,9 +198,12 @@ def ui_row(rate: float = 150_000, seconds: float = 20.0) -> list[Target]:
     out.mkdir(parents=True, exist_ok=True)
     r = ui_bench.run_phase(rate, seconds, out, batched=True)
     bounded = r["rss1"] <= r["rss_half"] * 1.10
+    taken = r["ingest_all"] + r["ingest_ns"]
+    per_cpu = taken / (r["cpu"] / 100) if r["cpu"] else 0.0
     print(f"ui ({', '.join(r['streams'])}, two views, {rate:,.0f} flows/s offered, {r['seconds']} s): "
           f"all-namespaces view took {r['ingest_all']:,.0f} flows/s, namespace view {r['ingest_ns']:,.0f}/s, "
-          f"shed {r['shed']:,} (reported as lost events); UI CPU {r['cpu']:.0f}%; map updates "
+          f"shed {r['shed']:,} (reported as lost events); UI CPU {r['cpu']:.0f}% = {per_cpu:,.0f} flows "
+          f"(both views) per CPU-second, {1e6 / per_cpu if per_cpu else 0:.1f} µs/flow; map updates "
           f"{r['map_updates_s']:.1f}/s, largest gap {r['map_gap']:.2f} s; RSS MB "
           f"{r['rss0']:.0f} → {r['rss_half']:.0f} → {r['rss1']:.0f} (max {r['rss_max']:.0f}); {load()}")
     return [Target("ui two views, flows taken", r["ingest_all"], "flows/s", r["ingest_all"] >= 100_000),

@@ -84,8 +84,8 @@ def build_pool(n: int, seed: int = 1, t0: int | None = None, uuid_prefix: str = 
         kind = rng.random()
         reply = kind < 0.3
         f.is_reply.CopyFrom(BoolValue(value=reply))
-        if port == 53:
-            f.l4.UDP.source_port, f.l4.UDP.destination_port = 40000 + k % 20000, 53
+        if port == 53:  # a reply comes from the server's port, as for TCP below
+            f.l4.UDP.source_port, f.l4.UDP.destination_port = (53, 40000 + k % 20000) if reply else (40000 + k % 20000, 53)
         else:
             f.l4.TCP.source_port, f.l4.TCP.destination_port = (port, 40000 + k % 20000) if reply else (40000 + k % 20000, port)
             f.l4.TCP.flags.ACK = True

@@ -1,16 +1,13 @@
 """A flow reduced to what the metric handlers read, as bytes: flows with equal digests
 count the same, so the exporter evaluates the handlers once per distinct digest.
 
-The digest is computed in C (upb), never by reading fields in Python: the encoded
-GetFlowsResponse is parsed as a *reduced* flow.Flow -- the same field numbers and
-types, minus the fields no handler reads (time, uuid, node, source ports, URLs,
-headers, DNS TTLs, ...), which the parser keeps as unknown fields and
-``DiscardUnknownFields`` drops -- and serialized again. What is left are the bytes of
-a valid flow.Flow with only the read fields, so ``flow.Flow.FromString(digest)`` is a
-flow the handlers treat exactly as the original.
-
+The digest is computed in C (upb), never by reading fields in Python
+(``webb.flow_digest``): the encoded GetFlowsResponse is parsed as a reduced flow.Flow
+without the fields no handler reads (time, uuid, node, source ports, URLs, headers,
+DNS TTLs, ...), stripped of them and serialized again, so
+``flow.Flow.FromString(digest)`` is a flow the handlers treat exactly as the original.
 Whole sub-messages whose presence no handler tests (the endpoints, the trace context,
-ICMP) are declared ``bytes``: they are copied, not decoded.
+ICMP) are copied undecoded.
 
 One conditional read: the destination port is read only of flows that are not
 replies, or that were dropped (port-distribution, flows-to-world). A reply's
@@ -25,13 +22,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf import any_pb2, timestamp_pb2, wrappers_pb2
-
 from webb.api.flow import flow_pb2 as fpb
-
-BYTES = "bytes"   # the whole field, carried undecoded
-KEEP = "keep"     # the field as declared
+from webb.flow_digest import BYTES, KEEP, reduced_response_class
 
 # message (in package flow) -> field -> KEEP | BYTES. Messages not listed keep all fields.
 READS: dict[str, dict[str, str]] = {
@@ -51,47 +43,7 @@ READS: dict[str, dict[str, str]] = {
     "HTTP": {"code": KEEP, "method": KEEP, "protocol": KEEP},
 }
 
-
-def _reduced_response_class() -> type:
-    """A GetFlowsResponse-compatible message whose only field is the reduced flow (1)."""
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto()
-    fpb.DESCRIPTOR.CopyToProto(fdp)
-    by_name = {m.name: m for m in fdp.message_type}
-    for name, fields in READS.items():
-        msg = by_name[name]  # KeyError: READS names a message flow.proto no longer has
-        known = {f.name for f in msg.field}
-        missing = set(fields) - known
-        if missing:
-            raise RuntimeError(f"digest READS: flow.{name} has no field(s) {sorted(missing)}")
-        kept = []
-        for f in msg.field:
-            how = fields.get(f.name)
-            if how is None:
-                continue
-            if how == BYTES:
-                f.type = F.TYPE_BYTES
-                f.ClearField("type_name")
-            kept.append(f)
-        del msg.field[:]
-        msg.field.extend(kept)
-    pool = descriptor_pool.DescriptorPool()
-    for dep in (any_pb2, wrappers_pb2, timestamp_pb2):
-        p = descriptor_pb2.FileDescriptorProto()
-        dep.DESCRIPTOR.CopyToProto(p)
-        pool.Add(p)
-    pool.Add(fdp)
-    resp = descriptor_pb2.FileDescriptorProto(name="webb_metrics_digest.proto",
-                                              package="webb_metrics_digest",
-                                              dependency=[fdp.name], syntax="proto3")
-    m = resp.message_type.add(name="Response")
-    m.field.add(name="flow", number=1, type=F.TYPE_MESSAGE, type_name=".flow.Flow",
-                label=F.LABEL_OPTIONAL)
-    pool.Add(resp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("webb_metrics_digest.Response"))
-
-
-_Response = _reduced_response_class()
+_Response = reduced_response_class(READS, "webb_metrics_digest")
 _DROPPED = fpb.DROPPED
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from webb.api.flow import flow_pb2 as fpb
+from webb.api.observer import observer_pb2 as opb
 
 from .l7stats import DnsStats, HttpStats
+from .map_digest import make_digest
 from .service import ServiceCache, ServiceId, visible_labels
 
 FORWARDED = fpb.FORWARDED
@@ -34,9 +36,10 @@ def _add_bounded(s: set, v: object) -> None:
 
 
 class Port:
-    __slots__ = ("port", "protocol", "l7", "flows")
+    __slots__ = ("port", "protocol", "l7", "flows", "alive")
 
     def __init__(self, port: int, protocol: str) -> None:
+        self.alive = True  # False once dropped from its card (Routes check it)
         self.port = port
         self.protocol = protocol
         self.l7: set[str] = set()
@@ -45,9 +48,10 @@ class Port:
 
 class Card:
     __slots__ = ("sid", "identities", "workloads", "labels", "pods", "ips", "nodes",
-                 "ports", "flows_in", "flows_out", "first_seen", "last_seen", "ep_keys")
+                 "ports", "flows_in", "flows_out", "first_seen", "last_seen", "ep_keys", "alive")
 
     def __init__(self, sid: ServiceId, now: float) -> None:
+        self.alive = True  # False once evicted from the map (Routes check it)
         self.sid = sid
         self.identities: set[int] = set()
         self.workloads: set[str] = set()
@@ -86,15 +90,17 @@ class Card:
                 # keep the busiest ports
                 drop = min(self.ports.values(), key=lambda x: x.flows)
                 del self.ports[(drop.port, drop.protocol)]
+                drop.alive = False
             p = self.ports[k] = Port(port, protocol)
         return p
 
 
 class Arrow:
     __slots__ = ("key", "forwarded", "dropped", "other", "drop_reasons", "http", "dns",
-                 "first_seen", "last_seen")
+                 "first_seen", "last_seen", "alive")
 
     def __init__(self, key: tuple[str, str, int, str], now: float) -> None:
+        self.alive = True  # False once evicted from the map (Routes check it)
         self.key = key
         self.forwarded = 0
         self.dropped = 0
@@ -166,6 +172,75 @@ def _drop_reason(flow: Any) -> str:
     return flow.ext_drop_reason_desc or "DROP_REASON_UNKNOWN"
 
 
+_parse = opb.GetFlowsResponse.FromString
+ROUTES_MAX = 10_000  # digests whose Route is remembered, per map
+
+
+class Route:
+    """What one flow does to the map, resolved to the map's own objects. Applying it
+    for another flow with the same digest does what ``add`` would do for that flow, as
+    long as its cards, arrow and port are all still in the map (``alive``): ``add``
+    would find those same objects, and the rest only counts."""
+
+    __slots__ = ("src", "dst", "arrow", "port", "client", "server", "ips", "ip",
+                 "nodes", "node", "l7stats", "l7", "is_resp", "l7_name", "counts", "verdict",
+                 "reason")
+
+    def __init__(self, src: Card, dst: Card) -> None:
+        self.src = src
+        self.dst = dst
+        self.arrow: Arrow | None = None  # None: a reply that draws nothing
+        self.port: Port | None = None
+        self.client: Card | None = None
+        self.server: Card | None = None
+        self.ips: set[str] | None = None  # a world card's addresses
+        self.ip = ""
+        self.nodes: set[str] | None = None
+        self.node = ""
+        self.l7stats: HttpStats | DnsStats | None = None
+        self.l7: Any = None
+        self.is_resp = False
+        self.l7_name = ""
+        self.counts = False  # counted as a flow of the arrow (not an L7 response)
+        self.verdict = 0
+        self.reason = ""
+
+    def apply(self, m: "ServiceMap", now: float) -> None:
+        m.flows += 1
+        m.version += 1
+        self.src.last_seen = now
+        self.dst.last_seen = now
+        arrow = self.arrow
+        if arrow is None:
+            return
+        if self.ips is not None:
+            _add_bounded(self.ips, self.ip)
+        arrow.last_seen = now
+        if self.nodes is not None:
+            _add_bounded(self.nodes, self.node)
+        if self.l7stats is not None:
+            self.l7stats.add(self.l7, self.is_resp)
+        p = self.port
+        if self.l7_name:
+            p.l7.add(self.l7_name)
+        if not self.counts:
+            return
+        verdict = self.verdict
+        if verdict == FORWARDED:
+            arrow.forwarded += 1
+        elif verdict == DROPPED:
+            arrow.dropped += 1
+            r = self.reason
+            reasons = arrow.drop_reasons
+            if r in reasons or len(reasons) < MAX_SET:
+                reasons[r] = reasons.get(r, 0) + 1
+        else:
+            arrow.other += 1
+        p.flows += 1
+        self.client.flows_out += 1
+        self.server.flows_in += 1
+
+
 class ServiceMap:
     def __init__(self, max_cards: int = 500, max_arrows: int = 2000, ttl: float = 900.0) -> None:
         self.max_cards = max_cards
@@ -178,6 +253,9 @@ class ServiceMap:
         self.version = 0
         self.flows = 0
         self.evicted = 0
+        self._digest = make_digest()
+        self._routes: dict[bytes, Route] = {}
+        self._once: set[bytes] = set()  # digests seen once so far
 
     # -- ingest -----------------------------------------------------------------
     def _card(self, ep: Any, now: float) -> Card:
@@ -199,8 +277,34 @@ class ServiceMap:
         return card
 
     def add(self, flow: Any, now: float) -> None:
-        self.flows += 1
-        self.version += 1
+        self._resolve(flow, now).apply(self, now)
+
+    def add_encoded(self, raw: bytes, now: float) -> None:
+        """``add`` for an encoded GetFlowsResponse carrying a flow: by its digest
+        (map_digest.py), the flow's Route is resolved once and applied again to the
+        flows with the same digest, until a card, arrow or port is evicted."""
+        key = self._digest(raw)
+        if key is None:  # is_reply unknown: depends on what the map knows now
+            self.add(_parse(raw).flow, now)
+            return
+        routes = self._routes
+        r = routes.get(key)
+        if r is None or not (r.src.alive and r.dst.alive
+                             and (r.arrow is None or (r.arrow.alive and r.port.alive))):
+            r = self._resolve(fpb.Flow.FromString(key), now)
+            once = self._once
+            if key in once or key in routes:  # one-offs (an HTTP latency) would crowd out the rest
+                if len(routes) >= ROUTES_MAX:
+                    routes.clear()
+                routes[key] = r
+            else:
+                if len(once) >= ROUTES_MAX:
+                    once.clear()
+                once.add(key)
+        r.apply(self, now)
+
+    def _resolve(self, flow: Any, now: float) -> Route:
+        """The cards, arrow and port a flow counts on (created as needed), and what it adds."""
         src = self._card(flow.source, now)
         dst = self._card(flow.destination, now)
         proto, sport, dport = _l4(flow)
@@ -214,18 +318,21 @@ class ServiceMap:
             proto = "IP"
         if reply:
             if not is_l7 and verdict != DROPPED:
-                return
+                return Route(src, dst)
             client, server, port = dst, src, sport
         else:
             client, server, port = src, dst, dport
+        r = Route(src, dst)
         if server.sid.kind == "world":
             ip = flow.IP.destination if not reply else flow.IP.source
             if ip:
-                _add_bounded(server.ips, ip)
+                r.ips, r.ip = server.ips, ip
         elif client.sid.kind == "world":
             ip = flow.IP.source if not reply else flow.IP.destination
             if ip:
-                _add_bounded(client.ips, ip)
+                r.ips, r.ip = client.ips, ip
+        if r.ips is not None:
+            _add_bounded(r.ips, r.ip)  # before a new arrow may evict: as flow by flow
         key = (client.sid.key, server.sid.key, port, proto)
         arrow = self.arrows.get(key)
         if arrow is None:
@@ -233,59 +340,52 @@ class ServiceMap:
                 self._evict_arrow(min(self.arrows.values(), key=lambda a: a.last_seen))
             arrow = self.arrows[key] = Arrow(key, now)
         arrow.last_seen = now
-        p = server.port(port, proto)
+        r.arrow, r.port, r.client, r.server = arrow, server.port(port, proto), client, server
         node = flow.node_name
         if node:
             # the node that saw the flow hosts the endpoint it was observed at:
             # the client for egress, the server for ingress
             direction = flow.traffic_direction
             if direction == INGRESS:
-                _add_bounded(server.nodes, node)
+                r.nodes, r.node = server.nodes, node
             elif direction == EGRESS:
-                _add_bounded(client.nodes, node)
+                r.nodes, r.node = client.nodes, node
+        r.counts = True
         if is_l7:
             l7 = flow.l7
             which = l7.WhichOneof("record")
-            is_resp = l7.type == RESPONSE
+            r.is_resp = l7.type == RESPONSE
             if which == "http":
                 if arrow.http is None:
                     arrow.http = HttpStats()
-                arrow.http.add(l7, is_resp)
-                p.l7.add("HTTP")
+                r.l7stats, r.l7, r.l7_name = arrow.http, l7, "HTTP"
             elif which == "dns":
                 if arrow.dns is None:
                     arrow.dns = DnsStats()
-                arrow.dns.add(l7, is_resp)
-                p.l7.add("DNS")
+                r.l7stats, r.l7, r.l7_name = arrow.dns, l7, "DNS"
             elif which:
-                p.l7.add(which.upper())
+                r.l7_name = which.upper()
             if reply and verdict != DROPPED:
-                return
-        if verdict == FORWARDED:
-            arrow.forwarded += 1
-        elif verdict == DROPPED:
-            arrow.dropped += 1
-            r = _drop_reason(flow)
-            if r in arrow.drop_reasons or len(arrow.drop_reasons) < MAX_SET:
-                arrow.drop_reasons[r] = arrow.drop_reasons.get(r, 0) + 1
-        else:
-            arrow.other += 1
-        p.flows += 1
-        client.flows_out += 1
-        server.flows_in += 1
+                r.counts = False
+        r.verdict = verdict
+        if verdict == DROPPED:
+            r.reason = _drop_reason(flow)
+        return r
 
     # -- bounds -------------------------------------------------------------------
     def _evict_arrow(self, a: Arrow) -> None:
         self.arrows.pop(a.key, None)
+        a.alive = False
         self.evicted += 1
         self.version += 1
 
     def _evict_card(self, c: Card) -> None:
         self.cards.pop(c.sid.key, None)
+        c.alive = False
         for k in c.ep_keys:
             self._eps.pop(k, None)
         for key in [k for k in self.arrows if k[0] == c.sid.key or k[1] == c.sid.key]:
-            del self.arrows[key]
+            self.arrows.pop(key).alive = False
         self.evicted += 1
         self.version += 1
 
@@ -301,6 +401,7 @@ class ServiceMap:
         self.cards.clear()
         self.arrows.clear()
         self._eps.clear()
+        self._routes.clear()
         self.version += 1
 
     # -- output -------------------------------------------------------------------

@@ -33,6 +33,8 @@ from .settings import Settings
 
 log = logging.getLogger("webb.ui.view")
 
+_parse = opb.GetFlowsResponse.FromString
+
 
 def _arrow_label(a: dict[str, Any]) -> list[str]:
     # the port is the row of the callee's card the arrow ends at
@@ -124,7 +126,8 @@ class View:
         self.unsatisfiable = filters is None
         self.whitelist, self.blacklist = filters if filters is not None else ([], [])
         self.map = ServiceMap(settings.max_cards, settings.max_arrows, settings.map_ttl)
-        self.window: deque[tuple[int, fpb.Flow]] = deque(maxlen=settings.flows_window)
+        # (seq, encoded GetFlowsResponse): decoded only for the rows a page asks for
+        self.window: deque[tuple[int, bytes]] = deque(maxlen=settings.flows_window)
         self.seq = 0
         self.lost = 0
         self.state = "starting"  # starting | history | live | retrying | error | empty
@@ -202,21 +205,17 @@ class View:
 
     def _take(self, batch: Batch) -> None:
         window = self.window
-        add = self.map.add
+        add = self.map.add_encoded  # by digest: no full decode of the flow
         now = time.time()
         seq = self.seq
-        decoded = batch.decoded
-        parse = opb.GetFlowsResponse.FromString
-        for i, raw in enumerate(batch.raw):
+        for raw in batch.raw:  # the fallback's decoded batches keep their bytes too
             b = raw[:1]
             if b == b"\n":
-                flow = decoded[i].flow if decoded is not None else parse(raw).flow
                 seq += 1
-                window.append((seq, flow))
-                add(flow, now)
+                window.append((seq, raw))
+                add(raw, now)
             elif b == b"\x1a":
-                resp = decoded[i] if decoded is not None else parse(raw)
-                self.lost += resp.lost_events.num_events_lost
+                self.lost += _parse(raw).lost_events.num_events_lost
                 self.version += 1
         self.seq = seq
         if batch.time_ns:
@@ -225,10 +224,10 @@ class View:
                 self._last_time_ns = last
 
     # -- reads ------------------------------------------------------------------------
-    def _rows(self, items: Iterator[tuple[int, fpb.Flow]]) -> list[dict[str, Any]]:
+    def _rows(self, items: Iterator[tuple[int, bytes]]) -> list[dict[str, Any]]:
         rows = []
-        for seq, flow in items:
-            row = to_row(flow)
+        for seq, raw in items:
+            row = to_row(_parse(raw).flow)
             if not row["id"]:
                 row["id"] = f"~{seq}"
             row["seq"] = seq
@@ -238,7 +237,7 @@ class View:
     def rows_since(self, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """The newest ``limit`` flows with seq > after (oldest first) and how many
         newer-than-``after`` flows were left out."""
-        picked: list[tuple[int, fpb.Flow]] = []
+        picked: list[tuple[int, bytes]] = []
         for item in reversed(self.window):
             if item[0] <= after or len(picked) >= limit:
                 break
@@ -254,8 +253,14 @@ class View:
                 want = int(flow_id[1:])
             except ValueError:
                 return None
-            return next((f for s, f in self.window if s == want), None)
-        return next((f for _, f in reversed(self.window) if f.uuid == flow_id), None)
+            return next((_parse(r).flow for s, r in self.window if s == want), None)
+        needle = flow_id.encode()
+        for _, raw in reversed(self.window):
+            if needle in raw:  # then decode to be sure it is the uuid
+                f = _parse(raw).flow
+                if f.uuid == flow_id:
+                    return f
+        return None
 
     def status(self) -> dict[str, Any]:
         f = self.follower.stats if self.follower is not None else None
