@@ -73,6 +73,7 @@ class AgentConfig:
     l7_proxy: bool = True      # enforce HTTP rules; off: connections they police drop
     l7_proxy_port: int = 0     # 0: any free port
     l7_proxy_idle_timeout: float = 60.0
+    tofqdns_min_ttl: float = 0.0
     redact: RedactSettings = field(default_factory=RedactSettings)
     # Kubernetes mode (k8s/): pods, nodes, namespaces, Services and policies from the
     # API server, identities allocated cluster-wide through it.
@@ -128,7 +129,8 @@ class Agent:
                                  drop_report_interval_s=cfg.drop_report_interval,
                                  l7_prefix=cfg.l7_prefix)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
-        self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost)
+        self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost,
+                                   fqdn_min_ttl=cfg.tofqdns_min_ttl)
         self.policy.on_change = self._on_policy
         self.policy.bind_datapath(self.datapath)
         self.ingest = Ingest(self.ring, self.registry, {packed_ip(ip) for ip in node_ips})
@@ -196,6 +198,7 @@ class Agent:
                         self.cfg.l7_proxy_idle_timeout)
         proxy.on_flow = self._proxy_flow
         proxy.dns.on_flow = self._proxy_flow
+        proxy.dns.on_answer = self.policy.learn_dns
         try:
             await proxy.start()
         except Exception as e:  # policy stays closed: policed connections drop

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--allow-localhost", default="always", choices=["always", "policy"],
                    help="always (default, as Cilium): this node may always reach its endpoints; "
                         "policy: only if a policy allows the host entity")
+    p.add_argument("--tofqdns-min-ttl", type=float, default=0.0, metavar="SECONDS",
+                   help="the least time addresses from a DNS answer stay allowed to toFQDNs "
+                        "rules, whatever the answer's TTL (default 0: the TTL, as Cilium)")
     p.add_argument("--drop-report-interval", type=float, default=1.0,
                    help="seconds between reports of repeated drops of one peer and port "
                         "(default 1); drops in between are counted")
@@ -175,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
-        l7_proxy_idle_timeout=a.l7_proxy_idle_timeout,
+        l7_proxy_idle_timeout=a.l7_proxy_idle_timeout, tofqdns_min_ttl=a.tofqdns_min_ttl,
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
         install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,
         identity_gc_grace=a.identity_gc_grace, tls_cert=a.tls_cert, tls_key=a.tls_key,

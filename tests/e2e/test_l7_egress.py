@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,17 @@ spec:
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
       rules:
-        dns: [{matchName: allowed.example.com}, {matchPattern: "*.good.example"}]
+        dns: [{matchName: allowed.example.com}, {matchPattern: "*.good.example"},
+              {matchPattern: "*.ext.example"}]
+  - toFQDNs: [{matchPattern: "*.ext.example"}]
+    toPorts: [{ports: [{port: "9080", protocol: TCP}]}]
 """
+FQDN_TTL = 3
 ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
         "denied.example.com.": [30, ["10.99.0.2"]],
         "www.good.example.": [30, ["10.99.0.3"]]}
+# toFQDNs: "api.ext.example" is the pod "ext" (no endpoint: outside the cluster), added
+# to ZONE once the lab knows its address; "ext2" is never in an answer.
 
 
 def get(path: str) -> str:
@@ -64,11 +71,13 @@ def lab():
         lab.add_pod(n1, "server", 11)
         lab.add_pod(n1, "dns", 12)
         lab.add_pod(n2, "remote", 10)
+        ext, _ = lab.add_pod(n2, "ext", 20), lab.add_pod(n2, "ext2", 21)
+        zone = {**ZONE, "api.ext.example.": [FQDN_TTL, [ext.ip4]]}
         dns = lab.popen(lab.pods["dns"].netns, sys.executable, str(HELPERS / "dns_server.py"),
-                        "53", json.dumps(ZONE), stdout=subprocess.PIPE, text=True)
+                        "53", json.dumps(zone), stdout=subprocess.PIPE, text=True)
         procs.append(dns)
         assert dns.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
-        for pod in ("server", "remote"):
+        for pod in ("server", "remote", "ext", "ext2"):
             srv = lab.popen(lab.pods[pod].netns, sys.executable,
                             str(HELPERS / "http_server.py"), str(PORT),
                             stdout=subprocess.PIPE, text=True)
@@ -181,9 +190,10 @@ def test_egress_flows(lab, agent):
 
 
 def dns(lab: NetLab, name: str, qtype: str = "A", server: str | None = None,
-        transport: str = "udp") -> dict | str:
+        transport: str = "udp", then_get: int | None = None) -> dict | str:
     out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "dns_client.py"),
-                   server or lab.pods["dns"].ip4, name, qtype, "3", transport, timeout=30)
+                   server or lab.pods["dns"].ip4, name, qtype, "3", transport,
+                   *([str(then_get)] if then_get else []), timeout=30)
     return json.loads(out.stdout)
 
 
@@ -227,6 +237,25 @@ def test_dns_rules_allow_and_refuse(lab, agent):
     assert [p.name for p in req_ok.egress_allowed_by] == ["client-egress"]
     counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
     assert counters["l7proxy.dns_queries"] >= 7 and counters["l7proxy.dns_denied"] >= 3
+
+
+def test_to_fqdns_allows_answered_addresses_until_the_ttl_ends(lab, agent):
+    ext, ext2 = lab.pods["ext"], lab.pods["ext2"]
+    # Nothing resolved yet: outside the cluster, default deny.
+    assert http(lab, ext.ip4, [{"send": get("/")}], timeout=1.5) == ["timeout"]
+    # The answer reaches the client only once the datapath allows its address: a
+    # connection right after it passes.
+    t = time.monotonic()
+    got = dns(lab, "api.ext.example", then_get=PORT)
+    assert got["ips"] == [ext.ip4] and got["ttl"] == FQDN_TTL and got["get"] == 200, got
+    # An address no answer gave stays denied.
+    assert http(lab, ext2.ip4, [{"send": get("/")}], timeout=1.5) == ["timeout"]
+    # The TTL ends: denied again (polled, each attempt a new connection).
+    wait_for(lambda: http(lab, ext.ip4, [{"send": get("/")}], timeout=1.0) == ["timeout"],
+             FQDN_TTL + 15, 0.1, "the learned address to expire")
+    assert time.monotonic() - t >= FQDN_TTL
+    # Asked again: allowed again.
+    assert dns(lab, "api.ext.example", then_get=PORT)["get"] == 200
 
 
 def test_no_proxy_fails_closed(lab, workdir, agent):

@@ -1,7 +1,9 @@
 """DNS client for the DNS policy tests, run inside a pod: one UDP query, one answer.
 
-usage: dns_client.py SERVER NAME [TYPE] [TIMEOUT] [udp|tcp]
-Prints JSON {"rcode": n, "ips": [...], "ttl": n, "from": "addr:port"} or "timeout".
+usage: dns_client.py SERVER NAME [TYPE] [TIMEOUT] [udp|tcp] [PORT]
+Prints JSON {"rcode": n, "ips": [...], "ttl": n, "from": "addr:port"} or "timeout";
+with PORT, at once after the answer, "GET /" to its first address on that port:
+"get": the HTTP status, or "timeout" / "refused".
 """
 import json, socket, struct, sys, os, ipaddress
 
@@ -46,4 +48,14 @@ for _ in range(an):
         ips.append(str(ipaddress.ip_address(data[off: off + rdlen])))
     ttl = t if ttl is None else min(ttl, t)
     off += rdlen
-print(json.dumps({"rcode": flags & 0xF, "ips": ips, "ttl": ttl, "from": f"{addr[0]}:{addr[1]}"}))
+out = {"rcode": flags & 0xF, "ips": ips, "ttl": ttl, "from": f"{addr[0]}:{addr[1]}"}
+if len(sys.argv) > 6 and ips:
+    try:
+        c = socket.create_connection((ips[0], int(sys.argv[6])), timeout=timeout)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out["get"] = int(c.makefile("rb").readline().split()[1])
+    except socket.timeout:
+        out["get"] = "timeout"
+    except ConnectionRefusedError:
+        out["get"] = "refused"
+print(json.dumps(out))

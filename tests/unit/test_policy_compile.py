@@ -307,3 +307,55 @@ spec:
     assert not c.endpoints.get(rv.id) or not c.endpoints[rv.id].flags & EP_PROXY_EGRESS
     await eng.delete("pp-egress", "bookinfo")
     assert not eng.compiled.l7
+
+
+async def test_to_fqdns_allows_exactly_the_answered_addresses_until_they_expire(world):
+    """toFQDNs: nothing before an answer; then the answer's addresses (as /32 CIDR
+    identities in the ipcache), for names the selector selects only; gone at expiry."""
+    import ipaddress
+    import time
+
+    from webb_agent.pipeline.l7.dns import DNSMessage
+    from webb_agent.policy.compile import DIR_EGRESS
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pp-fqdn, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.com"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+""")
+    pp = by(reg, "productpage")
+
+    def allowed() -> set[str]:
+        return {str(eng.cidr_ids.network(k.identity)) for k in eng.compiled.allow
+                if k.ep_id == pp.id and k.direction == DIR_EGRESS and k.port == 443}
+    assert allowed() == set()
+    answer = DNSMessage(1, True, 0, 0, "api.example.com.", ("A",), ("203.0.113.5", "203.0.113.2"),
+                        ttl=30)
+    await eng.learn_dns(pp.id, answer)
+    assert allowed() == {"203.0.113.5/32", "203.0.113.2/32"}
+    assert eng.identity_of("203.0.113.5") == eng.cidr_ids.get(ipaddress.ip_network("203.0.113.5/32"))
+    # A name no selector selects teaches nothing.
+    await eng.learn_dns(pp.id, DNSMessage(2, True, 0, 0, "other.org.", ("A",), ("203.0.113.3",),
+                                          ttl=30))
+    assert allowed() == {"203.0.113.5/32", "203.0.113.2/32"} and len(eng.fqdn) == 1
+    assert eng.fqdn.expire(time.monotonic() + 31)
+    eng._recompile()
+    assert allowed() == set() and eng.identity_of("203.0.113.5") == 2
+    await eng.delete("pp-fqdn", "bookinfo")
+
+
+def test_fqdn_store_ttl_and_minimum():
+    from webb_agent.policy.fqdn import FQDNStore
+    from webb_agent.policy.model import DNSRule
+    st = FQDNStore(min_ttl=10)
+    assert st.learn(["a.example."], ["10.0.0.1"], ttl=2, now=100.0)
+    assert not st.learn(["A.example"], ["10.0.0.1"], ttl=2, now=101.0)  # known: no regrow
+    assert st.next_expiry() == 111.0  # the minimum TTL, from the later answer
+    assert {str(n) for n in st.selected(DNSRule("a.example"), now=110.0)} == {"10.0.0.1/32"}
+    assert st.selected(DNSRule("a.example"), now=111.0) == frozenset()
+    assert not st.expire(now=110.0) and st.expire(now=111.0) and len(st) == 0

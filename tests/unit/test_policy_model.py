@@ -330,7 +330,7 @@ def test_egress_http_rules_are_accepted():
     assert rule.direction == "egress" and rule.ports[0].http
 
 
-def test_rules_not_enforced_yet_are_rejected_not_ignored():
+def test_dns_rules_and_to_fqdns_are_checked():
     dns = """
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -363,8 +363,8 @@ spec:
       rules:
         dns: [{matchPattern: "*.cilium.io"}, {matchName: "api.github.com"}]
 """, "")
-    with pytest.raises(PolicyError, match=r"spec.egress\[0\].toFQDNs: toFQDNs is validated but"):
-        parse_documents(fqdn_only)
+    (pol,) = parse_documents(fqdn_only)
+    assert [p.fqdn for p in pol.specs[0].rules[0].peers] == [DNSRule("api.github.com", "")]
     with pytest.raises(PolicyError, match=r"toFQDNs\[0\]: needs matchName or matchPattern"):
         parse_documents(fqdn_only.replace("{matchName: api.github.com}", "{}"))
     with pytest.raises(PolicyError, match=r"ingress\[0\].toFQDNs: unknown field"):

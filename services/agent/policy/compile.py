@@ -125,6 +125,8 @@ class ClusterView:
     local: dict[int, tuple[str, ...]]                 # local endpoint id -> its identity labels
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     cluster: str = "default"
+    # toFQDNs: the addresses DNS answers gave for each selector (policy/fqdn.py).
+    fqdns: Mapping[DNSRule, frozenset[Network]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,9 @@ class Compiler:
 
     def compile(self, policies: Iterable[Policy], view: ClusterView) -> Compiled:
         policies = list(policies)
-        cidrs = {net: self.cidr_ids.get(net) for net in cidr_prefixes(policies)}
+        learned = sorted({net for nets in view.fqdns.values() for net in nets},
+                         key=lambda n: (n.version, n))
+        cidrs = {net: self.cidr_ids.get(net) for net in [*cidr_prefixes(policies), *learned]}
         universe: dict[int, LabelSet] = {
             num: _extended(tuple(labels), view.namespace_labels)
             for num, labels in view.identities.items()}
@@ -242,7 +246,8 @@ class Compiler:
                             flags[ep] = flags.get(ep, 0) | enforce
                             default_refs.setdefault((ep, d), set()).add(ref)
                 for rule in spec.rules:
-                    ids = self._identities(rule.peers, universe, cidr_nets, view.cluster)
+                    ids = self._identities(rule.peers, universe, cidr_nets, view.cluster,
+                                           view.fqdns, cidrs)
                     if not ids:
                         continue
                     ports = _port_keys(rule.ports)
@@ -292,7 +297,9 @@ class Compiler:
             cidrs=cidrs)
 
     def _identities(self, peers: tuple[Peer, ...] | None, universe: dict[int, LabelSet],
-                    cidr_nets: "CIDRIndex", cluster: str) -> set[int]:
+                    cidr_nets: "CIDRIndex", cluster: str,
+                    fqdns: Mapping[DNSRule, frozenset[Network]] | None = None,
+                    cidrs: Mapping[Network, int] | None = None) -> set[int]:
         if peers is None:
             return {ANY_IDENTITY}
         out: set[int] = set()
@@ -303,6 +310,9 @@ class Compiler:
                 out.update(n for n, ls in universe.items() if peer.selector.matches(ls))
             elif peer.cidr is not None:
                 out.update(cidr_nets.inside(peer.cidr))
+            elif peer.fqdn is not None:
+                # Only what DNS answers gave (none yet: nothing, default deny stays).
+                out.update(cidrs[n] for n in (fqdns or {}).get(peer.fqdn, ()) if cidrs)
             else:
                 e = peer.entity
                 if e == "all":

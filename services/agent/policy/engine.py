@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,7 +24,9 @@ from ..stores.identities import RESERVED
 from .compile import ClusterView, Compiled, Compiler, EndpointPolicy, PolicySets
 from .ipcache import CIDRIdentities, IPKey, PrefixLookup, build
 from .maps import BPFTables, EpEntry, MapState, MapWriter, Tables
-from .model import KIND_CCNP, Policy, PolicyError, normalize_kind, parse_documents
+from .dnsmatch import matches
+from .fqdn import FQDNStore
+from .model import KIND_CCNP, DNSRule, Policy, PolicyError, normalize_kind, parse_documents
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class NullTables:
 class PolicyEngine:
     def __init__(self, registry: EndpointRegistry, node_ips: Iterable[str] = (),
                  cluster: str = "default", allow_localhost: bool = True,
-                 tables: Tables | None = None) -> None:
+                 tables: Tables | None = None, fqdn_min_ttl: float = 0.0) -> None:
         self.registry = registry
         self.node_ips = set(node_ips)
         self.cluster = cluster
@@ -70,6 +73,9 @@ class PolicyEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_interface: dict[str, Endpoint] = {}
         self.on_change: Callable[[Policy, bool], None] | None = None  # (policy, deleted)
+        self.fqdn = FQDNStore(fqdn_min_ttl)
+        self._fqdn_wake = asyncio.Event()
+        self._fqdn_task: asyncio.Task[None] | None = None
 
     # -- wiring ------------------------------------------------------------------------
     def bind_datapath(self, datapath: Any) -> None:
@@ -126,7 +132,51 @@ class PolicyEngine:
             idents[ep.identity] = ep.identity_labels
             if self.registry.is_local(ep) and ep.id:
                 local[ep.id] = ep.identity_labels
-        return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster)
+        return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster,
+                           {r: self.fqdn.selected(r) for r in self._fqdn_selectors()})
+
+    # -- toFQDNs ---------------------------------------------------------------------------
+    def _fqdn_selectors(self) -> set[DNSRule]:
+        return {peer.fqdn for p in self.policies.values() for spec in p.specs
+                for rule in spec.rules for peer in rule.peers or () if peer.fqdn is not None}
+
+    async def learn_dns(self, ep_id: int, answer: Any) -> None:
+        """An answer the DNS proxy let through (l7.dns.DNSMessage): its addresses are
+        allowed to toFQDNs selectors of its names once this returns (the proxy holds
+        the answer back until then, so the client's next connection finds them)."""
+        if not answer.ips:
+            return
+        selectors = self._fqdn_selectors()
+        names = [n for n in (answer.query, *answer.cnames)
+                 if any(matches((r,), n) for r in selectors)]
+        if not names:
+            return
+        if self.fqdn.learn(names, answer.ips, answer.ttl):
+            async with self._lock:
+                self._recompile()
+        self._ensure_expiry()
+
+    def _ensure_expiry(self) -> None:
+        self._fqdn_wake.set()
+        if self._fqdn_task is None or self._fqdn_task.done():
+            self._fqdn_task = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def _expire_loop(self) -> None:
+        """Recompiles when learned addresses expire (their TTL, at least the minimum)."""
+        while True:
+            self._fqdn_wake.clear()
+            when = self.fqdn.next_expiry()
+            if when is None:
+                await self._fqdn_wake.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._fqdn_wake.wait(), max(when - time.monotonic(), 0))
+                continue  # something new was learned: look at the next expiry again
+            except asyncio.TimeoutError:
+                pass
+            if self.fqdn.expire():
+                async with self._lock:
+                    self._recompile()
 
     def _compile(self, policies: Iterable[Policy]) -> tuple[Compiled, MapState]:
         self._snapshot_interfaces()

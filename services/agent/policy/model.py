@@ -129,10 +129,13 @@ class Peer:
     selector: Selector | None = None
     cidr: CIDR | None = None
     entity: str = ""
+    fqdn: DNSRule | None = None  # toFQDNs: the addresses DNS answers gave for the names
 
     def text(self) -> str:
         if self.selector is not None:
             return f"endpoints({self.selector.text()})"
+        if self.fqdn is not None:
+            return f"fqdn({self.fqdn.match_name or self.fqdn.match_pattern})"
         if self.cidr is not None:
             return f"cidr({self.cidr.text()})"
         return f"entity({self.entity})"
@@ -325,7 +328,6 @@ _UNSUPPORTED_L7 = {
 }
 # Accepted and checked for errors, but webb does not enforce them yet: rejected at
 # apply time rather than ignored (an unenforced rule would silently allow).
-_NOT_ENFORCED_FQDN = "toFQDNs is validated but not enforced by webb yet; the policy is rejected"
 MAX_HTTP_RULES = 256  # per toPorts entry
 
 
@@ -393,9 +395,8 @@ def _cilium_peer_rule(raw: Any, path: str, direction: str, deny: bool, namespace
             peers = tuple(Peer(selector=_peer_selector(s, f"{path}.{k}[{i}]", namespace))
                           for i, s in enumerate(items))
         elif k == "toFQDNs":
-            for i, f in enumerate(items):
-                _dns_rule(f, f"{path}.{k}[{i}]")
-            raise PolicyError(f"{path}.{k}: {_NOT_ENFORCED_FQDN}")
+            peers = tuple(Peer(fqdn=_dns_rule(f, f"{path}.{k}[{i}]"))
+                          for i, f in enumerate(items))
         elif k.endswith("CIDRSet"):
             peers = tuple(Peer(cidr=_cidr_rule(c, f"{path}.{k}[{i}]"))
                           for i, c in enumerate(items))
