@@ -237,7 +237,7 @@ GET_FLOWS = "/observer.Observer/GetFlows"
 RING = 65535
 # Options of these rows (main() sets them from the command line).
 OPTS = argparse.Namespace(fill_per_pair=33000, live_per_pair=20000, offered=50000,
-                          latency_seconds=6.0, ratio_flows=20000, abba_rounds=3,
+                          latency_seconds=6.0, ratio_flows=20000, abba_rounds=5,
                           history_flows=0)
 _PIPELINE: "Pipeline | None" = None
 
@@ -503,6 +503,7 @@ def getflows_row() -> list[Target]:
     p.fill()
     assert p.relay is not None
     out = []
+    pids = {"relay": p.relay.proc.pid, "agent": p.agents[0].proc.pid}
     for label, channel in (("relay", p.relay.channel), ("agent", p.agents[0].channel)):
         # A time window holding about --ratio-flows flows: what the relay reads from
         # the agents is what it sends (with `number` it would read N per agent).
@@ -520,11 +521,18 @@ def getflows_row() -> list[Target]:
         try:
             assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
             bare = grpc.insecure_channel(f"127.0.0.1:{port}", options=NO_BDP)
-            ratios, rates = [], {"webb": [], "bare": []}  # type: ignore[var-annotated]
+            server_pid = {"webb": pids[label], "bare": srv.pid}
+            ratios: list[float] = []
+            rates: dict[str, list[float]] = {"webb": [], "bare": []}
+            # server CPU per message (the relay's includes reading the agents; the agent's
+            # whatever else it does meanwhile): less noisy than rates on a shared machine
+            cpu_us: dict[str, list[float]] = {"webb": [], "bare": []}
             for _ in range(a.abba_rounds):
                 r: dict[str, list[float]] = {"webb": [], "bare": []}
                 for who in ("webb", "bare", "bare", "webb"):  # ABBA
+                    c0 = cpu_seconds(server_pid[who])
                     n, dt = read_get_flows(channel if who == "webb" else bare, **req)
+                    cpu_us[who].append((cpu_seconds(server_pid[who]) - c0) / n * 1e6)
                     r[who].append(n / dt)
                 ratios.append(sum(r["webb"]) / sum(r["bare"]))
                 rates["webb"] += r["webb"]
@@ -536,9 +544,12 @@ def getflows_row() -> list[Target]:
             os.unlink(f.name)
         w, b = statistics.median(rates["webb"]), statistics.median(rates["bare"])
         ratio = statistics.median(ratios)
-        print(f"GetFlows, {label} vs bare grpcio with the same {len(msgs):,} responses: "
-              f"median {w:,.0f} vs {b:,.0f} messages/s; ratio per ABBA round "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}: median {ratio:.2f} ({load()})")
+        cw, cb = statistics.median(cpu_us["webb"]), statistics.median(cpu_us["bare"])
+        print(f"GetFlows, {label} vs bare grpcio with the same {len(msgs):,} responses, "
+              f"{a.abba_rounds} ABBA rounds: median {w:,.0f} vs {b:,.0f} messages/s; ratio per "
+              f"round {', '.join(f'{x:.2f}' for x in ratios)}: median {ratio:.2f}, spread "
+              f"{min(ratios):.2f}-{max(ratios):.2f}; server CPU per message (median) "
+              f"{cw:.1f} vs {cb:.1f} us ({load()})")
         out.append(Target(f"Hubble GetFlows ({label}) / bare grpcio", ratio, "ratio",
                           ratio >= 0.9))
     return out

@@ -135,6 +135,16 @@ def s(field: int, text: str) -> bytes:
 
 _SECONDS: dict[int, bytes] = {}  # encoded `seconds` fields: flows come in runs of one second
 
+# The low 14 bits of a varint as its first two (continued) bytes: a nanoseconds value
+# (< 2^30) is then two table look-ups (this, and _V for the rest) instead of _varint's
+# arithmetic, once per response sent (GetFlows and batches build each response's time).
+_LOW14 = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
+
+
+def nanos_varint(n: int) -> bytes:
+    """varint(n) for 0 <= n < 2^30 (a Timestamp's nanos)."""
+    return _LOW14[n & 0x3FFF] + _V[n >> 14] if n >= 0x4000 else _V[n]
+
 
 def timestamp(ns: int) -> bytes:
     sec, nanos = divmod(ns, 1_000_000_000)
@@ -143,7 +153,7 @@ def timestamp(ns: int) -> bytes:
         if len(_SECONDS) >= 4096:
             _SECONDS.clear()
         head = _SECONDS[sec] = vi(TS.seconds, sec)
-    return head + _T_NANOS + _varint(nanos) if nanos else head
+    return head + _T_NANOS + nanos_varint(nanos) if nanos else head
 
 
 def encode_endpoint(ep_id: int, identity: int, namespace: str, labels: tuple[str, ...],
@@ -222,6 +232,7 @@ _T_IP, _T_L4, _T_SRC, _T_DST = key(F.IP, 2), key(F.l4, 2), key(F.source, 2), key
 _T_TCP, _T_UDP = key(L4.TCP, 2), key(L4.UDP, 2)
 _T_ICMP4, _T_ICMP6 = key(L4.ICMPv4, 2), key(L4.ICMPv6, 2)
 _T_SECONDS, _T_NANOS = key(TS.seconds, 0), key(TS.nanos, 0)
+_R_FLOW, _R_TIME = key(RESP.flow, 2), key(RESP.time, 2)
 _T_IP_SRC, _T_IP_DST = key(IPF.source, 2), key(IPF.destination, 2)
 # Ethernet's source/destination keys with the length of a MAC's text (17 bytes).
 _ETH_SRC, _ETH_DST = key(ETH.source, 2) + b"\x11", key(ETH.destination, 2) + b"\x11"
@@ -402,5 +413,9 @@ class FlowEncoder:
                 s(F.Summary, f"{text} (kernel: {name})"))
 
     def response(self, flow: bytes, time_ns: int) -> bytes:
-        """observer.GetFlowsResponse bytes around encoded flow bytes."""
-        return ld(RESP.flow, flow) + self._node_field + ld(RESP.time, timestamp(time_ns))
+        """observer.GetFlowsResponse bytes around encoded flow bytes (built per response
+        sent: one join, one copy of the flow, a few µs less than concatenating)."""
+        n = len(flow)
+        ts = timestamp(time_ns)
+        return b"".join((_R_FLOW, _V[n] if n < 65536 else _varint(n), flow, self._node_field,
+                         _R_TIME, _V[len(ts)], ts))
