@@ -82,6 +82,13 @@ def test_encoding_unchanged():
     assert hashlib.sha256(b"|".join(enc)).hexdigest() == GOLDEN
 
 
+def test_flow_uuid_bytes_is_the_encoded_flow_uuid():
+    e = encoder()
+    for seq in (0, 1, 0xABCDEF, 2**48 - 1, 2**48, 2**63 - 1):
+        assert e.flow_uuid_bytes(seq) == e.flow_uuid(seq).encode()
+        assert len(e.flow_uuid_bytes(seq)) == 36
+
+
 def test_fields_where_flow_proto_puts_them():
     flows = [fpb.Flow.FromString(b) for b in encodings()[:len(EVENTS)]]
     f = flows[0]

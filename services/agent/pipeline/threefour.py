@@ -297,6 +297,7 @@ class FlowEncoder:
         salt = uuid.uuid4().hex
         # Stable per flow (so two reads agree), distinct across agents and restarts.
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
+        self._uuid_prefix_b = self._uuid_prefix.encode()
         # flow.Flow interface fields by ifindex; pods come and go with new ifindexes, so
         # the least recently added go beyond MAX_INTERFACES (counted).
         self._iface: dict[int, bytes] = {}
@@ -309,9 +310,15 @@ class FlowEncoder:
         if len(salt) < 16:
             raise ValueError("a UUID salt needs 16 hex digits")
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
+        self._uuid_prefix_b = self._uuid_prefix.encode()
 
     def flow_uuid(self, seq: int) -> str:
         return f"{self._uuid_prefix}{(seq >> 48) & 0xFFFF:04x}-{seq & 0xFFFFFFFFFFFF:012x}"
+
+    def flow_uuid_bytes(self, seq: int) -> bytes:
+        """flow_uuid(seq).encode(), formatted as bytes (every read of a flow adds its
+        UUID: a third of the time of an f-string and an encode)."""
+        return b"%s%04x-%012x" % (self._uuid_prefix_b, (seq >> 48) & 0xFFFF, seq & 0xFFFFFFFFFFFF)
 
     def _interface(self, ifindex: int) -> bytes:
         cache = self._iface
@@ -326,7 +333,7 @@ class FlowEncoder:
 
     def encode(self, ev: FlowEvent, time_ns: int, seq: int, src: bytes, dst: bytes) -> bytes:
         """Flow bytes for one trace record; src/dst are encoded Endpoint messages."""
-        return with_endpoints(self.body(ev, time_ns), self.flow_uuid(seq).encode(), src, dst)
+        return with_endpoints(self.body(ev, time_ns), self.flow_uuid_bytes(seq), src, dst)
 
     def body(self, ev: FlowEvent, time_ns: int) -> bytes:
         """The record's Flow fields but uuid, source and destination (with_endpoints).

@@ -49,7 +49,7 @@ class FlowWireCache:
         if src is None:  # read back from the history store: the whole flow
             return body
         dst = rec.dst
-        return with_endpoints(body, self.encoder.flow_uuid(rec.seq).encode(),
+        return with_endpoints(body, self.encoder.flow_uuid_bytes(rec.seq),
                               src.wire or src.with_wire().wire, dst.wire or dst.with_wire().wire)
 
     def _l7_body(self, rec: L7Record) -> bytes:
