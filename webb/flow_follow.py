@@ -52,11 +52,14 @@ GET_FLOWS = "/observer.Observer/GetFlows"
 GET_FLOW_BATCHES = "/webb.stream.FlowStream/GetFlowBatches"
 
 # First byte of an encoded GetFlowsResponse: field 1..3 of the oneof, length-delimited.
-# Every protobuf implementation in use writes fields in number order, so the oneof
-# (1-3) comes before node_name (1000) and time (1001).
+# upb (webb's agents and relay) writes fields in number order, so the oneof (1-3)
+# comes before node_name (1000) and time (1001). protobuf-go (a Cilium agent, a Hubble
+# Relay) writes oneofs last: FlowStream re-encodes such answers once, on arrival, so
+# every reader of Batch.raw may go by the first byte.
 TAG_FLOW = 0x0A
 TAG_NODE_STATUS = 0x12
 TAG_LOST = 0x1A
+_ONEOF_FIRST = (TAG_FLOW, TAG_NODE_STATUS, TAG_LOST)
 
 # Entries the fallback path collects into one batch while the consumer is busy.
 FALLBACK_BATCH = 1000
@@ -171,6 +174,8 @@ class FlowStream:
             parse = opb.GetFlowsResponse.FromString
             async for raw in call:
                 resp = parse(raw)
+                if raw and raw[0] not in _ONEOF_FIRST and resp.WhichOneof("response_types"):
+                    raw = resp.SerializeToString()  # oneof last (protobuf-go): number order
                 t = ts_ns(resp.time) if resp.HasField("time") else (
                     ts_ns(resp.flow.time) if resp.HasField("flow") else 0)
                 yield Batch([raw], [t], [resp.node_name], [resp])
