@@ -496,13 +496,16 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     }
     if (p->key.proto != IPPROTO_TCP)
         goto drop;
+    // A new connection whose tuple the proxy's side still holds in TIME_WAIT (the
+    // proxy closed first) goes to the listener, not to the dead socket.
+    u8 syn = (p->tcp_flags & 0x12) == 0x02;
     if (p->key.family == 4) {
         __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
         __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
         t.ipv4.sport = bpf_htons(p->key.sport);
         t.ipv4.dport = bpf_htons(p->key.dport);
         sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        if (sk && sk->state == BPF_TCP_LISTEN) {
+        if (sk && (sk->state == BPF_TCP_LISTEN || (syn && sk->state == BPF_TCP_TIME_WAIT))) {
             bpf_sk_release(sk);
             sk = 0;
         }
@@ -517,7 +520,7 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
         t.ipv6.sport = bpf_htons(p->key.sport);
         t.ipv6.dport = bpf_htons(p->key.dport);
         sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        if (sk && sk->state == BPF_TCP_LISTEN) {
+        if (sk && (sk->state == BPF_TCP_LISTEN || (syn && sk->state == BPF_TCP_TIME_WAIT))) {
             bpf_sk_release(sk);
             sk = 0;
         }

@@ -258,6 +258,19 @@ def test_to_fqdns_allows_answered_addresses_until_the_ttl_ends(lab, agent):
     assert dns(lab, "api.ext.example", then_get=PORT)["get"] == 200
 
 
+def test_policy_removed_traffic_goes_direct(lab, workdir, agent):
+    (workdir / "policies" / "egress.yaml").unlink()  # test_no_proxy_fails_closed writes it again
+    wait_for(lambda: not agent.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,
+             10, 0.2, "the policy to be removed")
+    res = http(lab, lab.pods["server"].ip4, [{"send": get("/private")}])
+    assert statuses(res) == [200] and peer(res[0]) == lab.pods["client"].ip4
+    counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    before = counters["l7proxy.requests"]
+    assert statuses(http(lab, lab.pods["server"].ip4, [{"send": get("/private")}])) == [200]
+    assert agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters[
+        "l7proxy.requests"] == before  # not through the proxy
+
+
 def test_no_proxy_fails_closed(lab, workdir, agent):
     """Last in the module: it stops the module's agent."""
     agent.stop()
