@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 
+from webb.durations import duration_arg
 from webb.tls import TLSConfigError, server_credentials
 
 from .agent import Agent, AgentConfig
@@ -112,10 +113,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                    help="cluster name in flows and identities (default 'default')")
     g.add_argument("--no-install-crds", action="store_true",
                    help="do not create the webbidentities.webb.io CRD when it is missing")
-    g.add_argument("--identity-gc-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds between identity garbage collections (default 60)")
-    g.add_argument("--identity-gc-grace", type=float, default=900.0, metavar="SECONDS",
-                   help="an identity no pod uses is deleted after this long (default 900)")
+    g.add_argument("--identity-gc-interval", type=duration_arg, default=60.0, metavar="DURATION",
+                   help="time between identity garbage collections: seconds or a Go "
+                        "duration (default 1m)")
+    g.add_argument("--identity-gc-grace", type=duration_arg, default=900.0, metavar="DURATION",
+                   help="an identity no pod uses is deleted after this long: seconds or a "
+                        "Go duration (default 15m, Cilium's identity GC interval)")
     g = p.add_argument_group("TLS on the TCP address (plaintext unless --tls-cert/--tls-key)")
     g.add_argument("--tls-cert", default="", help="server certificate (PEM)")
     g.add_argument("--tls-key", default="", help="server private key (PEM)")

@@ -5,13 +5,17 @@ Deployments; bookinfo runs as real pods behind ClusterIP Services with cluster D
 Flows read over `kubectl port-forward` to the relay carry pod names, labels,
 identities, workloads and Service names from the API, and the tutorial's L4
 CiliumNetworkPolicy, applied through the API server, drops details -> reviews with
-"Policy denied".
+"Policy denied". Then what a cluster user does: port-forward to the relay, pods
+recreated (with the same labels, and with other labels: the old identity is
+garbage-collected), and the agent DaemonSet restarted under an open follow. The
+restart test runs last: it replaces the agent pod the fixture found.
 """
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+import threading
 import time
 from typing import Iterator
 
@@ -20,16 +24,19 @@ import pytest
 import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from k8s_cluster import KubeAPIError
 from k8s_node import KubeNode, kube_node
 from k8s_workloads import (BOOKINFO, BOOKINFO_NS, ROOT, WEBB_NS, bookinfo, chart_crds,
                            cilium_crds, cluster_dns, namespace, render_chart)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.api.relay import relay_pb2 as rpb
 
 pytestmark = [pytest.mark.root, pytest.mark.kubelet]
 
 IMAGES = ("pause", "busybox", "agent", "relay", "ui", "metrics")
+GC_INTERVAL, GC_GRACE = 2, 10  # seconds: the chart's agent.identityGC in these tests
 # Linux capability numbers (include/uapi/linux/capability.h) of the chart's list.
 CAP_NUMBERS = {"NET_ADMIN": 12, "IPC_LOCK": 14, "SYS_ADMIN": 21, "SYS_RESOURCE": 24,
                "PERFMON": 38, "BPF": 39}
@@ -78,8 +85,10 @@ def cluster(request, tmp_path_factory) -> Iterator[dict]:
         # The chart as a user installs it, with the history on the node's disk (a host
         # path under the test's directory) for the restart test.
         history = node.dir / "history"
+        # Identity GC as a user would tune it, short enough for the relabel test.
         values = {"history": {"enabled": True, "hostPath": str(history)},
-                  "agent": {"capabilities": agent_capabilities()}}
+                  "agent": {"capabilities": agent_capabilities(),
+                            "identityGC": {"interval": f"{GC_INTERVAL}s", "grace": f"{GC_GRACE}s"}}}
         node.apply([namespace(WEBB_NS)] + render_chart(values))
         node.apply(bookinfo())
         node.pods_ready("kube-system", "k8s-app=kube-dns", 1)
@@ -101,10 +110,12 @@ def cluster(request, tmp_path_factory) -> Iterator[dict]:
 
 
 def flows(cluster: dict, since: Timestamp | None = None, number: int = 2000,
-          **filt) -> list[fpb.Flow]:
+          until: Timestamp | None = None, **filt) -> list[fpb.Flow]:
     req = opb.GetFlowsRequest(whitelist=[fpb.FlowFilter(**filt)] if filt else [])
     if since is not None:  # everything since then (Hubble: no number with since)
         req.since.CopyFrom(since)
+        if until is not None:
+            req.until.CopyFrom(until)
     else:
         req.number = number
     stub = observer_pb2_grpc.ObserverStub(cluster["relay"])
@@ -272,3 +283,163 @@ def test_pod_recreated_with_a_new_ip_is_named_right(cluster):
                     destination_ip=[new["status"]["podIP"]])
     assert {f.destination.pod_name for f in fl} == {new["metadata"]["name"]}
     assert "k8s:app=details" in fl[0].destination.labels
+
+
+def test_pod_recreated_with_other_labels_gets_a_new_identity_and_the_old_is_collected(cluster):
+    """A pod deleted and created again under the same name with other labels: its new
+    flows carry a new identity (a new WebbIdentity object with the new labels), and the
+    old identity, which no pod uses any more, is garbage-collected after the chart's
+    agent.identityGC.grace; identities still in use stay."""
+    node: KubeNode = cluster["node"]
+    details = node.kc.api("GET", f"/api/v1/namespaces/{BOOKINFO_NS}/services/details")
+    url = f"{details['spec']['clusterIP']} 9080"
+
+    def create(rev: str) -> dict:
+        node.apply([{"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "idgc", "namespace": "default",
+                                  "labels": {"app": "idgc", "rev": rev}},
+                     "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                         "name": "main", "image": "webb.test/busybox:1",
+                         "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}}])
+        return node.wait_pod_ready("default", "idgc")
+
+    def traffic(pod: dict) -> fpb.Flow:
+        """A flow of the pod calling details (the agent attaches to its veth first)."""
+        t0 = Timestamp()
+        t0.GetCurrentTime()
+        ip = pod["status"]["podIP"]
+
+        def sent() -> list[fpb.Flow] | None:
+            node.kubectl("exec", "-n", "default", "idgc", "--", "sh", "-c",
+                         f"printf 'GET /details/0 HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {url}",
+                         check=False, timeout=30)
+            return [f for f in flows(cluster, since=t0, source_pod=["default/idgc"])
+                    if f.IP.source == ip and f.destination.pod_name.startswith("details-v1-")]
+        return node.wait(sent, 120, f"flows from idgc ({ip}) to details")[0]
+
+    def identity(num: int) -> dict | None:
+        try:
+            return node.kc.api("GET", f"/apis/webb.io/v1/webbidentities/{num}")
+        except KubeAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+    try:
+        first = create("one")
+        old = traffic(first)
+        assert "k8s:rev=one" in old.source.labels
+        old_id = old.source.identity
+        assert identity(old_id)["security-labels"]["k8s:rev"] == "one"
+
+        node.kubectl("delete", "pod", "-n", "default", "idgc", "--wait=true")
+        second = create("two")
+        assert second["metadata"]["uid"] != first["metadata"]["uid"]
+        assert second["status"]["podIP"] != first["status"]["podIP"]
+        new = traffic(second)
+        assert "k8s:rev=two" in new.source.labels and "k8s:rev=one" not in new.source.labels
+        assert new.source.identity >= 256 and new.source.identity != old_id
+        assert identity(new.source.identity)["security-labels"]["k8s:rev"] == "two"
+
+        # No pod has the old label set any more: collected after the grace period.
+        node.wait(lambda: identity(old_id) is None, GC_GRACE + 10 * GC_INTERVAL + 30,
+                  f"the unused identity {old_id} garbage-collected")
+        # what pods still use is kept: the new identity, details'
+        assert identity(new.source.identity) is not None
+        assert identity(new.destination.identity) is not None
+    finally:
+        node.kubectl("delete", "pod", "-n", "default", "idgc", "--ignore-not-found",
+                     "--wait=true")
+
+class Follower:
+    """`GetFlows follow` through the relay, read by a thread: every response in order."""
+
+    def __init__(self, channel: grpc.Channel, since: Timestamp) -> None:
+        req = opb.GetFlowsRequest(follow=True)
+        req.since.CopyFrom(since)
+        self.call = observer_pb2_grpc.ObserverStub(channel).GetFlows(req, timeout=600)
+        self.items: list[opb.GetFlowsResponse] = []
+        self.error: grpc.RpcError | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for r in self.call:
+                self.items.append(r)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.error = e
+
+    def flows(self, start: int = 0) -> list[fpb.Flow]:
+        return [r.flow for r in self.items[start:] if r.HasField("flow")]
+
+    def statuses(self, start: int = 0) -> list[tuple[int, list[str], str]]:
+        return [(r.node_status.state_change, list(r.node_status.node_names),
+                 r.node_status.message) for r in self.items[start:] if r.HasField("node_status")]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(10)
+
+
+def test_agent_daemonset_restarted_mid_follow(cluster):
+    """`kubectl rollout restart` of the agent DaemonSet while a client follows through
+    the relay: the relay reports the node's stream failing, then connected again, the
+    follow goes on with the new agent's flows, and the flows recorded before the restart
+    are still answered (from the history on the node's host path) by the new agent."""
+    node: KubeNode = cluster["node"]
+    ds = node.kc.api("GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")
+    old_pods = {p["metadata"]["name"] for p in node.pods_ready(
+        WEBB_NS, "app.kubernetes.io/component=agent", 1)}
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    follow = Follower(cluster["relay"], since=t0)
+    try:
+        # The load generator's traffic: productpage -> details, through the follow.
+        def pp_details(start: int = 0) -> list[fpb.Flow]:
+            return [f for f in follow.flows(start)
+                    if f.source.pod_name.startswith("productpage-v1-")
+                    and f.destination.pod_name.startswith("details-v1-")]
+        node.wait(lambda: len(pp_details()) >= 5, 90, "productpage -> details flows in the follow")
+        assert follow.statuses()[0][:2] == (rpb.NODE_CONNECTED, [node.name])
+        before = pp_details()
+        assert all(f.uuid for f in before)
+        mark = len(follow.items)
+        node.kubectl("rollout", "restart", "-n", WEBB_NS, "daemonset/webb-agent")
+
+        # The relay reports the node's stream ending with an error, and later the node
+        # connected again (it joins the open stream from where it stopped).
+        def reported() -> bool:
+            st = follow.statuses(mark)
+            err = next((i for i, s in enumerate(st)
+                        if s[0] in (rpb.NODE_ERROR, rpb.NODE_UNAVAILABLE) and node.name in s[1]),
+                       None)
+            return err is not None and any(s[0] == rpb.NODE_CONNECTED and node.name in s[1]
+                                           for s in st[err + 1:])
+        node.wait(reported, 180, "NODE_ERROR, then NODE_CONNECTED for the node in the follow")
+        back = time.time_ns()  # the new agent is serving (the node's clock is the host's)
+        print("\nnode status after the restart:", [(rpb.NodeState.Name(s[0]), s[1], s[2])
+                                                 for s in follow.statuses(mark)])
+        errors = [s for s in follow.statuses(mark) if s[0] == rpb.NODE_ERROR]
+        assert all(s[2] for s in errors), "a NODE_ERROR says what happened"
+        new = node.pods_ready(WEBB_NS, "app.kubernetes.io/component=agent", 1)
+        assert not {p["metadata"]["name"] for p in new} & old_pods, "the agent pod was replaced"
+        assert ds["metadata"]["generation"] < node.kc.api(
+            "GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")["metadata"]["generation"]
+
+        # The follow goes on: flows the new agent recorded after the restart arrive.
+        node.wait(lambda: any(f.time.ToNanoseconds() > back for f in pp_details(mark)),
+                  120, "the new agent's flows in the same follow")
+        assert follow.error is None, follow.error
+
+        # The history on the node's disk survived: what the old agent recorded before
+        # the restart is answered again, same flows (UUIDs), by the new one.
+        since, until = Timestamp(), Timestamp()
+        since.CopyFrom(before[0].time)
+        until.FromNanoseconds(max(f.time.ToNanoseconds() for f in before) + 1)
+        again = flows(cluster, since=since, until=until,
+                      source_pod=[f"{BOOKINFO_NS}/productpage-v1"],
+                      destination_pod=[f"{BOOKINFO_NS}/details-v1"])
+        assert {f.uuid for f in before} <= {f.uuid for f in again}
+    finally:
+        follow.close()

@@ -68,6 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "metrics": {"enabled": False}, "dashboards": {"enabled": False},
                    "clusterName": "east", "agent": {"ringCapacity": 4095, "installCRDs": True,
                              "extraArgs": ["--report-interval", "5"],
+                             "identityGC": {"interval": "30s", "grace": "1h30m"},
                              "priorityClassName": "system-node-critical",
                              "serviceAccount": {"name": "custom-agent-sa"}},
                    "history": {"enabled": True, "maxBytes": 1073741824}},
@@ -257,6 +258,9 @@ def test_agent_options(rendered):
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "custom-agent-sa"
     assert flag(args, "--cluster-name") == "east"
     assert flag(args, "--history-max-bytes") == "1073741824"  # an integer, not 1.073741824e+09
+    assert (flag(args, "--identity-gc-interval"), flag(args, "--identity-gc-grace")) == ("30s", "1h30m")
+    default = args_of(find(rendered["default"], "DaemonSet", "-agent"))
+    assert (flag(default, "--identity-gc-interval"), flag(default, "--identity-gc-grace")) == ("1m", "15m")
 
 
 def test_identity_crd_comes_with_the_chart(rendered):
@@ -632,6 +636,7 @@ def test_components_accept_their_arguments(rendered, config, component, tmp_path
     ({"agent": {"capabilities": ["CAP_BPF"]}}, "HelmValuesError", "capabilities"),
     ({"tls": {"method": "certmanager"}}, "HelmValuesError", "method"),
     ({"history": {"maxAge": "one day"}}, "HelmValuesError", "maxAge"),
+    ({"agent": {"identityGC": {"grace": "15 minutes"}}}, "HelmValuesError", "grace"),
     ({"history": {"maxBytes": "lots"}}, "HelmValuesError", "maxBytes"),
     ({"tls": {"method": "secret"}}, "HelmRenderError", "tls.secrets."),
     ({"relay": {"tls": {"enabled": True}}}, "HelmRenderError", "metrics"),

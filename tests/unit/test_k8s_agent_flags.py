@@ -20,6 +20,14 @@ def test_k8s_flags_reach_the_config():
                       "--identity-gc-grace", "60", "--no-install-crds"])
     assert cfg.k8s and cfg.kubeconfig == "/etc/kube.conf" and cfg.cluster_name == "prod"
     assert cfg.identity_gc_grace == 60 and not cfg.install_crds
+    # Go durations, as the chart's agent.identityGC values are written
+    cfg = parse_args(["--k8s", "--identity-gc-interval", "1m30s", "--identity-gc-grace", "15m"])
+    assert (cfg.identity_gc_interval, cfg.identity_gc_grace) == (90, 900)
+
+
+def test_bad_identity_gc_durations_are_refused(capsys):
+    assert "invalid duration '15x'" in refused(capsys, "--k8s", "--identity-gc-grace", "15x")
+    assert "must be positive" in refused(capsys, "--k8s", "--identity-gc-interval", "0s")
 
 
 def test_two_sources_of_endpoints_are_refused(capsys):
