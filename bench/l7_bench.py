@@ -13,6 +13,12 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
             only, a keep-alive connection costs a few events in total;
       L7  - the same, with the annotation <Ingress/8080/TCP/HTTP>: every request and
             response head goes to the agent and becomes a flow.
+    A third mode, "L7 paused" (--no-paused drops it): selected, but the agent is
+    stopped (SIGSTOP) for the run and resumed after it, so the run pays the datapath's
+    capture (TC programs, perf writes) and none of the agent's user-space work: L7
+    paused/off is the datapath's share of the cost, L7/L7 paused the agent's. With
+    --follow a batched GetFlows follow (this process) reads every flow during the
+    runs, as the relay does on a cluster's agents, so the agent also encodes each one.
     Each switch is waited on, not slept over: a probe of a few requests must give ~2 L7
     events per request (L7) or none (off) before a run counts, and each run reports
     its own L7 events and lost events per request, so a run whose selection was not in
@@ -227,6 +233,32 @@ class Bench:
         self.selected = True  # the endpoints file as set-up writes it: port 8080 selected
         self.results: dict[str, object] = {}
 
+    def start_follower(self) -> None:
+        """--follow: a batched GetFlows follow of every flow during the runs, as the relay
+        keeps on each agent of a cluster (the agent then also encodes each L7 flow).
+        It runs in this process, like a relay beside the agent on the node's CPUs."""
+        import threading
+
+        import grpc
+
+        from webb.api.observer import observer_pb2
+        from webb.api.stream import stream_pb2_grpc
+
+        assert self.agent is not None
+        self.followed = 0
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.agent.port}")
+        self._follow_call = stream_pb2_grpc.FlowStreamStub(ch).GetFlowBatches(
+            observer_pb2.GetFlowsRequest(follow=True))
+
+        def read() -> None:
+            try:
+                for b in self._follow_call:
+                    self.followed += len(b.responses)
+            except grpc.RpcError:
+                pass  # cancelled at teardown
+        self._follow_thread = threading.Thread(target=read, daemon=True)
+        self._follow_thread.start()
+
     def setup(self) -> None:
         lab = self.lab
         lab.cleanup()  # what a crashed earlier run left
@@ -245,8 +277,13 @@ class Bench:
         print(f"agent pid {self.agent.pid} healthy after {t:.1f} s; attached to "
               f"{self.cli.host_if}, {self.srv.host_if}; server {self.srv.ip4} ports "
               f"{L7_PORT} (L7-visible) and {L4_PORT} (not selected)")
+        if self.args.follow:
+            self.start_follower()
+            print("a batched follower reads every flow during the runs (--follow)")
 
     def teardown(self) -> None:
+        if getattr(self, "_follow_call", None) is not None:
+            self._follow_call.cancel()
         if self.server is not None and self.server.poll() is None:
             self.server.kill()
             self.server.wait(5)
@@ -317,16 +354,25 @@ class Bench:
         return dict(self.agent.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5).counters)
 
     def client_run(self, port: int, seconds: float, rate: float = 0,
-                   max_requests: int = 0) -> dict[str, float]:
+                   max_requests: int = 0, paused: bool = False) -> dict[str, float]:
+        """One client run. paused: the agent is stopped (SIGSTOP) for the run and resumed
+        after it, so the run pays the datapath's capture (TC programs, perf writes) but
+        none of the agent's user-space work, which happens after the run."""
         assert self.agent is not None
         ab = self.ab
         self.settle()
         seen0, c0 = self.agent.progress(), self.counters()
         cpu0, busy0 = ab.proc_cpu_s(self.agent.pid), ab.busy_s()
-        out = self.lab.exec(self.cli.netns, sys.executable, __file__, "_client", self.srv.ip4,
-                            str(port), str(seconds), str(max_requests or self.args.max_requests),
-                            str(rate),
-                            timeout=seconds + 30).stdout
+        if paused:
+            os.kill(self.agent.pid, signal.SIGSTOP)
+        try:
+            out = self.lab.exec(self.cli.netns, sys.executable, __file__, "_client",
+                                self.srv.ip4, str(port), str(seconds),
+                                str(max_requests or self.args.max_requests), str(rate),
+                                timeout=seconds + 30).stdout
+        finally:
+            if paused:
+                os.kill(self.agent.pid, signal.SIGCONT)
         r = json.loads(out)
         busy = ab.busy_s() - busy0
         self.settle()  # the agent's CPU for this run includes draining its backlog
@@ -343,21 +389,23 @@ class Bench:
         a = self.args
         print(f"\n== (a) HTTP requests/s, one keep-alive connection to port {L7_PORT}, L7 "
               f"selection off vs on, {a.seconds:g} s runs, {a.rounds} rounds of ABBA ==")
-        modes = ("off", "L7")
+        # "L7 paused": selected, but the agent is stopped during the run (it drains after
+        # it): what the datapath's capture costs the client, without the agent's CPU.
+        modes = ("off", "L7", "L7 paused") if a.paused else ("off", "L7")
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         self.client_run(L7_PORT, 0.5)  # warm-up: server, page cache, the agent's first flows
         for r in range(a.rounds):
             # A B B A, then B A A B: each mode runs first and last equally often.
             ab_order = modes if r % 2 == 0 else modes[::-1]
             for m in (*ab_order, *ab_order[::-1]):
-                self.set_mode(m)
-                runs[m].append(self.client_run(L7_PORT, a.seconds))
+                self.set_mode("off" if m == "off" else "L7")
+                runs[m].append(self.client_run(L7_PORT, a.seconds, paused=m == "L7 paused"))
         self.set_mode("L7")
         med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in runs[m][0]} for m in modes}
         for m in modes:
             reqs = med[m]["requests"]
             rates = " ".join(f"{x['rate']:.0f}" for x in runs[m])
-            print(f"{m:>4}: {rates} req/s "
+            print(f"{m:>9}: {rates} req/s "
                   f"(median {med[m]['rate']:.0f}); client {1e6 * med[m]['cpu'] / reqs:.0f} us "
                   f"CPU/req; agent {1e6 * med[m]['agent_cpu'] / reqs:.1f} us CPU/req, "
                   f"{med[m]['l7_events'] / reqs:.2f} L7 events/req, "
@@ -368,6 +416,10 @@ class Bench:
         pairs = [b["rate"] / a_["rate"] for a_, b in zip(runs["off"], runs["L7"])]
         print(f"-> L7/off = {l7 / off:.3f} ({100 * (1 - l7 / off):+.1f} % requests/s lost to L7 "
               f"visibility; goal <= 5 %); per ABBA pair {' '.join(f'{x:.3f}' for x in pairs)}")
+        if "L7 paused" in med:
+            p = med["L7 paused"]["rate"]
+            print(f"-> L7 paused/off = {p / off:.3f}: the datapath's share of the cost; "
+                  f"L7/L7 paused = {l7 / p:.3f}: the agent's user-space share")
         honest = all(x["l7_events"] >= 1.9 * x["requests"] and not x["lost"] for x in runs["L7"])
         print(f"   every L7 run read ~2 L7 events per request with none lost: "
               f"{'yes' if honest else 'NO: the ratio does not measure full L7 visibility'}")
@@ -451,6 +503,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512, help="records per tracker batch in (b)")
     p.add_argument("--agent-arg", action="append", default=[],
                    help="extra webb-agent flag (repeatable)")
+    p.add_argument("--follow", action="store_true",
+                   help="a batched GetFlows follow reads every flow, as a relay would")
+    p.add_argument("--no-paused", dest="paused", action="store_false",
+                   help="(a) without the third mode, L7 with the agent stopped during runs")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="parts to skip: http,paced,decode,kernel")
     p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
