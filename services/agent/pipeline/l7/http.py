@@ -107,6 +107,15 @@ def _first(headers: tuple[HTTPHeader, ...], key: str) -> str | None:
     return None
 
 
+def _canonical_value(headers: list[HTTPHeader], canon: str) -> str | None:
+    """_first for a key in Go's canonical spelling, within parsed headers: their keys
+    are ASCII tokens, all in canonical spelling, so an exact compare finds the same."""
+    for h in headers:
+        if h.key == canon:
+            return h.value
+    return None
+
+
 _CANONICAL: dict[str, str] = {}  # header names repeat: each is spelled out once
 _CANONICAL_MAX = 4096
 
@@ -169,9 +178,11 @@ def _parse_headers(data: bytes, pos: int) -> tuple[list[HTTPHeader], int, bool] 
             if len(lines) > MAX_HEADERS:
                 return None
             out = []
+            canon = _CANONICAL.get
             for line in lines:
                 name, _, value = line.partition(b":")
-                out.append(HTTPHeader(canonical_header_key(name.decode("ascii")),
+                key = name.decode("ascii")
+                out.append(HTTPHeader(canon(key) or canonical_header_key(key),
                                       value.strip(b" \t").decode("latin-1")))
             return out, end + 4, True
     return _parse_header_lines(data, pos)
@@ -206,10 +217,10 @@ def _body_length(headers: list[HTTPHeader], *, request: bool, code: int = 0) -> 
     """Body length where it is known from the head; None if it is not (chunked, to-close)."""
     if not request and (100 <= code < 200 or code in (204, 304)):
         return 0
-    te = _first(tuple(headers), "Transfer-Encoding")
+    te = _canonical_value(headers, "Transfer-Encoding")
     if te is not None:
         return None
-    cl = _first(tuple(headers), "Content-Length")
+    cl = _canonical_value(headers, "Content-Length")
     if cl is None:
         return 0 if request else None
     cl = cl.strip()
@@ -258,7 +269,7 @@ def _parse_request(data: bytes, line: bytes, nxt: int, pos: int,
         return Unparsable("malformed", pos)
     headers, end, complete = parsed
     method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
-    url = _build_url(target, _first(tuple(headers), "Host"), default_host)
+    url = _build_url(target, _canonical_value(headers, "Host"), default_host)
     body = _body_length(headers, request=True) if complete else None
     length = end - pos + body if body is not None else len(data) - pos
     return HTTPRequest(method, target, parts[2].decode("ascii"), tuple(headers), url,

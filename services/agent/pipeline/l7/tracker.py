@@ -181,7 +181,7 @@ class L7Tracker:
         answers = ev.response_side
         if answers:  # pairing key: the request direction
             conn = (ev.daddr, ev.dport, ev.saddr, ev.sport)
-            host = _ip_port(ev.family, ev.saddr, ev.sport)
+            host = None  # an answer's URL is its request's: no default host to build
         else:
             conn = (ev.saddr, ev.sport, ev.daddr, ev.dport)
             host = _ip_port(ev.family, ev.daddr, ev.dport)
