@@ -18,7 +18,7 @@ from webb.api.observer import observer_pb2_grpc
 from webb.api.stream import stream_pb2 as spb
 from webb.api.stream import stream_pb2_grpc
 from webb.backoff import Backoff
-from webb.flow_follow import Batch, FlowFollower, entry_kind, ns_ts, ts_ns
+from webb.flow_follow import Batch, FlowFollower, entry_identity, entry_kind, ns_ts, ts_ns
 
 S = 1_000_000_000
 
@@ -336,3 +336,20 @@ async def test_what_queued_behind_a_busy_consumer_comes_as_one_batch(channel_for
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await srv.stop()
+
+
+def test_entry_identity_is_the_flows_uuid_wherever_its_bytes_repeat():
+    u = str(uuid.uuid4())
+    f = fpb.Flow(uuid=u, node_name="n1")
+    f.source.labels.append("k8s:x=\x92\x02\x24" + "y" * 40)  # the tag's bytes before the uuid
+    raw = opb.GetFlowsResponse(flow=f).SerializeToString()
+    assert entry_identity(raw) == u.encode()
+    f.Summary = "\x92\x02\x24" + "z" * 40  # and after it (Summary is field 100000)
+    raw = opb.GetFlowsResponse(flow=f).SerializeToString()
+    assert entry_identity(raw) == u.encode()
+    # re-encoded with other node data: the same identity
+    g = fpb.Flow(uuid=u, node_name="n2")
+    assert entry_identity(opb.GetFlowsResponse(flow=g).SerializeToString()) == u.encode()
+    # no uuid: the whole encoding
+    h = opb.GetFlowsResponse(flow=fpb.Flow(node_name="n1")).SerializeToString()
+    assert entry_identity(h) == hash(h)
