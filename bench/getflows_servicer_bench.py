@@ -15,7 +15,11 @@ One client reads GetFlows (a history read of the whole ring, raw bytes) from eac
 server under cProfile and prints where its time goes.
 
     .venv/bin/python bench/getflows_servicer_bench.py [--flows 20000] [--rounds 5] [--profile]
-        [--gc agent|default]
+        [--gc agent|default] [--cli]
+
+--cli also times the `webb` CLI reading the whole ring (`webb observe --all -o jsonpb`)
+from each server: from webb's it reads GetFlowBatches, from the bare one (GetFlows only)
+it falls back to GetFlows.
 """
 from __future__ import annotations
 
@@ -64,8 +68,13 @@ def serve(mode: str, n: int, profile: str, gc_mode: str) -> None:
             from webb_agent.api.agent_events import AgentEventLog
             from webb_agent.api.observer import NodeState, ObserverService
             from webb_agent.api.server import add_observer
+            from webb.api.stream import stream_pb2_grpc
+            from webb_agent.api.flow_batches import FlowStreamService
             node = NodeState("node-h", "test", "", ring, lambda: 0)
-            add_observer(ObserverService(node, cache, AgentEventLog()), server)
+            observer = ObserverService(node, cache, AgentEventLog())
+            add_observer(observer, server)
+            # the batched stream too (for --cli; GetFlows' figures do not use it)
+            stream_pb2_grpc.add_FlowStreamServicer_to_server(FlowStreamService(observer), server)
         else:
             msgs = [cache.response(ring.get(s)) for s in range(ring.oldest_seq, ring.next_seq)]
 
@@ -99,12 +108,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cli(a: argparse.Namespace, ports: dict[str, int], rounds: int) -> None:
+    """`webb observe --all -o jsonpb` (output to /dev/null): wall time and the CLI's CPU."""
+    webb = str(Path(sys.executable).parent / "webb")
+    got: dict[str, list[tuple[float, float]]] = {"webb": [], "bare": []}
+    for _ in range(rounds):
+        for mode in ("webb", "bare", "bare", "webb"):
+            before = os.times()
+            t0 = time.perf_counter()
+            subprocess.run([webb, "observe", "--server", f"127.0.0.1:{ports[mode]}", "--all",
+                            "-o", "jsonpb"], stdout=subprocess.DEVNULL, check=True)
+            wall = time.perf_counter() - t0
+            after = os.times()
+            cpu = (after.children_user - before.children_user
+                   + after.children_system - before.children_system)
+            got[mode].append((wall, cpu))
+    med = statistics.median
+    for mode, what in (("webb", "GetFlowBatches"), ("bare", "GetFlows (fallback)")):
+        print(f"  webb observe --all -o jsonpb, {a.flows:,} flows, {what}: "
+              f"{med(w for w, _ in got[mode]):.2f} s, CLI CPU {med(c for _, c in got[mode]):.2f} s "
+              f"(median of {rounds * 2})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flows", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cli", action="store_true",
+                   help="also time `webb observe --all -o jsonpb` against both servers: webb's "
+                        "(the CLI reads GetFlowBatches) and bare (GetFlows only: the CLI's "
+                        "fallback), ABBA")
     p.add_argument("--gc", choices=["agent", "default"], default="agent",
                    help="garbage collector of both servers: the agent's settings "
                         "(webb_agent.memory.tune_gc: frozen start-up objects, gen-0 threshold "
@@ -129,8 +164,9 @@ def main() -> None:
         servers[mode] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          text=True)
     try:
+        channels_ports: dict[str, int] = {}
         for mode, srv in servers.items():
-            port = int(srv.stdout.readline())  # type: ignore[union-attr]
+            port = channels_ports[mode] = int(srv.stdout.readline())  # type: ignore[union-attr]
             channels[mode] = grpc.insecure_channel(f"127.0.0.1:{port}",
                                                    options=[("grpc.http2.bdp_probe", 0)])
 
@@ -157,6 +193,8 @@ def main() -> None:
             rate["webb"] += got["webb"]
             rate["bare"] += got["bare"]
             ratios.append(sum(got["webb"]) / sum(got["bare"]))
+        if a.cli:
+            cli(a, channels_ports, a.rounds)
         load = os.getloadavg()[0]
         med = statistics.median
         print(f"GetFlows of {a.flows:,} flows, {a.rounds} ABBA rounds, {a.gc} GC settings "
