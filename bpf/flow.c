@@ -86,6 +86,7 @@
 #define PROXY_UPSTREAM 2  // the proxy's own connection to the endpoint
 #define PROXY_ASSIGN 4    // egress: the client's direction, assigned to the proxy here
 #define PROXY_REPLY 8     // the other direction of a proxied connection
+#define PROXY_UP_REPLY 16 // the endpoint's answers to the proxy's upstream socket
 // Decided when the direction was first seen, kept across policy revisions.
 #define PROXY_KEEP (PROXY_UPSTREAM | PROXY_REPLY)
 
@@ -730,6 +731,10 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             act = proxy_assign(skb, &p, CONF_PROXY_EGRESS_PORT, POINT_FROM_ENDPOINT);
             if (act != TC_ACT_OK)
                 return act;
+        } else if (v->proxy & PROXY_UP_REPLY) {
+            act = proxy_assign(skb, &p, CONF_PROXY_PORT, POINT_FROM_ENDPOINT);
+            if (act != TC_ACT_OK)
+                return act;
         }
         if (v->l7)
             l7_capture(skb, &p, point, v->l7, &v->l7_seen, v->is_reply);
@@ -775,8 +780,17 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         struct agg_val *rv = agg_map.lookup(&rev_key);
         u8 ct_reply = rv ? 1 : 0;
         u8 proxy = upstream ? PROXY_UPSTREAM : 0;
-        if (rv && (rv->proxy & PROXY_UPSTREAM))
-            proxy = PROXY_UPSTREAM;  // the endpoint's answers to the proxy
+        if (rv && (rv->proxy & PROXY_UPSTREAM)) {
+            // The endpoint's answers to the ingress proxy, which connected from the
+            // client's address: given to its socket here, wherever the client is.
+            proxy = PROXY_UPSTREAM;
+            if (point == POINT_FROM_ENDPOINT) {
+                proxy |= PROXY_UP_REPLY;
+                act = proxy_assign(skb, &p, CONF_PROXY_PORT, POINT_FROM_ENDPOINT);
+                if (act != TC_ACT_OK)
+                    return act;
+            }
+        }
         else if (rv && (rv->proxy & PROXY_ASSIGN))
             proxy = PROXY_REPLY;     // the egress proxy's answers to the client
         else if (!rv && point == POINT_TO_ENDPOINT && (pol.flags & EP_PROXY_EGRESS) &&

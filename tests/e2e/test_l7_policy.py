@@ -179,6 +179,8 @@ def test_allow_and_deny_by_method_path_and_header(lab, agent, policy):
         assert res[1]["headers"]["content-type"] == "text/plain"
         assert res[0]["body"].startswith("GET /public/a ")
         assert res[2]["body"].endswith("body=4")
+        want = {lab.pods["server"].ip6: lab.pods["client"].ip6}.get(host, lab.pods[pod].ip4)
+        assert peer(res[0]) == want, (pod, host, res[0])  # the proxy kept the client's address
     # Not allowed at L3 at all: dropped in the kernel, as without L7 rules.
     assert http(lab, "other", [{"send": get("/public/a")}], timeout=1.5) == ["timeout"]
 
@@ -227,8 +229,8 @@ def test_keep_alive_pipelining_and_bodies(lab, agent, policy):
     assert res[3]["body"] == "hello chunked world"
     assert res[6]["body"].endswith("body=300000")
     assert res[7]["body"].startswith("GET /public/4 ")
-    # Through the proxy the server sees the node, not the client.
-    assert peer(res[0]) == lab.nodes["n1"].ip
+    # Through the proxy the server still sees the client (transparent both ways).
+    assert peer(res[0]) == lab.pods["client"].ip4
 
 
 def test_bad_input_gets_an_answer_and_leaks_nothing(lab, agent, policy):

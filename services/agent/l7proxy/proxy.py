@@ -33,7 +33,7 @@ from .http1 import (MAX_HEAD, TO_CLOSE, Head, HTTPError, parse_request, parse_re
                     read_head, relay_body)
 from .rules import decide
 from .dnsproxy import DNSProxy, dns_sockets
-from .steering import Steering, egress_upstream_socket, listeners, upstream_socket
+from .steering import WEBB_UPSTREAM_MARK, Steering, listeners, transparent_upstream_socket
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +331,9 @@ class _Conn:
         dp = self.proxy.datapath
         fam, client = self.family, self.client[0]
         try:
-            if self.egress:  # from the client's address: the server sees the client
-                sock = await dp.in_netns(lambda: egress_upstream_socket(fam, client))
-            else:
-                sock = await dp.in_netns(lambda: upstream_socket(fam))
+            # From the client's address: the server sees the client.
+            mark = 0 if self.egress else WEBB_UPSTREAM_MARK
+            sock = await dp.in_netns(lambda: transparent_upstream_socket(fam, client, mark))
             await asyncio.wait_for(self.loop.sock_connect(sock, self.server), 10)
             self.up_reader, self.up_writer = await asyncio.open_connection(
                 sock=sock, limit=MAX_HEAD + 1024)

@@ -110,31 +110,25 @@ def listeners(port: int = 0) -> list[socket.socket]:
     raise OSError("no port free for the proxy on both 127.0.0.1 and ::1")
 
 
-def upstream_socket(family: int) -> socket.socket:
-    """A socket for the proxy's connection to an endpoint (netlink thread): marked, so
-    that flow.c neither checks nor steers it again."""
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, WEBB_UPSTREAM_MARK)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.setblocking(False)
-    return s
-
-
-# Source ports of the egress proxy's upstream connections: below the default
-# ephemeral range (32768-60999) that the pods' own connections take theirs from, so
+# Source ports of the proxy's upstream connections (from the client's address): below
+# the default ephemeral range (32768-60999) that the pods' own connections take theirs from, so
 # that the proxy's connection from the client's address never has the 4-tuple of one
 # the client opens itself (flow.c would take the one's answers for the other's).
 UPSTREAM_PORTS = (10000, 32767)
 
 
-def egress_upstream_socket(family: int, client_ip: str) -> socket.socket:
-    """A socket for the egress proxy's connection to the original destination, from
-    the client's own address (IP_TRANSPARENT; netlink thread, the node's namespace).
+def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0) -> socket.socket:
+    """A socket for the proxy's connection to the original destination, from the
+    client's own address (IP_TRANSPARENT; netlink thread, the node's namespace), so
+    the server sees the client; flow.c gives the server's answers to this socket.
 
-    Not marked: the destination's ingress policy applies to it as to the client's
-    own connection (flow.c sends the answers back to this socket)."""
+    Egress (mark 0): the destination's ingress policy applies to it as to the
+    client's own connection. Ingress (WEBB_UPSTREAM_MARK): the proxy decided, the
+    server's interface neither checks nor steers it again."""
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if mark:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         if family == socket.AF_INET:
             s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         else:
