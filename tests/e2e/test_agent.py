@@ -406,12 +406,18 @@ def test_ring_overwrite_gives_lost_event(lab, workdir):
         small.start()
         small.wait_attached(["client", "server"])
         p = lab.pods
-        stream = small.observer.GetFlows(opb.GetFlowsRequest(follow=True), timeout=30)
+        def seen() -> int:
+            return small.observer.ServerStatus(opb.ServerStatusRequest(), timeout=5).seen_flows
+        before = seen()
+        stream = small.observer.GetFlows(opb.GetFlowsRequest(follow=True), timeout=60)
         it = iter(stream)
         # Many short UDP "connections": each new port is a new flow.
         run_in(lab, p["client"].netns, "udp-send", p["server"].ip4, "20000",
                "--count", "3000", "--ports", "3000")
-        time.sleep(2.0)  # the stalled reader falls ~6,000 flows behind a 15-flow ring
+        # The stalled reader falls behind the 15-flow ring once the agent has taken in
+        # far more than gRPC's window (without BDP, 64 KiB: a few hundred flows) holds;
+        # waited for, not slept on: a loaded agent may take in the burst late.
+        wait_for(lambda: seen() - before >= 1000, 30, 0.1, "the burst in the agent's ring")
         lost = 0
         deadline = time.time() + 10
         for r in it:
