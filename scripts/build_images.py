@@ -558,14 +558,26 @@ def build_dockerfile(component: str, used: set[str]) -> Path:
 # uses recently; older archives and snapshots go.
 ARCHIVES_KEPT = 2   # per image name
 SNAPSHOTS_KEPT = 8
+# An archive used this recently stays even beyond ARCHIVES_KEPT: with more checkouts
+# building at once than that, each one's gc deleted the archives another had just
+# built, before that one's tests imported them (or before its own main() touched them:
+# FileNotFoundError), and every run rebuilt.
+ARCHIVES_RECENT_S = 3600
 
 
-def gc(names: list[str], used: set[str]) -> None:
-    """Keep the most recently used archives of each image and the most recently used
-    snapshots (those this run used count as just used); drop the rest."""
+def gc(names: list[str], used: set[str], now: float | None = None) -> None:
+    """Keep the most recently used archives of each image (and any used within the
+    hour) and the most recently used snapshots (those this run used count as just
+    used); drop the rest."""
+    now = time.time() if now is None else now
     for n in names:
         old = sorted(CACHE.glob(f"{n}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
         for p in old[ARCHIVES_KEPT:]:
+            try:
+                if now - p.stat().st_mtime < ARCHIVES_RECENT_S:
+                    continue
+            except FileNotFoundError:
+                continue
             p.unlink(missing_ok=True)
     layers = sorted(CACHE.glob("layer-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for p in layers[ARCHIVES_KEPT * 2:]:
@@ -607,8 +619,7 @@ def main() -> None:
                 out[n] = str(build_busybox())
             else:
                 out[n] = str(build_dockerfile(n, used))
-    for v in out.values():
-        os.utime(v)  # most recently used
+            os.utime(out[n])  # most recently used, before another checkout's gc runs
     if not a.no_gc:
         with open(CACHE / ".lock-dockerfiles", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

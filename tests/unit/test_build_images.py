@@ -95,3 +95,19 @@ def test_dockerfile_instructions_are_all_supported():
         assert used <= supported, (c, used - supported)
         bases = {a.split()[0] for ins, a in build_images.instructions(df) if ins == "FROM"}
         assert bases <= set(build_images.BASES), (c, bases)
+
+
+def test_gc_keeps_recent_archives_of_other_checkouts(tmp_path, monkeypatch):
+    """Archives beyond the newest ARCHIVES_KEPT go only once unused for an hour: another
+    checkout may have just built them for its own tests."""
+    monkeypatch.setattr(build_images, "CACHE", tmp_path)
+    now = 1_000_000_000.0
+    ages = {"agent-a.tar": 10, "agent-b.tar": 20, "agent-c.tar": 30,
+            "agent-d.tar": build_images.ARCHIVES_RECENT_S + 5,
+            "agent-e.tar": build_images.ARCHIVES_RECENT_S + 50, "relay-x.tar": 7200}
+    for name, age in ages.items():
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (now - age, now - age))
+    build_images.gc(["agent", "relay"], set(), now=now)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [
+        "agent-a.tar", "agent-b.tar", "agent-c.tar", "relay-x.tar"]
