@@ -287,5 +287,15 @@ def test_no_proxy_fails_closed(lab, workdir, agent):
         assert d.drop_reason_desc == fpb.SOCKET_LOOKUP_FAILED
         assert d.source.pod_name == "client" and d.destination.pod_name == "server"
         assert d.traffic_direction == fpb.EGRESS and d.l4.TCP.destination_port == PORT
+        # DNS too: no proxy, no lookups (never answered unchecked).
+        t1 = Timestamp()
+        t1.GetCurrentTime()
+        assert dns(lab, "allowed.example.com") == "timeout"
+        req = opb.GetFlowsRequest(since=t1, whitelist=[fpb.FlowFilter(verdict=[fpb.DROPPED])])
+        drops = wait_for(lambda: [r.flow for r in a2.observer.GetFlows(req, timeout=10)
+                                  if r.HasField("flow") and r.flow.l4.HasField("UDP")],
+                         10, 0.2, "a DNS drop")
+        assert drops[0].drop_reason_desc == fpb.SOCKET_LOOKUP_FAILED
+        assert drops[0].l4.UDP.destination_port == 53
     finally:
         a2.stop()
