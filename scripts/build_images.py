@@ -349,8 +349,10 @@ def chroot_run(rootfs: Path, command: str, env: dict[str, str]) -> None:
     r = shlex.quote(str(rootfs))
     # First drop the copies of network namespace mounts this namespace got: held for
     # the minutes a RUN takes, they would keep other programs' namespaces alive after
-    # those delete them.
-    mounts = ["awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+    # those delete them. One that vanished meanwhile (its namespace was deleted while this
+    # list was read) needs no unmounting: a failed umount is not a failed build.
+    mounts = ["{ awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts | sort -r"
+              " | xargs -r -n1 umount -l 2>/dev/null || true; }",
               f"mount -t proc proc {r}/proc", f"mount --rbind /dev {r}/dev"]
     for src, dst in binds:
         mountpoint(dst, os.path.isdir(src))
