@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from webb_agent.l7proxy import http1
 from webb_agent.l7proxy.http1 import (CHUNKED, TO_CLOSE, HTTPError, parse_request,
                                       parse_response, read_head, relay_body)
 from webb_agent.l7proxy.proxy import error_response
@@ -192,3 +193,31 @@ def test_proxy_flows_are_counted_by_the_exporter():
     assert policy == {"dropped": 1, "forwarded": 3}
     codes = {dict(k)["status"]: v for (n, k), v in got.items() if n == "hubble_http_requests_total"}
     assert codes == {"403": 1, "200": 1}
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /a HTTP/1.1\r\nHost: srv:80\r\nAccept:  */*  \r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-Latin: caf\xe9\r\n\r\n",
+    b"GET / HTTP/1.1\r\r\nHost: a\r\n\r\n",         # start line ending in CR
+    b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",  # obs-fold: not a field
+    b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",                  # bare LF line ends
+    b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n",
+])
+def test_head_fast_path_is_the_strict_parse(raw):
+    """The one-regex path for common heads gives exactly what the line-by-line parse
+    gives, and leaves everything else (errors included) to it."""
+    def strict():
+        lines = http1._split(raw)
+        return lines[0], http1._headers(lines[1:])
+    fast = http1._fast(raw)
+    if fast is not None:
+        assert fast == strict()
+    plain = raw.endswith(b"\r\n\r\n") and b"\r\r" not in raw and b" folded" not in raw and (
+        b"\x01" not in raw and b"Bad Name" not in raw and b"a\rb" not in raw
+        and raw.count(b"\r\n") < 100)
+    assert (fast is not None) == plain

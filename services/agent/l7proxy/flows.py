@@ -62,7 +62,13 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, 6,
                      POINT_FROM_ENDPOINT if f.egress else POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
-    req = http_request(f.request)
+    head = f.request
+    if head is None:
+        req = http_request(None)
+    else:
+        req = head.flow_view
+        if req is None:
+            req = head.flow_view = http_request(head)
     denied_request = not f.response and not f.allowed
     msg: Any = http_response(f) if f.response else req
     return L7Message(ev, f.time_ns, f.response, f.latency_ns if f.response else 0, msg,

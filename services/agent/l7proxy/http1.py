@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 MAX_HEAD = 60 * 1024  # Envoy's default max_request_headers_kb
 MAX_HEADERS = 100
@@ -39,6 +40,9 @@ class Head:
     raw: bytes                         # the head as received, blank line included
     body: int                          # >= 0 length, CHUNKED, or TO_CLOSE
     keep_alive: bool
+    # The request as its L7 flows show it, built once for the request's flow and
+    # reused by its answer's (flows.py).
+    flow_view: Any = field(default=None, compare=False, repr=False)
 
     def header(self, name: str) -> str | None:
         n = name.lower()
@@ -63,6 +67,34 @@ def _headers(lines: list[bytes]) -> list[tuple[str, str]]:
             raise HTTPError(400, "control character in a header value")
         out.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
     return out
+
+
+# The common head (CRLF line ends, valid names, no control characters) in two passes of
+# the regex engine instead of a Python loop per line; anything else takes the strict
+# line-by-line path below, which gives the same result or the error. Latin-1 decodes
+# every byte, and a valid name is ASCII, so decoding the block once is the same.
+_LINE = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n"
+_BLOCK = re.compile(f"(?:{_LINE})*")
+_FIELD = re.compile("([!#$%&'*+\\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
+
+
+def _fast(raw: bytes) -> tuple[bytes, list[tuple[str, str]]] | None:
+    """(start line, headers) of a plain head ending in CRLF CRLF; None: use the strict path."""
+    end = len(raw) - 2
+    if not raw.endswith(b"\r\n\r\n"):
+        return None
+    first = raw.find(b"\r\n")
+    if raw[first - 1:first] == b"\r":
+        return None  # a start line ending in CR: the strict path drops it
+    if first + 2 >= end:
+        return raw[:first], []
+    block = raw[first + 2:end].decode("latin-1")
+    if _BLOCK.fullmatch(block) is None:
+        return None
+    headers = _FIELD.findall(block)
+    if len(headers) > MAX_HEADERS:
+        return None
+    return raw[:first], headers
 
 
 def _split(raw: bytes) -> list[bytes]:
@@ -101,28 +133,36 @@ def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
 
 
 def parse_request(raw: bytes) -> Head:
-    lines = _split(raw)
-    parts = lines[0].split(b" ")
+    fast = _fast(raw)
+    if fast is None:
+        lines = _split(raw)
+        start, headers = lines[0], _headers(lines[1:])
+    else:
+        start, headers = fast
+    parts = start.split(b" ")
     if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
         raise HTTPError(400, "malformed request line")
     version = parts[2].decode("ascii", "replace")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HTTPError(505 if version.startswith("HTTP/") else 400, "not HTTP/1.x")
-    headers = _headers(lines[1:])
     body = _framing(headers)
     return Head((parts[0].decode("ascii"), parts[1].decode("ascii"), version), headers, raw,
                 0 if body is None else body, _keep_alive(version, headers))
 
 
 def parse_response(raw: bytes, method: str) -> Head:
-    lines = _split(raw)
-    parts = lines[0].split(b" ", 2)
+    fast = _fast(raw)
+    if fast is None:
+        lines = _split(raw)
+        start, headers = lines[0], _headers(lines[1:])
+    else:
+        start, headers = fast
+    parts = start.split(b" ", 2)
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not (
             len(parts[1]) == 3 and parts[1].isdigit()):
         raise HTTPError(502, "malformed status line from the server")
     version = parts[0].decode("ascii")
     code = int(parts[1])
-    headers = _headers(lines[1:])
     if method == "HEAD" or 100 <= code < 200 or code in (204, 304):
         body = 0
     else:

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The L7 proxy's own per-request cost, without the datapath: the proxy's connection
+handler (l7proxy/proxy.py _Conn, its HTTP parsing, rules and L7 flow building) between a
+client and a server over real loopback sockets. Prints requests/s and the proxy
+process's CPU per request (the client and the server run in another process), with the
+load noted; --profile adds cProfile's top functions. Asserts nothing.
+
+Run as root from the repository (the upstream socket is IP_TRANSPARENT, as in the agent):
+  .venv/bin/python bench/l7_proxy_micro.py            # ~10 s; --requests, --profile
+
+What it leaves out, measured by l7_policy_bench.py: the eBPF steering, veths and
+namespaces, and the agent's ingest of the flows (here they are built and dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from l7_policy_bench import REQUEST, RESPONSE  # noqa: E402  the same messages
+
+
+def _peer(requests: int) -> None:
+    """Server and client (threads of this process): prints the server's port, reads the
+    proxy's, runs the client on one keep-alive connection, prints the elapsed seconds."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve() -> None:
+        c, _ = srv.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while data := c.recv(65536):
+            buf += data
+            n = buf.count(b"\r\n\r\n")
+            if n:
+                buf = buf[buf.rfind(b"\r\n\r\n") + 4:]
+                c.sendall(RESPONSE * n)
+    threading.Thread(target=serve, daemon=True).start()
+    print(srv.getsockname()[1], flush=True)
+    port = int(sys.stdin.readline())
+    c = socket.create_connection(("127.0.0.1", port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t0 = 0.0
+    for i in range(requests + 500):
+        if i == 500:  # after the warm-up
+            t0 = time.perf_counter()
+            print("go", flush=True)
+        c.sendall(REQUEST)
+        got = 0
+        while got < len(RESPONSE):
+            chunk = c.recv(65536)
+            if not chunk:
+                raise SystemExit("the proxy closed the connection")
+            got += len(chunk)
+    print(time.perf_counter() - t0, flush=True)
+    c.close()
+
+
+async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
+    from webb_agent.l7proxy.flows import l7_message
+    from webb_agent.l7proxy.proxy import L7Proxy, _Conn
+    from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
+    from webb_agent.policy.model import HTTPRule
+
+    class Endpoint:
+        id = 1
+
+    class Registry:  # the client is a local endpoint whose egress rules decide
+        def by_ip(self, ip: str) -> Endpoint:
+            return Endpoint()
+
+        def is_local(self, ep: Endpoint) -> bool:
+            return True
+
+    class Engine:
+        class compiled:
+            l7: dict = {}
+
+        def identity_of(self, ip: str) -> int:
+            return 5
+
+    class Datapath:
+        async def in_netns(self, fn):  # this process's namespace is the "node's"
+            return fn()
+
+    peer = subprocess.Popen([sys.executable, __file__, "--mode", "peer", "--requests",
+                             str(requests)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert peer.stdout is not None and peer.stdin is not None
+        server = ("127.0.0.1", int(peer.stdout.readline()))
+        ref = PolicyRef("CiliumNetworkPolicy", "bench", "srv", 1, ())
+        Engine.compiled.l7[(1, DIR_EGRESS, server[1])] = (
+            L7Entry(frozenset({5}), (HTTPRule(method="GET", path="/api/.*"),), ref),)
+        proxy = L7Proxy(Engine(), Registry(), Datapath())
+        flows = 0
+
+        def on_flow(f) -> None:  # built as the agent builds them, then dropped
+            nonlocal flows
+            l7_message(f, 1)
+            flows += 1
+        proxy.on_flow = on_flow
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            conn = _Conn(proxy, r, w, egress=True)
+            conn.server = server  # the original destination (the datapath's part)
+            try:
+                await conn.run()
+            finally:
+                conn.close()
+        lst = await asyncio.start_server(handle, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        peer.stdin.write(f"{lst.sockets[0].getsockname()[1]}\n")
+        peer.stdin.flush()
+        assert await loop.run_in_executor(None, peer.stdout.readline) == "go\n"
+        c0 = time.process_time()
+        if profile is not None:
+            profile.enable()
+        seconds = float(await loop.run_in_executor(None, peer.stdout.readline))
+        if profile is not None:
+            profile.disable()
+        cpu = time.process_time() - c0
+        lst.close()
+        print(f"load average: {os.getloadavg()[0]:.2f}")
+        print(f"{requests} requests on one keep-alive connection: {requests / seconds:.0f} req/s, "
+              f"proxy CPU {cpu / requests * 1e6:.1f} us/request ({flows} flows built)")
+    finally:
+        peer.kill()
+        peer.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the proxy (slower)")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.mode == "peer":
+        _peer(a.requests)
+        return
+    prof = cProfile.Profile() if a.profile else None
+    asyncio.run(_proxy(a.requests, prof))
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
