@@ -17,6 +17,7 @@ import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from support import AgentProc, lab_prefix, pod_endpoint, wait_for
+from test_metrics import Exporter
 from webb.api.admin import admin_pb2 as apb
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.root
 PREFIX = lab_prefix("l7p")
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 PORT = 9080
+# Cilium's monitor API policy match types, as hubble_policy_verdicts_total names them.
+CILIUM_MATCH_TYPES = {0: "none", 1: "l3-only", 2: "l3-l4", 3: "l4-only", 4: "all"}
 
 POLICY = """
 apiVersion: cilium.io/v2
@@ -216,6 +219,83 @@ def test_flows_name_the_verdict_and_the_deciding_policy(lab, agent, policy):
     assert "<- Request http from " in monitor_line(req_no)
     assert monitor_line(req_no).endswith("verdict Denied GET http://server:9080/nope => 0")
     assert monitor_line(resp_no).endswith("verdict Forwarded GET http://server:9080/nope => 403")
+
+
+def test_exporter_counts_the_proxy_verdicts_as_the_agent_flows_say(lab, agent, policy, workdir):
+    """Issue 17: the exporter's httpV2 and policy families count the proxy's L7 flows
+    exactly as the agent holds them (dns is not exercised here: this module has no DNS rule)."""
+    exporter = Exporter(workdir, "metrics-l7", agent.address, ("policy",))
+    try:
+        exporter.start()
+        since = Timestamp()
+        since.FromNanoseconds(exporter.started_ns)  # the exporter counts from its start on
+        assert statuses(http(lab, "client", [{"send": get("/public/metrics")},
+                                             {"send": get("/metrics-denied")}])) == [200, 403]
+        fs = l7_flows(agent, since, 4)
+        url = "http://server:9080"
+        # Only this test's flows since the exporter started: the comparison below is exact.
+        assert sorted((f.l7.type, f.l7.http.url, f.verdict) for f in fs) == sorted([
+            (fpb.REQUEST, f"{url}/public/metrics", fpb.FORWARDED),
+            (fpb.REQUEST, f"{url}/metrics-denied", fpb.DROPPED),
+            (fpb.RESPONSE, f"{url}/public/metrics", fpb.FORWARDED),
+            (fpb.RESPONSE, f"{url}/metrics-denied", fpb.FORWARDED)])
+        # What Hubble's handlers make of these flows: httpV2 one series per response
+        # (reporter from the direction), policy every access-log flow, match l7/<record>.
+        reporter = {fpb.INGRESS: "server", fpb.EGRESS: "client"}
+        want_http: dict[tuple, int] = {}
+        want_policy: dict[tuple, int] = {}
+        for f in fs:
+            direction = fpb.TrafficDirection.Name(f.traffic_direction).lower()
+            key = (direction, "l7/http", fpb.Verdict.Name(f.verdict).lower())
+            want_policy[key] = want_policy.get(key, 0) + 1
+            if f.l7.type == fpb.RESPONSE:
+                key = (f.l7.http.method, f.l7.http.protocol, str(f.l7.http.code),
+                       reporter.get(f.traffic_direction, "unknown"))
+                want_http[key] = want_http.get(key, 0) + 1
+        assert want_http == {("GET", "HTTP/1.1", "200", "server"): 1,
+                             ("GET", "HTTP/1.1", "403", "server"): 1}
+        assert want_policy == {("ingress", "l7/http", "forwarded"): 3,
+                               ("ingress", "l7/http", "dropped"): 1}
+
+        def wanted() -> tuple[dict, dict, float, float] | None:
+            """Also the connection's L3/L4 policy-verdict events (same family), re-read
+            each time: the agent reads them from the kernel on its own schedule."""
+            req = opb.GetFlowsRequest(since=since, whitelist=[fpb.FlowFilter(
+                event_type=[fpb.EventTypeFilter(type=5)])])
+            verdicts = [r.flow for r in agent.observer.GetFlows(req, timeout=10)
+                        if r.HasField("flow")]
+            if not verdicts:
+                return None
+            policy = dict(want_policy)
+            for f in verdicts:
+                key = (fpb.TrafficDirection.Name(f.traffic_direction).lower(),
+                       CILIUM_MATCH_TYPES[f.policy_match_type], fpb.Verdict.Name(f.verdict).lower())
+                policy[key] = policy.get(key, 0) + 1
+            return (want_http, policy, float(sum(want_http.values())),
+                    float(sum(policy.values())))
+
+        def counted(want: tuple | None) -> tuple | None:
+            if want is None:
+                return None
+            got_http = {k: exporter.value("hubble_http_requests_total", method=k[0],
+                                          protocol=k[1], status=k[2], reporter=k[3])
+                        for k in want[0]}
+            got_policy = {k: exporter.value("hubble_policy_verdicts_total", direction=k[0],
+                                            match=k[1], action=k[2]) for k in want[1]}
+            return (got_http, got_policy, exporter.value("hubble_http_requests_total"),
+                    exporter.value("hubble_policy_verdicts_total"))
+
+        def agree() -> bool:
+            want = wanted()
+            return want is not None and counted(want) == want
+        try:
+            wait_for(agree, 15, 0.2, "the exporter to count what the agent's flows say")
+        except AssertionError:
+            want = wanted()
+            assert counted(want) == want
+            raise
+    finally:
+        exporter.stop()
 
 
 def test_keep_alive_pipelining_and_bodies(lab, agent, policy):
