@@ -287,8 +287,8 @@ class _Conn:
             st.requests += 1
             entries, identity = self._entries()
             allowed, policies = decide(entries, identity, head)
-            self._flow(response=False, allowed=allowed, policies=policies, request=head)
             if not allowed:
+                self._flow(response=False, allowed=False, policies=policies, request=head)
                 st.denied += 1
                 # A client waiting for `100 Continue` may never send its body: close.
                 expects = head.body != 0 and (head.header("expect") or "").lower() == "100-continue"
@@ -347,12 +347,15 @@ class _Conn:
         """Relays one allowed request and its answer; False: the connection ends."""
         st = self.proxy.stats
         if not await self._connect():
+            self._flow(response=False, allowed=True, policies=policies, request=head)
             await self._answer(503, b"upstream connect error\r\n", head, True, policies,
                                "upstream connect error", t0)
             return False
         up_r, up_w = self.up_reader, self.up_writer
         assert up_r is not None and up_w is not None
         up_w.write(head.raw)
+        # Reported once the request is on its way: its flow is built while the server works.
+        self._flow(response=False, allowed=True, policies=policies, request=head)
         body_task = None
         if head.body:
             # Concurrently with the answer: `Expect: 100-continue`, early answers.
