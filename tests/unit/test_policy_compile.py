@@ -359,3 +359,46 @@ def test_fqdn_store_ttl_and_minimum():
     assert {str(n) for n in st.selected(DNSRule("a.example"), now=110.0)} == {"10.0.0.1/32"}
     assert st.selected(DNSRule("a.example"), now=111.0) == frozenset()
     assert not st.expire(now=110.0) and st.expire(now=111.0) and len(st) == 0
+
+
+async def test_learning_n_names_costs_o_n_selector_matches(world, monkeypatch):
+    """Each learned name is matched against the selectors once (cached per name): the
+    recompile after each answer reads the selectors' names from an index instead of
+    matching every stored name again (that was O(N^2) matches for N answers). A change
+    of the selectors re-matches the stored names once, and still selects them."""
+    from webb_agent.pipeline.l7.dns import DNSMessage
+    from webb_agent.policy import dnsmatch, fqdn
+    calls = 0
+    real = dnsmatch.matches
+
+    def counting(rules, name):
+        nonlocal calls
+        calls += 1
+        return real(rules, name)
+    monkeypatch.setattr(fqdn, "matches", counting)
+    reg, eng = world
+    doc = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pp-fqdn, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toFQDNs: [%s]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"""
+    await eng.apply_text(doc % '{matchPattern: "*.example.com"}, {matchName: "api.github.com"}')
+    pp = by(reg, "productpage")
+    n = 300
+    for i in range(n):
+        await eng.learn_dns(pp.id, DNSMessage(i, True, 0, 0, f"h{i}.example.com.", ("A",),
+                                              (str(ipaddress.ip_address("100.64.0.0") + i),),
+                                              ttl=60))
+    assert len(eng.fqdn) == n
+    # Per answer: the query against the 2 selectors to filter, once more to index it.
+    assert calls <= 2 * 2 * n, calls
+    assert len({k.identity for k in eng.compiled.allow if k.ep_id == pp.id}) == n
+    calls = 0
+    await eng.apply_text(doc % '{matchPattern: "h1*.example.com"}')
+    assert calls <= n, calls
+    assert len({k.identity for k in eng.compiled.allow if k.ep_id == pp.id}) == 111  # h1, h1x, h1xx

@@ -24,13 +24,15 @@ from ..stores.identities import RESERVED
 from .compile import ClusterView, Compiled, Compiler, EndpointPolicy, PolicySets
 from .ipcache import CIDRIdentities, IPKey, PrefixLookup, build
 from .maps import BPFTables, EpEntry, MapState, MapWriter, Tables
-from .dnsmatch import matches
 from .fqdn import FQDNStore
 from .model import KIND_CCNP, DNSRule, Policy, PolicyError, normalize_kind, parse_documents
 
 log = logging.getLogger(__name__)
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+# DNS answers learned within this long of each other share one recompile.
+FQDN_COALESCE_S = 0.002
 
 
 class NullTables:
@@ -76,6 +78,8 @@ class PolicyEngine:
         self.fqdn = FQDNStore(fqdn_min_ttl)
         self._fqdn_wake = asyncio.Event()
         self._fqdn_task: asyncio.Task[None] | None = None
+        self._fqdn_batch: asyncio.Future[None] | None = None
+        self._cidr_id_set: set[int] = set()  # the CIDR identities of self.compiled
 
     # -- wiring ------------------------------------------------------------------------
     def bind_datapath(self, datapath: Any) -> None:
@@ -125,19 +129,23 @@ class PolicyEngine:
             self._recompile()
 
     # -- compiling -----------------------------------------------------------------------
-    def _view(self) -> ClusterView:
+    def _view(self, policies: Iterable[Policy]) -> ClusterView:
         idents: dict[int, tuple[str, ...]] = {n: l for n, l in RESERVED.items()}
         local: dict[int, tuple[str, ...]] = {}
         for ep in self.registry.list():
             idents[ep.identity] = ep.identity_labels
             if self.registry.is_local(ep) and ep.id:
                 local[ep.id] = ep.identity_labels
+        selectors = self._fqdn_selectors(policies)
+        self.fqdn.set_selectors(selectors)
         return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster,
-                           {r: self.fqdn.selected(r) for r in self._fqdn_selectors()})
+                           {r: self.fqdn.selected(r) for r in selectors})
 
     # -- toFQDNs ---------------------------------------------------------------------------
-    def _fqdn_selectors(self) -> set[DNSRule]:
-        return {peer.fqdn for p in self.policies.values() for spec in p.specs
+    def _fqdn_selectors(self, policies: Iterable[Policy] | None = None) -> set[DNSRule]:
+        if policies is None:
+            policies = self.policies.values()
+        return {peer.fqdn for p in policies for spec in p.specs
                 for rule in spec.rules for peer in rule.peers or () if peer.fqdn is not None}
 
     async def learn_dns(self, ep_id: int, answer: Any) -> None:
@@ -146,15 +154,40 @@ class PolicyEngine:
         the answer back until then, so the client's next connection finds them)."""
         if not answer.ips:
             return
-        selectors = self._fqdn_selectors()
-        names = [n for n in (answer.query, *answer.cnames)
-                 if any(matches((r,), n) for r in selectors)]
+        self.fqdn.set_selectors(self._fqdn_selectors())
+        names = [n for n in (answer.query, *answer.cnames) if self.fqdn.selecting(n)]
         if not names:
             return
         if self.fqdn.learn(names, answer.ips, answer.ttl):
-            async with self._lock:
-                self._recompile()
+            await self._fqdn_recompile()
         self._ensure_expiry()
+
+    async def _fqdn_recompile(self) -> None:
+        """Returns once a recompile that saw everything learned so far is in the maps.
+        Answers arriving within FQDN_COALESCE_S of each other (a burst of lookups) share
+        one recompile instead of queueing one each on the event loop."""
+        fut = self._fqdn_batch
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._fqdn_batch = loop.create_future()
+            # Retrieved here so a failed batch that nobody awaits any more is not logged.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            task = loop.create_task(self._fqdn_flush(fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(fut)
+
+    async def _fqdn_flush(self, fut: asyncio.Future[None]) -> None:
+        await asyncio.sleep(FQDN_COALESCE_S)
+        async with self._lock:
+            # Learned from now on goes into the next batch; all before is in this one.
+            self._fqdn_batch = None
+            try:
+                self._recompile()
+            except Exception as e:
+                fut.set_exception(e)
+                return
+            fut.set_result(None)
 
     def _ensure_expiry(self) -> None:
         self._fqdn_wake.set()
@@ -170,17 +203,23 @@ class PolicyEngine:
                 await self._fqdn_wake.wait()
                 continue
             try:
-                await asyncio.wait_for(self._fqdn_wake.wait(), max(when - time.monotonic(), 0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # arrives when the event is already set (a test teardown hung here).
+                async with asyncio.timeout(max(when - time.monotonic(), 0)):
+                    await self._fqdn_wake.wait()
                 continue  # something new was learned: look at the next expiry again
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if self.fqdn.expire():
-                async with self._lock:
-                    self._recompile()
+                try:
+                    await self._fqdn_recompile()
+                except Exception:
+                    log.exception("removing expired toFQDNs addresses failed")
 
     def _compile(self, policies: Iterable[Policy]) -> tuple[Compiled, MapState]:
         self._snapshot_interfaces()
-        compiled = self.compiler.compile(policies, self._view())
+        policies = list(policies)
+        compiled = self.compiler.compile(policies, self._view(policies))
         remote = [ip for n in self.registry.nodes if n.name != self.registry.node_name
                   for ip in n.ips]
         eps = [(ip, ep.identity) for ep in self.registry.list() for ip in ep.ips]
@@ -206,7 +245,8 @@ class PolicyEngine:
                      len(compiled.endpoints))
         self.compiled = compiled
         self._ip_lookup = PrefixLookup(state.ipcache)
-        cidr_entries = {k: v for k, v in state.ipcache.items() if v in compiled.cidrs.values()}
+        self._cidr_id_set = cidr_ids = set(compiled.cidrs.values())
+        cidr_entries = {k: v for k, v in state.ipcache.items() if v in cidr_ids}
         self.lookup = PrefixLookup(cidr_entries)
 
     # -- the repository ------------------------------------------------------------------
@@ -304,7 +344,7 @@ class PolicyEngine:
     def cidr_endpoint(self, family: int, packed: bytes) -> Endpoint | None:
         """The CIDR identity of a world address, as flows should show it."""
         num = self.lookup.lookup(family, packed)
-        if num not in self.compiled.cidrs.values():
+        if num not in self._cidr_id_set:
             return None
         ep = self._cidr_eps.get(num)
         if ep is None:

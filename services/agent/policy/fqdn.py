@@ -6,6 +6,11 @@ names that some toFQDNs selector selects keep their addresses until the answer's
 compiler turns the addresses a selector selects into /32 and /128 prefixes with CIDR
 identities, so the datapath allows them like toCIDR entries; when they expire the
 selection shrinks and the entries go.
+
+Which selectors select a name is worked out once, when the name is learned (and again
+for every stored name only when the set of selectors changes): a recompile then reads
+each selector's names from an index instead of matching every stored name against
+every selector, so learning N names costs O(N) matches, not O(N^2).
 """
 from __future__ import annotations
 
@@ -25,6 +30,40 @@ class FQDNStore:
         self.min_ttl = min_ttl
         # name ("api.github.com.") -> address -> expiry (time.monotonic())
         self._names: dict[str, dict[Network, float]] = {}
+        self._selectors: frozenset[DNSRule] = frozenset()
+        # stored name -> the selectors (of _selectors) that select it, and the reverse
+        self._selecting: dict[str, frozenset[DNSRule]] = {}
+        self._by_selector: dict[DNSRule, set[str]] = {}
+
+    def set_selectors(self, selectors: Iterable[DNSRule]) -> None:
+        """The toFQDNs selectors of the policies; a change re-matches the stored names."""
+        selectors = frozenset(selectors)
+        if selectors == self._selectors:
+            return
+        self._selectors = selectors
+        self._selecting = {}
+        self._by_selector = {r: set() for r in selectors}
+        for name in self._names:
+            self._index(name)
+
+    def selecting(self, name: str) -> frozenset[DNSRule]:
+        """The selectors that select name (cached for the names stored)."""
+        name = fqdn(name)
+        got = self._selecting.get(name)
+        if got is None:
+            got = frozenset(r for r in self._selectors if matches((r,), name))
+        return got
+
+    def _index(self, name: str) -> None:
+        sel = frozenset(r for r in self._selectors if matches((r,), name))
+        self._selecting[name] = sel
+        for r in sel:
+            self._by_selector[r].add(name)
+
+    def _forget(self, name: str) -> None:
+        del self._names[name]
+        for r in self._selecting.pop(name, ()):
+            self._by_selector[r].discard(name)
 
     def __len__(self) -> int:
         return len(self._names)
@@ -51,6 +90,7 @@ class FQDNStore:
                 if len(self._names) >= MAX_NAMES:
                     continue  # full: the name is not allowed (never more than the policy says)
                 known = self._names[name] = {}
+                self._index(name)
             for net in nets:
                 if net not in known:
                     if len(known) >= MAX_IPS_PER_NAME:
@@ -69,7 +109,7 @@ class FQDNStore:
                 del known[net]
                 gone = True
             if not known:
-                del self._names[name]
+                self._forget(name)
         return gone
 
     def next_expiry(self) -> float | None:
@@ -78,10 +118,12 @@ class FQDNStore:
     def selected(self, rule: DNSRule, now: float | None = None) -> frozenset[Network]:
         """The live addresses of every name the selector selects."""
         now = time.monotonic() if now is None else now
+        names = self._by_selector.get(rule)
+        if names is None:  # not one of the policies' selectors: match every name
+            names = {n for n in self._names if matches((rule,), n)}
         out: set[Network] = set()
-        for name, known in self._names.items():
-            if matches((rule,), name):
-                out.update(n for n, t in known.items() if t > now)
+        for name in names:
+            out.update(n for n, t in self._names[name].items() if t > now)
         return frozenset(out)
 
     def names(self) -> dict[str, dict[str, float]]:
