@@ -361,6 +361,19 @@ def test_fqdn_store_ttl_and_minimum():
     assert not st.expire(now=110.0) and st.expire(now=111.0) and len(st) == 0
 
 
+def test_fqdn_store_ttl_zero_lives_until_the_floor():
+    """TTL 0 answers (and no --tofqdns-min-ttl) still allow the connection that follows:
+    the address lives TTL_FLOOR seconds, then goes."""
+    from webb_agent.policy.fqdn import TTL_FLOOR, FQDNStore
+    from webb_agent.policy.model import DNSRule
+    st = FQDNStore()
+    assert st.learn(["zero.example."], ["10.0.0.9"], ttl=0, now=100.0)
+    assert st.next_expiry() == 100.0 + TTL_FLOOR
+    assert st.selected(DNSRule("zero.example"), now=100.0 + TTL_FLOOR - 0.1)
+    assert not st.expire(now=100.0 + TTL_FLOOR - 0.1) and len(st) == 1
+    assert st.expire(now=100.0 + TTL_FLOOR) and len(st) == 0
+
+
 async def test_learning_n_names_costs_o_n_selector_matches(world, monkeypatch):
     """Each learned name is matched against the selectors once (cached per name): the
     recompile after each answer reads the selectors' names from an index instead of

@@ -2,7 +2,8 @@
 
 The DNS proxy (l7proxy/dnsproxy.py) hands every answer it let through to the engine;
 names that some toFQDNs selector selects keep their addresses until the answer's TTL
-(at least --tofqdns-min-ttl, 0 by default as in current Cilium) runs out. The
+(at least --tofqdns-min-ttl, 0 by default as in current Cilium, and never less than
+TTL_FLOOR) runs out. The
 compiler turns the addresses a selector selects into /32 and /128 prefixes with CIDR
 identities, so the datapath allows them like toCIDR entries; when they expire the
 selection shrinks and the entries go.
@@ -23,6 +24,10 @@ from .model import DNSRule, Network
 
 MAX_NAMES = 65536
 MAX_IPS_PER_NAME = 256
+# An answer with TTL 0 (or 1) would expire the moment it is learned, before the client
+# can connect to what it asked for: every address lives at least this long, so the
+# connection that follows an answer can be made even on a loaded node.
+TTL_FLOOR = 5.0
 
 
 class FQDNStore:
@@ -73,7 +78,7 @@ class FQDNStore:
         """Records an answer; True when a (name, address) pair is new (the selection
         may grow: recompile), False when it only lasts longer now."""
         now = time.monotonic() if now is None else now
-        until = now + max(float(ttl), self.min_ttl)
+        until = now + max(float(ttl), self.min_ttl, TTL_FLOOR)
         nets = []
         for ip in ips:
             try:
