@@ -7,15 +7,13 @@ identities, workloads and Service names from the API, and the tutorial's L4
 CiliumNetworkPolicy, applied through the API server, drops details -> reviews with
 "Policy denied". Then what a cluster user does: port-forward to the relay, pods
 recreated (with the same labels, and with other labels: the old identity is
-garbage-collected), and the agent DaemonSet restarted under an open follow. The
-restart test runs last: it replaces the agent pod the fixture found.
+garbage-collected).
 """
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import threading
 import time
 from typing import Iterator
 
@@ -31,7 +29,6 @@ from k8s_workloads import (BOOKINFO, BOOKINFO_NS, ROOT, WEBB_NS, bookinfo, chart
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
-from webb.api.relay import relay_pb2 as rpb
 
 pytestmark = [pytest.mark.root, pytest.mark.kubelet]
 
@@ -83,7 +80,7 @@ def cluster(request, tmp_path_factory) -> Iterator[dict]:
                      "crd/webbidentities.webb.io", "crd/ciliumnetworkpolicies.cilium.io")
         node.apply(cluster_dns())
         # The chart as a user installs it, with the history on the node's disk (a host
-        # path under the test's directory) for the restart test.
+        # path under the test's directory).
         history = node.dir / "history"
         # Identity GC as a user would tune it, short enough for the relabel test.
         values = {"history": {"enabled": True, "hostPath": str(history)},
@@ -350,96 +347,3 @@ def test_pod_recreated_with_other_labels_gets_a_new_identity_and_the_old_is_coll
         node.kubectl("delete", "pod", "-n", "default", "idgc", "--ignore-not-found",
                      "--wait=true")
 
-class Follower:
-    """`GetFlows follow` through the relay, read by a thread: every response in order."""
-
-    def __init__(self, channel: grpc.Channel, since: Timestamp) -> None:
-        req = opb.GetFlowsRequest(follow=True)
-        req.since.CopyFrom(since)
-        self.call = observer_pb2_grpc.ObserverStub(channel).GetFlows(req, timeout=600)
-        self.items: list[opb.GetFlowsResponse] = []
-        self.error: grpc.RpcError | None = None
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for r in self.call:
-                self.items.append(r)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self.error = e
-
-    def flows(self, start: int = 0) -> list[fpb.Flow]:
-        return [r.flow for r in self.items[start:] if r.HasField("flow")]
-
-    def statuses(self, start: int = 0) -> list[tuple[int, list[str], str]]:
-        return [(r.node_status.state_change, list(r.node_status.node_names),
-                 r.node_status.message) for r in self.items[start:] if r.HasField("node_status")]
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.thread.join(10)
-
-
-def test_agent_daemonset_restarted_mid_follow(cluster):
-    """`kubectl rollout restart` of the agent DaemonSet while a client follows through
-    the relay: the relay reports the node's stream failing, then connected again, the
-    follow goes on with the new agent's flows, and the flows recorded before the restart
-    are still answered (from the history on the node's host path) by the new agent."""
-    node: KubeNode = cluster["node"]
-    ds = node.kc.api("GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")
-    old_pods = {p["metadata"]["name"] for p in node.pods_ready(
-        WEBB_NS, "app.kubernetes.io/component=agent", 1)}
-    t0 = Timestamp()
-    t0.GetCurrentTime()
-    follow = Follower(cluster["relay"], since=t0)
-    try:
-        # The load generator's traffic: productpage -> details, through the follow.
-        def pp_details(start: int = 0) -> list[fpb.Flow]:
-            return [f for f in follow.flows(start)
-                    if f.source.pod_name.startswith("productpage-v1-")
-                    and f.destination.pod_name.startswith("details-v1-")]
-        node.wait(lambda: len(pp_details()) >= 5, 90, "productpage -> details flows in the follow")
-        assert follow.statuses()[0][:2] == (rpb.NODE_CONNECTED, [node.name])
-        before = pp_details()
-        assert all(f.uuid for f in before)
-        mark = len(follow.items)
-        node.kubectl("rollout", "restart", "-n", WEBB_NS, "daemonset/webb-agent")
-
-        # The relay reports the node's stream ending with an error, and later the node
-        # connected again (it joins the open stream from where it stopped).
-        def reported() -> bool:
-            st = follow.statuses(mark)
-            err = next((i for i, s in enumerate(st)
-                        if s[0] in (rpb.NODE_ERROR, rpb.NODE_UNAVAILABLE) and node.name in s[1]),
-                       None)
-            return err is not None and any(s[0] == rpb.NODE_CONNECTED and node.name in s[1]
-                                           for s in st[err + 1:])
-        node.wait(reported, 180, "NODE_ERROR, then NODE_CONNECTED for the node in the follow")
-        back = time.time_ns()  # the new agent is serving (the node's clock is the host's)
-        print("\nnode status after the restart:", [(rpb.NodeState.Name(s[0]), s[1], s[2])
-                                                 for s in follow.statuses(mark)])
-        errors = [s for s in follow.statuses(mark) if s[0] == rpb.NODE_ERROR]
-        assert all(s[2] for s in errors), "a NODE_ERROR says what happened"
-        new = node.pods_ready(WEBB_NS, "app.kubernetes.io/component=agent", 1)
-        assert not {p["metadata"]["name"] for p in new} & old_pods, "the agent pod was replaced"
-        assert ds["metadata"]["generation"] < node.kc.api(
-            "GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")["metadata"]["generation"]
-
-        # The follow goes on: flows the new agent recorded after the restart arrive.
-        node.wait(lambda: any(f.time.ToNanoseconds() > back for f in pp_details(mark)),
-                  120, "the new agent's flows in the same follow")
-        assert follow.error is None, follow.error
-
-        # The history on the node's disk survived: what the old agent recorded before
-        # the restart is answered again, same flows (UUIDs), by the new one.
-        since, until = Timestamp(), Timestamp()
-        since.CopyFrom(before[0].time)
-        until.FromNanoseconds(max(f.time.ToNanoseconds() for f in before) + 1)
-        again = flows(cluster, since=since, until=until,
-                      source_pod=[f"{BOOKINFO_NS}/productpage-v1"],
-                      destination_pod=[f"{BOOKINFO_NS}/details-v1"])
-        assert {f.uuid for f in before} <= {f.uuid for f in again}
-    finally:
-        follow.close()
