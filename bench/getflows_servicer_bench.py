@@ -33,8 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+from abba import abba_rounds  # noqa: E402
 
 GET_FLOWS = "/observer.Observer/GetFlows"
 
@@ -180,19 +183,7 @@ def main() -> None:
             assert n == a.flows, (mode, n)
             return n / dt, cpu / n * 1e6
 
-        read("webb"), read("bare")  # warm-up (first connection, caches)
-        ratios: list[float] = []
-        rate: dict[str, list[float]] = {"webb": [], "bare": []}
-        cpu: dict[str, list[float]] = {"webb": [], "bare": []}
-        for _ in range(a.rounds):
-            got: dict[str, list[float]] = {"webb": [], "bare": []}
-            for mode in ("webb", "bare", "bare", "webb"):
-                r, c = read(mode)
-                got[mode].append(r)
-                cpu[mode].append(c)
-            rate["webb"] += got["webb"]
-            rate["bare"] += got["bare"]
-            ratios.append(sum(got["webb"]) / sum(got["bare"]))
+        ratios, rate, cpu = abba_rounds(read, a.rounds)
         if a.cli:
             cli(a, channels_ports, a.rounds)
         load = os.getloadavg()[0]
