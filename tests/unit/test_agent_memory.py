@@ -17,7 +17,8 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.pipeline.counters import bounded_state_counters
 from webb_agent.datapath.event import (EVENT_TRACE, L7_HTTP, POINT_FROM_ENDPOINT,
                                        POINT_TO_ENDPOINT, FlowEvent, L7Event, pack_l7)
-from webb_agent.pipeline.threefour import MAX_INTERFACES, FlowEncoder, timestamp
+from webb_agent.pipeline.flow_wire import timestamp
+from webb_agent.pipeline.threefour import MAX_INTERFACES, FlowEncoder
 from webb_agent.stores.endpoints import Endpoint, packed_ip
 from webb_agent.pipeline.ingest import Ingest
 from webb_agent.pipeline.l7 import tracker as tracker_mod
@@ -181,7 +182,7 @@ def test_interface_fields_are_bounded_with_evictions_counted():
 
 
 def test_small_parse_caches_are_bounded():
-    from webb_agent.pipeline.threefour import _SECONDS
+    from webb_agent.pipeline.flow_wire import _SECONDS
     from webb_agent.pipeline.l7 import http
     from webb_agent.pipeline.l7.redact import redact_url
 

@@ -12,7 +12,7 @@ from webb_agent.datapath import kernel_drops as kd
 from webb_agent.datapath.btf import BTF, BTFError
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT,
                                        POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, FlowEvent)
-from webb_agent.pipeline.threefour import ld, s, vi
+from webb_agent.pipeline.flow_wire import ld, s, vi
 from webb_agent.stores.endpoints import packed_ip
 from webb_agent.pipeline.wire_cache import FlowWireCache
 from webb_agent.pipeline.record import WORLD, FlowRecord

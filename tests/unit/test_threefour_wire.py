@@ -17,7 +17,8 @@ from webb.api.observer import observer_pb2 as opb
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT,
                                        EVENT_TRACE, POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT,
                                        REASON_FLAGS, REASON_NEW, FlowEvent)
-from webb_agent.pipeline.threefour import FlowEncoder, encode_endpoint, ld, s
+from webb_agent.pipeline.flow_wire import ld, s
+from webb_agent.pipeline.threefour import FlowEncoder, encode_endpoint
 from webb_agent.stores.endpoints import packed_ip
 
 # sha256 of the encodings below re-serialized in field-number order: the same for the

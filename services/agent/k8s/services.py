@@ -19,9 +19,9 @@ import ipaddress
 from typing import Any
 
 from ..datapath.event import FlowEvent
-from ..pipeline.threefour import ld, s
+from ..pipeline.flow_wire import SERVICE, F, ld, s
 
-SOURCE_SERVICE, DESTINATION_SERVICE = 20, 21
+SOURCE_SERVICE, DESTINATION_SERVICE = F.source_service, F.destination_service
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
@@ -155,7 +155,7 @@ class ServiceMap:
     def _encoded(self, svc: tuple[str, str]) -> tuple[bytes, bytes]:
         w = self._wire.get(svc)
         if w is None:
-            body = s(1, svc[0]) + s(2, svc[1])
+            body = s(SERVICE.name, svc[0]) + s(SERVICE.namespace, svc[1])
             w = self._wire[svc] = (ld(SOURCE_SERVICE, body), ld(DESTINATION_SERVICE, body))
         return w
 

@@ -13,17 +13,15 @@ import functools
 import ipaddress
 from typing import Any
 
-from ..datapath.event import POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, L7Event
+from ..datapath.event import (L7_DNS, L7_HTTP, L7_RESPONSE_SIDE, POINT_FROM_ENDPOINT,
+                              POINT_TO_ENDPOINT, L7Event)
+from ..pipeline.flow_wire import (EGRESS_ALLOWED_BY, EGRESS_DENIED_BY, INGRESS_ALLOWED_BY,
+                                  INGRESS_DENIED_BY, VERDICT_DROPPED)
 from ..pipeline.l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
 from ..pipeline.l7.tracker import L7Message
 from .http1 import Head
 from .dnsproxy import DNSFlow
 from .proxy import ProxyFlow
-
-VERDICT_DROPPED = 2
-FIELD_EGRESS_ALLOWED_BY, FIELD_INGRESS_ALLOWED_BY = 21001, 21002
-FIELD_EGRESS_DENIED_BY, FIELD_INGRESS_DENIED_BY = 21004, 21005
-L7_HTTP, L7_DNS = 1, 2
 
 
 def _headers(head: Head) -> tuple[HTTPHeader, ...]:
@@ -58,7 +56,7 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
     if f.response:
         ev = L7Event(0, _packed(s[0]), _packed(c[0]), s[1], c[1], 0, 0, 0, 0, 0, f.family, 6,
                      POINT_TO_ENDPOINT if f.egress else POINT_FROM_ENDPOINT,
-                     L7_HTTP | 0x10, 1, 0)
+                     L7_HTTP | L7_RESPONSE_SIDE, 1, 0)
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, 6,
                      POINT_FROM_ENDPOINT if f.egress else POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
@@ -78,8 +76,9 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
                      policy_field=_FIELDS[f.egress, f.allowed])
 
 
-_FIELDS = {(False, True): FIELD_INGRESS_ALLOWED_BY, (False, False): FIELD_INGRESS_DENIED_BY,
-           (True, True): FIELD_EGRESS_ALLOWED_BY, (True, False): FIELD_EGRESS_DENIED_BY}
+# The Flow field naming the deciding policies, by (egress rules, allowed).
+_FIELDS = {(False, True): INGRESS_ALLOWED_BY, (False, False): INGRESS_DENIED_BY,
+           (True, True): EGRESS_ALLOWED_BY, (True, False): EGRESS_DENIED_BY}
 
 
 def dns_message(f: DNSFlow, policy_set: int) -> L7Message:
@@ -88,7 +87,7 @@ def dns_message(f: DNSFlow, policy_set: int) -> L7Message:
     proto = 6 if f.tcp else 17
     if f.response:
         ev = L7Event(0, _packed(s[0]), _packed(c[0]), s[1], c[1], 0, 0, 0, 0, 0, f.family, proto,
-                     POINT_TO_ENDPOINT, L7_DNS | 0x10, 1, 0)
+                     POINT_TO_ENDPOINT, L7_DNS | L7_RESPONSE_SIDE, 1, 0)
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, proto,
                      POINT_FROM_ENDPOINT, L7_DNS, 0, 0)

@@ -5,9 +5,9 @@ Flow is the same for every event of an endpoint (its Endpoint message) or of the
 agent (node name, emitter), so those parts are encoded once and concatenated,
 and only the per-event fields are encoded here. The bytes go to clients as they
 are; a flow_pb2.Flow is parsed from them (in C) only when a filter or a field
-mask needs one. Field numbers and enum values come from flow_pb2's descriptors
-(proto/flow/flow.proto), read once at import; tests/unit/test_threefour_wire.py
-checks the bytes and what parsing them gives.
+mask needs one. Field numbers, enum values and the wire primitives are
+flow_wire.py's (read from flow_pb2's descriptors, shared with the L7 encoders);
+tests/unit/test_threefour_wire.py checks the bytes and what parsing them gives.
 
 A flow is encoded in two parts: its body (`body`: every field but uuid, source
 and destination), which the ring keeps, and those three (`with_endpoints`), added
@@ -23,137 +23,28 @@ import uuid
 
 from typing import Any, Callable
 
-from google.protobuf import timestamp_pb2, wrappers_pb2
-
 from webb.api.flow import flow_pb2 as fpb
-from webb.api.observer import observer_pb2 as opb
 from webb.icmp import icmp_type_code
 
 from ..datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
                               POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
+from .flow_wire import (AGG, BOOL, CILIUM_EVENT_DROP, CILIUM_EVENT_POLICY_VERDICT,
+                        CILIUM_EVENT_TRACE, EGRESS_ALLOWED_BY, EGRESS_DENIED_BY, EMITTER,
+                        EMITTER_NAME, EP, ETH, EVT, FLOW_TYPE_L3_L4, ICMP, IFACE,
+                        INGRESS_ALLOWED_BY, INGRESS_DENIED_BY, IPF, IPV4, IPV6, L4, PORTS,
+                        POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB, RESP, TRACE_FROM_LXC,
+                        TRACE_REASON_ESTABLISHED, TRACE_REASON_NEW, TRACE_REASON_REPLY,
+                        TRACE_TO_LXC, TRAFFIC_EGRESS, TRAFFIC_INGRESS, TS, VERDICT_DROPPED,
+                        VERDICT_FORWARDED, WORKLOAD, F, _V, _varint, key, ld, s, timestamp,
+                        varint, vi, with_endpoints)
 
-
-def _fields(message: Any) -> Any:
-    """Field numbers of a message by name: _fields(fpb.Flow).uuid == 34."""
-    return type("Fields", (), {f.name: f.number for f in message.DESCRIPTOR.fields})
-
-
-F = _fields(fpb.Flow)
-EP = _fields(fpb.Endpoint)
-WORKLOAD = _fields(fpb.Workload)
-L4 = _fields(fpb.Layer4)
-PORTS = _fields(fpb.TCP)  # UDP's source/destination_port have the same numbers
-assert (PORTS.source_port, PORTS.destination_port) == (_fields(fpb.UDP).source_port,
-                                                       _fields(fpb.UDP).destination_port)
-ICMP = _fields(fpb.ICMPv4)  # ICMPv6's type/code have the same numbers
-ETH = _fields(fpb.Ethernet)
-IPF = _fields(fpb.IP)
-EVT = _fields(fpb.CiliumEventType)
-IFACE = _fields(fpb.NetworkInterface)
-AGG = _fields(fpb.Aggregate)
-EMITTER = _fields(fpb.Emitter)
-TS = _fields(timestamp_pb2.Timestamp)
-BOOL = _fields(wrappers_pb2.BoolValue)
-RESP = _fields(opb.GetFlowsResponse)
 # TCPFlags field of each TCP header bit (FIN=1 ... CWR=8).
 _TCP_FLAG_FIELDS = tuple((bit, fpb.TCPFlags.DESCRIPTOR.fields_by_name[name].number)
                          for bit, name in ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"),
                                            (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
                                            (0x40, "ECE"), (0x80, "CWR")))
 
-# Values of flow.proto enums used here.
-VERDICT_FORWARDED = fpb.FORWARDED
-VERDICT_DROPPED = fpb.DROPPED
-# Flow fields of the policies behind a verdict.
-EGRESS_ALLOWED_BY, INGRESS_ALLOWED_BY = F.egress_allowed_by, F.ingress_allowed_by
-EGRESS_DENIED_BY, INGRESS_DENIED_BY = F.egress_denied_by, F.ingress_denied_by
-FLOW_TYPE_L3_L4 = fpb.L3_L4
-IPV4, IPV6 = fpb.IPv4, fpb.IPv6
-TRAFFIC_INGRESS, TRAFFIC_EGRESS = fpb.INGRESS, fpb.EGRESS
-POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB = fpb.FROM_ENDPOINT, fpb.TO_ENDPOINT
-TRACE_REASON_NEW, TRACE_REASON_ESTABLISHED, TRACE_REASON_REPLY = fpb.NEW, fpb.ESTABLISHED, fpb.REPLY
-# Cilium's monitor message types and trace sub types (CiliumEventType is two int32s
-# in flow.proto: these values are Cilium's, not an enum flow_pb2 knows).
-CILIUM_EVENT_DROP = 1
-CILIUM_EVENT_TRACE = 4
-CILIUM_EVENT_POLICY_VERDICT = 5
-TRACE_TO_LXC, TRACE_FROM_LXC = 0, 5
-
-EMITTER_NAME = "webb"
 MAX_INTERFACES = 4096  # encoded interface fields kept (FlowEncoder._interface)
-
-
-def _varint(n: int) -> bytes:
-    # Unrolled for up to 5 bytes (nanoseconds, seconds since 1970): a loop over a
-    # bytearray costs several times as much, once per flow per timestamp.
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    if n < 0x200000:
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
-    if n < 0x10000000:
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
-    if n < 0x800000000:
-        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80,
-                      n >> 21 & 0x7F | 0x80, n >> 28))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-# Varints of every value below 2^16 (ports, lengths, field keys), computed once.
-_V = [_varint(i) for i in range(65536)]
-
-
-def varint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError(f"varint of a negative number: {n}")
-    return _V[n] if n < 65536 else _varint(n)
-
-
-def key(field: int, wire_type: int) -> bytes:
-    return _V[(field << 3) | wire_type] if field < 8192 else _varint((field << 3) | wire_type)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    """A length-delimited field (string, bytes or message)."""
-    return key(field, 2) + varint(len(payload)) + payload
-
-
-def vi(field: int, value: int) -> bytes:
-    """A varint field; proto3 leaves zero values out."""
-    return key(field, 0) + varint(value) if value else b""
-
-
-def s(field: int, text: str) -> bytes:
-    return ld(field, text.encode()) if text else b""
-
-
-_SECONDS: dict[int, bytes] = {}  # encoded `seconds` fields: flows come in runs of one second
-
-# The low 14 bits of a varint as its first two (continued) bytes: a nanoseconds value
-# (< 2^30) is then two table look-ups (this, and _V for the rest) instead of _varint's
-# arithmetic, once per response sent (GetFlows and batches build each response's time).
-_LOW14 = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
-
-
-def nanos_varint(n: int) -> bytes:
-    """varint(n) for 0 <= n < 2^30 (a Timestamp's nanos)."""
-    return _LOW14[n & 0x3FFF] + _V[n >> 14] if n >= 0x4000 else _V[n]
-
-
-def timestamp(ns: int) -> bytes:
-    sec, nanos = divmod(ns, 1_000_000_000)
-    head = _SECONDS.get(sec)
-    if head is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        head = _SECONDS[sec] = vi(TS.seconds, sec)
-    return head + _T_NANOS + nanos_varint(nanos) if nanos else head
 
 
 def encode_endpoint(ep_id: int, identity: int, namespace: str, labels: tuple[str, ...],
@@ -227,8 +118,8 @@ _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 # Field keys (tags) of the per-event fields encode() writes inline.
 _K1, _K2 = key(PORTS.source_port, 0), key(PORTS.destination_port, 0)
 assert (_K1, _K2) == (key(ICMP.type, 0), key(ICMP.code, 0))
-_T_TIME, _T_UUID, _T_ETH = key(F.time, 2), key(F.uuid, 2), key(F.ethernet, 2)
-_T_IP, _T_L4, _T_SRC, _T_DST = key(F.IP, 2), key(F.l4, 2), key(F.source, 2), key(F.destination, 2)
+_T_TIME, _T_ETH = key(F.time, 2), key(F.ethernet, 2)
+_T_IP, _T_L4 = key(F.IP, 2), key(F.l4, 2)
 _T_TCP, _T_UDP = key(L4.TCP, 2), key(L4.UDP, 2)
 _T_ICMP4, _T_ICMP6 = key(L4.ICMPv4, 2), key(L4.ICMPv6, 2)
 _T_SECONDS, _T_NANOS = key(TS.seconds, 0), key(TS.nanos, 0)
@@ -251,14 +142,6 @@ def summary_text(ev: FlowEvent) -> str:
 
 def ip_text(family: int, raw: bytes) -> str:
     return _ntop(socket.AF_INET, raw[:4]) if family == 4 else _ntop(socket.AF_INET6, raw)
-
-
-def with_endpoints(body: bytes, uuid: bytes, src: bytes, dst: bytes) -> bytes:
-    """A whole flow.Flow: its body and uuid (34), source (8) and destination (9), the
-    latter two encoded Endpoint messages (written even when empty, as before)."""
-    V = _V
-    return b"".join((body, _T_UUID + V[len(uuid)] if uuid else b"", uuid,
-                     _T_SRC, V[len(src)], src, _T_DST, V[len(dst)], dst))
 
 
 def _no_policies(set_id: int, field: int) -> bytes:

@@ -6,7 +6,7 @@ and the result is stored in the record itself (FlowRecord.wire), whose raw bytes
 (or L7 message) are then dropped. So cache_wire() CHANGES THE RECORD IT IS GIVEN;
 flow() and response() go through it. What is kept is the flow's body: every field
 but the UUID and the two endpoints' messages, which each read adds
-(threefour.with_endpoints), so the ring does not hold a copy of them per flow (they
+(flow_wire.with_endpoints), so the ring does not hold a copy of them per flow (they
 are two thirds of a flow's bytes). A flow_pb2.Flow is parsed from the bytes only
 when a filter or a field mask needs the message. The per-event path stops at
 FlowRecord; this runs only for flows somebody reads.
@@ -16,7 +16,8 @@ from __future__ import annotations
 from webb.api.flow import flow_pb2 as fpb
 
 from ..datapath.event import decode
-from .threefour import FlowEncoder, tcp_flags_summary, with_endpoints
+from .flow_wire import with_endpoints
+from .threefour import FlowEncoder, tcp_flags_summary
 from .l7.encode import L7Encoder
 from .record import FlowRecord, L7Record
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..pipeline.threefour import ld, s, vi
+from ..pipeline.flow_wire import POLICY, ld, s, vi
 from ..stores.endpoints import Endpoint, EndpointRegistry, NodeInfo
 from ..stores.identities import RESERVED
 from .compile import ClusterView, Compiled, Compiler, EndpointPolicy, PolicySets
@@ -334,9 +334,9 @@ class PolicyEngine:
         """A set's policies as repeated flow.Policy field `field` of a Flow (wire bytes)."""
         w = self._wire.get((set_id, field))
         if w is None:
-            w = b"".join(ld(field, s(1, r.name) + s(2, r.namespace)
-                            + b"".join(s(3, x) for x in r.labels) + vi(4, r.revision)
-                            + s(5, r.kind))
+            w = b"".join(ld(field, s(POLICY.name, r.name) + s(POLICY.namespace, r.namespace)
+                            + b"".join(s(POLICY.labels, x) for x in r.labels)
+                            + vi(POLICY.revision, r.revision) + s(POLICY.kind, r.kind))
                          for r in self.sets.get(set_id))
             self._wire[(set_id, field)] = w
         return w

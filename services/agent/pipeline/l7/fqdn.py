@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
-from ..threefour import ld
+from ..flow_wire import F, ld
 
 # (name, valid from, valid until) in wall-clock ns
 Entry = tuple[str, int, int]
@@ -69,9 +69,9 @@ class FQDNCache:
         return out
 
     def fields(self, saddr16: bytes, daddr16: bytes, at_ns: int) -> bytes:
-        """flow.Flow source_names (13) and destination_names (14), encoded."""
+        """flow.Flow source_names and destination_names, encoded."""
         out = b""
-        for field, addr in ((13, saddr16), (14, daddr16)):
+        for field, addr in ((F.source_names, saddr16), (F.destination_names, daddr16)):
             for name in self.names(addr, at_ns):
                 raw = name.encode()
                 out += ld(field, raw)
