@@ -208,3 +208,63 @@ def test_one_pass_header_block_reads_as_line_by_line(head):
 
     data = b"GET / HTTP/1.1\r\n" + head
     assert _parse_headers(data, 16) == _parse_header_lines(data, 16)
+
+
+def _parts() -> dict[str, list[bytes]]:
+    return {
+        "start": [b"GET /a?b=1 HTTP/1.1", b"POST /u HTTP/1.0", b"M-SEARCH * HTTP/1.1",
+                  b"GET http://u:pw@h/x HTTP/1.1", b"get / HTTP/1.1", b"GET / HTTP/2.0",
+                  b"GET  / HTTP/1.1", b"GET / HTTP/1.1 ", b"GET /\x7f HTTP/1.1", b"HTTP",
+                  b"HTTP/1.1 200 OK", b"HTTP/1.0 404 Not \xe9 Found", b"HTTP/1.1 204",
+                  b"HTTP/1.1 100 Continue", b"HTTP/1.1 304 Not Modified ", b"HTTP/1.1 099 X",
+                  b"HTTP/1.1 200 O\x01K", b"HTTP/2 200", b"HTTP/1.1 200 OK\r", b"PRI * HTTP/2.0",
+                  b"GET /" + b"x" * 9000 + b" HTTP/1.1"],
+        "header": [b"Host: h:80", b"host:h2", b"Content-Length: 5", b"content-length: 0",
+                   b"Content-Length: \xb2", b"Content-Length: 99999999999999999",
+                   b"Transfer-Encoding: chunked", b"X-Empty:", b"X-Pad:  v \t", b"Bad Name: v",
+                   b" folded", b"X: a\x01b", b"X: a\rb", b"User-Agent: curl/8", b"X-\xff: v",
+                   b"Accept: */*"],
+        "eol": [b"\r\n", b"\r\n", b"\r\n", b"\n"],
+        "body": [b"", b"hello", b"GET /next HTTP/1.1\r\n\r\n", b"HTTP/1.1 500 X\r\n\r\n"],
+    }
+
+
+def test_fast_path_answers_exactly_as_the_general_parser():
+    """parse_http reads complete CRLF heads by a shorter path (_parse_fast); on every
+    payload where it answers, the answer equals the general parser's, and parse_http
+    gives the general parser's answer on every payload."""
+    from webb_agent.pipeline.l7.http import _parse_all, _parse_fast
+
+    def general(data: bytes, host: str | None) -> object:
+        try:
+            return _parse_all(data, host)
+        except Exception:
+            return HTTPParseResult((), Unparsable("error", 0))
+
+    from webb_agent.pipeline.l7.http import HTTPParseResult, Unparsable
+
+    rnd = random.Random(16)
+    parts = _parts()
+    fast = 0
+    for i in range(4000):
+        msgs = []
+        for _ in range(rnd.choice((1, 1, 1, 2, 3))):
+            eol = rnd.choice(parts["eol"])
+            head = rnd.choice(parts["start"]) + eol
+            for _ in range(rnd.randrange(0, 5)):
+                head += rnd.choice(parts["header"]) + rnd.choice(parts["eol"])
+            msgs.append(head + eol + rnd.choice(parts["body"]))
+        data = b"".join(msgs)
+        if i % 5 == 0:  # cut by the capture prefix
+            data = data[:rnd.randrange(0, len(data) + 1)]
+        host = rnd.choice((None, "10.0.0.2:80"))
+        want = general(data, host)
+        try:
+            got = _parse_fast(data, host)
+        except Exception:
+            got = HTTPParseResult((), Unparsable("error", 0))
+        if got is not None:
+            fast += 1
+            assert got == want, data
+        assert parse_http(data, default_host=host) == want, data
+    assert fast > 200  # the fast path was really taken, not only the fallback

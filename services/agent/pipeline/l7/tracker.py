@@ -11,11 +11,12 @@ is counted and yields no L7 message: the connection stays visible at L3/L4.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Union
 
-from ...datapath.event import L7_DNS, L7_HTTP, L7Event, decode_l7
+from ...datapath.event import L7_DNS, L7_HTTP, L7_KIND_MASK, L7_RESPONSE_SIDE, L7Event, decode_l7
 from .dns import DNSMessage, parse_dns
 from .fqdn import FQDNCache
 from .http import HTTPRequest, HTTPResponse, parse_http
@@ -56,11 +57,28 @@ _TRUNCATED = _Truncated()
 
 
 def _ip_port(family: int, addr: bytes, port: int) -> str:
-    import socket
-
     if family == 4:
         return f"{socket.inet_ntop(socket.AF_INET, addr[:4])}:{port}"
     return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
+
+
+# A request's default host (its destination, for a head without Host): the same few
+# servers over and over, each spelled out once.
+_HOSTS: dict[tuple[int, bytes, int], str] = {}
+_HOSTS_MAX = 4096
+
+
+def _default_host(family: int, addr: bytes, port: int) -> str:
+    k = (family, addr, port)
+    got = _HOSTS.get(k)
+    if got is None:
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        got = _HOSTS[k] = _ip_port(family, addr, port)
+    return got
+
+
+_by_ts = lambda e: e[0].ts  # noqa: E731 - the sort key of (event, payload) items
 
 
 class L7Tracker:
@@ -90,18 +108,19 @@ class L7Tracker:
         retried = {id(e) for e in self._deferred}
         events.extend(self._deferred)
         self._deferred = []
-        events.sort(key=lambda e: e[0].ts)
+        events.sort(key=_by_ts)
         out: list[L7Message] = []
         for item in events:
             ev, payload = item
             may_defer = id(item) not in retried
+            kind = ev.l7 & L7_KIND_MASK
             try:
-                if ev.kind == L7_HTTP:
-                    if may_defer and self._early_answer(ev, payload):
+                if kind == L7_HTTP:
+                    if may_defer and ev.l7 & L7_RESPONSE_SIDE and self._early_answer(ev, payload):
                         self._deferred.append(item)
                         continue
                     self._http(ev, payload, ev.ts + offset_ns, out)
-                elif ev.kind == L7_DNS:
+                elif kind == L7_DNS:
                     if may_defer and self._early_dns_answer(ev, payload):
                         self._deferred.append(item)
                         continue
@@ -138,16 +157,6 @@ class L7Tracker:
         got = self._next_seq.get((ev.saddr, ev.sport, ev.daddr, ev.dport))
         return got is not None and (ev.seq - got[0]) & 0xFFFFFFFF >= 0x80000000
 
-    def _seq_check(self, ev: L7Event) -> bool:
-        """False for a segment before the direction's next possible message start."""
-        k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-        if k in self._next_seq:
-            self._next_seq.move_to_end(k)
-            if self._before_next(ev):
-                self.counters["http_skipped_segments"] += 1
-                return False
-        return True
-
     def _advance(self, ev: L7Event, consumed: int) -> None:
         k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
         marks = self._next_seq
@@ -176,20 +185,28 @@ class L7Tracker:
         return len(self._next_seq)
 
     def _http(self, ev: L7Event, payload: bytes, time_ns: int, out: list[L7Message]) -> None:
-        if ev.proto == 6 and not self._seq_check(ev):
-            return
-        answers = ev.response_side
+        tcp = ev.proto == 6
+        if tcp:  # the sequence check, inline: this runs for every captured head
+            marks = self._next_seq
+            k = (ev.saddr, ev.sport, ev.daddr, ev.dport)
+            got = marks.get(k)
+            if got is not None:
+                marks.move_to_end(k)
+                if (ev.seq - got[0]) & 0xFFFFFFFF >= 0x80000000:
+                    self.counters["http_skipped_segments"] += 1
+                    return
+        answers = ev.l7 & L7_RESPONSE_SIDE != 0
         if answers:  # pairing key: the request direction
             conn = (ev.daddr, ev.dport, ev.saddr, ev.sport)
             host = None  # an answer's URL is its request's: no default host to build
         else:
             conn = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-            host = _ip_port(ev.family, ev.daddr, ev.dport)
+            host = _default_host(ev.family, ev.daddr, ev.dport)
         res = parse_http(payload, default_host=host)
         if not res.messages:
             reason = res.unparsable.reason if res.unparsable else "empty"
             self.counters[f"http_unparsable_{reason}"] += 1
-            if ev.proto == 6:
+            if tcp:
                 self._advance(ev, 0)
             return
         consumed = 0
@@ -236,7 +253,7 @@ class L7Tracker:
                     self.http.request(conn, _TRUNCATED, ev.ts)
             elif res.unparsable is not None:
                 self.counters[f"http_unparsable_{res.unparsable.reason}"] += 1
-        if ev.proto == 6:
+        if tcp:
             self._advance(ev, consumed)
 
     def _dns(self, ev: L7Event, payload: bytes, time_ns: int, out: list[L7Message]) -> None:
