@@ -268,3 +268,36 @@ def test_fast_path_answers_exactly_as_the_general_parser():
             assert got == want, data
         assert parse_http(data, default_host=host) == want, data
     assert fast > 200  # the fast path was really taken, not only the fallback
+
+
+def test_encoder_writes_what_the_http_record_says():
+    """L7Encoder writes flow.HTTP and the summary straight from the parsed message, with
+    its own tables of encoded headers and redacted URLs; on every message and each
+    redaction setting the bytes and text equal those built from http_record's dict and
+    http_summary (the readable reference)."""
+    from webb_agent.pipeline.flow_wire import LAYER7, ld
+    from webb_agent.pipeline.l7.encode import L7Encoder, http_fields
+
+    rnd = random.Random(17)
+    parts = _parts()
+    parts["header"] += [b"Authorization: Bearer t", b"Cookie: a=b", b"X-Api-Key: k",
+                        b"Accept: */*", b"Accept: text/html", b"X-Long: " + b"v" * 300]
+    parts["start"] += [b"GET /p?token=1&a=2 HTTP/1.1", b"GET http://u:pw@h/p?key=3 HTTP/1.1"]
+    msgs = []
+    while len(msgs) < 1500:
+        head = rnd.choice(parts["start"]) + b"\r\n"
+        for _ in range(rnd.randrange(0, 6)):
+            head += rnd.choice(parts["header"]) + b"\r\n"
+        msgs += parse_http(head + b"\r\n", default_host="10.0.0.2:80").messages
+    requests = [m for m in msgs if isinstance(m, HTTPRequest)]
+    assert requests and len(requests) < len(msgs)
+    for settings in (RedactSettings(), RedactSettings.hubble_defaults(), RedactSettings.disabled(),
+                     RedactSettings(headers_allow=frozenset({"accept"}), http_urlquery=True),
+                     RedactSettings(headers_deny=frozenset())):
+        enc = L7Encoder("n1", "v", redact=settings)
+        for i, m in enumerate(msgs * 2):  # twice: from the tables the second time
+            req = m if isinstance(m, HTTPRequest) else rnd.choice((None, *requests))
+            lat = rnd.choice((0, 999_999, 3_400_000))
+            want = (ld(LAYER7.http, http_fields(http_record(m, settings, request=req))),
+                    http_summary(m, settings, request=req, latency_ns=lat))
+            assert enc._http(m, req, lat) == want, (m, req, settings)

@@ -10,6 +10,7 @@ tests/unit/test_l7_wire.py pins the bytes.
 from __future__ import annotations
 
 import socket
+from operator import attrgetter
 from typing import Callable
 
 from ...datapath.event import POINT_TO_ENDPOINT
@@ -19,8 +20,8 @@ from ..flow_wire import (BOOL, CILIUM_EVENT_L7, DNS, EMITTER, EMITTER_NAME, EVT,
                          timestamp, vi, with_endpoints)
 from .dns import dns_record, dns_summary
 from .fqdn import FQDNCache
-from .http import HTTPRequest, http_record, http_summary
-from .redact import RedactSettings
+from .http import HTTPRequest, HTTPResponse
+from .redact import RedactSettings, redact_header_value, redact_url
 from .tracker import L7Message
 
 # Fields written for every message, encoded once.
@@ -30,6 +31,11 @@ _L7_TYPE = {True: vi(LAYER7.type, L7_RESPONSE), False: vi(LAYER7.type, L7_REQUES
 _DIRECTION = {True: vi(F.traffic_direction, TRAFFIC_INGRESS),
               False: vi(F.traffic_direction, TRAFFIC_EGRESS)}
 _IPV4, _IPV6 = vi(IPF.ipVersion, IPV4), vi(IPF.ipVersion, IPV6)
+# What an encoder keeps of values that repeat from flow to flow (header lines, URLs,
+# address pairs): each encoded once, tables bounded (cleared when full).
+_CACHED = 4096
+_CACHED_VALUE = 256  # longer header values (cookies, tokens) rarely repeat: not kept
+_by_key = attrgetter("key")
 
 
 def _ip(family: int, raw: bytes) -> str:
@@ -38,7 +44,9 @@ def _ip(family: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
-def _http(rec: dict) -> bytes:
+def http_fields(rec: dict) -> bytes:
+    """flow.HTTP fields from http.http_record's dict: the plain reference of
+    L7Encoder._http (tests compare the two)."""
     out = (vi(HTTP.code, rec.get("code", 0)) + s(HTTP.method, rec.get("method", ""))
            + s(HTTP.url, rec.get("url", "")) + s(HTTP.protocol, rec.get("protocol", "")))
     out += b"".join(ld(HTTP.headers, s(HTTP_HEADER.key, h["key"]) + s(HTTP_HEADER.value, h["value"]))
@@ -70,6 +78,62 @@ class L7Encoder:
         self._forwarded = vi(F.verdict, VERDICT_FORWARDED)
         # flow.Policy fields of a policy set (the policy engine's policies_field).
         self.policies: Callable[[int, int], bytes] | None = None
+        self._headers: dict[tuple[str, str], bytes] = {}  # (key, value) -> HTTP.headers field
+        self._urls: dict[str, str] = {}                    # url -> redacted url
+        self._ips: dict[tuple[int, bytes, bytes], bytes] = {}  # addresses -> the F.IP field
+
+    def _ip_field(self, family: int, saddr: bytes, daddr: bytes) -> bytes:
+        k = (family, saddr, daddr)
+        got = self._ips.get(k)
+        if got is None:
+            ip = s(IPF.source, _ip(family, saddr)) + s(IPF.destination, _ip(family, daddr))
+            got = ld(F.IP, ip + (_IPV4 if family == 4 else _IPV6))
+            if len(self._ips) >= _CACHED:
+                self._ips.clear()
+            self._ips[k] = got
+        return got
+
+    def _url(self, url: str) -> str:
+        got = self._urls.get(url)
+        if got is None:
+            got = redact_url(url, self.redact)
+            if len(self._urls) >= _CACHED:
+                self._urls.clear()
+            self._urls[url] = got
+        return got
+
+    def _http(self, msg: HTTPRequest | HTTPResponse, req: HTTPRequest | None,
+              latency_ns: int) -> tuple[bytes, str]:
+        """The flow.HTTP record and Hubble's summary: what http.http_record and
+        http.http_summary give, encoded (tests/unit/test_l7_wire.py compares them)."""
+        url = self._url(req.url) if req is not None else ""
+        what = f"{req.method} {url}" if req is not None else ""
+        if msg.__class__ is HTTPResponse:
+            code = msg.code  # type: ignore[union-attr]
+            out = [vi(HTTP.code, code)]
+            summary = f"{msg.protocol} {code} {latency_ns // 1_000_000}ms ({what})"
+        else:
+            out = []
+            summary = f"{msg.protocol} {what}"
+        if req is not None:
+            out += (s(HTTP.method, req.method), s(HTTP.url, url))
+        out.append(s(HTTP.protocol, msg.protocol))
+        headers = msg.headers
+        if headers:
+            # Hubble sorts by key (stable: repeated keys keep their wire order).
+            known, redact = self._headers, self.redact
+            for h in sorted(headers, key=_by_key) if len(headers) > 1 else headers:
+                k = (h.key, h.value)
+                b = known.get(k)
+                if b is None:
+                    b = ld(HTTP.headers, s(HTTP_HEADER.key, h.key) + s(
+                        HTTP_HEADER.value, redact_header_value(h.key, h.value, redact)))
+                    if len(h.value) <= _CACHED_VALUE:
+                        if len(known) >= _CACHED:
+                            known.clear()
+                        known[k] = b
+                out.append(b)
+        return ld(LAYER7.http, b"".join(out)), summary
 
     def encode(self, m: L7Message, time_ns: int, uuid: str, src: bytes, dst: bytes) -> bytes:
         return with_endpoints(self.body(m, time_ns), uuid.encode(), src, dst)
@@ -78,8 +142,6 @@ class L7Encoder:
         """The message's Flow fields but uuid, source and destination (the ring keeps
         this; flow_wire.with_endpoints adds the rest when the flow is read)."""
         ev = m.ev
-        ip = s(IPF.source, _ip(ev.family, ev.saddr)) + s(IPF.destination, _ip(ev.family, ev.daddr))
-        ip += _IPV4 if ev.family == 4 else _IPV6
         ports = vi(PORTS.source_port, ev.sport) + vi(PORTS.destination_port, ev.dport)
         l4 = ld(F.l4, ld(L4.TCP if ev.proto == 6 else L4.UDP, ports))
         # The connection's direction as seen from the endpoint at this interface.
@@ -87,9 +149,7 @@ class L7Encoder:
         ingress = toward != m.response
         if m.http is not None:
             req = m.http if isinstance(m.http, HTTPRequest) else m.request
-            rec = http_record(m.http, self.redact, request=req)
-            record = ld(LAYER7.http, _http(rec))
-            summary = http_summary(m.http, self.redact, request=req, latency_ns=m.latency_ns)
+            record, summary = self._http(m.http, req, m.latency_ns)
         else:
             assert m.dns is not None
             record = ld(LAYER7.dns, _dns(dns_record(m.dns, m.observation_source)))
@@ -103,7 +163,7 @@ class L7Encoder:
             pol = self.policies(m.policy_set, m.policy_field)
         return b"".join((
             ld(F.time, timestamp(time_ns)), self._static, verdict, pol,
-            ld(F.IP, ip), l4, names, ld(F.l7, layer7),
+            self._ip_field(ev.family, ev.saddr, ev.daddr), l4, names, ld(F.l7, layer7),
             _DIRECTION[ingress], _IS_REPLY[m.response],
             s(F.Summary, summary),
         ))
