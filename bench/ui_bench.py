@@ -99,10 +99,12 @@ def build_pool(n: int, seed: int = 1, t0: int | None = None, uuid_prefix: str = 
             f.l7.type = fpb.RESPONSE if resp else fpb.REQUEST
             f.l7.http.method = rng.choice(["GET", "GET", "POST"])
             f.l7.http.url = f"http://{APPS[d]}/api/{rng.randint(0, 30)}"
-            if resp:
+            if resp:  # from the server back to the client, as everything else about it
                 f.is_reply.value = True
                 f.source.CopyFrom(_ep(d))
                 f.destination.CopyFrom(_ep(s))
+                f.IP.source, f.IP.destination = f.IP.destination, f.IP.source
+                f.l4.TCP.source_port, f.l4.TCP.destination_port = port, 40000 + k % 20000
                 f.l7.http.code = rng.choice([200, 200, 200, 201, 404, 503])
                 f.l7.latency_ns = int(rng.expovariate(1 / 5e6))
         else:

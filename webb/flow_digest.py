@@ -11,6 +11,11 @@ read fields. Flows with equal digests are the same to that consumer, and
 
 A sub-message whose presence the consumer never tests (an endpoint, a trace context)
 may be declared ``BYTES``: it is then copied undecoded.
+
+Per batch rather than per flow: each upb call costs ~0.1-0.3 µs whatever the message, so
+a consumer that digests every flow parses, strips and serializes a whole batch in one
+call each (``reduced_batch_class``, ``encode_entries``, ``split_entries``) and is left
+with only what it must decide flow by flow.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_fa
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from webb.api.flow import flow_pb2 as fpb
+from webb.api.stream import stream_pb2 as spb
 
 BYTES = "bytes"   # the whole field, carried undecoded
 KEEP = "keep"     # the field as declared
@@ -65,3 +71,30 @@ def reduced_response_class(reads: Reads, name: str) -> type:
                 label=F.LABEL_OPTIONAL)
     pool.Add(resp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{name}.Response"))
+
+
+def reduced_batch_class(response: type, name: str) -> type:
+    """A message whose only field is ``responses`` (1), repeated ``response`` (a class from
+    ``reduced_response_class``). webb.stream.FlowBatch carries its entries as field 1
+    too, so ``encode_entries(raws)`` (or a FlowBatch's own encoding: its other fields are
+    unknown here) parses into it in one call, every entry reduced."""
+    F = descriptor_pb2.FieldDescriptorProto
+    d = response.DESCRIPTOR
+    fdp = descriptor_pb2.FileDescriptorProto(name=f"{name}.proto", package=name,
+                                             dependency=[d.file.name], syntax="proto3")
+    m = fdp.message_type.add(name="Batch")
+    m.field.add(name="responses", number=1, type=F.TYPE_MESSAGE, type_name=f".{d.full_name}",
+                label=F.LABEL_REPEATED)
+    d.file.pool.Add(fdp)
+    return message_factory.GetMessageClass(d.file.pool.FindMessageTypeByName(f"{name}.Batch"))
+
+
+def encode_entries(raws: list[bytes]) -> bytes:
+    """Each encoded entry as field 1, concatenated: a FlowBatch that holds only them, and
+    what ``reduced_batch_class`` messages parse from (one C call for the list)."""
+    return spb.FlowBatch(responses=raws).SerializeToString()
+
+
+def split_entries(data: bytes) -> list[bytes]:
+    """A ``reduced_batch_class`` message's encoding back into its entries' encodings."""
+    return list(spb.FlowBatch.FromString(data).responses)

@@ -78,7 +78,8 @@ class HttpStats:
         self.latency = Latency()
         self.routes: dict[tuple[str, str], Route] = {}
 
-    def _route(self, method: str, url: str) -> Route:
+    def route(self, method: str, url: str) -> Route:
+        """The statistics of a method and path (created as needed: at most MAX_ROUTES)."""
         key = (method or "?", url_path(url) if url else "?")
         r = self.routes.get(key)
         if r is None:
@@ -89,21 +90,30 @@ class HttpStats:
                 r = self.routes[key] = Route()
         return r
 
-    def add(self, l7: Any, is_response: bool) -> None:
+    def add(self, l7: Any, is_response: bool, n: int = 1, route: Route | None = None) -> None:
+        """``n`` equal records (n > 1 only for records without a latency: a digest's);
+        ``route``: ``self.route`` of their method and URL, if known."""
         http = l7.http
-        route = self._route(http.method, http.url)
+        if route is None:
+            route = self.route(http.method, http.url)
         if not is_response:
-            self.requests += 1
-            route.requests += 1
+            self.requests += n
+            route.requests += n
             return
-        self.responses += 1
+        self.responses += n
         code = http.code
-        self.statuses[code] = self.statuses.get(code, 0) + 1
-        route.statuses[code] = route.statuses.get(code, 0) + 1
+        self.statuses[code] = self.statuses.get(code, 0) + n
+        route.statuses[code] = route.statuses.get(code, 0) + n
         if l7.latency_ns:
-            ms = l7.latency_ns / 1e6
-            self.latency.add(ms)
-            route.latency.add(ms)
+            self.add_latency(l7, l7.latency_ns, route)
+
+    def add_latency(self, l7: Any, latency_ns: int, route: Route | None = None) -> None:
+        """A response's latency (the map by digest adds them apart, flow by flow)."""
+        if route is None:
+            route = self.route(l7.http.method, l7.http.url)
+        ms = latency_ns / 1e6
+        self.latency.add(ms)
+        route.latency.add(ms)
 
     def to_json(self) -> dict[str, Any]:
         routes = sorted(self.routes.items(), key=lambda kv: -(kv[1].requests + sum(kv[1].statuses.values())))
@@ -126,17 +136,17 @@ class DnsStats:
         self.rcodes: dict[int, int] = {}
         self.queries: dict[str, int] = {}
 
-    def add(self, l7: Any, is_response: bool) -> None:
+    def add(self, l7: Any, is_response: bool, n: int = 1, route: None = None) -> None:
         dns = l7.dns
         q = dns.query or "?"
         if q not in self.queries and len(self.queries) >= MAX_QUERIES:
             q = OTHER
         if is_response:
-            self.responses += 1
-            self.rcodes[dns.rcode] = self.rcodes.get(dns.rcode, 0) + 1
+            self.responses += n
+            self.rcodes[dns.rcode] = self.rcodes.get(dns.rcode, 0) + n
         else:
-            self.requests += 1
-            self.queries[q] = self.queries.get(q, 0) + 1
+            self.requests += n
+            self.queries[q] = self.queries.get(q, 0) + n
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "responses": self.responses,

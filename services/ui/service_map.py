@@ -9,16 +9,26 @@ Replies (``is_reply``) draw no arrow of their own: an L7 response feeds the stat
 and latency of its request's arrow; a dropped reply counts as a drop on it. Cards
 and arrows not seen for ``ttl`` seconds go away; at most ``max_cards`` cards and
 ``max_arrows`` arrows are kept (the least recently seen are dropped first).
+
+A view feeds it batches of encoded flows (``add_batch``): digested in C a batch at a
+time (map_digest.py), each distinct digest's Route resolved once and remembered, and
+a run of flows whose Routes are all remembered applied per Route with its count. That
+is the map flow by flow would build: within such a run nothing is created or evicted;
+each of its Routes was applied before, so what it adds to a bounded set or dict (an
+address, a node, a drop reason, an HTTP route or DNS name) is in it already or was
+refused and will be again; what is left are counts, which add up in any order, and
+HTTP latencies, which are added one by one in stream order.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 
 from .l7stats import DnsStats, HttpStats
-from .map_digest import make_digest
+from .map_digest import digest_batch
 from .service import ServiceCache, ServiceId, visible_labels
 
 FORWARDED = fpb.FORWARDED
@@ -36,10 +46,11 @@ def _add_bounded(s: set, v: object) -> None:
 
 
 class Port:
-    __slots__ = ("port", "protocol", "l7", "flows", "alive")
+    __slots__ = ("port", "protocol", "l7", "flows", "alive", "route_keys")
 
     def __init__(self, port: int, protocol: str) -> None:
-        self.alive = True  # False once dropped from its card (Routes check it)
+        self.alive = True  # False once dropped from its card
+        self.route_keys: list[bytes] = []  # digests whose remembered Route counts on it
         self.port = port
         self.protocol = protocol
         self.l7: set[str] = set()
@@ -48,10 +59,12 @@ class Port:
 
 class Card:
     __slots__ = ("sid", "identities", "workloads", "labels", "pods", "ips", "nodes",
-                 "ports", "flows_in", "flows_out", "first_seen", "last_seen", "ep_keys", "alive")
+                 "ports", "flows_in", "flows_out", "first_seen", "last_seen", "ep_keys", "alive",
+                 "route_keys")
 
     def __init__(self, sid: ServiceId, now: float) -> None:
-        self.alive = True  # False once evicted from the map (Routes check it)
+        self.alive = True  # False once evicted from the map
+        self.route_keys: list[bytes] = []  # digests whose remembered Route counts on it
         self.sid = sid
         self.identities: set[int] = set()
         self.workloads: set[str] = set()
@@ -82,7 +95,7 @@ class Card:
                 vals = self.labels[k] = set()
             _add_bounded(vals, v)
 
-    def port(self, port: int, protocol: str) -> Port:
+    def port(self, port: int, protocol: str, dropped: Callable[[Any], None]) -> Port:
         k = (port, protocol)
         p = self.ports.get(k)
         if p is None:
@@ -90,17 +103,18 @@ class Card:
                 # keep the busiest ports
                 drop = min(self.ports.values(), key=lambda x: x.flows)
                 del self.ports[(drop.port, drop.protocol)]
-                drop.alive = False
+                dropped(drop)
             p = self.ports[k] = Port(port, protocol)
         return p
 
 
 class Arrow:
     __slots__ = ("key", "forwarded", "dropped", "other", "drop_reasons", "http", "dns",
-                 "first_seen", "last_seen", "alive")
+                 "first_seen", "last_seen", "alive", "route_keys")
 
     def __init__(self, key: tuple[str, str, int, str], now: float) -> None:
-        self.alive = True  # False once evicted from the map (Routes check it)
+        self.alive = True  # False once evicted from the map
+        self.route_keys: list[bytes] = []  # digests whose remembered Route counts on it
         self.key = key
         self.forwarded = 0
         self.dropped = 0
@@ -174,17 +188,19 @@ def _drop_reason(flow: Any) -> str:
 
 _parse = opb.GetFlowsResponse.FromString
 ROUTES_MAX = 10_000  # digests whose Route is remembered, per map
+CHUNK = 256  # flows digested in one go: larger batches fall out of the CPU caches (slower per flow)
 
 
 class Route:
     """What one flow does to the map, resolved to the map's own objects. Applying it
     for another flow with the same digest does what ``add`` would do for that flow, as
-    long as its cards, arrow and port are all still in the map (``alive``): ``add``
-    would find those same objects, and the rest only counts."""
+    long as its cards, arrow and port are all still in the map: ``add`` would find
+    those same objects, and the rest only counts. A remembered Route is forgotten when
+    any of them is evicted (their ``route_keys``)."""
 
     __slots__ = ("src", "dst", "arrow", "port", "client", "server", "ips", "ip",
                  "nodes", "node", "l7stats", "l7", "is_resp", "l7_name", "counts", "verdict",
-                 "reason")
+                 "reason", "latencies", "http_route")
 
     def __init__(self, src: Card, dst: Card) -> None:
         self.src = src
@@ -204,41 +220,47 @@ class Route:
         self.counts = False  # counted as a flow of the arrow (not an L7 response)
         self.verdict = 0
         self.reason = ""
+        self.latencies: HttpStats | None = None  # an HTTP response: where its latency goes
+        self.http_route: Any = None  # its method and path's statistics in l7stats
 
-    def apply(self, m: "ServiceMap", now: float) -> None:
-        m.flows += 1
-        m.version += 1
+    def apply(self, m: "ServiceMap", now: float, n: int = 1, again: bool = False) -> None:
+        """What ``n`` flows with this Route do (n > 1: flows without an L7 latency).
+        ``again``: it was applied before, so what it adds to a bounded set is in it
+        already or was refused (sets only grow while their card lives)."""
+        m.flows += n
+        m.version += n
         self.src.last_seen = now
         self.dst.last_seen = now
         arrow = self.arrow
         if arrow is None:
             return
-        if self.ips is not None:
-            _add_bounded(self.ips, self.ip)
         arrow.last_seen = now
-        if self.nodes is not None:
-            _add_bounded(self.nodes, self.node)
+        if not again:
+            if self.ips is not None:
+                _add_bounded(self.ips, self.ip)
+            if self.nodes is not None:
+                _add_bounded(self.nodes, self.node)
+            if self.l7_name:
+                self.port.l7.add(self.l7_name)
         if self.l7stats is not None:
-            self.l7stats.add(self.l7, self.is_resp)
+            self.l7stats.add(self.l7, self.is_resp, n, self.http_route)
         p = self.port
-        if self.l7_name:
-            p.l7.add(self.l7_name)
         if not self.counts:
             return
         verdict = self.verdict
         if verdict == FORWARDED:
-            arrow.forwarded += 1
+            arrow.forwarded += n
         elif verdict == DROPPED:
-            arrow.dropped += 1
+            arrow.dropped += n
             r = self.reason
             reasons = arrow.drop_reasons
             if r in reasons or len(reasons) < MAX_SET:
-                reasons[r] = reasons.get(r, 0) + 1
+                reasons[r] = reasons.get(r, 0) + n
         else:
-            arrow.other += 1
-        p.flows += 1
-        self.client.flows_out += 1
-        self.server.flows_in += 1
+            arrow.other += n
+        p.flows += n
+        self.client.flows_out += n
+        self.server.flows_in += n
 
 
 class ServiceMap:
@@ -253,9 +275,11 @@ class ServiceMap:
         self.version = 0
         self.flows = 0
         self.evicted = 0
-        self._digest = make_digest()
+        # digest -> its Route; only Routes whose cards, arrow and port are in the map
         self._routes: dict[bytes, Route] = {}
         self._once: set[bytes] = set()  # digests seen once so far
+        self._registered = 0  # route_keys entries since the last reset (bounds them)
+        self._forgotten = 0  # Routes forgotten because something they count on went
 
     # -- ingest -----------------------------------------------------------------
     def _card(self, ep: Any, now: float) -> Card:
@@ -280,28 +304,95 @@ class ServiceMap:
         self._resolve(flow, now).apply(self, now)
 
     def add_encoded(self, raw: bytes, now: float) -> None:
-        """``add`` for an encoded GetFlowsResponse carrying a flow: by its digest
-        (map_digest.py), the flow's Route is resolved once and applied again to the
-        flows with the same digest, until a card, arrow or port is evicted."""
-        key = self._digest(raw)
-        if key is None:  # is_reply unknown: depends on what the map knows now
-            self.add(_parse(raw).flow, now)
-            return
+        """``add`` for one encoded GetFlowsResponse carrying a flow (by its digest)."""
+        self.add_batch([raw], now)
+
+    def add_batch(self, raws: list[bytes], now: float) -> None:
+        """``add`` for each encoded GetFlowsResponse (each carrying a flow), in order, by
+        digest: runs of flows whose Routes are remembered are applied per Route."""
+        for i in range(0, len(raws), CHUNK):
+            self._add_chunk(raws[i:i + CHUNK] if len(raws) > CHUNK else raws, now)
+
+    def _add_chunk(self, raws: list[bytes], now: float) -> None:
+        keys, latencies = digest_batch(raws)
         routes = self._routes
-        r = routes.get(key)
-        if r is None or not (r.src.alive and r.dst.alive
-                             and (r.arrow is None or (r.arrow.alive and r.port.alive))):
-            r = self._resolve(fpb.Flow.FromString(key), now)
-            once = self._once
-            if key in once or key in routes:  # one-offs (an HTTP latency) would crowd out the rest
-                if len(routes) >= ROUTES_MAX:
-                    routes.clear()
-                routes[key] = r
+        known = list(map(routes.get, keys))  # None: not remembered (or no digest)
+        n = len(known)
+        i = 0
+        while i < n:
+            try:
+                j = known.index(None, i)
+            except ValueError:
+                j = n
+            if j > i:
+                run = known[i:j] if i or j < n else known
+                for r, count in Counter(run).items():
+                    r.apply(self, now, count, True)
+                if latencies:
+                    for k, ns in latencies.items():  # in stream order
+                        if i <= k < j:
+                            r = known[k]
+                            if r.latencies is not None:
+                                r.latencies.add_latency(r.l7, ns, r.http_route)
+            if j == n:
+                return
+            forgotten = self._forgotten
+            key = keys[j]
+            if key is None:  # is_reply unknown: depends on what the map knows now
+                self.add(_parse(raws[j]).flow, now)
             else:
-                if len(once) >= ROUTES_MAX:
-                    once.clear()
-                once.add(key)
-        r.apply(self, now)
+                r = routes.get(key)  # remembered since, by an earlier flow of this batch
+                if r is None:
+                    r = self._resolve(_parse(key).flow, now)
+                    once = self._once
+                    if key in once:  # one-offs would crowd out the rest
+                        self._remember(key, r)
+                    else:
+                        if len(once) >= ROUTES_MAX:
+                            once.clear()
+                        once.add(key)
+                r.apply(self, now)
+                ns = latencies.get(j) if latencies else None
+                if ns and r.latencies is not None:
+                    r.latencies.add_latency(r.l7, ns, r.http_route)
+            if self._forgotten != forgotten:  # something was evicted: look the rest up again
+                known[j + 1:] = map(routes.get, keys[j + 1:])
+            i = j + 1
+
+    def _remember(self, key: bytes, r: Route) -> None:
+        if not (r.src.alive and r.dst.alive and (r.arrow is None or (r.arrow.alive and r.port.alive))):
+            return  # resolving it evicted one of its own cards (all were just seen)
+        if len(self._routes) >= ROUTES_MAX or self._registered >= 4 * ROUTES_MAX:
+            self._forget_all()
+        self._routes[key] = r
+        r.src.route_keys.append(key)
+        r.dst.route_keys.append(key)
+        self._registered += 2
+        if r.arrow is not None:
+            r.arrow.route_keys.append(key)
+            r.port.route_keys.append(key)
+            self._registered += 2
+
+    def _forget(self, obj: Card | Arrow | Port) -> None:
+        """``obj`` left the map: so do the Routes that count on it."""
+        obj.alive = False
+        if obj.route_keys:
+            pop = self._routes.pop
+            for k in obj.route_keys:
+                pop(k, None)
+            obj.route_keys = []
+            self._forgotten += 1
+
+    def _forget_all(self) -> None:
+        self._routes.clear()
+        for c in self.cards.values():
+            c.route_keys = []
+            for p in c.ports.values():
+                p.route_keys = []
+        for a in self.arrows.values():
+            a.route_keys = []
+        self._registered = 0
+        self._forgotten += 1
 
     def _resolve(self, flow: Any, now: float) -> Route:
         """The cards, arrow and port a flow counts on (created as needed), and what it adds."""
@@ -340,7 +431,7 @@ class ServiceMap:
                 self._evict_arrow(min(self.arrows.values(), key=lambda a: a.last_seen))
             arrow = self.arrows[key] = Arrow(key, now)
         arrow.last_seen = now
-        r.arrow, r.port, r.client, r.server = arrow, server.port(port, proto), client, server
+        r.arrow, r.port, r.client, r.server = arrow, server.port(port, proto, self._forget), client, server
         node = flow.node_name
         if node:
             # the node that saw the flow hosts the endpoint it was observed at:
@@ -359,6 +450,9 @@ class ServiceMap:
                 if arrow.http is None:
                     arrow.http = HttpStats()
                 r.l7stats, r.l7, r.l7_name = arrow.http, l7, "HTTP"
+                r.http_route = arrow.http.route(l7.http.method, l7.http.url)
+                if r.is_resp:
+                    r.latencies = arrow.http
             elif which == "dns":
                 if arrow.dns is None:
                     arrow.dns = DnsStats()
@@ -375,17 +469,17 @@ class ServiceMap:
     # -- bounds -------------------------------------------------------------------
     def _evict_arrow(self, a: Arrow) -> None:
         self.arrows.pop(a.key, None)
-        a.alive = False
+        self._forget(a)
         self.evicted += 1
         self.version += 1
 
     def _evict_card(self, c: Card) -> None:
         self.cards.pop(c.sid.key, None)
-        c.alive = False
+        self._forget(c)
         for k in c.ep_keys:
             self._eps.pop(k, None)
         for key in [k for k in self.arrows if k[0] == c.sid.key or k[1] == c.sid.key]:
-            self.arrows.pop(key).alive = False
+            self._forget(self.arrows.pop(key))
         self.evicted += 1
         self.version += 1
 
@@ -401,7 +495,7 @@ class ServiceMap:
         self.cards.clear()
         self.arrows.clear()
         self._eps.clear()
-        self._routes.clear()
+        self._forget_all()
         self.version += 1
 
     # -- output -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.backoff import Backoff
-from webb.flow_follow import Batch, FlowFollower, FollowStats
+from webb.flow_follow import TAG_FLOW, Batch, FlowFollower, FollowStats
 
 from .flow_row import to_row
 from .layout import layout
@@ -34,6 +35,7 @@ from .settings import Settings
 log = logging.getLogger("webb.ui.view")
 
 _parse = opb.GetFlowsResponse.FromString
+_first_byte = operator.itemgetter(0)
 
 
 def _arrow_label(a: dict[str, Any]) -> list[str]:
@@ -204,20 +206,23 @@ class View:
             follower.restart()
 
     def _take(self, batch: Batch) -> None:
-        window = self.window
-        add = self.map.add_encoded  # by digest: no full decode of the flow
-        now = time.time()
-        seq = self.seq
-        for raw in batch.raw:  # the fallback's decoded batches keep their bytes too
-            b = raw[:1]
-            if b == b"\n":
-                seq += 1
-                window.append((seq, raw))
-                add(raw, now)
-            elif b == b"\x1a":
-                self.lost += _parse(raw).lost_events.num_events_lost
-                self.version += 1
-        self.seq = seq
+        raws = batch.raw  # the fallback's decoded batches keep their bytes too
+        try:
+            firsts = bytes(map(_first_byte, raws))
+        except IndexError:  # an empty entry (nothing set): neither a flow nor lost events
+            firsts = bytes(r[0] if r else 0 for r in raws)
+        flows = raws
+        if firsts.count(TAG_FLOW) != len(raws):  # node status or lost events among them
+            flows = [r for r in raws if r[:1] == b"\n"]
+            for r in raws:
+                if r[:1] == b"\x1a":
+                    self.lost += _parse(r).lost_events.num_events_lost
+                    self.version += 1
+        if flows:
+            seq = self.seq
+            self.window.extend(zip(range(seq + 1, seq + 1 + len(flows)), flows))
+            self.seq = seq + len(flows)
+            self.map.add_batch(flows, time.time())  # by digest: no full decode of a flow
         if batch.time_ns:
             last = max(batch.time_ns)
             if last > self._last_time_ns:

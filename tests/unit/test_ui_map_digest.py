@@ -1,7 +1,8 @@
-"""The service map fed encoded flows by digest (ServiceMap.add_encoded, what a view runs)
-equals the map fed decoded flows one by one (ServiceMap.add), on randomized flows that
-set every field the map reads and vary the ones it does not; also at the map's bounds,
-where cards, arrows and ports are evicted."""
+"""The service map fed batches of encoded flows by digest (ServiceMap.add_batch, what a
+view runs; add_encoded: a batch of one) equals the map fed decoded flows one by one
+(ServiceMap.add), on randomized flows that set every field the map reads and vary the
+ones it does not (and HTTP latencies, which the map reads apart from the digest); also
+at the map's bounds, where cards, arrows and ports are evicted in the middle of a batch."""
 from __future__ import annotations
 
 import random
@@ -12,7 +13,7 @@ import pytest
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb_ui import service_map as sm
-from webb_ui.map_digest import make_digest
+from webb_ui.map_digest import digest_batch
 from webb_ui.service_map import ServiceMap
 
 
@@ -100,6 +101,8 @@ def vary(t: fpb.Flow, rng: random.Random, k: int) -> fpb.Flow:
                 m.source_port = eph
         if which == "TCP":
             m.flags.FIN, m.flags.RST, m.flags.PSH = (rng.random() < 0.3 for _ in range(3))
+    if f.l7.latency_ns:  # read (an HTTP response's), but not in the digest
+        f.l7.latency_ns = rng.choice([1, 800_000, 1_500_000, 20_000_000, 3_000_000_000]) + rng.randrange(1000)
     if f.l7.WhichOneof("record") == "http":
         f.l7.http.protocol = rng.choice(["HTTP/1.1", "HTTP/2"])
         f.l7.http.headers.add(key="x-id", value=str(k))
@@ -124,20 +127,23 @@ def state(m: ServiceMap) -> dict:
             "eps": sorted((k, c.sid.key) for k, c in m._eps.items())}
 
 
-def feed(bounds: dict, flows: list[fpb.Flow], rng: random.Random) -> tuple[ServiceMap, ServiceMap]:
-    one, enc = ServiceMap(**bounds), ServiceMap(**bounds)
+def feed(bounds: dict, flows: list[fpb.Flow], rng: random.Random) -> tuple[ServiceMap, ...]:
+    """(flow by flow, encoded one by one, encoded in batches)"""
+    one, enc, bat = ServiceMap(**bounds), ServiceMap(**bounds), ServiceMap(**bounds)
     now, i = 1000.0, 0
     while i < len(flows):
         n = rng.choice([1, 50, 256, 1000])
-        for f in flows[i:i + n]:  # a batch: one time for all its flows, as View._take
+        batch = flows[i:i + n]  # one time for all its flows, as View._take
+        for f in batch:
             one.add(f, now)
             enc.add_encoded(encode(f), now)
+        bat.add_batch([encode(f) for f in batch], now)
         i += n
         if i < len(flows):
             now += 100.0 if i % 3 == 0 else rng.choice([0.5, 3.0, 40.0])  # past the TTL now and then
-            one.expire(now)
-            enc.expire(now)
-    return one, enc
+            for m in (one, enc, bat):
+                m.expire(now)
+    return one, enc, bat
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -145,11 +151,14 @@ def test_adding_by_digest_builds_the_same_map(seed):
     rng = random.Random(seed)
     pool = [template(rng) for _ in range(250)]
     flows = [vary(rng.choice(pool), rng, k) for k in range(4000)]
-    one, enc = feed({"ttl": 60.0}, flows, rng)
+    one, enc, bat = feed({"ttl": 60.0}, flows, rng)
     assert one.flows == len(flows) and len(one.arrows) > 20 and one.evicted > 0
+    assert sum(f.Type == fpb.L7 and f.l7.type == fpb.RESPONSE and f.l7.WhichOneof("record") == "http"
+               and f.l7.latency_ns > 0 for f in flows) > 100  # latencies, read apart from the digest
     assert state(enc) == state(one)
+    assert state(bat) == state(one)
     # flows of one connection share a digest; replies and requests alike
-    assert len(enc._routes) < len({encode(f) for f in flows}) / 4
+    assert len(bat._routes) < len({encode(f) for f in flows}) / 4
 
 
 @pytest.mark.parametrize("seed", [5, 6])
@@ -158,13 +167,17 @@ def test_adding_by_digest_builds_the_same_map_at_its_bounds(seed, monkeypatch):
     rng = random.Random(seed)
     pool = [template(rng) for _ in range(250)]
     flows = [vary(rng.choice(pool), rng, k) for k in range(3000)]
-    one, enc = feed({"max_cards": 6, "max_arrows": 9, "ttl": 900.0}, flows, rng)
+    one, enc, bat = feed({"max_cards": 6, "max_arrows": 9, "ttl": 900.0}, flows, rng)
     assert one.evicted > 100
     assert state(enc) == state(one)
+    assert state(bat) == state(one)
+
+
+def digest(raw: bytes) -> bytes | None:
+    return digest_batch([raw])[0][0]
 
 
 def test_digest_keeps_what_the_map_reads():
-    digest = make_digest()
     f = fpb.Flow(verdict=fpb.FORWARDED, Type=fpb.L3_L4, node_name="n1", traffic_direction=fpb.EGRESS)
     f.source.CopyFrom(ENDPOINTS[0])
     f.destination.CopyFrom(ENDPOINTS[1])
@@ -178,6 +191,26 @@ def test_digest_keeps_what_the_map_reads():
     assert digest(encode(f)) != digest(encode(g))
     f.ClearField("is_reply")
     assert digest(encode(f)) is None  # guessed from the ports the map knows: added on its own
+
+
+def test_http_latency_is_handed_back_beside_the_digest():
+    flows = []
+    for ns in (5_000_000, 7_000_000, 0):
+        f = fpb.Flow(verdict=fpb.FORWARDED, Type=fpb.L7)
+        f.source.CopyFrom(ENDPOINTS[1])
+        f.destination.CopyFrom(ENDPOINTS[0])
+        f.l4.TCP.source_port, f.l4.TCP.destination_port = 80, 40000 + ns % 7
+        f.is_reply.value = True
+        f.l7.type, f.l7.latency_ns = fpb.RESPONSE, ns
+        f.l7.http.code, f.l7.http.method, f.l7.http.url = 200, "GET", "http://svc/a"
+        flows.append(encode(f))
+    keys, latencies = digest_batch(flows)
+    assert keys[0] == keys[1] == keys[2] and latencies == {0: 5_000_000, 1: 7_000_000}
+    m = ServiceMap()
+    m.add_batch(flows, 1.0)
+    [arrow] = m.arrows.values()
+    h = arrow.http
+    assert (h.responses, h.latency.count, h.latency.total_ms) == (3, 2, 12.0)
 
 
 def test_a_route_through_a_dropped_port_is_resolved_again(monkeypatch):
