@@ -53,11 +53,11 @@ class FormerStore(FQDNStore):
     """selected() as before: every stored name matched against the selector."""
 
     def selected(self, rule, now=None):  # type: ignore[override]
-        now = time.monotonic() if now is None else now
+        now_ns = round((time.monotonic() if now is None else now) * 1e9)
         out = set()
-        for name, known in self._names.items():
+        for name in self.answers.known_names():
             if matches((rule,), name):
-                out.update(n for n, t in known.items() if t > now)
+                out.update(self.answers.addresses(name, now_ns))
         return frozenset(out)
 
 

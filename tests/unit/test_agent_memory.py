@@ -110,15 +110,15 @@ def test_kernel_btf_is_not_kept_after_use():
 
 def test_dns_names_are_bounded_per_address_and_in_total():
     c = FQDNCache()
-    n = c.max_ips + 1000
+    n = c.max_addresses + 1000
     for i in range(n):
         c.learn([f"svc-{i}.example.com"], [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"],
                 30, i)
-    assert len(c) == c.max_ips and c.evicted == 1000
+    assert len(c) == c.max_addresses and c.evicted == 1000
     one = FQDNCache()
-    for i in range(one.max_names + 1000):
+    for i in range(one.max_entries_per_address + 1000):
         one.learn([f"alias-{i}.example.com"], ["10.9.9.9"], 30, i)
-    assert len(one.names(packed_ip("10.9.9.9"), one.max_names + 999)) <= one.max_names
+    assert len(one.names(packed_ip("10.9.9.9"), one.max_entries_per_address + 999)) <= one.max_entries_per_address
 
 
 def test_l7_pairing_state_is_bounded_with_evictions_counted():

@@ -3,7 +3,7 @@
 The DNS proxy (l7proxy/dnsproxy.py) hands every answer it let through to the engine;
 names that some toFQDNs selector selects keep their addresses until the answer's TTL
 (at least --tofqdns-min-ttl, 0 by default as in current Cilium, and never less than
-TTL_FLOOR) runs out. The
+TTL_FLOOR) runs out; the table of answers is stores/dns_answers.py's. The
 compiler turns the addresses a selector selects into /32 and /128 prefixes with CIDR
 identities, so the datapath allows them like toCIDR entries; when they expire the
 selection shrinks and the entries go.
@@ -19,7 +19,8 @@ import ipaddress
 import time
 from typing import Iterable
 
-from .dnsmatch import fqdn, matches
+from ..stores.dns_answers import DNSAnswers, canonical_name
+from .dnsmatch import matches
 from .model import DNSRule, Network
 
 MAX_NAMES = 65536
@@ -30,11 +31,19 @@ MAX_IPS_PER_NAME = 256
 TTL_FLOOR = 5.0
 
 
+def _ns(t: float | None) -> int:
+    return round((time.monotonic() if t is None else t) * 1e9)
+
+
 class FQDNStore:
     def __init__(self, min_ttl: float = 0.0) -> None:
         self.min_ttl = min_ttl
-        # name ("api.github.com.") -> address -> expiry (time.monotonic())
-        self._names: dict[str, dict[Network, float]] = {}
+        # The answers, looked up by name ("api.github.com", no final dot), times in
+        # time.monotonic() ns. Full, it refuses new names and addresses: it never drops
+        # what the policy allowed before its time.
+        self.answers: DNSAnswers[Network] = DNSAnswers(
+            ipaddress.ip_network, ttl_floor_s=max(min_ttl, TTL_FLOOR), index_names=True,
+            max_names=MAX_NAMES, max_addresses_per_name=MAX_IPS_PER_NAME)
         self._selectors: frozenset[DNSRule] = frozenset()
         # stored name -> the selectors (of _selectors) that select it, and the reverse
         self._selecting: dict[str, frozenset[DNSRule]] = {}
@@ -48,12 +57,12 @@ class FQDNStore:
         self._selectors = selectors
         self._selecting = {}
         self._by_selector = {r: set() for r in selectors}
-        for name in self._names:
+        for name in self.answers.known_names():
             self._index(name)
 
     def selecting(self, name: str) -> frozenset[DNSRule]:
         """The selectors that select name (cached for the names stored)."""
-        name = fqdn(name)
+        name = canonical_name(name.strip())
         got = self._selecting.get(name)
         if got is None:
             got = frozenset(r for r in self._selectors if matches((r,), name))
@@ -66,73 +75,51 @@ class FQDNStore:
             self._by_selector[r].add(name)
 
     def _forget(self, name: str) -> None:
-        del self._names[name]
         for r in self._selecting.pop(name, ()):
             self._by_selector[r].discard(name)
 
     def __len__(self) -> int:
-        return len(self._names)
+        """Names known."""
+        return self.answers.name_count()
 
     def learn(self, names: Iterable[str], ips: Iterable[str], ttl: int,
               now: float | None = None) -> bool:
         """Records an answer; True when a (name, address) pair is new (the selection
         may grow: recompile), False when it only lasts longer now."""
-        now = time.monotonic() if now is None else now
-        until = now + max(float(ttl), self.min_ttl, TTL_FLOOR)
-        nets = []
-        for ip in ips:
-            try:
-                nets.append(ipaddress.ip_network(ip))
-            except ValueError:
-                continue
-        grew = False
+        names = [canonical_name(n.strip()) for n in names]
+        grew = self.answers.learn(names, ips, ttl, _ns(now))
         for name in names:
-            if not nets:
-                break
-            name = fqdn(name)
-            known = self._names.get(name)
-            if known is None:
-                if len(self._names) >= MAX_NAMES:
-                    continue  # full: the name is not allowed (never more than the policy says)
-                known = self._names[name] = {}
+            if name not in self._selecting and self.answers.knows(name):
                 self._index(name)
-            for net in nets:
-                if net not in known:
-                    if len(known) >= MAX_IPS_PER_NAME:
-                        continue
-                    grew = True
-                known[net] = max(until, known.get(net, 0.0))
         return grew
 
     def expire(self, now: float | None = None) -> bool:
         """Drops what expired; True if anything did."""
-        now = time.monotonic() if now is None else now
-        gone = False
-        for name in list(self._names):
-            known = self._names[name]
-            for net in [n for n, t in known.items() if t <= now]:
-                del known[net]
-                gone = True
-            if not known:
+        gone = self.answers.expire(_ns(now))
+        for name, _ in gone:
+            if not self.answers.knows(name):
                 self._forget(name)
-        return gone
+        return bool(gone)
 
     def next_expiry(self) -> float | None:
-        return min((t for known in self._names.values() for t in known.values()), default=None)
+        """When the next address expires, in time.monotonic() seconds."""
+        when = self.answers.next_expiry()
+        return None if when is None else when / 1e9
 
     def selected(self, rule: DNSRule, now: float | None = None) -> frozenset[Network]:
         """The live addresses of every name the selector selects."""
-        now = time.monotonic() if now is None else now
+        now_ns = _ns(now)
         names = self._by_selector.get(rule)
         if names is None:  # not one of the policies' selectors: match every name
-            names = {n for n in self._names if matches((rule,), n)}
+            names = {n for n in self.answers.known_names() if matches((rule,), n)}
         out: set[Network] = set()
         for name in names:
-            out.update(n for n, t in self._names[name].items() if t > now)
+            out.update(self.answers.addresses(name, now_ns))
         return frozenset(out)
 
     def names(self) -> dict[str, dict[str, float]]:
         """For the admin API / debugging: name -> address -> seconds left."""
-        now = time.monotonic()
-        return {name: {str(n.network_address): round(t - now, 1) for n, t in known.items()}
-                for name, known in self._names.items()}
+        now = time.monotonic_ns()
+        return {name + ".": {str(n.network_address): round((t - now) / 1e9, 1)
+                             for n, t in self.answers.expiries(name).items()}
+                for name in self.answers.known_names()}
