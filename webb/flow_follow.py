@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
@@ -74,6 +75,7 @@ def ns_ts(ns: int) -> Timestamp:
 
 
 _UUID_TAG = b"\x92\x02\x24"  # flow.Flow field 34 (uuid), 36 bytes long
+_first_byte = operator.itemgetter(0)
 
 
 def entry_identity(raw: bytes) -> bytes | int:
@@ -85,8 +87,9 @@ def entry_identity(raw: bytes) -> bytes | int:
     i = raw.rfind(_UUID_TAG)
     while i >= 0:
         u = raw[i + 3:i + 39]
-        # a UUID's dashes: a chance byte match inside another field cannot pass this
-        if u[8:9] == b"-" and u[13:14] == b"-" and u[18:19] == b"-" and u[23:24] == b"-":
+        # a UUID's dashes (at 8, 13, 18, 23): a chance byte match inside another field
+        # cannot pass this
+        if u[8:24:5] == b"----":
             return u
         i = raw.rfind(_UUID_TAG, 0, i)  # a chance match in a later field: look further back
     return hash(raw)
@@ -194,7 +197,10 @@ def batch_of(fb: spb.FlowBatch) -> Batch:
     names = list(fb.nodes)
     raw = list(fb.responses)
     times = list(fb.time_ns)
-    nodes = [names[i] if i < len(names) else "" for i in fb.node_index]
+    try:
+        nodes = list(map(names.__getitem__, fb.node_index))
+    except IndexError:
+        nodes = [names[i] if i < len(names) else "" for i in fb.node_index]
     if len(nodes) < len(raw):
         nodes += [""] * (len(raw) - len(nodes))
     if len(times) < len(raw):
@@ -471,7 +477,11 @@ class FlowFollower:
         d = self._delivered
         if not raw:
             return None
-        status = [i for i, r in enumerate(raw) if r[:1] == b"\x12"]
+        try:
+            firsts = bytes(map(_first_byte, raw))
+        except IndexError:  # an empty entry
+            firsts = bytes(r[0] if r else 0 for r in raw)
+        status = [i for i, r in enumerate(raw) if r[:1] == b"\x12"] if TAG_NODE_STATUS in firsts else None
         if status:
             # node status is stamped when sent, not when flows happened: it says nothing
             # about how far the flows have come (and is never too old or a duplicate)

@@ -29,11 +29,21 @@ def _endpoint(ep: Any, ip: str) -> dict[str, Any]:
             "workload": ep.workloads[0].name if ep.workloads else ""}
 
 
+_flags_text: dict[bytes, str] = {}  # encoded TCPFlags -> text (a few dozen combinations)
+
+
 def tcp_flags(flow: Any) -> str:
-    if flow.l4.WhichOneof("protocol") != "TCP" or not flow.l4.TCP.HasField("flags"):
+    l4 = flow.l4
+    if l4.WhichOneof("protocol") != "TCP" or not l4.TCP.HasField("flags"):
         return ""
-    f = flow.l4.TCP.flags
-    return ", ".join(n for n in _TCP_FLAGS if getattr(f, n))
+    f = l4.TCP.flags
+    key = f.SerializeToString()
+    text = _flags_text.get(key)
+    if text is None:
+        text = ", ".join(n for n in _TCP_FLAGS if getattr(f, n))
+        if len(_flags_text) < 1024:
+            _flags_text[key] = text
+    return text
 
 
 def l7_info(flow: Any) -> str:
