@@ -1,4 +1,7 @@
-"""TLS credentials from PEM files for webb's gRPC servers (agent, relay).
+"""TLS from PEM files: credentials for webb's gRPC servers (agent, relay), and the one
+reader of PEM files for every TLS flag (these, the relay's --agent-tls-*, the CLI's
+--tls-ca-cert-files / --tls-client-*-file), so a bad file reads the same everywhere:
+the flag, the path and why.
 
 A server is plaintext unless given a certificate and key; with a client CA as well,
 clients must present a certificate signed by it (mTLS). Flags are named like
@@ -16,6 +19,7 @@ class TLSConfigError(ValueError):
 
 
 def read_pem(path: str, what: str) -> bytes:
+    """The file's bytes; `what` (the flag) leads the error of an unreadable or non-PEM file."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:

@@ -11,12 +11,11 @@ import argparse
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from webb.durations import parse_duration
+from webb.tls import TLSConfigError, read_pem
 from .errors import CLIError, rpc_error
 from .tls_proxy import InsecureTLSProxy, TLSProxyError
 
@@ -122,16 +121,6 @@ class Connection:
         self.close()
 
 
-def _read_pem(path: str, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise CLIError(f"cannot load {what} '{path}': {e.strerror}") from None
-    if b"-----BEGIN" not in data:
-        raise CLIError(f"cannot process {what} '{path}': must be a PEM encoded file")
-    return data
-
-
 def _split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -151,13 +140,23 @@ def open_connection(a: argparse.Namespace) -> Connection:
                or bool(a.tls_server_name))
     if bool(a.tls_client_cert_file) != bool(a.tls_client_key_file):
         raise CLIError("--tls-client-cert-file and --tls-client-key-file go together", 2)
+    if use_tls and address.startswith("unix:"):
+        raise CLIError("TLS over a unix socket is not supported", 2)
+    roots = key = cert = None
+    if use_tls:  # webb.tls reads them, as it does the servers' (one message for a bad file)
+        try:
+            if not a.tls_allow_insecure:  # (which verifies nothing: no CA is read)
+                roots = b"".join(read_pem(f, "--tls-ca-cert-files") for f in ca_files) or None
+            if a.tls_client_key_file:
+                key = read_pem(a.tls_client_key_file, "--tls-client-key-file")
+                cert = read_pem(a.tls_client_cert_file, "--tls-client-cert-file")
+        except TLSConfigError as e:
+            raise CLIError(str(e)) from None
     proxy = None
     creds: grpc.ChannelCredentials | None = None
     options = list(CHANNEL_OPTIONS)
     if not use_tls:
         channel = grpc.insecure_channel(address, options=options)
-    elif address.startswith("unix:"):
-        raise CLIError("TLS over a unix socket is not supported", 2)
     elif a.tls_allow_insecure:
         host, port = _split_host_port(address)
         try:
@@ -165,14 +164,11 @@ def open_connection(a: argparse.Namespace) -> Connection:
                                      a.tls_client_cert_file, a.tls_client_key_file).start()
         except TLSProxyError as e:
             raise CLIError(f"failed to connect to '{target}': TLS: {e}") from None
-        except OSError as e:  # unreadable client certificate
+        except OSError as e:  # PEM files that are not a certificate and its key
             raise CLIError(f"cannot load client certificate: {e}") from None
         address = proxy.address
         channel = grpc.insecure_channel(address, options=options)
     else:
-        roots = b"".join(_read_pem(f, "cert") for f in ca_files) or None
-        key = _read_pem(a.tls_client_key_file, "key") if a.tls_client_key_file else None
-        cert = _read_pem(a.tls_client_cert_file, "cert") if a.tls_client_cert_file else None
         creds = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
                                              certificate_chain=cert)
         if a.tls_server_name:

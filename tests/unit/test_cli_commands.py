@@ -398,10 +398,37 @@ def test_tls_failures_are_one_line(tls_srv, pki, capsys):
         assert err.startswith(f"Error: failed to connect to '{tls_srv.address}'")
     code, _, err = webb(capsys, "status", "--server", tls_srv.address,
                         "--tls-ca-cert-files", str(pki / "missing.pem"))
-    assert code == 1 and "cannot load cert" in err
+    assert code == 1 and "--tls-ca-cert-files: cannot read" in err
     code, _, err = webb(capsys, "status", "--server", tls_srv.address, "--tls-client-cert-file",
                         str(pki / "client.pem"))
     assert code == 2 and "go together" in err
+
+
+def test_bad_pem_files_are_named_with_their_flag(pki, tmp_path, capsys):
+    """webb.tls reads the CLI's PEM files as it does the servers': a file that cannot be
+    read or is no PEM file is one line naming the flag, the path and why, exit 1, before
+    any connection is tried (the address is a closed port)."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    missing = tmp_path / "missing.pem"
+    server = ["--server", f"127.0.0.1:{closed_port()}", "--timeout", "1s"]
+    client = {"--tls-client-cert-file": str(pki / "client.pem"),
+              "--tls-client-key-file": str(pki / "client.key")}
+    cases = [
+        ({"--tls-ca-cert-files": f"{pki / 'ca.pem'},{missing}"}, "--tls-ca-cert-files",
+         f"cannot read {missing}: No such file or directory"),
+        ({"--tls-ca-cert-files": str(junk)}, "--tls-ca-cert-files", f"{junk} is not a PEM file"),
+        ({**client, "--tls-client-key-file": str(junk)}, "--tls-client-key-file",
+         f"{junk} is not a PEM file"),
+        ({**client, "--tls-client-cert-file": str(tmp_path)}, "--tls-client-cert-file",
+         f"cannot read {tmp_path}: Is a directory"),
+        ({**client, "--tls-client-cert-file": str(missing), "--tls-allow-insecure": None},
+         "--tls-client-cert-file", f"cannot read {missing}: No such file or directory"),
+    ]
+    for flags, flag, why in cases:
+        argv = [x for k, v in flags.items() for x in ((k,) if v is None else (k, v))]
+        code, out, err = webb(capsys, "status", *server, *argv)
+        assert (code, out, err) == (1, "", f"Error: {flag}: {why}\n"), argv
 
 
 # -- follow, Ctrl-C, help --------------------------------------------------------------------
