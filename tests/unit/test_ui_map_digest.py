@@ -231,3 +231,32 @@ def test_a_route_through_a_dropped_port_is_resolved_again(monkeypatch):
         enc.add_encoded(encode(f), 1.0)
     assert [(p.port, p.flows) for p in one.cards["pay/app1"].ports.values()] == [(80, 3), (81, 3), (82, 1)]
     assert state(enc) == state(one)
+
+
+def test_a_view_takes_flows_of_a_mixed_batch_and_counts_lost_events():
+    """View._take: flows go to the window (in order, numbered) and the map; node status
+    and empty entries are skipped; lost events are counted."""
+    from webb.api.relay import relay_pb2
+    from webb.flow_follow import Batch
+    from webb_ui.query import build_query
+    from webb_ui.settings import Settings
+    from webb_ui.view import View
+
+    rng = random.Random(9)
+    pool = [template(rng) for _ in range(20)]
+    flows = [vary(rng.choice(pool), rng, k) for k in range(600)]
+    lost = opb.GetFlowsResponse(lost_events=fpb.LostEvent(num_events_lost=7)).SerializeToString()
+    status = opb.GetFlowsResponse(node_status=relay_pb2.NodeStatusEvent(
+        state_change=relay_pb2.NODE_CONNECTED, node_names=["n1"])).SerializeToString()
+    raws = [encode(f) for f in flows]
+    mixed = raws[:100] + [lost, status, b""] + raws[100:] + [lost]
+    view = View(build_query(None, []), None, Settings(flows_window=500))  # type: ignore[arg-type]
+    view._take(Batch(mixed[:50], [1] * 50, [""] * 50))
+    view._take(Batch(mixed[50:], [2] * (len(mixed) - 50), [""] * (len(mixed) - 50)))
+    one = ServiceMap(view.settings.max_cards, view.settings.max_arrows, view.settings.map_ttl)
+    for f in flows:
+        one.add(f, 1.0)
+    assert view.seq == 600 and view.lost == 14 and view.map.flows == 600
+    assert list(view.window) == list(zip(range(101, 601), raws[100:]))
+    counts = lambda m: {k: (a.forwarded, a.dropped, a.other) for k, a in m.arrows.items()}  # noqa: E731
+    assert counts(view.map) == counts(one) and len(one.arrows) > 5
