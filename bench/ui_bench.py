@@ -212,7 +212,10 @@ def serve_flows(port: int, rate: float, stats_path: str, batched: bool = False) 
     async def report() -> None:
         while True:
             await asyncio.sleep(0.5)
-            Path(stats_path).write_text(json.dumps({"sent": sent["n"], "t": time.monotonic()}))
+            # whole or not at all: the bench reads it meanwhile
+            tmp = Path(stats_path + ".tmp")
+            tmp.write_text(json.dumps({"sent": sent["n"], "t": time.monotonic()}))
+            os.replace(tmp, stats_path)
 
     async def main() -> None:
         server = grpc.aio.server()
