@@ -13,7 +13,7 @@ import socket
 from operator import attrgetter
 from typing import Callable
 
-from ...datapath.event import POINT_TO_ENDPOINT
+from ...datapath.event import POINT_TO_ENDPOINT, L7Event
 from ..flow_wire import (BOOL, CILIUM_EVENT_L7, DNS, EMITTER, EMITTER_NAME, EVT, FLOW_TYPE_L7,
                          HTTP, HTTP_HEADER, IPF, IPV4, IPV6, L4, L7_REQUEST, L7_RESPONSE, LAYER7,
                          PORTS, TRAFFIC_EGRESS, TRAFFIC_INGRESS, VERDICT_FORWARDED, F, ld, s,
@@ -79,45 +79,55 @@ class L7Encoder:
         # flow.Policy fields of a policy set (the policy engine's policies_field).
         self.policies: Callable[[int, int], bytes] | None = None
         self._headers: dict[tuple[str, str], bytes] = {}  # (key, value) -> HTTP.headers field
-        self._urls: dict[str, str] = {}                    # url -> redacted url
-        self._ips: dict[tuple[int, bytes, bytes], bytes] = {}  # addresses -> the F.IP field
+        # (method, url) -> the summary's "METHOD redacted-url" and the method and url fields
+        self._requests: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._protocols: dict[str, bytes] = {}             # protocol -> HTTP.protocol field
+        # addresses, protocol, ports -> the F.IP and F.l4 fields
+        self._addrs: dict[tuple[int, bytes, bytes, int, int, int], bytes] = {}
 
-    def _ip_field(self, family: int, saddr: bytes, daddr: bytes) -> bytes:
-        k = (family, saddr, daddr)
-        got = self._ips.get(k)
+    def _addr_fields(self, ev: L7Event) -> bytes:
+        k = (ev.family, ev.saddr, ev.daddr, ev.proto, ev.sport, ev.dport)
+        got = self._addrs.get(k)
         if got is None:
-            ip = s(IPF.source, _ip(family, saddr)) + s(IPF.destination, _ip(family, daddr))
-            got = ld(F.IP, ip + (_IPV4 if family == 4 else _IPV6))
-            if len(self._ips) >= _CACHED:
-                self._ips.clear()
-            self._ips[k] = got
+            family = ev.family
+            ip = s(IPF.source, _ip(family, ev.saddr)) + s(IPF.destination, _ip(family, ev.daddr))
+            ports = vi(PORTS.source_port, ev.sport) + vi(PORTS.destination_port, ev.dport)
+            got = (ld(F.IP, ip + (_IPV4 if family == 4 else _IPV6))
+                   + ld(F.l4, ld(L4.TCP if ev.proto == 6 else L4.UDP, ports)))
+            if len(self._addrs) >= _CACHED:
+                self._addrs.clear()
+            self._addrs[k] = got
         return got
 
-    def _url(self, url: str) -> str:
-        got = self._urls.get(url)
+    def _request(self, req: HTTPRequest) -> tuple[str, bytes]:
+        k = (req.method, req.url)
+        got = self._requests.get(k)
         if got is None:
-            got = redact_url(url, self.redact)
-            if len(self._urls) >= _CACHED:
-                self._urls.clear()
-            self._urls[url] = got
+            url = redact_url(req.url, self.redact)
+            got = (f"{req.method} {url}", s(HTTP.method, req.method) + s(HTTP.url, url))
+            if len(self._requests) >= _CACHED:
+                self._requests.clear()
+            self._requests[k] = got
         return got
 
     def _http(self, msg: HTTPRequest | HTTPResponse, req: HTTPRequest | None,
               latency_ns: int) -> tuple[bytes, str]:
         """The flow.HTTP record and Hubble's summary: what http.http_record and
-        http.http_summary give, encoded (tests/unit/test_l7_wire.py compares them)."""
-        url = self._url(req.url) if req is not None else ""
-        what = f"{req.method} {url}" if req is not None else ""
+        http.http_summary give, encoded (tests/unit/test_l7_http.py compares them)."""
+        what, fields = self._request(req) if req is not None else ("", b"")
         if msg.__class__ is HTTPResponse:
             code = msg.code  # type: ignore[union-attr]
-            out = [vi(HTTP.code, code)]
+            out = [vi(HTTP.code, code), fields]
             summary = f"{msg.protocol} {code} {latency_ns // 1_000_000}ms ({what})"
         else:
-            out = []
+            out = [fields]
             summary = f"{msg.protocol} {what}"
-        if req is not None:
-            out += (s(HTTP.method, req.method), s(HTTP.url, url))
-        out.append(s(HTTP.protocol, msg.protocol))
+        proto = self._protocols.get(msg.protocol)
+        if proto is None:
+            proto = s(HTTP.protocol, msg.protocol)
+            if len(self._protocols) < 16:  # "HTTP/1.1", "HTTP/1.0", the proxy's spellings
+                self._protocols[msg.protocol] = proto
+        out.append(proto)
         headers = msg.headers
         if headers:
             # Hubble sorts by key (stable: repeated keys keep their wire order).
@@ -142,8 +152,6 @@ class L7Encoder:
         """The message's Flow fields but uuid, source and destination (the ring keeps
         this; flow_wire.with_endpoints adds the rest when the flow is read)."""
         ev = m.ev
-        ports = vi(PORTS.source_port, ev.sport) + vi(PORTS.destination_port, ev.dport)
-        l4 = ld(F.l4, ld(L4.TCP if ev.proto == 6 else L4.UDP, ports))
         # The connection's direction as seen from the endpoint at this interface.
         toward = ev.point == POINT_TO_ENDPOINT
         ingress = toward != m.response
@@ -163,7 +171,7 @@ class L7Encoder:
             pol = self.policies(m.policy_set, m.policy_field)
         return b"".join((
             ld(F.time, timestamp(time_ns)), self._static, verdict, pol,
-            self._ip_field(ev.family, ev.saddr, ev.daddr), l4, names, ld(F.l7, layer7),
+            self._addr_fields(ev), names, ld(F.l7, layer7),
             _DIRECTION[ingress], _IS_REPLY[m.response],
             s(F.Summary, summary),
         ))
