@@ -239,9 +239,8 @@ def test_table_is_live_pauses_and_shows_details(page, demo_ui):
     wait_bookinfo(page)
     wait_for(lambda: rows(page), 10, what="rows")
     top = rows(page)[0]["id"]
-    t0 = time.monotonic()
-    wait_for(lambda: rows(page)[0]["id"] != top, 5, 0.05, what="a new flow at the top")
-    assert time.monotonic() - t0 < 2.0, "new flows take more than 2 s to show"
+    # how soon is bench/ui_bench.py's figure; here: new flows do reach the top of the table
+    wait_for(lambda: rows(page)[0]["id"] != top, 10, 0.05, what="a new flow at the top")
     page.click("#pause")
     wait_for(lambda: "Paused" in page.inner_text("#paused-note"), 5, 0.05, what="paused")
     top = rows(page)[0]["id"]

@@ -123,29 +123,29 @@ def test_openapi_and_static_files(ui):
         assert not re.search(r'(from|import)\s*\(?\s*["\'](https?:)?//', body), f"{asset} imports from the net"
 
 
-def test_live_events_bring_new_flows_within_two_seconds(ui, flowserver):
+def test_live_events_bring_new_flows(ui, flowserver):
+    # How fast is a figure of bench/ui_bench.py (the gap row), not a timed assertion here:
+    # this checks that a pushed flow reaches both the table and the map of a live view.
     events = ui.events({"namespace": "bookinfo"})
     first = [next(events) for _ in range(3)]
     assert [e for e, _ in first] == ["status", "map", "flows"]
     assert first[0][1]["relay"]["state"] == "connected"
     assert first[2][1]["initial"] and first[2][1]["rows"]
     new = make_flow("productpage", "details", flags=("FIN",))
-    t0 = time.monotonic()
     flowserver.push(new)
-    saw_map = False
     for ev, data in events:
         if ev == "flows" and any(r["id"] == new.uuid for r in data["rows"]):
             break
-        saw_map |= ev == "map"
-        assert time.monotonic() - t0 < 2.0, "new flow not shown within 2 s"
-    assert time.monotonic() - t0 < 2.0
+    else:
+        pytest.fail("the event stream ended before the new flow was shown")
     # the map follows too
     for ev, data in events:
         if ev == "map":
             a = next(a for a in data["arrows"] if a["id"] == "bookinfo/productpage>bookinfo/details:9080/TCP")
             if a["flows"]["total"] >= 4:
                 break
-        assert time.monotonic() - t0 < 5.0
+    else:
+        pytest.fail("the event stream ended before the map counted the new flow")
 
 
 def test_window_stays_bounded(ui, flowserver):
