@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The L7 proxy's own per-request cost, without the datapath: the proxy's connection
-handler (l7proxy/proxy.py _Conn, its HTTP parsing, rules and L7 flow building) between a
+handler (l7proxy/connection.py, its HTTP parsing, rules and L7 flow building) between a
 client and a server over real loopback sockets. Prints requests/s and the proxy
 process's CPU per request (the client and the server run in another process), with the
 load noted; --profile adds cProfile's top functions. Asserts nothing.
@@ -72,7 +72,8 @@ def _peer(requests: int) -> None:
 
 async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
     from webb_agent.l7proxy.flows import l7_message
-    from webb_agent.l7proxy.proxy import L7Proxy, _Conn
+    from webb_agent.l7proxy.connection import ClientConnection
+    from webb_agent.l7proxy.proxy import L7Proxy
     from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
     from webb_agent.policy.model import HTTPRule
 
@@ -115,15 +116,12 @@ async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
             flows += 1
         proxy.on_flow = on_flow
 
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            conn = _Conn(proxy, r, w, egress=True)
-            conn.server = server  # the original destination (the datapath's part)
-            try:
-                await conn.run()
-            finally:
-                conn.close()
-        lst = await asyncio.start_server(handle, "127.0.0.1", 0)
+        class Conn(ClientConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                self.server = server  # the original destination (the datapath's part)
         loop = asyncio.get_running_loop()
+        lst = await loop.create_server(lambda: Conn(proxy, True), "127.0.0.1", 0)
         peer.stdin.write(f"{lst.sockets[0].getsockname()[1]}\n")
         peer.stdin.flush()
         assert await loop.run_in_executor(None, peer.stdout.readline) == "go\n"

@@ -1,14 +1,11 @@
-"""The L7 proxy's pieces without a network: HTTP/1.x heads and framing, bodies relayed
-through real asyncio streams, and requests against HTTP rules (Cilium's semantics)."""
+"""The L7 proxy's pieces without a network: HTTP/1.x heads and framing, bodies framed
+over the pieces they arrive in, and requests against HTTP rules (Cilium's semantics)."""
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
 from webb_agent.l7proxy import http1
-from webb_agent.l7proxy.http1 import (CHUNKED, TO_CLOSE, HTTPError, parse_request,
-                                      parse_response, read_head, relay_body)
+from webb_agent.l7proxy.http1 import CHUNKED, TO_CLOSE, HTTPError, parse_request, parse_response
 from webb_agent.l7proxy.proxy import error_response
 from webb_agent.l7proxy.rules import decide
 from webb_agent.policy.compile import L7Entry, PolicyRef
@@ -67,46 +64,52 @@ def test_error_response_is_cilium_like():
     assert b"content-length: 15" in head and b"connection: close" not in head
 
 
-def _stream(data: bytes) -> asyncio.StreamReader:
-    r = asyncio.StreamReader(limit=64 * 1024)
-    r.feed_data(data)
-    r.feed_eof()
-    return r
+def _framed(body: http1.Body, data: bytes, piece: int) -> int:
+    """Feeds data in pieces of `piece` bytes as they would arrive; the bytes that
+    belong to the body (it stops taking at its end)."""
+    taken = 0
+    for i in range(0, len(data), piece):
+        n = body.feed(data[i:i + piece])
+        taken += n
+        if n < len(data[i:i + piece]):
+            assert body.done
+            break
+    return taken
 
 
-class _Sink:
-    """A StreamWriter stand-in that keeps what is written (write + drain only)."""
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 1 << 20])
+def test_body_framing_over_pieces_as_they_arrive(piece):
+    chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
+    b = http1.Body(CHUNKED)
+    assert _framed(b, chunked, piece) == len(chunked) - 4 and b.done
+    assert b.wire == len(chunked) - 4
+    sized = b"x" * 300_000 + b"rest"
+    b = http1.Body(300_000)
+    assert _framed(b, sized, piece if piece > 64 else 65536) == 300_000 and b.done
+    b = http1.Body(10)
+    assert _framed(b, b"abc", piece) == 3 and not b.done and not b.eof()  # cut short
+    b = http1.Body(TO_CLOSE)
+    assert _framed(b, b"anything", piece) == 8 and not b.done and b.eof()
+    assert http1.Body(0).done
 
-    def __init__(self) -> None:
-        self.data = bytearray()
 
-    def write(self, b: bytes) -> None:
-        self.data += b
-
-    async def drain(self) -> None:
-        pass
-
-
-def test_bodies_are_relayed_piece_by_piece():
-    async def run():
-        chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
-        r, w = _stream(chunked), _Sink()
-        n = await relay_body(CHUNKED, r, w)  # type: ignore[arg-type]
-        assert bytes(w.data) == chunked[:-4] and n == len(chunked) - 4
-        assert await r.read() == b"NEXT"  # the next message stays in the stream
-        big = b"x" * 300_000
-        r, w = _stream(big + b"rest"), _Sink()
-        assert await relay_body(len(big), r, w) == len(big) and bytes(w.data) == big  # type: ignore[arg-type]
-        r = _stream(b"abc")
-        with pytest.raises(asyncio.IncompleteReadError):
-            await relay_body(10, r, None)  # cut short
-        with pytest.raises(HTTPError):
-            await relay_body(CHUNKED, _stream(b"zz\r\n"), None)
-        assert await read_head(_stream(b"")) is None
+@pytest.mark.parametrize("data,status", [
+    (b"zz\r\n", 400), (b"-5\r\nhello\r\n", 400), (b"0x5\r\nhello\r\n", 400),
+    (b"5" * 5000 + b"\r\n", 400), (b"0\r\n" + b"X: y\r\n" * 20000, 431),
+])
+def test_bad_chunked_framing_is_refused(data, status):
+    for piece in (1, 1 << 20):
         with pytest.raises(HTTPError) as e:
-            await read_head(_stream(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"))
-        assert e.value.status == 431
-    asyncio.run(run())
+            _framed(http1.Body(CHUNKED), data, piece)
+        assert e.value.status == status
+
+
+def test_head_search_goes_on_where_it_stopped():
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET"
+    assert http1.find_head(raw, 0, 0) == len(raw) - 3
+    assert http1.find_head(raw[:20], 0, 0) == -1
+    assert http1.find_head(raw, 0, 17) == len(raw) - 3  # what was searched less 3 bytes
+    assert http1.find_head(raw, len(raw) - 3, 0) == -1
 
 
 def test_rules_match_whole_values_and_headers():

@@ -1,15 +1,15 @@
 """HTTP/1.x as the proxy needs it: heads parsed strictly, bodies relayed as they come.
 
 A head is read whole (up to MAX_HEAD bytes: larger is 431, as Envoy answers); a
-body is never held: it is copied from one side to the other in pieces, following
-its framing (Content-Length, chunked, or until the connection closes).
+body is never held: `Body` follows its framing (Content-Length, chunked, or until
+the connection closes) over the pieces as they arrive and says how much of each
+belongs to it, so the proxy forwards every piece at once (connection.py).
 Ambiguous framing (both Content-Length and Transfer-Encoding, several different
 lengths, a transfer coding other than chunked last) is refused: it is how request
 smuggling works.
 """
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,7 @@ PIECE = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 class HTTPError(Exception):
@@ -173,99 +174,92 @@ def parse_response(raw: bytes, method: str) -> Head:
     return Head((version, str(code), reason), headers, raw, body, keep)
 
 
-async def read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """The next head (None: the peer closed cleanly between messages)."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if not e.partial:
-            return None
-        raise HTTPError(400, "connection closed inside a head") from None
-    except asyncio.LimitOverrunError:
-        raise HTTPError(431, "head larger than 60 KiB") from None
-    if len(raw) > MAX_HEAD:
-        raise HTTPError(431, "head larger than 60 KiB")
-    return raw
+class Body:
+    """Where one message's body ends, told its bytes piece by piece as they arrive.
+
+    `feed` says how many bytes of a piece belong to the body; the caller forwards
+    (or drops) exactly those, and the rest is the next message. Only a chunk-size or
+    trailer line cut between two pieces is kept (at most MAX_CHUNK_LINE bytes)."""
+
+    __slots__ = ("left", "mode", "line", "trailers", "done", "wire")
+
+    _SIZED, _TO_CLOSE, _SIZE_LINE, _DATA, _TRAILER = range(5)
+
+    def __init__(self, framing: int) -> None:
+        self.wire = 0          # bytes of the body seen so far
+        self.line = b""        # a size or trailer line cut between pieces
+        self.trailers = 0
+        self.left = 0
+        self.done = framing == 0
+        if framing >= 0:
+            self.mode, self.left = self._SIZED, framing
+        elif framing == TO_CLOSE:
+            self.mode = self._TO_CLOSE
+        else:
+            self.mode = self._SIZE_LINE
+
+    def feed(self, buf: bytes, pos: int = 0) -> int:
+        """How many bytes of buf[pos:] belong to this body (done: `self.done`).
+        HTTPError: malformed chunked framing."""
+        end = len(buf)
+        i = pos
+        mode = self.mode
+        if mode == self._SIZED:
+            i += min(self.left, end - i)
+            self.left -= i - pos
+            self.done = self.left == 0
+        elif mode == self._TO_CLOSE:
+            i = end
+        else:
+            while i < end and not self.done:
+                if mode == self._DATA:
+                    take = min(self.left, end - i)
+                    i += take
+                    self.left -= take
+                    if not self.left:
+                        mode = self._SIZE_LINE
+                    continue
+                nl = buf.find(b"\n", i, i + MAX_CHUNK_LINE + 1)
+                if nl < 0:  # the line goes on in the next piece
+                    self.line += buf[i:end]
+                    i = end
+                    if len(self.line) > MAX_CHUNK_LINE:
+                        raise HTTPError(400, "chunk size line too long" if mode == self._SIZE_LINE
+                                        else "trailer line too long")
+                    break
+                line = self.line + buf[i:nl + 1] if self.line else buf[i:nl + 1]
+                self.line = b""
+                i = nl + 1
+                if len(line) > MAX_CHUNK_LINE:
+                    raise HTTPError(400, "chunk size line too long")
+                if mode == self._TRAILER:  # trailer fields, up to the blank line
+                    self.trailers += len(line)
+                    if line in (b"\r\n", b"\n"):
+                        self.done = True
+                    elif self.trailers > MAX_HEAD:
+                        raise HTTPError(431, "trailers too large")
+                    continue
+                text = line.split(b";", 1)[0].strip(b" \t\r\n")
+                if _HEX.fullmatch(text) is None:  # no sign, 0x or _ that int() would take
+                    raise HTTPError(400, "malformed chunk size")
+                size = int(text, 16)
+                if size == 0:
+                    mode = self._TRAILER
+                else:
+                    mode, self.left = self._DATA, size + 2  # the chunk and its CRLF
+            self.mode = mode
+        self.wire += i - pos
+        return i - pos
+
+    def eof(self) -> bool:
+        """The connection closed: True when that ends this body normally."""
+        if self.mode == self._TO_CLOSE:
+            self.done = True
+        return self.done
 
 
-async def relay_body(body: int, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter | None, head: bytes = b"") -> int:
-    """Copies (or with writer None, skips) one body; returns its bytes on the wire.
-
-    `head` (the message's head) goes out with the first piece of the body: one send,
-    one wake-up of the receiver, for the common small answer."""
-    if head and writer is not None:
-        if body > 0:
-            data = await reader.read(min(body, PIECE))
-            if not data:
-                writer.write(head)
-                raise asyncio.IncompleteReadError(b"", body)
-            writer.write(head + data)
-            if len(data) == body:
-                await writer.drain()
-                return body
-            body -= len(data)
-            return len(data) + await relay_body(body, reader, writer)
-        writer.write(head)
-    if body == 0:
-        return 0
-    total = 0
-    if body > 0:
-        left = body
-        while left:
-            data = await reader.read(min(left, PIECE))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", left)
-            left -= len(data)
-            total += len(data)
-            if writer is not None:
-                writer.write(data)
-                await writer.drain()
-        return total
-    if body == TO_CLOSE:
-        while True:
-            data = await reader.read(PIECE)
-            if not data:
-                return total
-            total += len(data)
-            if writer is not None:
-                writer.write(data)
-                await writer.drain()
-    while True:  # chunked: size line, data, CRLF; a 0 size ends with trailers
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            raise HTTPError(400, "chunk size line too long") from None
-        if len(line) > MAX_CHUNK_LINE:
-            raise HTTPError(400, "chunk size line too long")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HTTPError(400, "malformed chunk size") from None
-        if writer is not None:
-            writer.write(line)
-        total += len(line)
-        if size == 0:
-            while True:  # trailer fields, up to the blank line
-                t = await reader.readuntil(b"\n")
-                total += len(t)
-                if writer is not None:
-                    writer.write(t)
-                if t in (b"\r\n", b"\n"):
-                    if writer is not None:
-                        await writer.drain()
-                    return total
-                if total > MAX_HEAD:
-                    raise HTTPError(431, "trailers too large")
-        left = size + 2  # the chunk and its CRLF
-        while left:
-            data = await reader.read(min(left, PIECE))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", left)
-            left -= len(data)
-            total += len(data)
-            if writer is not None:
-                writer.write(data)
-        if writer is not None:
-            await writer.drain()
+def find_head(buf: bytes, pos: int, scanned: int) -> int:
+    """The end of the head that starts at buf[pos] (just past its blank line), or -1;
+    `scanned`: where the search may start (what an earlier call saw, less 3 bytes)."""
+    end = buf.find(b"\r\n\r\n", max(pos, scanned))
+    return end + 4 if end >= 0 else -1

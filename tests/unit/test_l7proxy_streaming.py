@@ -1,0 +1,186 @@
+"""The L7 proxy's connection handler over real loopback sockets: bodies are streamed
+with bounded buffers both ways (a peer that stops reading stops the other side), and
+arrive whole once it reads again. Root: the upstream socket is IP_TRANSPARENT, as in
+the agent. The eBPF steering is tested end to end in tests/e2e/test_l7_policy.py."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from webb_agent.l7proxy.connection import ClientConnection
+from webb_agent.l7proxy.proxy import L7Proxy
+from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
+
+pytestmark = pytest.mark.root
+
+BODY = 32 << 20        # far more than every socket buffer on the way can hold
+BOUND = 1 << 20        # what the proxy may hold of it in user space
+SMALL = 64 << 10       # the test's own socket buffers
+
+
+class _Endpoint:
+    id = 1
+
+
+class _Registry:
+    def by_ip(self, ip: str) -> _Endpoint:
+        return _Endpoint()
+
+    def is_local(self, ep: _Endpoint) -> bool:
+        return True
+
+
+class _Engine:
+    def __init__(self, port: int) -> None:
+        ref = PolicyRef("CiliumNetworkPolicy", "t", "p", 1, ())
+        self.compiled = type("C", (), {"l7": {(1, DIR_EGRESS, port): (
+            L7Entry(frozenset({5}), None, ref),)}})()
+
+    def identity_of(self, ip: str) -> int:
+        return 5
+
+
+class _Datapath:
+    async def in_netns(self, fn):  # type: ignore[no-untyped-def]
+        return fn()
+
+
+def _small(s: socket.socket) -> socket.socket:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
+    return s
+
+
+async def _proxy(server_port: int) -> tuple[L7Proxy, list[ClientConnection], int, asyncio.AbstractServer]:
+    proxy = L7Proxy(_Engine(server_port), _Registry(), _Datapath())
+    conns: list[ClientConnection] = []
+
+    class Conn(ClientConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.server = ("127.0.0.1", server_port)  # the datapath's part
+            conns.append(self)
+    lst = _small(socket.socket())
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    srv = await asyncio.get_running_loop().create_server(lambda: Conn(proxy, True), sock=lst)
+    return proxy, conns, lst.getsockname()[1], srv
+
+
+def _held(conn: ClientConnection) -> int:
+    """What the proxy holds of the connection's bytes in user space."""
+    up = conn.up.transport.get_write_buffer_size() if conn.up and conn.up.transport else 0
+    assert conn.transport is not None
+    return (up + conn.transport.get_write_buffer_size() + len(conn.buf) - conn.pos
+            + len(conn.rbuf))
+
+
+async def _until_stuck(sent: list[int]) -> None:
+    """Until the pushing thread made no progress for a while."""
+    last = -1
+    while sent[0] != last:
+        last = sent[0]
+        await asyncio.sleep(0.3)
+
+
+def test_a_request_body_to_a_server_that_does_not_read_stops_the_client():
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = _small(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        proxy, conns, port, srv = await _proxy(server.getsockname()[1])
+        sent = [0]
+        answer: list[bytes] = []
+
+        def client() -> None:
+            c = _small(socket.socket())
+            c.connect(("127.0.0.1", port))
+            c.sendall(b"POST /up HTTP/1.1\r\nHost: s\r\nContent-Length: %d\r\n\r\n" % BODY)
+            piece = b"x" * 65536
+            while sent[0] < BODY:
+                c.sendall(piece)
+                sent[0] += len(piece)
+            answer.append(c.recv(65536))
+            c.close()
+        t = threading.Thread(target=client, daemon=True)
+        t.start()
+        server.setblocking(False)
+        up, _ = await loop.sock_accept(server)
+        await _until_stuck(sent)  # the server reads nothing: everything stops
+        assert sent[0] < BODY // 2 and len(conns) == 1
+        assert _held(conns[0]) < BOUND, _held(conns[0])
+        # The server reads: the whole body comes through, then its answer goes back.
+        up.setblocking(False)
+        got = 0
+        head = b""
+        while got < BODY:
+            data = await loop.sock_recv(up, 1 << 20)
+            assert data
+            if not head:
+                head, _, data = data.partition(b"\r\n\r\n")
+            got += len(data)
+        assert got == BODY and head.startswith(b"POST /up ")
+        await loop.sock_sendall(up, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await loop.run_in_executor(None, t.join, 10)
+        assert answer == [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+        up.close()
+        server.close()
+        srv.close()
+        for conn in conns:
+            conn.abort()
+        await asyncio.sleep(0.05)
+        assert not proxy._conns  # every connection let go of
+    asyncio.run(run())
+
+
+def test_an_answer_to_a_client_that_does_not_read_stops_the_server():
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = _small(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        proxy, conns, port, srv = await _proxy(server.getsockname()[1])
+        sent = [0]
+
+        def serve() -> None:
+            up, _ = server.accept()
+            _small(up)
+            while b"\r\n\r\n" not in up.recv(65536):
+                pass
+            up.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BODY)
+            piece = b"y" * 65536
+            while sent[0] < BODY:
+                up.sendall(piece)
+                sent[0] += len(piece)
+            up.close()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        c = _small(socket.socket())
+        c.setblocking(False)
+        await loop.sock_connect(c, ("127.0.0.1", port))
+        await loop.sock_sendall(c, b"GET /big HTTP/1.1\r\nHost: s\r\n\r\n")
+        await _until_stuck(sent)  # the client reads nothing: everything stops
+        assert sent[0] < BODY // 2 and len(conns) == 1
+        assert _held(conns[0]) < BOUND, _held(conns[0])
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += await loop.sock_recv(c, 65536)
+        n = len(got.partition(b"\r\n\r\n")[2])
+        while n < BODY:
+            data = await loop.sock_recv(c, 1 << 20)
+            assert data
+            n += len(data)
+        assert n == BODY
+        await loop.run_in_executor(None, t.join, 10)
+        c.close()
+        server.close()
+        srv.close()
+        for conn in conns:
+            conn.abort()
+        await asyncio.sleep(0.05)
+        assert not proxy._conns  # every connection let go of
+    asyncio.run(run())
