@@ -7,7 +7,13 @@ stream fails produces NODE_ERROR (equal messages coalesced) and the request
 goes on with the others. With follow, nodes that appear, come back or go away
 join or leave the open stream (NODE_CONNECTED / NODE_GONE); a node that joins
 late or rejoins is asked for its flows since the request started, or since the
-last flow it sent, so nothing it recorded in the meantime is lost.
+last flow it sent, so nothing it recorded in the meantime is lost. A node that
+rejoins was first reported lost, whatever the timing: its stream's error (or,
+when the pool replaced its connection before the old stream failed, "connection
+replaced"; when a follow stream ended without error, "the node ended the
+stream") goes out as NODE_ERROR before its NODE_CONNECTED, even when it comes
+back within the error aggregation window (an agent restarted in place: a
+DaemonSet's new pod starts while the old one is still terminating).
 An agent's INVALID_ARGUMENT ends the request with INVALID_ARGUMENT.
 
 Each agent is asked for webb's batched stream (upstream.py falls back to
@@ -56,6 +62,14 @@ class FlowsOptions:
 
 class UpstreamInvalidArgument(Exception):
     """An agent rejected the request as invalid."""
+
+
+class ConnectionReplaced(Exception):
+    """The pool replaced the node's connection (a new address) under an open stream."""
+
+
+class StreamEnded(Exception):
+    """A follow stream without `until` that the node ended without an error."""
 
 
 @dataclass
@@ -111,23 +125,39 @@ class FlowsSession:
         return up
 
     def _sync_peers(self, now: int) -> list[opb.GetFlowsResponse]:
-        """Follow: starts streams for nodes that (re)appeared, stops removed ones."""
+        """Follow: starts streams for nodes that (re)appeared, stops removed ones.
+
+        A node's stream that is stopped (its node gone, or its connection replaced)
+        stays in `_upstreams` until its last entries are merged; what the relay says
+        of it (its error, NODE_GONE) goes out then, and the node is not asked again
+        before that, so its statuses reach the client in the order they happened:
+        the old stream's error, then NODE_CONNECTED for the new one."""
         self._pool_version = self.pool.version
         peers = {p.key: p for p in self.pool.list()}
         joined: list[str] = []
-        gone: list[str] = []
         for key, up in list(self._active.items()):
             p = peers.get(key)
             if p is None or p.generation != up.generation:
-                up.cancel()
                 del self._active[key]
                 if p is None:
-                    gone.append(up.name)
+                    up.gone = True
+                    up.cancel()
                     self._retired.pop(key, None)
-                else:  # new connection to the same node: continue where it stopped
-                    self._retired[key] = _Retired(up.last_time_ns, 0, now)
+                    continue
+                # a new connection to the same node: continue where it stopped
+                reached_until = up.finished and up.error is None and self.until is not None
+                self._retired[key] = _Retired(up.last_time_ns, 0,
+                                              2**63 if reached_until else now)
+                if up.error is None and not reached_until:
+                    # the old agent may be gone without its stream having said so
+                    # yet: the client learns that the stream was cut either way
+                    up.error = (StreamEnded("the node ended the stream") if up.finished
+                                else ConnectionReplaced(
+                                    f"connection to the node replaced (now {p.address})"))
+                up.cancel()
+        stopping = {up.key for up in self._upstreams if self._active.get(up.key) is not up}
         for key, p in peers.items():
-            if key in self._active or not p.connected:
+            if key in self._active or key in stopping or not p.connected:
                 continue
             r = self._retired.get(key)
             if r is not None and now < r.next_attempt:
@@ -140,23 +170,31 @@ class FlowsSession:
         waits = [r.next_attempt for k, r in self._retired.items()
                  if k not in self._active and r.next_attempt > now]
         self._next_sync = min(waits) if waits else None
-        out = []
-        if joined:
-            out.append(status_event(rpb.NODE_CONNECTED, joined, self.opts.relay_name))
-        if gone:
-            out.append(status_event(rpb.NODE_GONE, gone, self.opts.relay_name))
-        return out
+        if not joined:
+            return []
+        return self.errors.flush_for(joined) + [
+            status_event(rpb.NODE_CONNECTED, joined, self.opts.relay_name)]
 
     def _collect(self, now: int) -> list[opb.GetFlowsResponse]:
         """Handles streams that ended and were merged to their end."""
         out: list[opb.GetFlowsResponse] = []
+        gone: list[str] = []
         for up in [u for u in self._upstreams if u.finished and not len(u)]:
             self._upstreams.remove(up)
             self.stats["dropped"] += up.dropped_total
             if self._active.get(up.key) is up:
                 del self._active[up.key]
                 self._ended(up, now)
+                if up.error is None and self.follow and self.until is None:
+                    up.error = StreamEnded("the node ended the stream")
+            else:  # stopped by _sync_peers: its node may be asked again now
+                self._next_sync = now
             out.extend(self._errors_of(up, now))
+            if up.gone and up.name not in gone:
+                gone.append(up.name)
+        if gone:
+            out.extend(self.errors.flush_for(gone))
+            out.append(status_event(rpb.NODE_GONE, gone, self.opts.relay_name))
         return out
 
     def _ended(self, up: Upstream, now: int) -> None:

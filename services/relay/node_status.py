@@ -3,7 +3,9 @@
 Failures with the same message are coalesced into one NODE_ERROR that lists all
 their nodes, as Hubble Relay does: the first error of a kind waits up to the
 aggregation window for others with the same message; a different message, or
-the window's end, sends it.
+the window's end, sends it. A later status about one of its nodes (the node
+rejoining or gone) sends it first, so a client never reads a node's error after
+the news that it is back.
 """
 from __future__ import annotations
 
@@ -66,6 +68,14 @@ class ErrorCoalescer:
         out = self.flush()
         self._message, self._nodes, self._deadline = message, [node], now_ns + self.window_ns
         return out
+
+    def flush_for(self, nodes: Iterable[str]) -> list[opb.GetFlowsResponse]:
+        """The pending event now if it names one of `nodes`: a node's error must reach
+        the client before what the relay says of that node next (NODE_CONNECTED when
+        it rejoins, NODE_GONE), however soon that comes after the failure."""
+        if self._message is not None and not set(self._nodes).isdisjoint(nodes):
+            return self.flush()
+        return []
 
     def due(self, now_ns: int) -> list[opb.GetFlowsResponse]:
         if self._message is not None and now_ns >= self._deadline:

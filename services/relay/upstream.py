@@ -71,6 +71,7 @@ class Upstream:
         self._space = asyncio.Event()
         self._space.set()
         self.finished = False  # the stream ended (normally or not)
+        self.gone = False  # stopped because its node left the pool
         self.error: BaseException | None = None
         self.batched: bool | None = None  # which API answered; None until one did
         self.last_time_ns: int | None = None  # newest flow time received

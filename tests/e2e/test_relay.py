@@ -395,6 +395,49 @@ def test_agent_killed_during_follow_then_restarted(lab, cluster, relay, history)
             n2.start()
 
 
+def test_agent_restarted_in_place_is_reported_lost_before_connected(lab, cluster, workdir,
+                                                                    history):
+    """An agent stopped and started again at once on its address (as a DaemonSet's new
+    pod starts while the old one is still terminating) serves again well within the
+    relay's error aggregation window (60 s here; Hubble's default is 10 s): the follow
+    still reads the node's NODE_ERROR before its NODE_CONNECTED, then its new flows."""
+    agents, _ = cluster
+    n3 = agents["n3"]
+    r = RelayProc(workdir, "--peer-service", agents["n1"].address,
+                  "--error-aggregation-window", "60s",
+                  "--reconnect-backoff-min", "200ms", "--reconnect-backoff-max", "1s")
+    stream: Follow | None = None
+    try:
+        r.start()
+        r.wait_connected(set(NODES))
+        stream = Follow(r, since=now_ts())
+        wait_for(lambda: stream.statuses(), 10, what="node status")
+        n3.stop()  # SIGTERM: the agent's server cancels its calls on the way out
+        n3.start()
+        n3.wait_attached(["c3", "s3"])
+
+        def of_n3() -> list[tuple[int, str]]:
+            return [(s[0], s[2]) for s in stream.statuses() if "n3" in s[1]]
+        wait_for(lambda: rpb.NODE_CONNECTED in [s for s, _ in of_n3()[1:]], 30,
+                 what="n3 connected again")
+        assert [s for s, _ in of_n3()] == [rpb.NODE_CONNECTED, rpb.NODE_ERROR,
+                                          rpb.NODE_CONNECTED], of_n3()
+        assert of_n3()[1][1], "the error says what happened"
+        srv = start_in(lab, lab.pods["s3"].netns, "tcp-server", "7210")
+        run_in(lab, lab.pods["c3"].netns, "tcp-client", lab.pods["s3"].ip4, "7210")
+        srv.wait(10)
+        wait_for(lambda: any(f.node_name == "n3" and 7210 in (f.l4.TCP.destination_port,
+                                                             f.l4.TCP.source_port)
+                             for f in stream.flows()), 10, what="n3's flows after its restart")
+        assert stream.error is None
+    finally:
+        if stream is not None:
+            stream.close()
+        r.stop()
+        if n3.proc is None or n3.proc.poll() is not None:
+            n3.start()
+
+
 def test_peer_added_at_run_time_joins_an_open_stream(lab, cluster, relay, history):
     agents, eps = cluster
     n4 = agents["n4"]

@@ -576,6 +576,123 @@ async def test_peer_service_announcements_join_and_leave_an_open_stream():
         await late.stop()
 
 
+class Follower:
+    """A follow GetFlows through the relay, read by a task: every response in order."""
+
+    def __init__(self, h: RelayHarness) -> None:
+        self.call = h.observer.GetFlows(opb.GetFlowsRequest(follow=True), timeout=30)
+        self.got: list[opb.GetFlowsResponse] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for r in self.call:
+            self.got.append(r)
+
+    def of(self, node: str) -> list[tuple[int, str]]:
+        """(state, message) of each node status naming `node`, in order."""
+        return [(s[0], s[2]) for s in statuses(self.got) if node in s[1]]
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def test_agent_back_within_the_error_window_is_reported_lost_before_connected():
+    """An agent restarted in place (a DaemonSet's new pod starts while the old one
+    terminates) can serve again long before the error aggregation window ends: the
+    old stream's NODE_ERROR must still reach the client before the NODE_CONNECTED of
+    the rejoin, not after it."""
+    agent = await FakeAgent("n1").start()
+    # an error window far beyond the restart
+    h = await start_relay(RelayConfig(peers=[agent.address], flows=fast_opts(error_window=30.0)))
+    await h.connected(1)
+    follow = Follower(h)
+    try:
+        await until(lambda: len(agent.followers) == 1, what="n1's stream open")
+        port = agent.port
+        await agent.stop()  # the old agent's server cancels its calls
+        await agent.start(port=port)
+        await until(lambda: rpb.NODE_CONNECTED in [s for s, _ in follow.of("n1")[1:]],
+                    what="n1 connected again")
+        assert [s for s, _ in follow.of("n1")] == [
+            rpb.NODE_CONNECTED, rpb.NODE_ERROR, rpb.NODE_CONNECTED], follow.of("n1")
+        assert follow.of("n1")[1][1], "the error says what happened"
+        t = time.time_ns()
+        agent.add(t)
+        await until(lambda: t in flow_times(follow.got), what="the restarted agent's flows")
+    finally:
+        await follow.close()
+        await h.channel.close()
+        await h.relay.stop()
+        await agent.stop()
+
+
+async def peer_service_relay(seed: FakeAgent, **opts: Any) -> RelayHarness:
+    h = await start_relay(RelayConfig(peer_service=seed.address, flows=fast_opts(**opts)))
+    await h.connected(1)
+    return h
+
+
+async def test_node_at_a_new_address_is_reported_lost_then_connected():
+    """The peer service announces a node at a new address (its agent replaced) while
+    the old agent's stream is still open: the relay cuts that stream and says so
+    (NODE_ERROR) before the node's NODE_CONNECTED from its new address."""
+    seed, old, new = [await FakeAgent(n).start() for n in ("seed", "n2", "n2")]
+    seed.announce("n2", old.address)
+    h = await peer_service_relay(seed)
+    follow = Follower(h)
+    try:
+        await until(lambda: len(old.followers) == 1, what="the old agent's stream open")
+        seed.announce("n2", new.address, ppb.PEER_UPDATED)
+        await until(lambda: rpb.NODE_CONNECTED in [s for s, _ in follow.of("n2")[1:]],
+                    what="n2 connected again")
+        assert [s for s, _ in follow.of("n2")] == [
+            rpb.NODE_CONNECTED, rpb.NODE_ERROR, rpb.NODE_CONNECTED], follow.of("n2")
+        assert new.address in follow.of("n2")[1][1]
+        await until(lambda: not old.followers, what="the old stream cut")
+        t = time.time_ns()
+        new.add(t)
+        await until(lambda: t in flow_times(follow.got), what="the new agent's flows")
+    finally:
+        await follow.close()
+        await h.channel.close()
+        await h.relay.stop()
+        for a in (seed, old, new):
+            await a.stop()
+
+
+@pytest.mark.parametrize("first", ["error", "announcement"])
+async def test_old_stream_error_and_new_address_in_any_order_give_error_then_connected(first):
+    """The old agent's stream fails and the node is announced at a new address, in
+    either order and with no pause between (both in the relay's same turn or not):
+    one NODE_ERROR for the node, then its NODE_CONNECTED, never the other way round."""
+    seed, old, new = [await FakeAgent(n).start() for n in ("seed", "n2", "n2")]
+    seed.announce("n2", old.address)
+    h = await peer_service_relay(seed, error_window=30.0)
+    follow = Follower(h)
+    try:
+        await until(lambda: len(old.followers) == 1, what="the old agent's stream open")
+        if first == "error":
+            old.fail_streams(grpc.StatusCode.UNAVAILABLE, "agent shutting down")
+            seed.announce("n2", new.address, ppb.PEER_UPDATED)
+        else:
+            seed.announce("n2", new.address, ppb.PEER_UPDATED)
+            old.fail_streams(grpc.StatusCode.UNAVAILABLE, "agent shutting down")
+        await until(lambda: any(s == rpb.NODE_CONNECTED for s, _ in follow.of("n2")[1:]),
+                    what="n2 connected again")
+        states = [s for s, _ in follow.of("n2")]
+        assert states == [rpb.NODE_CONNECTED, rpb.NODE_ERROR, rpb.NODE_CONNECTED], follow.of("n2")
+        assert follow.of("n2")[1][1] in (
+            "rpc error: code = Unavailable desc = agent shutting down",
+            f"connection to the node replaced (now {new.address})")
+    finally:
+        await follow.close()
+        await h.channel.close()
+        await h.relay.stop()
+        for a in (seed, old, new):
+            await a.stop()
+
+
 async def test_relay_reconnects_to_a_restarted_agent(cluster):
     agents, h = cluster
     port = agents[0].port
