@@ -7,13 +7,16 @@ identities, workloads and Service names from the API, and the tutorial's L4
 CiliumNetworkPolicy, applied through the API server, drops details -> reviews with
 "Policy denied". Then what a cluster user does: port-forward to the relay, pods
 recreated (with the same labels, and with other labels: the old identity is
-garbage-collected).
+garbage-collected), and the agent DaemonSet restarted under an open follow. The
+restart test runs last: it replaces the agent pod the fixture found.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import subprocess
+import threading
 import time
 from typing import Iterator
 
@@ -29,6 +32,7 @@ from k8s_workloads import (BOOKINFO, BOOKINFO_NS, ROOT, WEBB_NS, bookinfo, chart
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.api.relay import relay_pb2 as rpb
 
 pytestmark = [pytest.mark.root, pytest.mark.kubelet]
 
@@ -80,7 +84,7 @@ def cluster(request, tmp_path_factory) -> Iterator[dict]:
                      "crd/webbidentities.webb.io", "crd/ciliumnetworkpolicies.cilium.io")
         node.apply(cluster_dns())
         # The chart as a user installs it, with the history on the node's disk (a host
-        # path under the test's directory).
+        # path under the test's directory) for the restart test.
         history = node.dir / "history"
         # Identity GC as a user would tune it, short enough for the relabel test.
         values = {"history": {"enabled": True, "hostPath": str(history)},
@@ -347,3 +351,117 @@ def test_pod_recreated_with_other_labels_gets_a_new_identity_and_the_old_is_coll
         node.kubectl("delete", "pod", "-n", "default", "idgc", "--ignore-not-found",
                      "--wait=true")
 
+
+class Follower:
+    """`GetFlows follow` through the relay, read by a thread: every response in order."""
+
+    def __init__(self, channel: grpc.Channel, since: Timestamp) -> None:
+        req = opb.GetFlowsRequest(follow=True)
+        req.since.CopyFrom(since)
+        self.call = observer_pb2_grpc.ObserverStub(channel).GetFlows(req, timeout=600)
+        self.items: list[opb.GetFlowsResponse] = []
+        self.error: grpc.RpcError | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for r in self.call:
+                self.items.append(r)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.error = e
+
+    def flows(self, start: int = 0) -> list[fpb.Flow]:
+        return [r.flow for r in self.items[start:] if r.HasField("flow")]
+
+    def statuses(self, start: int = 0) -> list[tuple[int, list[str], str]]:
+        return [(r.node_status.state_change, list(r.node_status.node_names),
+                 r.node_status.message) for r in self.items[start:] if r.HasField("node_status")]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(10)
+
+
+def test_agent_daemonset_restarted_mid_follow(cluster):
+    """`kubectl rollout restart` of the agent DaemonSet while a client follows through
+    the relay: the relay reports the node's stream failing, then connected again, the
+    follow goes on with the new agent's flows, and the flows recorded before the restart
+    are still answered (from the history on the node's host path) by the new agent."""
+    node: KubeNode = cluster["node"]
+    ds = node.kc.api("GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")
+    old_pods = {p["metadata"]["name"] for p in node.pods_ready(
+        WEBB_NS, "app.kubernetes.io/component=agent", 1)}
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    follow = Follower(cluster["relay"], since=t0)
+    try:
+        # The load generator's traffic: productpage -> details, through the follow.
+        def pp_details(start: int = 0) -> list[fpb.Flow]:
+            return [f for f in follow.flows(start)
+                    if f.source.pod_name.startswith("productpage-v1-")
+                    and f.destination.pod_name.startswith("details-v1-")]
+        node.wait(lambda: len(pp_details()) >= 5, 90, "productpage -> details flows in the follow")
+        assert follow.statuses()[0][:2] == (rpb.NODE_CONNECTED, [node.name])
+        before = pp_details()
+        assert all(f.uuid for f in before)
+        mark = len(follow.items)
+        restarted = time.time()
+        node.kubectl("rollout", "restart", "-n", WEBB_NS, "daemonset/webb-agent")
+
+        # The relay reports the node's stream ending with an error, and later the node
+        # connected again (it joins the open stream from where it stopped). The
+        # DaemonSet controller starts the new pod as soon as the old one is terminating,
+        # so the new agent may serve within the relay's error aggregation window: the
+        # error must come first all the same.
+        def mine() -> list[tuple[int, list[str], str]]:
+            return [s for s in follow.statuses(mark) if node.name in s[1]]
+        try:
+            node.wait(lambda: rpb.NODE_CONNECTED in [s[0] for s in mine()], 180,
+                      "NODE_CONNECTED for the node again in the follow")
+            assert mine()[0][0] == rpb.NODE_ERROR, "the node was reported lost before it rejoined"
+        except AssertionError as e:
+            # what a failure in a whole-suite run needs to be understood afterwards
+            relay_log = node.kubectl("logs", "-n", WEBB_NS, "deploy/webb-relay", "--tail=200",
+                                     check=False)
+            pods = node.kubectl("get", "pods", "-n", WEBB_NS, "-o", "wide", check=False)
+            agents = node.kc.api("GET", f"/api/v1/namespaces/{WEBB_NS}/pods",
+                                 query={"labelSelector": "app.kubernetes.io/component=agent"})
+            agent = "\n".join(node.describe(WEBB_NS, p["metadata"]["name"])
+                              for p in agents["items"])
+            raise AssertionError(
+                f"{e}\nstatuses: {[(rpb.NodeState.Name(s[0]), s[1], s[2]) for s in mine()]}"
+                f"\nfollow error: {follow.error!r}\n--- relay ---\n{relay_log}"
+                f"\n--- pods ---\n{pods}\n--- agent ---\n{agent}") from None
+        back = time.time_ns()  # the new agent is serving (the node's clock is the host's)
+        new = node.pods_ready(WEBB_NS, "app.kubernetes.io/component=agent", 1)
+        created = calendar.timegm(time.strptime(new[0]["metadata"]["creationTimestamp"],
+                                                "%Y-%m-%dT%H:%M:%SZ"))
+        st = [(rpb.NodeState.Name(r.node_status.state_change), r.node_status.message,
+               round(r.time.ToNanoseconds() / 1e9 - restarted, 1))
+              for r in follow.items[mark:] if r.HasField("node_status")]
+        print(f"\nafter the restart (s since it): new agent pod created at "
+              f"{created - restarted:.0f}, node status {st}")
+        errors = [s for s in follow.statuses(mark) if s[0] == rpb.NODE_ERROR]
+        assert all(s[2] for s in errors), "a NODE_ERROR says what happened"
+        assert not {p["metadata"]["name"] for p in new} & old_pods, "the agent pod was replaced"
+        assert ds["metadata"]["generation"] < node.kc.api(
+            "GET", f"/apis/apps/v1/namespaces/{WEBB_NS}/daemonsets/webb-agent")["metadata"]["generation"]
+
+        # The follow goes on: flows the new agent recorded after the restart arrive.
+        node.wait(lambda: any(f.time.ToNanoseconds() > back for f in pp_details(mark)),
+                  120, "the new agent's flows in the same follow")
+        assert follow.error is None, follow.error
+
+        # The history on the node's disk survived: what the old agent recorded before
+        # the restart is answered again, same flows (UUIDs), by the new one.
+        since, until = Timestamp(), Timestamp()
+        since.CopyFrom(before[0].time)
+        until.FromNanoseconds(max(f.time.ToNanoseconds() for f in before) + 1)
+        again = flows(cluster, since=since, until=until,
+                      source_pod=[f"{BOOKINFO_NS}/productpage-v1"],
+                      destination_pod=[f"{BOOKINFO_NS}/details-v1"])
+        assert {f.uuid for f in before} <= {f.uuid for f in again}
+    finally:
+        follow.close()
