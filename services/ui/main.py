@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import uvicorn
 
+from webb.gc_tune import freeze_and_raise
+
 from . import live
 from .app import create_app
 from .relay import RelayClient
@@ -78,6 +80,7 @@ async def serve(settings: Settings, host: str, port: int, log_level: str) -> Non
     app = create_app(settings, relay)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=2)
+    freeze_and_raise("WEBB_UI_GC")  # built: out of the collector's sight (webb/gc_tune.py)
     await _Server(config).serve()
 
 
