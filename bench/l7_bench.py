@@ -31,6 +31,12 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
     decode, stream and seq tracking, HTTP/DNS parsing, pairing) and L7Encoder.encode
     (Flow wire bytes) on synthesized l7_events records (HTTP request+response pairs on
     many keep-alive connections; DNS query+answer pairs), in batches like the ingest's.
+(d) --compare-agent DIR: the agent's CPU per L7 request of two agent code versions, at
+    a paced rate both keep up with (--compare-rate), alternating agents in ABBA order:
+    A runs with PYTHONPATH=DIR (a copy of another revision's services/agent named
+    webb_agent, e.g. `git archive REV services/agent | tar -x -C DIR` then
+    `mv DIR/services/agent DIR/webb_agent`), B is this checkout's; both load this
+    checkout's bpf/. With --follow a batched follower reads every flow of both.
 (c) Kernel-side cost (bpf_stats: the kernel's run-time accounting of BPF programs, on
     host-wide through an fd only for these runs): time inside the agent's TC programs
     per request and per program run, L4 (unselected port) vs L7 (selected port).
@@ -262,7 +268,7 @@ class Bench:
     def setup(self) -> None:
         lab = self.lab
         lab.cleanup()  # what a crashed earlier run left
-        node = lab.add_node("n1", 1)
+        node = self.node = lab.add_node("n1", 1)
         self.cli = lab.add_pod(node, "cli", 10)
         self.srv = lab.add_pod(node, "srv", 11)
         self.server = lab.popen(self.srv.netns, sys.executable, __file__, "_server",
@@ -457,6 +463,61 @@ class Bench:
         print(f"-> highest rate with 0 lost: {best:.0f} req/s = {2 * best:.0f} L7 events/s")
         self.results["paced"] = best
 
+    def restart_agent(self, pythonpath: str | None) -> None:
+        """A fresh agent on the same lab (PYTHONPATH=pythonpath: other agent code)."""
+        assert self.agent is not None
+        if getattr(self, "_follow_call", None) is not None:
+            self._follow_call.cancel()
+            self._follow_call = None
+        self.agent.stop()
+        env = {"WEBB_BPF_DIR": str(HERE.parent / "bpf")}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "WEBB_BPF_DIR")}
+        os.environ.update(env)  # ab.Agent's Popen inherits this process's environment
+        if not pythonpath:
+            os.environ.pop("PYTHONPATH", None)
+        try:
+            self.agent = self.ab.Agent(self.tmp, self.node.netns, self.endpoints,
+                                       self.args.agent_arg)
+            self.agent.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.wait_attached(True)
+        if self.args.follow:
+            self.start_follower()
+
+    def part_compare(self) -> None:
+        a = self.args
+        rate = a.compare_rate
+        print(f"\n== (d) agent CPU per L7 request, {a.compare_agent} (A) vs this checkout (B), "
+              f"{rate:g} req/s paced, {a.seconds:g} s runs, {a.rounds} rounds of ABBA"
+              f"{', a follower reading every flow' if a.follow else ''} ==")
+        self.set_mode("L7")
+        runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        for _ in range(a.rounds):
+            for m in "ABBA":
+                self.restart_agent(a.compare_agent if m == "A" else None)
+                self.client_run(L7_PORT, 1.0, rate=rate)  # warm-up: first flows, caches
+                r = self.client_run(L7_PORT, a.seconds, rate=rate)
+                r["us"] = 1e6 * r["agent_cpu"] / max(r["requests"], 1)
+                runs[m].append(r)
+                print(f"{m}: {r['rate']:.0f} req/s, agent {r['us']:.1f} us CPU/req, "
+                      f"{r['l7_events'] / max(r['requests'], 1):.2f} L7 events/req, "
+                      f"lost {r['lost']}")
+        med = {m: statistics.median(x["us"] for x in runs[m]) for m in runs}
+        pairs = [b["us"] / x["us"] for x, b in zip(runs["A"], runs["B"])]
+        lost = sum(x["lost"] for m in runs for x in runs[m])
+        print(f"-> agent CPU per request: A {med['A']:.1f} us, B {med['B']:.1f} us; B/A "
+              f"{statistics.median(pairs):.3f} (pairs {' '.join(f'{x:.2f}' for x in pairs)})"
+              f"{'' if not lost else f'; {lost} events lost: a rate too high to compare'}")
+        self.results["compare"] = (med["A"], med["B"])
+        self.restart_agent(None)
+
     def part_kernel(self) -> None:
         ab = self.ab
         assert self.agent is not None
@@ -509,6 +570,10 @@ def main() -> None:
                    help="(a) without the third mode, L7 with the agent stopped during runs")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="parts to skip: http,paced,decode,kernel")
+    p.add_argument("--compare-agent", default="", metavar="DIR",
+                   help="(d): PYTHONPATH of other agent code (DIR/webb_agent) to compare with")
+    p.add_argument("--compare-rate", type=float, default=5000,
+                   help="(d): paced request rate, req/s (both agents must keep up)")
     p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                    default=[1000, 2000, 4000, 6000, 8000, 10000, 14000],
                    help="request rates of (a2), req/s")
@@ -519,7 +584,7 @@ def main() -> None:
     results: dict[str, object] = {}
     if "decode" not in args.skip:
         results["decode"] = part_decode(args.pairs, args.batch)
-    if {"http", "paced", "kernel"} <= set(args.skip):
+    if {"http", "paced", "kernel"} <= set(args.skip) and not args.compare_agent:
         return
     if os.geteuid() != 0:
         sys.exit("parts (a) and (c) need root (network namespaces, eBPF): "
@@ -533,6 +598,8 @@ def main() -> None:
             b.part_http()
         if "paced" not in args.skip:
             b.part_paced()
+        if args.compare_agent:
+            b.part_compare()
         if "kernel" not in args.skip:
             b.part_kernel()
     except KeyboardInterrupt:
@@ -556,6 +623,10 @@ def main() -> None:
     if "paced" in results:
         print(f"L7 without loss: {results['paced']:.0f} req/s on one connection "
               f"({2 * results['paced']:.0f} L7 events/s)")  # type: ignore[operator]
+    if "compare" in results:
+        ca, cb = results["compare"]  # type: ignore[misc]
+        print(f"agent CPU per L7 request at {args.compare_rate:g} req/s: {args.compare_agent} "
+              f"{ca:.1f} us, this checkout {cb:.1f} us (medians' ratio {cb / ca:.3f})")
     if "kernel" in results:
         k4, k7 = results["kernel"]  # type: ignore[misc]
         print(f"kernel: {k4:.0f} ns (L4) vs {k7:.0f} ns (L7) per request inside the TC programs")
