@@ -5,7 +5,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import webb
 from webb.tls import server_credentials
@@ -199,6 +199,7 @@ class Agent:
         proxy.on_flow = self._proxy_flow
         proxy.dns.on_flow = self._proxy_flow
         proxy.dns.on_answer = self.policy.learn_dns
+        proxy.dns.on_names = self._proxy_dns_names
         try:
             await proxy.start()
         except Exception as e:  # policy stays closed: policed connections drop
@@ -220,6 +221,10 @@ class Agent:
                "l7proxy.dns_denied": st.dns_denied}
         out.update({f"l7proxy.error_{k}": v for k, v in st.errors.items()})
         return out
+
+    def _proxy_dns_names(self, answer: Any, time_ns: int) -> None:
+        """An answer the DNS proxy let through names the flows to its addresses."""
+        self.fqdn.learn([answer.query, *answer.cnames], list(answer.ips), answer.ttl, time_ns)
 
     def _proxy_flow(self, f: ProxyFlow | DNSFlow) -> None:
         # Ingest gathers them and writes them with its next drain, in time order.

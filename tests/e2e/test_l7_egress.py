@@ -283,6 +283,34 @@ def test_to_fqdns_allows_answered_addresses_until_the_ttl_ends(lab, agent):
     assert cidr_identity(agent, ext2.ip4)
 
 
+def test_proxied_answers_name_the_flows(lab, agent):
+    """As Cilium's DNS proxy: an answer it let through names the L3/L4 flows to (and
+    from) the answered address. No L7 visibility is configured here, so nothing but
+    the proxy can have taught the name."""
+    ext = lab.pods["ext"]
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    got = dns(lab, "api.ext.example", then_get=PORT)
+    assert got["ips"] == [ext.ip4] and got["get"] == 200, got
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=4)], destination_ip=[ext.ip4]),
+        fpb.FlowFilter(event_type=[fpb.EventTypeFilter(type=4)], source_ip=[ext.ip4])])
+
+    def flows():
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        # both ways (the SYN, the SYN-ACK) at least
+        return fs if {f.IP.destination for f in fs} == {ext.ip4, lab.pods["client"].ip4} \
+            else None
+    fs = wait_for(flows, 10, 0.2, "the L3/L4 flows of the connection")
+    for f in fs:
+        if f.IP.destination == ext.ip4:
+            assert list(f.destination_names) == ["api.ext.example"], f
+            assert not f.source_names
+        else:
+            assert list(f.source_names) == ["api.ext.example"], f
+            assert not f.destination_names
+
+
 def test_policy_removed_traffic_goes_direct(lab, workdir, agent):
     (workdir / "policies" / "egress.yaml").unlink()  # test_no_proxy_fails_closed writes it again
     wait_for(lambda: not agent.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,

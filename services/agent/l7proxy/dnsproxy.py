@@ -7,7 +7,10 @@ identity) goes on to that server from the node, and its answer back to the clien
 any other gets REFUSED at once, as from Cilium's DNS proxy. Answers leave from the
 original server's address and port (a transparent socket bound to it), so the client
 sees its server answer. Before an allowed answer reaches the client, `on_answer`
-(toFQDNs) may wait until the datapath allows the addresses in it.
+(toFQDNs) may wait until the datapath allows the addresses in it, and `on_names` hands
+it to the table that names flows (pipeline/l7/fqdn.py), as Cilium names flows from its
+DNS proxy's answers. The passive L7 capture steps aside on proxied directions
+(bpf/flow.c), so these answers are not learned twice from the client's interface.
 
 Each query and each answer is an L7 flow (observation source "proxy"): the query
 `dns-request` FORWARDED or DROPPED, the answer `dns-response` with its rcode.
@@ -166,6 +169,9 @@ class DNSProxy:
         self.on_flow: Callable[[DNSFlow], None] | None = None
         # toFQDNs: called with (client endpoint id, answer) before the answer is sent.
         self.on_answer: Callable[[int, DNSMessage], Awaitable[None]] | None = None
+        # Names on flows: called with (answer, wall-clock ns) for every answer let
+        # through, before the client has it (its next connection is named already).
+        self.on_names: Callable[[DNSMessage, int], None] | None = None
         self._socks: list[socket.socket] = []
         self._replies: OrderedDict[tuple[int, str, int], socket.socket] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -294,8 +300,14 @@ class DNSProxy:
                 # but the answer still goes (never more than the policy allows).
                 log.exception("learning the addresses of %s failed", got.query)
         if got is not None:
-            self._flow(DNSFlow(fam, client, server, True, True, policies, got,
-                               time.monotonic_ns() - t0, tcp=tcp))
+            flow = DNSFlow(fam, client, server, True, True, policies, got,
+                           time.monotonic_ns() - t0, tcp=tcp)
+            if self.on_names is not None and not got.rcode and got.ips:
+                try:
+                    self.on_names(got, flow.time_ns)
+                except Exception:
+                    log.exception("naming the addresses of %s failed", got.query)
+            self._flow(flow)
         return answer
 
     async def _upstream(self, family: int, server: tuple[str, int], data: bytes,
