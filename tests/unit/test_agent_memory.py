@@ -184,7 +184,7 @@ def test_interface_fields_are_bounded_with_evictions_counted():
 def test_small_parse_caches_are_bounded():
     from webb_agent.pipeline.flow_wire import _SECONDS
     from webb_agent.pipeline.l7 import http
-    from webb_agent.pipeline.l7.redact import redact_url
+    from webb_agent.pipeline.l7.redact import _redact_url_cached
 
     for i in range(http._CANONICAL_MAX + 1000):
         canonical_header_key(f"x-header-{i}")
@@ -192,7 +192,7 @@ def test_small_parse_caches_are_bounded():
     for i in range(4096 + 1000):
         timestamp((1_700_000_000 + i) * SEC + 1)
     assert len(_SECONDS) <= 4096
-    assert redact_url.cache_info().maxsize == 4096
+    assert _redact_url_cached.cache_info().maxsize == 4096
 
 
 def test_ingest_holds_no_per_event_objects_beyond_the_ring():
@@ -213,3 +213,32 @@ def test_ingest_holds_no_per_event_objects_beyond_the_ring():
     alive = [o for o in gc.get_objects() if type(o) is FlowRecord and id(o.raw) in mine]
     assert len(alive) == 255 and {id(o) for o in alive} == {id(ring.get(s)) for s in
                                                            range(ring.oldest_seq, ring.next_seq)}
+
+
+def test_l7_encoder_tables_are_bounded_in_bytes_too():
+    """The L7 encoder's tables of encoded values (pipeline/l7/encode.py) are bounded in
+    count and, as the values come from clients (a proxied head may be 60 KiB: long URLs,
+    long header names), in bytes: a value too long to repeat is encoded, not kept (nor
+    is a long URL's redaction, pipeline/l7/redact.py)."""
+    from webb_agent.l7proxy.flows import l7_message
+    from webb_agent.l7proxy.http1 import parse_request
+    from webb_agent.l7proxy.proxy import ProxyFlow
+    from webb_agent.pipeline.l7 import encode, redact
+    from webb_agent.pipeline.l7.encode import L7Encoder
+
+    enc = L7Encoder("node", "v")
+    redact._redact_url_cached.cache_clear()
+
+    def held() -> int:
+        return (sum(len(a) + len(b) + len(c) + len(d) for (a, b), (c, d) in enc._requests.items())
+                + sum(len(a) + len(b) + len(c) for (a, b), c in enc._headers.items()))
+
+    for i in range(encode._CACHED + 1000):
+        long = f"{i:08d}" * 1000  # 8 KB
+        head = parse_request(f"GET /{long} HTTP/1.1\r\nHost: s\r\nX-{long}: v\r\n\r\n".encode())
+        f = ProxyFlow(1, 4, ("10.0.0.1", 40000), ("10.0.0.2", 80), False, True, (), head)
+        m = l7_message(f, 0)
+        assert long in fpb.Flow.FromString(enc.encode(m, SEC, "u", b"", b"")).l7.http.url
+    assert len(enc._requests) <= encode._CACHED and len(enc._headers) <= encode._CACHED
+    assert held() < 4 << 20, f"{held() >> 20} MiB of encoded values kept"
+    assert redact._redact_url_cached.cache_info().currsize == 0  # nor redacted long URLs

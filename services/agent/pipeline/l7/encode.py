@@ -34,7 +34,10 @@ _IPV4, _IPV6 = vi(IPF.ipVersion, IPV4), vi(IPF.ipVersion, IPV6)
 # What an encoder keeps of values that repeat from flow to flow (header lines, URLs,
 # address pairs): each encoded once, tables bounded (cleared when full).
 _CACHED = 4096
-_CACHED_VALUE = 256  # longer header values (cookies, tokens) rarely repeat: not kept
+# Longer values (cookies, tokens, long URLs) rarely repeat, and come from clients (a
+# proxied head may be 60 KiB): encoded each time, not kept, so a table holds at most
+# _CACHED entries of this size.
+_CACHED_VALUE = 256
 _by_key = attrgetter("key")
 
 
@@ -105,9 +108,10 @@ class L7Encoder:
         if got is None:
             url = redact_url(req.url, self.redact)
             got = (f"{req.method} {url}", s(HTTP.method, req.method) + s(HTTP.url, url))
-            if len(self._requests) >= _CACHED:
-                self._requests.clear()
-            self._requests[k] = got
+            if len(req.url) + len(req.method) <= _CACHED_VALUE:
+                if len(self._requests) >= _CACHED:
+                    self._requests.clear()
+                self._requests[k] = got
         return got
 
     def _http(self, msg: HTTPRequest | HTTPResponse, req: HTTPRequest | None,
@@ -138,7 +142,7 @@ class L7Encoder:
                 if b is None:
                     b = ld(HTTP.headers, s(HTTP_HEADER.key, h.key) + s(
                         HTTP_HEADER.value, redact_header_value(h.key, h.value, redact)))
-                    if len(h.value) <= _CACHED_VALUE:
+                    if len(h.key) + len(h.value) <= _CACHED_VALUE:
                         if len(known) >= _CACHED:
                             known.clear()
                         known[k] = b

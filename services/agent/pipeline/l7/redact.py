@@ -116,9 +116,20 @@ def _redact_userinfo(netloc: str) -> str:
     return f"{user}:{REDACTED}@{hostport}" if colon else netloc
 
 
-@lru_cache(maxsize=4096)  # URLs repeat; splitting one costs microseconds
+# URLs repeat and splitting one costs microseconds: short ones are cached. Longer ones
+# (a proxied head may be 60 KiB) rarely repeat and would make the cache's 4096 entries
+# hundreds of MB: worked out each time.
+CACHED_URL = 256
+
+
 def redact_url(url: str, settings: RedactSettings) -> str:
     """Apply userinfo and query redaction to ``url``; never raises."""
+    if len(url) <= CACHED_URL:
+        return _redact_url_cached(url, settings)
+    return _redact_url(url, settings)
+
+
+def _redact_url(url: str, settings: RedactSettings) -> str:
     try:
         parts: SplitResult = urlsplit(url)
     except ValueError:
@@ -139,3 +150,6 @@ def redact_url(url: str, settings: RedactSettings) -> str:
     if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url  # untouched: return the original bytes, not a re-serialisation
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+_redact_url_cached = lru_cache(maxsize=4096)(_redact_url)
