@@ -5,8 +5,8 @@ and, now and then, walk every object the process holds. A service that turns flo
 batches into short-lived objects (the UI: views, routes, windows of flows) then spends
 ~5 % of its CPU in the collector, with whole-heap walks of ~0.1 s. After start-up the
 service freezes what it has built (modules, protobuf descriptors, the web framework)
-out of the collector's sight and raises the youngest generation's threshold, as the
-agent does (services/agent/memory.py). Reference counting still frees everything that
+out of the collector's sight and raises the youngest generation's threshold; the agent
+does the same (services/agent/memory.py calls this). Reference counting still frees everything that
 is not in a cycle at once; cycles are collected, only less often.
 """
 from __future__ import annotations

@@ -16,27 +16,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import logging
 import os
 import re
 
+from webb.gc_tune import THRESHOLD, freeze_and_raise
+
 log = logging.getLogger(__name__)
 
-GC_THRESHOLD = (50_000, 50, 100)
+GC_THRESHOLD = THRESHOLD
 COMPILER_LIBS = re.compile(r"/libLLVM[-.\w]*\.so|/libclang-cpp[-.\w]*\.so")
 MADV_DONTNEED = 4
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
 
 
 def tune_gc() -> bool:
-    """Collects, freezes the survivors and raises the thresholds; False if disabled."""
-    if os.environ.get("WEBB_AGENT_GC", "") == "default":
-        return False
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-    return True
+    """Collects, freezes the survivors and raises the thresholds (webb/gc_tune.py, as
+    the UI does); False if disabled."""
+    return freeze_and_raise("WEBB_AGENT_GC", GC_THRESHOLD)
 
 
 def release_freed_heap() -> bool:
