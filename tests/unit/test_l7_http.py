@@ -282,7 +282,8 @@ def test_encoder_writes_what_the_http_record_says():
     parts = _parts()
     parts["header"] += [b"Authorization: Bearer t", b"Cookie: a=b", b"X-Api-Key: k",
                         b"Accept: */*", b"Accept: text/html", b"X-Long: " + b"v" * 300]
-    parts["start"] += [b"GET /p?token=1&a=2 HTTP/1.1", b"GET http://u:pw@h/p?key=3 HTTP/1.1"]
+    parts["start"] += [b"GET /p?token=1&a=2 HTTP/1.1", b"GET http://u:pw@h/p?key=3 HTTP/1.1",
+                       b"GET /" + b"y" * 300 + b"?token=1 HTTP/1.1"]  # a URL too long to keep
     msgs = []
     while len(msgs) < 1500:
         head = rnd.choice(parts["start"]) + b"\r\n"
