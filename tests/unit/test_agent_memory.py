@@ -1,7 +1,8 @@
 """What the agent keeps in memory stays bounded (issue 16, item 9): the ring keeps a
 flow's body, not copies of its endpoints; start-up data (BTF) is not kept; every
 table that grows with traffic (DNS names, L7 pairing, TCP stream marks, namespaces,
-interfaces, small parse caches) stops at its bound and counts what it evicted.
+interfaces, small parse caches, the L7 encoder's tables) stops at its bound and counts
+what it evicted.
 
 Each bound is fed its size plus 1,000 distinct keys."""
 from __future__ import annotations
@@ -193,6 +194,13 @@ def test_small_parse_caches_are_bounded():
         timestamp((1_700_000_000 + i) * SEC + 1)
     assert len(_SECONDS) <= 4096
     assert _redact_url_cached.cache_info().maxsize == 4096
+    # header lines decoded once per distinct line; default hosts spelled out once
+    for i in range(http._HEADER_LINES_MAX + 1000):
+        assert http.parse_http(b"GET / HTTP/1.1\r\nX-Id: %d\r\n\r\n" % i).messages
+    assert len(http._HEADER_LINES) <= http._HEADER_LINES_MAX
+    for i in range(tracker_mod._HOSTS_MAX + 1000):
+        tracker_mod._default_host(4, packed_ip(f"10.{i >> 8 & 255}.{i & 255}.1"), 80)
+    assert len(tracker_mod._HOSTS) <= tracker_mod._HOSTS_MAX
 
 
 def test_ingest_holds_no_per_event_objects_beyond_the_ring():
