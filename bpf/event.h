@@ -15,6 +15,10 @@
 #define POINT_FROM_ENDPOINT 0
 #define POINT_TO_ENDPOINT 1
 
+// EVENT_POLICY_VERDICT's reason: the allowed connection goes to the L7 proxy (Cilium's
+// policy-verdict action "redirect", Hubble's verdict REDIRECTED).
+#define VERDICT_REDIRECT 1
+
 struct flow_event {
     u64 ts;
     u64 packets;   // trace: packets of the direction so far; drops: drops since the last event
@@ -28,7 +32,7 @@ struct flow_event {
     u32 ifindex;
     u32 pkt_len;
     u8 event_type;
-    u8 reason;     // trace reason (new, flags, report)
+    u8 reason;     // trace reason (new, flags, report); policy verdicts: VERDICT_REDIRECT
     u8 family;
     u8 proto;
     u8 tcp_flags;

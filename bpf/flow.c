@@ -849,6 +849,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             ev->policy_set = res.set_id;
             ev->match_type = res.match_type;
             ev->remote_id = identity;
+            // Only the first packet of a policed direction gets here.
+            ev->reason = res.proxy ? VERDICT_REDIRECT : 0;
             events.perf_submit(skb, ev, sizeof(*ev));
             stat_inc(STAT_EVENTS);
         }

@@ -311,6 +311,35 @@ def test_proxied_answers_name_the_flows(lab, agent):
             assert not f.destination_names
 
 
+def test_policy_verdicts_of_proxied_connections_are_redirected(lab, agent):
+    """Cilium's policy-verdict event says action "redirect" for a connection that L7
+    rules send to the proxy (Hubble: verdict REDIRECTED); an L3/L4 allow stays
+    FORWARDED."""
+    srv, d, ext = lab.pods["server"], lab.pods["dns"], lab.pods["ext"]
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    assert statuses(http(lab, srv.ip4, [{"send": get("/public/v")}])) == [200]
+    got = dns(lab, "api.ext.example", then_get=PORT)  # DNS rules; then toFQDNs, L3/L4
+    assert got["get"] == 200, got
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=5)], source_pod=[f"demo/{lab.pods['client'].name}"])])
+    want = {(srv.ip4, PORT), (d.ip4, 53), (ext.ip4, PORT)}
+
+    def verdicts():
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        by = {(f.IP.destination, f.l4.TCP.destination_port or f.l4.UDP.destination_port): f
+              for f in fs}
+        return by if want <= by.keys() else None
+    by = wait_for(verdicts, 10, 0.2, "the policy verdicts of the three connections")
+    assert by[(srv.ip4, PORT)].verdict == fpb.REDIRECTED
+    assert by[(d.ip4, 53)].verdict == fpb.REDIRECTED
+    assert by[(ext.ip4, PORT)].verdict == fpb.FORWARDED
+    for key in want:
+        f = by[key]
+        assert f.traffic_direction == fpb.EGRESS, f
+        assert [p.name for p in f.egress_allowed_by] == ["client-egress"], f
+
+
 def test_policy_removed_traffic_goes_direct(lab, workdir, agent):
     (workdir / "policies" / "egress.yaml").unlink()  # test_no_proxy_fails_closed writes it again
     wait_for(lambda: not agent.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,

@@ -266,6 +266,8 @@ def test_exporter_counts_the_proxy_verdicts_as_the_agent_flows_say(lab, agent, p
                         if r.HasField("flow")]
             if not verdicts:
                 return None
+            # Ingress L7 rules send the connection to the proxy: Cilium's "redirect".
+            assert {f.verdict for f in verdicts} == {fpb.REDIRECTED}, verdicts
             policy = dict(want_policy)
             for f in verdicts:
                 key = (fpb.TrafficDirection.Name(f.traffic_direction).lower(),

@@ -11,7 +11,8 @@ from webb.api.flow import flow_pb2 as fpb
 from webb_agent.datapath import kernel_drops as kd
 from webb_agent.datapath.btf import BTF, BTFError
 from webb_agent.datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT,
-                                       POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, FlowEvent)
+                                       POINT_FROM_ENDPOINT, POINT_TO_ENDPOINT, VERDICT_REDIRECT,
+                                       FlowEvent)
 from webb_agent.pipeline.flow_wire import ld, s, vi
 from webb_agent.stores.endpoints import packed_ip
 from webb_agent.pipeline.wire_cache import FlowWireCache
@@ -59,6 +60,15 @@ def test_policy_verdict_flow():
     assert f.HasField("is_reply") and f.is_reply.value is False
     eg = parse(event(EVENT_POLICY_VERDICT, point=POINT_FROM_ENDPOINT, policy_set=2, match_type=4))
     assert [p.name for p in eg.egress_allowed_by] == ["pol2"] and eg.policy_match_type == 4
+
+
+def test_policy_verdict_to_the_proxy_is_redirected():
+    """Cilium's policy-verdict action "redirect" (a connection L7 rules send to the
+    proxy) is Hubble's verdict REDIRECTED; the rest of the flow as any allow."""
+    f = parse(event(EVENT_POLICY_VERDICT, reason=VERDICT_REDIRECT, policy_set=2, match_type=2))
+    assert f.verdict == fpb.REDIRECTED and f.event_type.type == 5
+    assert [p.name for p in f.ingress_allowed_by] == ["pol2"] and f.policy_match_type == 2
+    assert f.traffic_direction == fpb.INGRESS and f.Type == fpb.L3_L4
 
 
 def test_kernel_drop_flow_keeps_the_kernel_reason():

@@ -20,6 +20,8 @@ EVENT_TRACE = 1
 EVENT_DROP = 2             # dropped by the datapath (policy); drop_reason: Hubble's code
 EVENT_POLICY_VERDICT = 3   # first packet of an allowed connection of a policed endpoint
 EVENT_KERNEL_DROP = 4      # freed by the kernel with a drop reason; drop_reason: the kernel's
+# EVENT_POLICY_VERDICT's reason: the connection goes to the L7 proxy (Hubble: REDIRECTED).
+VERDICT_REDIRECT = 1
 
 # bpf/flow.c marks the packets it drops with this, so drop.c does not report them again.
 WEBB_DROP_MARK = 0x7765626D

@@ -49,6 +49,7 @@ RESP = _fields(opb.GetFlowsResponse)
 
 # Values of flow.proto enums.
 VERDICT_FORWARDED, VERDICT_DROPPED = fpb.FORWARDED, fpb.DROPPED
+VERDICT_REDIRECTED = fpb.REDIRECTED
 FLOW_TYPE_L3_L4, FLOW_TYPE_L7 = fpb.L3_L4, fpb.L7
 L7_REQUEST, L7_RESPONSE = fpb.REQUEST, fpb.RESPONSE
 IPV4, IPV6 = fpb.IPv4, fpb.IPv6

@@ -27,7 +27,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.icmp import icmp_type_code
 
 from ..datapath.event import (EVENT_DROP, EVENT_KERNEL_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
-                              POINT_TO_ENDPOINT, REASON_NEW, FlowEvent)
+                              POINT_TO_ENDPOINT, REASON_NEW, VERDICT_REDIRECT, FlowEvent)
 from .flow_wire import (AGG, BOOL, CILIUM_EVENT_DROP, CILIUM_EVENT_POLICY_VERDICT,
                         CILIUM_EVENT_TRACE, EGRESS_ALLOWED_BY, EGRESS_DENIED_BY, EMITTER,
                         EMITTER_NAME, EP, ETH, EVT, FLOW_TYPE_L3_L4, ICMP, IFACE,
@@ -35,7 +35,7 @@ from .flow_wire import (AGG, BOOL, CILIUM_EVENT_DROP, CILIUM_EVENT_POLICY_VERDIC
                         POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB, RESP, TRACE_FROM_LXC,
                         TRACE_REASON_ESTABLISHED, TRACE_REASON_NEW, TRACE_REASON_REPLY,
                         TRACE_TO_LXC, TRAFFIC_EGRESS, TRAFFIC_INGRESS, TS, VERDICT_DROPPED,
-                        VERDICT_FORWARDED, WORKLOAD, F, _V, _varint, key, ld, s, timestamp,
+                        VERDICT_FORWARDED, VERDICT_REDIRECTED, WORKLOAD, F, _V, _varint, key, ld, s, timestamp,
                         varint, vi, with_endpoints)
 
 # TCPFlags field of each TCP header bit (FIN=1 ... CWR=8).
@@ -169,6 +169,8 @@ class FlowEncoder:
         tail = vi(F.Type, FLOW_TYPE_L3_L4) + s(F.node_name, node_name)
         self._static = emitter + vi(F.verdict, VERDICT_FORWARDED) + tail
         self._static_dropped = emitter + vi(F.verdict, VERDICT_DROPPED) + tail
+        # a policy verdict sending the connection to the L7 proxy (Cilium: action redirect)
+        self._static_redirected = emitter + vi(F.verdict, VERDICT_REDIRECTED) + tail
         # Set by the agent: a policy set's flow.Policy fields, and a kernel drop
         # reason's (name, Hubble DropReason).
         self.policies: Callable[[int, int], bytes] = _no_policies
@@ -261,6 +263,8 @@ class FlowEncoder:
             kind, summary = self._verdict(ev, summary)
             if et != EVENT_POLICY_VERDICT:
                 static = self._static_dropped
+            elif ev.reason == VERDICT_REDIRECT:
+                static = self._static_redirected
             if et == EVENT_KERNEL_DROP and not any(ev.smac) and not any(ev.dmac):
                 eth = b""
         return b"".join((
