@@ -155,3 +155,19 @@ def with_endpoints(body: bytes, uuid: bytes, src: bytes, dst: bytes) -> bytes:
     V = _V
     return b"".join((body, _T_UUID + V[len(uuid)] if uuid else b"", uuid,
                      _T_SRC, V[len(src)], src, _T_DST, V[len(dst)], dst))
+
+
+UUID_LEN = 36  # a flow's UUID: 19 characters of salt, then "%04x-%012x" of its seq
+SEQ_48 = 1 << 48  # below it (always, in practice) the seq part is b"0000-%012x" % seq
+
+
+def uuid_field_head(prefix: bytes) -> bytes:
+    """flow.Flow's uuid key and length, the salt part of every UUID (prefix: 19 bytes)
+    and the "0000-" of a seq below SEQ_48: a flow's uuid field is this + b"%012x" % seq."""
+    return _T_UUID + _V[UUID_LEN] + prefix + b"0000-"
+
+
+def endpoint_fields(src: bytes, dst: bytes) -> bytes:
+    """The source and destination fields of with_endpoints, for two encoded Endpoints."""
+    V = _V
+    return b"".join((_T_SRC, V[len(src)], src, _T_DST, V[len(dst)], dst))

@@ -106,31 +106,39 @@ async def read_flows(ring: Ring, req: ReadRequest,
     history_limit = req.number if (req.number and not req.first) else 0
 
     pos, sent = start, 0
+    follow = req.follow
+    # Once per entry sent, so the ring is read here without method calls: its list,
+    # and the oldest seq it holds as Ring.oldest_seq computes it (writers run while
+    # this generator is suspended at a yield, so both bounds are read again after one).
+    buf, cap, floor = ring.buffer, ring.capacity, ring.start_seq
     while True:
-        oldest = ring.oldest_seq
+        nxt = ring.next_seq
+        oldest = nxt - cap
+        if oldest < floor:
+            oldest = floor
         if pos < oldest:
-            upto = oldest if req.follow else min(oldest, end)
+            upto = oldest if follow else min(oldest, end)
             lost_from, pos = pos, oldest
             if upto > lost_from:
                 yield Lost(LOST_SOURCE_RING, upto - lost_from, -1, time.time_ns(), lost_from)
                 continue  # the ring went on while the notice was sent: look again
-        if pos >= ring.next_seq or (not req.follow and pos >= end):
-            if not req.follow:
+        if pos >= nxt or (not follow and pos >= end):
+            if not follow:
                 return
             if idle:
                 yield IDLE
             await ring.wait_beyond(pos)
             continue
-        e = ring.get(pos)
+        e = buf[pos % cap]
         pos += 1
-        if isinstance(e, LostRecord):
+        if e.__class__ is LostRecord:
             yield Lost(e.source, e.count, e.cpu, e.time_ns)
             continue
         if e is None:
             continue
         t = e.time_ns
         if until is not None and t > until:
-            if req.follow or pos >= end:
+            if follow or pos >= end:
                 return
             continue
         if since is not None and t < since:
@@ -141,5 +149,5 @@ async def read_flows(ring: Ring, req: ReadRequest,
         sent += 1
         if limit and sent >= limit:
             return
-        if history_limit and sent >= history_limit and not req.follow:
+        if history_limit and sent >= history_limit and not follow:
             return

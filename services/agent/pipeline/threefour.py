@@ -35,8 +35,8 @@ from .flow_wire import (AGG, BOOL, CILIUM_EVENT_DROP, CILIUM_EVENT_POLICY_VERDIC
                         POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB, RESP, TRACE_FROM_LXC,
                         TRACE_REASON_ESTABLISHED, TRACE_REASON_NEW, TRACE_REASON_REPLY,
                         TRACE_TO_LXC, TRAFFIC_EGRESS, TRAFFIC_INGRESS, TS, VERDICT_DROPPED,
-                        VERDICT_FORWARDED, VERDICT_REDIRECTED, WORKLOAD, F, _V, _varint, key, ld, s, timestamp,
-                        varint, vi, with_endpoints)
+                        VERDICT_FORWARDED, VERDICT_REDIRECTED, WORKLOAD, F, _V, _varint, key, ld,
+                        s, timestamp, uuid_field_head, varint, vi, with_endpoints)
 
 # TCPFlags field of each TCP header bit (FIN=1 ... CWR=8).
 _TCP_FLAG_FIELDS = tuple((bit, fpb.TCPFlags.DESCRIPTOR.fields_by_name[name].number)
@@ -178,11 +178,12 @@ class FlowEncoder:
         # Set in Kubernetes mode: Flow fields 20/21 (source/destination_service) of an
         # event, from the Services the agent watches (k8s/services.py).
         self.services: Callable[[FlowEvent], bytes] = _no_services
-        self._node_field = s(RESP.node_name, node_name)
+        self.node_field = s(RESP.node_name, node_name)
         salt = uuid.uuid4().hex
         # Stable per flow (so two reads agree), distinct across agents and restarts.
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
         self._uuid_prefix_b = self._uuid_prefix.encode()
+        self.uuid_field_head = uuid_field_head(self._uuid_prefix_b)
         # flow.Flow interface fields by ifindex; pods come and go with new ifindexes, so
         # the least recently added go beyond MAX_INTERFACES (counted).
         self._iface: dict[int, bytes] = {}
@@ -196,6 +197,7 @@ class FlowEncoder:
             raise ValueError("a UUID salt needs 16 hex digits")
         self._uuid_prefix = f"{salt[:8]}-{salt[8:12]}-{salt[12:16]}-"
         self._uuid_prefix_b = self._uuid_prefix.encode()
+        self.uuid_field_head = uuid_field_head(self._uuid_prefix_b)
 
     def flow_uuid(self, seq: int) -> str:
         return f"{self._uuid_prefix}{(seq >> 48) & 0xFFFF:04x}-{seq & 0xFFFFFFFFFFFF:012x}"
@@ -311,5 +313,5 @@ class FlowEncoder:
         sent: one join, one copy of the flow, a few µs less than concatenating)."""
         n = len(flow)
         ts = timestamp(time_ns)
-        return b"".join((_R_FLOW, _V[n] if n < 65536 else _varint(n), flow, self._node_field,
+        return b"".join((_R_FLOW, _V[n] if n < 65536 else _varint(n), flow, self.node_field,
                          _R_TIME, _V[len(ts)], ts))

@@ -31,6 +31,17 @@ class Ring(Generic[T]):
         self._wakeup: asyncio.Future[None] | None = None
 
     @property
+    def buffer(self) -> list[T | None]:
+        """The entries, seq % capacity: for a reader that indexes them itself
+        (pipeline/selection.py, once per entry sent), with oldest_seq's rule."""
+        return self._buf
+
+    @property
+    def start_seq(self) -> int:
+        """The first seq this ring was given (oldest_seq is never below it)."""
+        return self._start
+
+    @property
     def next_seq(self) -> int:
         return self._next
 
