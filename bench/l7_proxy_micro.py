@@ -133,7 +133,7 @@ async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
             profile.disable()
         cpu = time.process_time() - c0
         lst.close()
-        print(f"load average: {os.getloadavg()[0]:.2f}")
+        print(f"load average: {os.getloadavg()[0]:.2f}; event loop: {type(loop).__module__}")
         print(f"{requests} requests on one keep-alive connection: {requests / seconds:.0f} req/s, "
               f"proxy CPU {cpu / requests * 1e6:.1f} us/request ({flows} flows built)")
     finally:
@@ -145,13 +145,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true", help="cProfile the proxy (slower)")
+    ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                    help="the proxy's event loop (the agent's default: uvloop)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.mode == "peer":
         _peer(a.requests)
         return
     prof = cProfile.Profile() if a.profile else None
-    asyncio.run(_proxy(a.requests, prof))
+    if a.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_proxy(a.requests, prof))
+    else:
+        asyncio.run(_proxy(a.requests, prof))
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 

@@ -90,6 +90,7 @@ class AgentConfig:
     # webb.stream.FlowStream (batched GetFlows for webb's own components); off, the
     # agent answers UNIMPLEMENTED there like a plain Hubble server.
     batch_service: bool = True
+    event_loop: str = "uvloop"  # or "asyncio" (main.py runs the agent on it)
 
 
 class Agent:
@@ -109,6 +110,7 @@ class Agent:
         self.policy: PolicyEngine | None = None
         self.kernel_drops: KernelDrops | None = None
         self.l7proxy: L7Proxy | None = None
+        self._proxy_flows: list[ProxyFlow | DNSFlow] = []
         self.attach_errors: dict[str, str] = {}
         self.agent_events = AgentEventLog()
         self.peers = PeerDirectory(cfg.cluster_name if cfg.tls_cert else "")
@@ -196,8 +198,10 @@ class Agent:
         assert self.datapath is not None and self.policy is not None
         proxy = L7Proxy(self.policy, self.registry, self.datapath, self.cfg.l7_proxy_port,
                         self.cfg.l7_proxy_idle_timeout)
-        proxy.on_flow = self._proxy_flow
-        proxy.dns.on_flow = self._proxy_flow
+        # A bound list.append: what the proxy reports per request costs no Python
+        # frame; ingest builds the messages with its next drain (_proxy_messages).
+        proxy.on_flow = proxy.dns.on_flow = self._proxy_flows.append
+        self.ingest.l7_source = self._proxy_messages
         proxy.dns.on_answer = self.policy.learn_dns
         proxy.dns.on_names = self._proxy_dns_names
         try:
@@ -226,11 +230,17 @@ class Agent:
         """An answer the DNS proxy let through names the flows to its addresses."""
         self.fqdn.learn([answer.query, *answer.cnames], list(answer.ips), answer.ttl, time_ns)
 
-    def _proxy_flow(self, f: ProxyFlow | DNSFlow) -> None:
-        # Ingest gathers them and writes them with its next drain, in time order.
+    def _proxy_messages(self) -> list:
+        """The L7 proxy's flows since the last drain, as L7 messages (ingest writes them
+        with the datapath's records, in time order)."""
+        if not self._proxy_flows:
+            return []
+        fs = self._proxy_flows.copy()
+        self._proxy_flows.clear()  # the same list: the proxy holds its append
         assert self.policy is not None
-        make = dns_message if isinstance(f, DNSFlow) else l7_message
-        self.ingest.add_l7([make(f, self.policy.sets.intern(f.policies))])  # type: ignore[arg-type]
+        intern = self.policy.sets.intern
+        return [(dns_message if isinstance(f, DNSFlow) else l7_message)(  # type: ignore[arg-type]
+            f, intern(f.policies)) for f in fs]
 
     async def _start_kernel_drops(self) -> None:
         assert self.datapath is not None

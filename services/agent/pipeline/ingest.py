@@ -75,6 +75,9 @@ class Ingest:
         self.l7: L7Tracker | None = None
         self._l7_raw: list[bytes] = []
         self._l7_msgs: list = []  # already-built L7 messages (add_l7)
+        # L7 messages built on demand, once per drain (the L7 proxy's flows: building
+        # them per request would put that work on the request's path).
+        self.l7_source: Callable[[], list] | None = None
         # Records of the last timer drain too new to release (see HOLD_NS).
         self._held: list[FlowRecord] = []
         self._offset = wall_offset_ns()
@@ -124,6 +127,8 @@ class Ingest:
         l7raws, self._l7_raw = self._l7_raw, []
         held, self._held = self._held, []
         msgs, self._l7_msgs = self._l7_msgs, []
+        if self.l7_source is not None:
+            msgs.extend(self.l7_source())
         if not raws and not lost and not l7raws and not held and not msgs:
             return 0
         mono = time.monotonic_ns()

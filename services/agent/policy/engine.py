@@ -10,6 +10,7 @@ enforced policy as it was.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -357,14 +358,20 @@ class PolicyEngine:
 
     def identity_of(self, ip: str) -> int:
         """The security identity the datapath gives an address (world if none)."""
-        a = ipaddress.ip_address(ip)
-        return self._ip_lookup.lookup(a.version, a.packed.ljust(16, b"\0"))
+        return self._ip_lookup.lookup(*_ip_key(ip))
 
     def local_identities(self) -> dict[int, tuple[str, ...]]:
         return {num: CIDRIdentities.labels(net) for net, num in self.compiled.cidrs.items()}
 
     def ipcache(self) -> dict[IPKey, int]:
         return dict(self.writer.current.ipcache)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_key(ip: str) -> tuple[int, bytes]:
+    """(version, address padded to 16 bytes); the L7 proxy asks per request."""
+    a = ipaddress.ip_address(ip)
+    return a.version, a.packed.ljust(16, b"\0")
 
 
 # -- policy files ---------------------------------------------------------------------------
