@@ -74,6 +74,7 @@ class AgentConfig:
     l7_proxy_port: int = 0     # 0: any free port
     l7_proxy_idle_timeout: float = 60.0
     tofqdns_min_ttl: float = 0.0
+    dnsproxy_concurrency_limit: int = 256  # DNS queries asked upstream at once
     redact: RedactSettings = field(default_factory=RedactSettings)
     # Kubernetes mode (k8s/): pods, nodes, namespaces, Services and policies from the
     # API server, identities allocated cluster-wide through it.
@@ -204,6 +205,7 @@ class Agent:
         self.ingest.l7_source = self._proxy_messages
         proxy.dns.on_answer = self.policy.learn_dns
         proxy.dns.on_names = self._proxy_dns_names
+        proxy.dns.max_upstream = self.cfg.dnsproxy_concurrency_limit
         try:
             await proxy.start()
         except Exception as e:  # policy stays closed: policed connections drop
@@ -222,7 +224,8 @@ class Agent:
         out = {"l7proxy.port": p.port, "l7proxy.connections": st.connections,
                "l7proxy.active_connections": st.active, "l7proxy.requests": st.requests,
                "l7proxy.denied": st.denied, "l7proxy.dns_queries": st.dns_queries,
-               "l7proxy.dns_denied": st.dns_denied}
+               "l7proxy.dns_denied": st.dns_denied,
+               "l7proxy.dns_upstream_active": p.dns.upstream_active}
         out.update({f"l7proxy.error_{k}": v for k, v in st.errors.items()})
         return out
 

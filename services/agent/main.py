@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--tofqdns-min-ttl", type=float, default=0.0, metavar="SECONDS",
                    help="the least time addresses from a DNS answer stay allowed to toFQDNs "
                         "rules, whatever the answer's TTL (default 0: the TTL, as Cilium)")
+    p.add_argument("--dnsproxy-concurrency-limit", type=_positive_int, default=256,
+                   metavar="N",
+                   help="DNS queries the DNS proxy asks servers at once (one socket each; "
+                        "default 256); more are answered SERVFAIL at once, as Cilium's flag")
     p.add_argument("--drop-report-interval", type=float, default=1.0,
                    help="seconds between reports of repeated drops of one peer and port "
                         "(default 1); drops in between are counted")
@@ -185,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
         l7_proxy_idle_timeout=a.l7_proxy_idle_timeout, tofqdns_min_ttl=a.tofqdns_min_ttl,
+        dnsproxy_concurrency_limit=a.dnsproxy_concurrency_limit,
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
         install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,
         identity_gc_grace=a.identity_gc_grace, tls_cert=a.tls_cert, tls_key=a.tls_key,
@@ -204,6 +209,16 @@ async def _run(cfg: AgentConfig) -> None:
         await stop.wait()
     finally:
         await agent.stop()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ address (the proxy connects from it), and the L7 flows say EGRESS."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,10 @@ FQDN_TTL = 300
 SHORT_TTL = 1
 ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
         "denied.example.com.": [30, ["10.99.0.2"]],
-        "www.good.example.": [30, ["10.99.0.3"]]}
+        "www.good.example.": [30, ["10.99.0.3"]],
+        "silent.good.example.": None}  # allowed, never answered
+# The DNS proxy's upstream bound for this module's agent (--dnsproxy-concurrency-limit).
+DNS_LIMIT = 16
 # toFQDNs: "api.ext.example" is the pod "ext" (no endpoint: outside the cluster), added
 # to ZONE once the lab knows its address; "short.ext.example" is "ext2", asked for only
 # after the check that an address no answer gave stays denied.
@@ -127,7 +131,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def agent(lab, workdir):
-    a = start_agent(lab, workdir)
+    a = start_agent(lab, workdir, "--dnsproxy-concurrency-limit", str(DNS_LIMIT))
     try:
         yield a
     finally:
@@ -243,6 +247,43 @@ def test_dns_rules_allow_and_refuse(lab, agent):
     assert [p.name for p in req_ok.egress_allowed_by] == ["client-egress"]
     counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
     assert counters["l7proxy.dns_queries"] >= 7 and counters["l7proxy.dns_denied"] >= 3
+
+
+def test_dns_upstream_queries_are_bounded(lab, agent):
+    """A flood of allowed queries to a server that never answers: at most DNS_LIMIT
+    wait for it (one socket each), every other is SERVFAIL at once with an ERROR flow
+    (Cilium's --dnsproxy-concurrency-limit); no descriptor is left behind, and once the
+    waiting ones time out a query is answered again."""
+    flood = 100  # well inside the proxy socket's receive buffer
+    status = lambda: agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    wait_for(lambda: status()["l7proxy.dns_upstream_active"] == 0, 15, 0.2,
+             "no query upstream before the flood")
+    fds = lambda: len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+    before = fds()
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "dns_flood.py"),
+                   lab.pods["dns"].ip4, "silent.good.example", str(flood), "3", timeout=60)
+    got = json.loads(out.stdout)
+    assert got["rcodes"] == {"2": flood - DNS_LIMIT}, got  # the rest never answered
+    assert status()["l7proxy.dns_upstream_active"] <= DNS_LIMIT
+    # + 1: the socket answering from the server's address, kept (MAX_REPLY_SOCKETS)
+    assert fds() <= before + DNS_LIMIT + 1
+    assert status()["l7proxy.error_dns_concurrency_limit"] >= flood - DNS_LIMIT
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        verdict=[fpb.ERROR], event_type=[fpb.EventTypeFilter(type=129)])])
+
+    def errors():
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        return fs if len(fs) >= 2 * (flood - DNS_LIMIT) else None
+    fs = wait_for(errors, 10, 0.2, "an ERROR request and answer flow per SERVFAIL")
+    assert {(f.l7.type, f.l7.dns.rcode) for f in fs} == {(fpb.REQUEST, 0), (fpb.RESPONSE, 2)}
+    assert {f.l7.dns.query for f in fs} == {"silent.good.example."}
+    # The waiting ones time out (no answer, as from the server) and close their sockets.
+    wait_for(lambda: status()["l7proxy.dns_upstream_active"] == 0, 15, 0.2,
+             "the unanswered queries to time out")
+    assert fds() <= before + 1
+    assert dns(lab, "allowed.example.com")["ips"] == ["10.99.0.1"]
 
 
 def cidr_identity(agent: AgentProc, ip: str) -> bool:

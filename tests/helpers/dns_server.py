@@ -2,7 +2,8 @@
 
 usage: dns_server.py PORT ZONE_JSON
 ZONE_JSON maps names to [ttl, [addresses...]], e.g. {"api.example.com.": [2, ["10.1.1.1"]]}.
-A/AAAA questions get the name's addresses of that family, unknown names NXDOMAIN.
+A/AAAA questions get the name's addresses of that family, unknown names NXDOMAIN;
+a name mapped to null is never answered (a server that does not answer).
 Prints "ready" once it listens (IPv4 and IPv6); logs each question on stderr.
 """
 import ipaddress, json, socket, struct, sys, threading
@@ -21,6 +22,8 @@ def answer(data):
     name, qtype, end = question(data)
     print(f"question {name} {qtype}", file=sys.stderr, flush=True)
     rrs = []
+    if name in zone and zone[name] is None:
+        return None
     if name in zone:
         ttl, addrs = zone[name]
         for a in addrs:
@@ -36,6 +39,8 @@ def tcp_conn(c):
         f = c.makefile("rb")
         while (h := f.read(2)) and len(h) == 2:
             a = answer(f.read(struct.unpack("!H", h)[0]))
+            if a is None:
+                continue
             c.sendall(struct.pack("!H", len(a)) + a)
 
 def tcp_server():
@@ -57,6 +62,8 @@ print("ready", flush=True)
 while True:
     data, addr = s.recvfrom(4096)
     try:
-        s.sendto(answer(data), addr)
+        a = answer(data)
+        if a is not None:
+            s.sendto(a, addr)
     except Exception as e:  # a malformed question: no answer
         print(f"bad question: {e}", file=sys.stderr, flush=True)

@@ -51,6 +51,8 @@ def test_refused_keeps_id_and_question_only():
     assert m.query == "denied.example.com." and m.qtypes == ("A",)
     assert struct.unpack_from("!6H", r)[2:] == (1, 0, 0, 0)  # EDNS record dropped
     assert struct.unpack_from("!H", r, 2)[0] & 0x0100  # RD kept
+    s = parse_dns(refused(query("x.example", edns=True), rcode=2))  # the upstream bound's
+    assert s is not None and s.rcode == 2 and s.id == 0x1234 and s.query == "x.example."
 
 
 def test_decide_merges_rules_like_cilium():

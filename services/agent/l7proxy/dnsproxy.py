@@ -34,10 +34,13 @@ log = logging.getLogger(__name__)
 
 IP_RECVORIGDSTADDR, IP_ORIGDSTADDR = 20, 20
 IPV6_RECVORIGDSTADDR, IPV6_ORIGDSTADDR = 74, 74
-RCODE_REFUSED = 5
+RCODE_SERVFAIL, RCODE_REFUSED = 2, 5
 MAX_DATAGRAM = 65535
 UPSTREAM_TIMEOUT = 5.0   # a server that does not answer: the client's own retry decides
-MAX_INFLIGHT = 4096      # queries waiting for their server; more are dropped
+MAX_INFLIGHT = 4096      # queries being handled; more are dropped unanswered
+# Queries waiting for their server at once, per agent (one socket each): more are
+# answered SERVFAIL at once, as Cilium's --dnsproxy-concurrency-limit does.
+MAX_UPSTREAM = 256
 MAX_REPLY_SOCKETS = 256  # servers answered for at once (one socket each)
 
 
@@ -102,12 +105,12 @@ def orig_dst(family: int, ancdata: list[tuple[int, int, bytes]]) -> tuple[str, i
     return None
 
 
-def refused(query: bytes) -> bytes:
-    """The query sent back as a REFUSED answer: its header with QR and RCODE 5, its
-    question, nothing else (EDNS records dropped)."""
+def refused(query: bytes, rcode: int = RCODE_REFUSED) -> bytes:
+    """The query sent back as a REFUSED (or other rcode) answer: its header with QR and
+    the rcode, its question, nothing else (EDNS records dropped)."""
     ident, flags, qd = struct.unpack_from("!3H", query, 0)
     end = _question_end(query, qd)
-    flags = (flags & 0x7900) | 0x8000 | 0x0080 | RCODE_REFUSED  # QR, opcode, RD kept; RA
+    flags = (flags & 0x7900) | 0x8000 | 0x0080 | rcode  # QR, opcode, RD kept; RA
     return struct.pack("!6H", ident, flags, qd, 0, 0, 0) + query[12:end]
 
 
@@ -146,12 +149,14 @@ class DNSFlow:
     """One query or answer the proxy handled, for an L7 flow (l7proxy/flows.py)."""
 
     __slots__ = ("time_ns", "family", "client", "server", "response", "allowed", "policies",
-                 "message", "latency_ns", "tcp")
+                 "message", "latency_ns", "tcp", "error")
 
     def __init__(self, family: int, client: tuple[str, int], server: tuple[str, int],
                  response: bool, allowed: bool, policies: tuple[PolicyRef, ...],
-                 message: DNSMessage, latency_ns: int = 0, tcp: bool = False) -> None:
+                 message: DNSMessage, latency_ns: int = 0, tcp: bool = False,
+                 error: bool = False) -> None:
         self.tcp = tcp
+        self.error = error  # allowed, but the proxy could not ask (verdict ERROR)
         self.time_ns = time.time_ns()
         self.family = family
         self.client, self.server = client, server
@@ -175,6 +180,8 @@ class DNSProxy:
         self._socks: list[socket.socket] = []
         self._replies: OrderedDict[tuple[int, str, int], socket.socket] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_upstream = MAX_UPSTREAM
+        self.upstream_active = 0  # queries waiting for their server now
 
     def start(self, socks: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -272,6 +279,9 @@ class DNSProxy:
             table = eng.compiled.l7 if tcp else eng.compiled.l7_udp
             entries = table.get((ep.id, DIR_EGRESS, server[1]), ())
         allowed, policies = decide(entries, eng.identity_of(server[0]), msg.query)
+        if allowed and self.upstream_active >= self.max_upstream:
+            # Full: SERVFAIL at once (the client may retry), never one more socket.
+            return self._answer_error(fam, client, server, policies, msg, data, t0, tcp)
         self._flow(DNSFlow(fam, client, server, False, allowed, policies, msg, tcp=tcp))
         if not allowed:
             self.stats.dns_denied += 1
@@ -285,12 +295,15 @@ class DNSProxy:
                 self._flow(DNSFlow(fam, client, server, True, False, policies, got,
                                    time.monotonic_ns() - t0, tcp=tcp))
             return answer
+        self.upstream_active += 1
         try:
             answer = await self._upstream(family, server, data, tcp)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             self.stats.error("dns_upstream")
             log.debug("dns proxy: %s from %s: %s", msg.query, server, e)
             return None
+        finally:
+            self.upstream_active -= 1
         got = parse_dns(answer)
         if got is not None and self.on_answer is not None and ep is not None and not got.rcode:
             try:
@@ -308,6 +321,23 @@ class DNSProxy:
                 except Exception:
                     log.exception("naming the addresses of %s failed", got.query)
             self._flow(flow)
+        return answer
+
+    def _answer_error(self, fam: int, client: tuple[str, int], server: tuple[str, int],
+                      policies: tuple[PolicyRef, ...], msg: DNSMessage, data: bytes, t0: int,
+                      tcp: bool) -> bytes | None:
+        """Too many queries upstream: the query is an ERROR flow, its answer SERVFAIL."""
+        self.stats.error("dns_concurrency_limit")
+        self._flow(DNSFlow(fam, client, server, False, True, policies, msg, tcp=tcp,
+                           error=True))
+        try:
+            answer = refused(data, RCODE_SERVFAIL)
+        except (ValueError, IndexError, struct.error):
+            return None
+        got = parse_dns(answer)
+        if got is not None:
+            self._flow(DNSFlow(fam, client, server, True, True, policies, got,
+                               time.monotonic_ns() - t0, tcp=tcp, error=True))
         return answer
 
     async def _upstream(self, family: int, server: tuple[str, int], data: bytes,

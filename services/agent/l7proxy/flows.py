@@ -16,7 +16,7 @@ from typing import Any
 from ..datapath.event import (L7_DNS, L7_HTTP, L7_RESPONSE_SIDE, POINT_FROM_ENDPOINT,
                               POINT_TO_ENDPOINT, L7Event)
 from ..pipeline.flow_wire import (EGRESS_ALLOWED_BY, EGRESS_DENIED_BY, INGRESS_ALLOWED_BY,
-                                  INGRESS_DENIED_BY, VERDICT_DROPPED)
+                                  INGRESS_DENIED_BY, VERDICT_DROPPED, VERDICT_ERROR)
 from ..pipeline.l7.http import HTTPHeader, HTTPRequest, HTTPResponse, canonical_header_key
 from ..pipeline.l7.tracker import L7Message
 from .http1 import Head
@@ -91,7 +91,11 @@ def dns_message(f: DNSFlow, policy_set: int) -> L7Message:
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, proto,
                      POINT_FROM_ENDPOINT, L7_DNS, 0, 0)
+    # ERROR: allowed, but not asked (the proxy's upstream bound), as Cilium's proxy
+    # reports a query it could not forward.
+    verdict = VERDICT_ERROR if f.error else \
+        VERDICT_DROPPED if not f.response and not f.allowed else 0
     return L7Message(ev, f.time_ns, f.response, f.latency_ns, None, None, f.message,
-                     verdict=VERDICT_DROPPED if not f.response and not f.allowed else 0,
+                     verdict=verdict,
                      policy_set=policy_set, policy_field=_FIELDS[True, f.allowed],
                      observation_source="proxy")
