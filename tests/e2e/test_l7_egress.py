@@ -19,6 +19,7 @@ from webb.api.admin import admin_pb2 as apb
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.netlab import NetLab
+from test_metrics import Exporter
 
 pytestmark = pytest.mark.root
 
@@ -247,6 +248,77 @@ def test_dns_rules_allow_and_refuse(lab, agent):
     assert [p.name for p in req_ok.egress_allowed_by] == ["client-egress"]
     counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
     assert counters["l7proxy.dns_queries"] >= 7 and counters["l7proxy.dns_denied"] >= 3
+
+
+def test_exporter_counts_the_dns_proxy_flows_as_the_agent_holds_them(lab, agent, workdir):
+    """The exporter's dns family (Hubble's: queries by rcode "" or "Policy denied",
+    responses by rcode, response record types) counts the DNS proxy's flows exactly
+    as the agent holds them."""
+    exporter = Exporter(workdir, "metrics-dns", agent.address)
+    try:
+        exporter.start()
+        since = Timestamp()
+        since.FromNanoseconds(exporter.started_ns)  # the exporter counts from its start on
+        assert dns(lab, "allowed.example.com")["rcode"] == 0
+        assert dns(lab, "www.good.example", transport="tcp")["rcode"] == 0
+        assert dns(lab, "denied.example.com")["rcode"] == 5
+        req = opb.GetFlowsRequest(since=since, whitelist=[fpb.FlowFilter(
+            event_type=[fpb.EventTypeFilter(type=129)], protocol=["dns"])])
+
+        def six() -> list | None:
+            got = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+            return got if len(got) >= 6 else None
+        fs = wait_for(six, 10, 0.2, "6 DNS flows (3 queries, 3 answers)")
+        # What Hubble's dns handler makes of them (all A questions: ignoreAAAA keeps them).
+        rcodes = {0: "No Error", 5: "Query Refused"}
+        queries: dict[tuple, int] = {}
+        responses: dict[tuple, int] = {}
+        types: dict[tuple, int] = {}
+        for f in fs:
+            d = f.l7.dns
+            assert d.observation_source == "proxy" and list(d.qtypes) == ["A"], f
+            if f.verdict == fpb.DROPPED:
+                key = ("Policy denied", d.query, str(len(d.ips)))
+                queries[key] = queries.get(key, 0) + 1
+            elif not f.is_reply.value:
+                key = ("", d.query, str(len(d.ips)))
+                queries[key] = queries.get(key, 0) + 1
+            else:
+                key = (rcodes[d.rcode], d.query, str(len(d.ips)))
+                responses[key] = responses.get(key, 0) + 1
+                for t in d.rrtypes:
+                    types[(t, d.query)] = types.get((t, d.query), 0) + 1
+        assert queries == {("", "allowed.example.com.", "0"): 1, ("", "www.good.example.", "0"): 1,
+                           ("Policy denied", "denied.example.com.", "0"): 1}
+        assert responses == {("No Error", "allowed.example.com.", "1"): 1,
+                             ("No Error", "www.good.example.", "1"): 1,
+                             ("Query Refused", "denied.example.com.", "0"): 1}
+        want = ({("q",) + k: v for k, v in queries.items()}
+                | {("r",) + k: v for k, v in responses.items()}
+                | {("t",) + k: v for k, v in types.items()},
+                float(sum(queries.values())), float(sum(responses.values())),
+                float(sum(types.values())))
+
+        def counted() -> tuple:
+            got = {}
+            for k in want[0]:
+                if k[0] == "t":
+                    got[k] = exporter.value("hubble_dns_response_types_total", type=k[1],
+                                            query=k[2], qtypes="A")
+                else:
+                    got[k] = exporter.value(f"hubble_dns_{'queries' if k[0] == 'q' else 'responses'}"
+                                            "_total", rcode=k[1], query=k[2], ips_returned=k[3],
+                                            qtypes="A")
+            return (got, exporter.value("hubble_dns_queries_total"),
+                    exporter.value("hubble_dns_responses_total"),
+                    exporter.value("hubble_dns_response_types_total"))
+        try:
+            wait_for(lambda: counted() == want, 15, 0.2, "the exporter to count the DNS flows")
+        except AssertionError:
+            assert counted() == want
+            raise
+    finally:
+        exporter.stop()
 
 
 def test_dns_upstream_queries_are_bounded(lab, agent):
