@@ -79,7 +79,8 @@ def _framed(body: http1.Body, data: bytes, piece: int) -> int:
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 1 << 20])
 def test_body_framing_over_pieces_as_they_arrive(piece):
-    chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
+    chunked = (b"5\r\nhello\r\n6;ext=1\r\n world\r\nA ; e=\"x\"\r\n0123456789\r\n0\r\n"
+               b"X-Trailer: 1\r\n\r\nNEXT")
     b = http1.Body(CHUNKED)
     assert _framed(b, chunked, piece) == len(chunked) - 4 and b.done
     assert b.wire == len(chunked) - 4
@@ -96,6 +97,15 @@ def test_body_framing_over_pieces_as_they_arrive(piece):
 @pytest.mark.parametrize("data,status", [
     (b"zz\r\n", 400), (b"-5\r\nhello\r\n", 400), (b"0x5\r\nhello\r\n", 400),
     (b"5" * 5000 + b"\r\n", 400), (b"0\r\n" + b"X: y\r\n" * 20000, 431),
+    # Lenient forms a server may read otherwise than the proxy (request smuggling):
+    (b"5\r\nhelloXY0\r\n\r\n", 400),                        # no CRLF after the data
+    (b"5\r\nhello\n10\r\n\r\nGET /admin HTTP/1.1\r\n", 400),  # bare LF after the data
+    (b"5\nhello\r\n0\r\n\r\n", 400),                         # bare LF after the size
+    (b" 5\r\nhello\r\n0\r\n\r\n", 400),                     # blank before the size
+    (b"5 \r\nhello\r\n0\r\n\r\n", 400),                     # blank after it, no extension
+    (b"0\r\nX-Trailer: 1\n\r\n", 400),                         # bare LF in the trailers
+    (b"0\r\nnot a field\r\n\r\n", 400),                       # a trailer line without a name
+    (b"0\r\n\n", 400),                                         # the last line a bare LF
 ])
 def test_bad_chunked_framing_is_refused(data, status):
     for piece in (1, 1 << 20):

@@ -6,7 +6,9 @@ the connection closes) over the pieces as they arrive and says how much of each
 belongs to it, so the proxy forwards every piece at once (connection.py).
 Ambiguous framing (both Content-Length and Transfer-Encoding, several different
 lengths, a transfer coding other than chunked last) is refused: it is how request
-smuggling works.
+smuggling works. So are lenient chunk forms (bare LF, no CRLF after a chunk's data,
+blanks around the size, malformed trailer lines): a server reading them otherwise
+than the proxy would see a request the proxy never judged.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from typing import Any
 MAX_HEAD = 60 * 1024  # Envoy's default max_request_headers_kb
 MAX_HEADERS = 100
 MAX_CHUNK_LINE = 4096
-PIECE = 64 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# chunk = size [BWS ";" extensions] CRLF: no sign, 0x, _ or leading blank that int() would
+# take, no bare LF; what Envoy accepts, so both ends of the proxy cut the body alike
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[^\r\n]*)?\r\n")
+_TRAILER_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n")
 
 
 class HTTPError(Exception):
@@ -183,7 +187,7 @@ class Body:
 
     __slots__ = ("left", "mode", "line", "trailers", "done", "wire")
 
-    _SIZED, _TO_CLOSE, _SIZE_LINE, _DATA, _TRAILER = range(5)
+    _SIZED, _TO_CLOSE, _SIZE_LINE, _DATA, _DATA_END, _TRAILER = range(6)
 
     def __init__(self, framing: int) -> None:
         self.wire = 0          # bytes of the body seen so far
@@ -217,6 +221,14 @@ class Body:
                     i += take
                     self.left -= take
                     if not self.left:
+                        mode, self.left = self._DATA_END, 2
+                    continue
+                if mode == self._DATA_END:  # exactly CRLF after the data, maybe cut in two
+                    if buf[i] != b"\r\n"[2 - self.left]:
+                        raise HTTPError(400, "chunk data not followed by CRLF")
+                    i += 1
+                    self.left -= 1
+                    if not self.left:
                         mode = self._SIZE_LINE
                     continue
                 nl = buf.find(b"\n", i, i + MAX_CHUNK_LINE + 1)
@@ -234,19 +246,21 @@ class Body:
                     raise HTTPError(400, "chunk size line too long")
                 if mode == self._TRAILER:  # trailer fields, up to the blank line
                     self.trailers += len(line)
-                    if line in (b"\r\n", b"\n"):
+                    if line == b"\r\n":
                         self.done = True
+                    elif _TRAILER_FIELD.fullmatch(line) is None:
+                        raise HTTPError(400, "malformed trailer line")
                     elif self.trailers > MAX_HEAD:
                         raise HTTPError(431, "trailers too large")
                     continue
-                text = line.split(b";", 1)[0].strip(b" \t\r\n")
-                if _HEX.fullmatch(text) is None:  # no sign, 0x or _ that int() would take
-                    raise HTTPError(400, "malformed chunk size")
-                size = int(text, 16)
+                m = _CHUNK_SIZE.fullmatch(line)
+                if m is None:
+                    raise HTTPError(400, "malformed chunk size line")
+                size = int(m.group(1), 16)
                 if size == 0:
                     mode = self._TRAILER
                 else:
-                    mode, self.left = self._DATA, size + 2  # the chunk and its CRLF
+                    mode, self.left = self._DATA, size
             self.mode = mode
         self.wire += i - pos
         return i - pos
