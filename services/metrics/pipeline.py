@@ -40,6 +40,9 @@ from .series_gc import SeriesGC
 # Digests whose effects are remembered (a few kB each); full: forgotten all at once,
 # refilled by the flows still coming.
 MEMO_SIZE = 20_000
+# Longer digests (an HTTP URL of a proxied head may be 60 KiB) are recorded each time, never
+# remembered: MEMO_SIZE of them would hold gigabytes.
+MEMO_KEY_MAX = 2048
 # A batch with more than this share of new digests makes the next RETRY_BATCHES
 # batches go flow by flow.
 NEW_SHARE_MAX = 0.5
@@ -187,7 +190,7 @@ class Pipeline:
             if eff is None:
                 recorded += 1
                 eff = self._record(key)
-                if eff.reusable:
+                if eff.reusable and len(key) <= MEMO_KEY_MAX:
                     if key in once:
                         if len(memo) >= MEMO_SIZE:
                             memo.clear()

@@ -188,6 +188,9 @@ def _drop_reason(flow: Any) -> str:
 
 _parse = opb.GetFlowsResponse.FromString
 ROUTES_MAX = 10_000  # digests whose Route is remembered, per map
+# Longer digests (an HTTP URL of a proxied head may be 60 KiB) are resolved each time, never
+# kept: ROUTES_MAX of them would hold gigabytes.
+ROUTE_KEY_MAX = 2048
 CHUNK = 256  # flows digested in one go: larger batches fall out of the CPU caches (slower per flow)
 
 
@@ -345,7 +348,9 @@ class ServiceMap:
                 if r is None:
                     r = self._resolve(_parse(key).flow, now)
                     once = self._once
-                    if key in once:  # one-offs would crowd out the rest
+                    if len(key) > ROUTE_KEY_MAX:
+                        pass
+                    elif key in once:  # one-offs would crowd out the rest
                         self._remember(key, r)
                     else:
                         if len(once) >= ROUTES_MAX:

@@ -289,3 +289,23 @@ def test_a_metric_with_filters_always_goes_flow_by_flow(tmp_path):
     p.process_encoded([encode(f) for f in flows])
     assert p.digest_stats["flow_by_flow"] == 1
     assert p.flows == 200
+
+
+def test_long_digests_are_recorded_each_time_never_remembered(digests_always):
+    # Label sets are the handlers' own reading and may be long (Kubernetes allows many
+    # labels of 316 bytes): MEMO_SIZE digests of many kB would hold gigabytes.
+    rng = random.Random(5)
+    flows = []
+    for k in range(200):
+        f = random_flow(rng, k)
+        f.source.labels.extend([f"k8s:l{i}=v{k}" + "v" * 60 for i in range(40)])
+        flows += [f, f, f]
+    name = sorted(OPTION_SETS)[0]
+    slow, slow_gc = build(OPTION_SETS[name])
+    fast, fast_gc = build(OPTION_SETS[name])
+    for i in range(0, len(flows), 50):
+        slow.process_batch(flows[i:i + 50])
+        fast.process_encoded([encode(f) for f in flows[i:i + 50]])
+    assert state(fast, fast_gc) == state(slow, slow_gc)
+    assert fast.digest_stats["recorded"] == fast.digest_stats["distinct"]  # none remembered
+    assert not any(len(k) > pipeline_mod.MEMO_KEY_MAX for k in list(fast._memo) + list(fast._once))

@@ -260,3 +260,23 @@ def test_a_view_takes_flows_of_a_mixed_batch_and_counts_lost_events():
     assert list(view.window) == list(zip(range(101, 601), raws[100:]))
     counts = lambda m: {k: (a.forwarded, a.dropped, a.other) for k, a in m.arrows.items()}  # noqa: E731
     assert counts(view.map) == counts(one) and len(one.arrows) > 5
+
+
+def test_long_digests_are_resolved_each_time_never_kept():
+    # Proxied heads may carry 60 KiB URLs: remembering ROUTES_MAX such digests would hold
+    # gigabytes. Each flow comes twice (a second sighting is what gets a digest kept).
+    rng = random.Random(11)
+    flows = []
+    for k in range(300):
+        f = template(rng)
+        f.Type, f.verdict = fpb.L7, fpb.FORWARDED
+        f.l7.type = fpb.REQUEST
+        f.l7.http.method, f.l7.http.url = "GET", f"http://svc/{k}/" + "a" * (4000 if k % 3 else 10)
+        flows += [f, f]
+    one, bat = ServiceMap(), ServiceMap()
+    for f in flows:
+        one.add(f, 1000.0)
+    bat.add_batch([encode(f) for f in flows], 1000.0)
+    assert state(bat) == state(one)
+    kept = list(bat._routes) + list(bat._once)
+    assert kept and max(map(len, kept)) <= sm.ROUTE_KEY_MAX  # short digests are still kept
