@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
-from abba import abba_rounds  # noqa: E402
+from abba import abba_rounds, add_bare_getflows, cpu_seconds, run_profiled  # noqa: E402
 
 GET_FLOWS = "/observer.Observer/GetFlows"
 
@@ -79,36 +79,15 @@ def serve(mode: str, n: int, profile: str, gc_mode: str) -> None:
             # the batched stream too (for --cli; GetFlows' figures do not use it)
             stream_pb2_grpc.add_FlowStreamServicer_to_server(FlowStreamService(observer), server)
         else:
-            msgs = [cache.response(ring.get(s)) for s in range(ring.oldest_seq, ring.next_seq)]
-
-            async def get_flows(req, ctx):  # type: ignore[no-untyped-def]
-                for m in msgs:
-                    yield m
-            h = grpc.unary_stream_rpc_method_handler(get_flows, request_deserializer=lambda b: b,
-                                                     response_serializer=lambda b: b)
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-                "observer.Observer", {"GetFlows": h}),))
+            add_bare_getflows(server, [cache.response(ring.get(s))
+                                       for s in range(ring.oldest_seq, ring.next_seq)])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         await server.stop(None)
 
-    if profile:
-        import cProfile
-        import pstats
-        prof = cProfile.Profile()
-        prof.enable()
-        asyncio.run(main())
-        prof.disable()
-        pstats.Stats(prof, stream=open(profile, "w")).sort_stats("tottime").print_stats(25)
-    else:
-        asyncio.run(main())
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    run_profiled(main, profile)
 
 
 def cli(a: argparse.Namespace, ports: dict[str, int], rounds: int) -> None:

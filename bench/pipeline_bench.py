@@ -224,6 +224,7 @@ from typing import Any  # noqa: E402
 import grpc  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
+from abba import write_framed  # noqa: E402
 from relay_bench import (PAIRS, Relay, cpu_seconds, now_ts, pct, settle,  # noqa: E402
                          total_flows)
 from support import (NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint,  # noqa: E402
@@ -477,19 +478,11 @@ def ring_row() -> list[Target]:
 
 BARE_SERVER = r'''
 import asyncio, sys, grpc
-data = open(sys.argv[2], "rb").read()
-msgs, i = [], 0
-while i < len(data):
-    n = int.from_bytes(data[i:i + 4], "big"); msgs.append(data[i + 4:i + 4 + n]); i += 4 + n
-async def get_flows(req, ctx):
-    for m in msgs:
-        yield m
+sys.path.insert(0, sys.argv[3])
+from abba import add_bare_getflows, read_framed
 async def main():
     s = grpc.aio.server()
-    h = grpc.unary_stream_rpc_method_handler(get_flows, request_deserializer=lambda b: b,
-                                             response_serializer=lambda b: b)
-    s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("observer.Observer",
-                                                                     {"GetFlows": h}),))
+    add_bare_getflows(s, read_framed(sys.argv[2]))
     s.add_insecure_port("127.0.0.1:" + sys.argv[1]); await s.start(); print("ready", flush=True)
     await s.wait_for_termination()
 asyncio.run(main())
@@ -513,10 +506,11 @@ def getflows_row() -> list[Target]:
         req = {"since": times[0], "until": times[-1]}
         msgs = list(raw_get_flows(channel)(opb.GetFlowsRequest(**req), timeout=600))
         with tempfile.NamedTemporaryFile(delete=False) as f:
-            for m in msgs:
-                f.write(len(m).to_bytes(4, "big") + m)
+            pass
+        write_framed(f.name, msgs)
         port = free_port()
-        srv = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port), f.name],
+        srv = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port), f.name,
+                                str(ROOT / "bench")],
                                stdout=subprocess.PIPE, text=True)
         try:
             assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"

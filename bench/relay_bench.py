@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from abba import cpu_seconds  # noqa: E402  (bench/ is this script's directory)
 from support import (BIN, NO_BDP, TRAFFIC, AgentProc, free_port, pod_endpoint,  # noqa: E402
                      wait_for, write_endpoints)
 from webb.api.observer import observer_pb2 as opb  # noqa: E402
@@ -137,11 +138,6 @@ def settle(agents: list[AgentProc], want: int, timeout: float = 30) -> int:
         time.sleep(0.2)
         n = total_flows(agents)
     return n
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def history_rate(stub: observer_pb2_grpc.ObserverStub, **req: Any) -> tuple[int, float]:

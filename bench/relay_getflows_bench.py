@@ -37,26 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from abba import abba_rounds  # noqa: E402
+from abba import abba_rounds, add_bare_getflows, cpu_seconds, read_framed, run_profiled, write_framed  # noqa: E402
 
 GET_FLOWS = "/observer.Observer/GetFlows"
 BATCH = 1000
-
-
-def run_profiled(main, profile: str) -> None:  # type: ignore[no-untyped-def]
-    """asyncio.run(main()), under cProfile when `profile` names an output file."""
-    import asyncio
-    if not profile:
-        asyncio.run(main())
-        return
-    import cProfile
-    import pstats
-    prof = cProfile.Profile()
-    prof.enable()
-    asyncio.run(main())
-    prof.disable()
-    with open(profile, "w") as f:
-        pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(25)
 
 
 def serve_agent(index: int, agents: int, n: int, busy: bool) -> None:
@@ -146,24 +130,11 @@ def serve_bare(path: str, profile: str) -> None:
     import asyncio
 
     import grpc
-
-    data = Path(path).read_bytes()
-    msgs, i = [], 0
-    while i < len(data):
-        n = int.from_bytes(data[i:i + 4], "big")
-        msgs.append(data[i + 4:i + 4 + n])
-        i += 4 + n
-
-    async def get_flows(req, ctx):  # type: ignore[no-untyped-def]
-        for m in msgs:
-            yield m
+    msgs = read_framed(path)
 
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        h = grpc.unary_stream_rpc_method_handler(get_flows, request_deserializer=lambda b: b,
-                                                 response_serializer=lambda b: b)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "observer.Observer", {"GetFlows": h}),))
+        add_bare_getflows(server, msgs)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, flush=True)
@@ -171,11 +142,6 @@ def serve_bare(path: str, profile: str) -> None:
         await server.stop(None)
 
     run_profiled(main, profile)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
@@ -263,9 +229,7 @@ def main() -> None:
                 break
             time.sleep(0.2)
         assert len(msgs) == per_agent * a.agents + 1, len(msgs)
-        with open(data.name, "wb") as f:
-            for m in msgs:
-                f.write(len(m).to_bytes(4, "big") + m)
+        write_framed(data.name, msgs)
         bare, bare_port = start(["--serve", "bare", "--data", data.name]
                                 + (["--profile-out", prof_out["bare"]] if a.profile else []))
         procs.append(bare)
