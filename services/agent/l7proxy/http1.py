@@ -137,13 +137,16 @@ def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
     return "close" not in tokens
 
 
-def parse_request(raw: bytes) -> Head:
+def _start_and_headers(raw: bytes) -> tuple[bytes, list[tuple[str, str]]]:
     fast = _fast(raw)
-    if fast is None:
-        lines = _split(raw)
-        start, headers = lines[0], _headers(lines[1:])
-    else:
-        start, headers = fast
+    if fast is not None:
+        return fast
+    lines = _split(raw)
+    return lines[0], _headers(lines[1:])
+
+
+def parse_request(raw: bytes) -> Head:
+    start, headers = _start_and_headers(raw)
     parts = start.split(b" ")
     if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
         raise HTTPError(400, "malformed request line")
@@ -156,12 +159,7 @@ def parse_request(raw: bytes) -> Head:
 
 
 def parse_response(raw: bytes, method: str) -> Head:
-    fast = _fast(raw)
-    if fast is None:
-        lines = _split(raw)
-        start, headers = lines[0], _headers(lines[1:])
-    else:
-        start, headers = fast
+    start, headers = _start_and_headers(raw)
     parts = start.split(b" ", 2)
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not (
             len(parts[1]) == 3 and parts[1].isdigit()):
