@@ -3,10 +3,22 @@
 same server under an L4-only policy, in the same run. Prints figures and ratios with
 the machine and its load noted; asserts nothing.
 
-Run as root from the repository:  .venv/bin/python bench/l7_policy_bench.py  (~1 min;
---rounds, --seconds, --rate)
+Run as root from the repository:  .venv/bin/python bench/l7_policy_bench.py  (~2 min;
+--rounds, --seconds, --rate, --placements)
 
-Modes, interleaved ABBA (L4 L7 L7 L4, --rounds times), medians reported:
+Placement (--placements, default split,same): on a 2-vCPU VM the rate of one ping-pong
+connection depends mostly on where the scheduler puts the client and the server: on
+different CPUs every request pays cross-CPU wake-ups of a halted vCPU, on the same CPU
+none, and the rate doubles. Left to the scheduler, an L4 run lands on either, so a ratio
+of two unpinned runs compares a coin toss with a coin toss. So the client and the
+server are pinned (sched_setaffinity) the same way in both modes, and each placement is
+its own ABBA series with its own ratio:
+  split - the client on the first CPU, the server on the second;
+  same  - both on the first CPU;
+  free  - not pinned (what the bench did before; bimodal).
+The agent is never pinned: in production it runs where the scheduler puts it.
+
+Modes, interleaved ABBA (L4 L7 L7 L4, --rounds times per placement), medians reported:
   L4 - the server's policy allows the client on 8080/TCP: the kernel checks the first
        packet, the connection goes straight to the server;
   L7 - the same rule with `rules.http: [{method: GET, path: "/api/.*"}]`: the
@@ -105,7 +117,9 @@ def _serve_stdlib() -> None:
     srv.serve_forever()
 
 
-def _client(host: str, seconds: float, rate: float) -> None:
+def _client(host: str, seconds: float, rate: float, cpu: int) -> None:
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
     c = socket.create_connection((host, PORT), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     want = len(RESPONSE)
@@ -139,6 +153,15 @@ def _client(host: str, seconds: float, rate: float) -> None:
 
 
 # -- the bench -------------------------------------------------------------------------------
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of the process's main thread (the agent's event loop):
+    each is a sleep in epoll, i.e. one wake-up later."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
@@ -149,7 +172,11 @@ def main() -> None:
                          "baseline) or Python's http.server (a typical slow backend)")
     ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                     help="the agent's event loop (webb-agent --event-loop; default uvloop)")
+    ap.add_argument("--placements", default="split,same",
+                    help="comma-separated: split (client and server on different CPUs), "
+                         "same (one CPU), free (not pinned); default split,same")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--host", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.mode == "serve":
@@ -159,7 +186,7 @@ def main() -> None:
             asyncio.run(_serve(600))
         return
     if a.mode == "client":
-        _client(a.host, a.seconds, a.rate)
+        _client(a.host, a.seconds, a.rate, a.cpu)
         return
 
     from agent_bench import Agent, machine, proc_times, write_bench_endpoints
@@ -179,7 +206,7 @@ def main() -> None:
         write_bench_endpoints(eps, (cli, srv))
         server = lab.popen(srv.netns, sys.executable, __file__, "--mode", "serve",
                            "--backend", a.backend, stdout=subprocess.PIPE, text=True)
-        procs.append(server)
+        procs.append(server)  # `ip netns exec` execs: server.pid is the server's own
         assert server.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         agent = Agent(tmp, n1.netns, eps, ["--event-loop", a.event_loop])
         agent.start()
@@ -194,61 +221,99 @@ def main() -> None:
             text = POLICY + (L7_RULES if l7 else "")
             agent.admin.ApplyPolicies(admin_pb2.ApplyPoliciesRequest(documents=text), timeout=10)
 
-        def run(l7: bool, rate: float) -> dict:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("the placements need two CPUs")
+        # (client CPU, server CPU); -1: not pinned
+        where = {"split": (cpus[0], cpus[1]), "same": (cpus[0], cpus[0]), "free": (-1, -1)}
+        placements = [x.strip() for x in a.placements.split(",") if x.strip()]
+        for pl in placements:
+            if pl not in where:
+                raise SystemExit(f"unknown placement {pl!r} (split, same, free)")
+
+        def run(l7: bool, rate: float, pl: str) -> dict:
             apply(l7)
+            ccpu, scpu = where[pl]
+            os.sched_setaffinity(server.pid, {scpu} if scpu >= 0 else set(cpus))
             u0, s0 = proc_times(agent.pid)
+            w0 = wakeups(agent.pid)
             v0 = sum(proc_times(server.pid))
             out = lab.exec(cli.netns, sys.executable, __file__, "--mode", "client", "--host",
                            srv.ip4, "--seconds", str(a.seconds), "--rate", str(rate),
-                           timeout=a.seconds + 60)
+                           "--cpu", str(ccpu), timeout=a.seconds + 60)
             r = json.loads(out.stdout)
             u1, s1 = proc_times(agent.pid)
+            w1 = wakeups(agent.pid)
             v1 = sum(proc_times(server.pid))
             n = max(r["requests"], 1)
             r["server_cpu_us"] = (v1 - v0) * 1e6 / n
             r["agent_cpu_us"] = (u1 - u0 + s1 - s0) * 1e6 / n
             r["agent_sys_us"] = (s1 - s0) * 1e6 / n
+            r["agent_wakeups"] = (w1 - w0) / n
             return r
 
         load0 = os.getloadavg()
-        res: dict[str, dict[str, list[float]]] = {m: {"rps": [], "p50": [], "p99": [], "cpu": [], "sys": [], "client": [], "server": []}
-                                                  for m in ("L4", "L7")}
+        keys = ("rps", "p50", "p99", "cpu", "sys", "wake", "client", "server")
+        res = {pl: {m: {k: [] for k in keys} for m in ("L4", "L7")} for pl in placements}
         for _ in range(a.rounds):
-            for l7 in (False, True, True, False):
-                m = "L7" if l7 else "L4"
-                r = run(l7, 0)
-                res[m]["rps"].append(r["requests"] / r["seconds"])
-                res[m]["cpu"].append(r["agent_cpu_us"])
-                res[m]["sys"].append(r["agent_sys_us"])
-                res[m]["client"].append(r["client_cpu_us"])
-                res[m]["server"].append(r["server_cpu_us"])
-                p = run(l7, a.rate)
-                res[m]["p50"].append(p["p50_ms"])
-                res[m]["p99"].append(p["p99_ms"])
+            for pl in placements:  # the placements interleaved too: a drift hits all alike
+                for l7 in (False, True, True, False):
+                    d = res[pl]["L7" if l7 else "L4"]
+                    r = run(l7, 0, pl)
+                    d["rps"].append(r["requests"] / r["seconds"])
+                    d["cpu"].append(r["agent_cpu_us"])
+                    d["sys"].append(r["agent_sys_us"])
+                    d["wake"].append(r["agent_wakeups"])
+                    d["client"].append(r["client_cpu_us"])
+                    d["server"].append(r["server_cpu_us"])
+                    p = run(l7, a.rate, pl)
+                    d["p50"].append(p["p50_ms"])
+                    d["p99"].append(p["p99_ms"])
         load1 = os.getloadavg()
-        med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res.items()}
         print(f"machine: {machine()}")
         print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
-        print(f"{a.rounds} ABBA rounds of {a.seconds:g} s runs, one keep-alive connection each, "
-              f"backend {a.backend}")
-        for m in ("L4", "L7"):
-            d = med[m]
-            print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
-                  f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms; agent CPU "
-                  f"{d['cpu']:.1f} us/request ({d['sys']:.1f} in the kernel); client "
-                  f"{d['client']:.1f}, server {d['server']:.1f} us/request   "
-                  f"(runs: {', '.join(f'{x:.0f}' for x in res[m]['rps'])} req/s)")
-        l4 = med["L4"]
-        print(f"L4 round trip {1e6 / l4['rps']:.1f} us: the client's CPU {l4['client']:.1f} "
-              f"and the server's {l4['server']:.1f} us of it (the rest: wake-ups, the kernel's "
-              f"softirq work, waiting for a CPU)")
-        # Per ABBA round (L4 L7 L7 L4): a drift within the round cancels out.
-        rounds = [sum(res["L7"]["rps"][2 * i:2 * i + 2]) / sum(res["L4"]["rps"][2 * i:2 * i + 2])
-                  for i in range(a.rounds)]
-        print(f"L7/L4 requests/s: {med['L7']['rps'] / med['L4']['rps']:.2f} of the medians, "
-              f"per round {', '.join(f'{x:.2f}' for x in rounds)} (target >= 0.50)")
-        print(f"added latency at {a.rate:g} req/s: p50 {med['L7']['p50'] - med['L4']['p50']:+.3f} ms, "
-              f"p99 {med['L7']['p99'] - med['L4']['p99']:+.3f} ms (target p99 <= +1 ms)")
+        print(f"{a.rounds} ABBA rounds of {a.seconds:g} s runs per placement, one keep-alive "
+              f"connection each, backend {a.backend}, agent on {a.event_loop}, not pinned")
+        for pl in placements:
+            ccpu, scpu = where[pl]
+            print(f"placement {pl}: " + ("client and server not pinned" if ccpu < 0 else
+                                         f"client on CPU {ccpu}, server on CPU {scpu}"))
+            med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res[pl].items()}
+            for m in ("L4", "L7"):
+                d = med[m]
+                print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
+                      f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms; agent CPU "
+                      f"{d['cpu']:.1f} us/request ({d['sys']:.1f} in the kernel, "
+                      f"{d['wake']:.2f} wake-ups); client {d['client']:.1f}, server "
+                      f"{d['server']:.1f} us/request   "
+                      f"(runs: {', '.join(f'{x:.0f}' for x in res[pl][m]['rps'])} req/s)")
+            l4 = med["L4"]
+            print(f"  L4 round trip {1e6 / l4['rps']:.1f} us: the client's CPU {l4['client']:.1f} "
+                  f"and the server's {l4['server']:.1f} us of it (the rest: wake-ups, the "
+                  f"kernel's softirq work, waiting for a CPU)")
+            rps = res[pl]
+            # Per ABBA round (L4 L7 L7 L4): a drift within the round cancels out.
+            rounds = [sum(rps["L7"]["rps"][2 * i:2 * i + 2]) / sum(rps["L4"]["rps"][2 * i:2 * i + 2])
+                      for i in range(a.rounds)]
+            ratio = med["L7"]["rps"] / med["L4"]["rps"]
+            print(f"  L7/L4 requests/s: {ratio:.2f} of the medians, per round "
+                  f"{', '.join(f'{x:.2f}' for x in rounds)} (target >= 0.50)")
+            # The proxy adds a hop to the same path: faster than direct cannot be true;
+            # a round whose runs spread by more than 1.5x had the machine change under it.
+            for i, x in enumerate(rounds):
+                runs = rps["L4"]["rps"][2 * i:2 * i + 2] + rps["L7"]["rps"][2 * i:2 * i + 2]
+                if x >= 1.0:
+                    print(f"  !! round {i + 1}: L7/L4 {x:.2f} >= 1 cannot be true (a proxy "
+                          f"adds a hop): the placement did not hold or the load changed")
+                spread = [max(rps[m]["rps"][2 * i:2 * i + 2]) / max(min(rps[m]["rps"][2 * i:2 * i + 2]), 1)
+                          for m in ("L4", "L7")]
+                if max(spread) > 1.5:
+                    print(f"  !! round {i + 1}: runs of one mode differ {max(spread):.1f}x "
+                          f"({', '.join(f'{x:.0f}' for x in runs)} req/s): noisy, "
+                          f"do not trust its ratio")
+            print(f"  added latency at {a.rate:g} req/s: p50 "
+                  f"{med['L7']['p50'] - med['L4']['p50']:+.3f} ms, p99 "
+                  f"{med['L7']['p99'] - med['L4']['p99']:+.3f} ms (target p99 <= +1 ms)")
     finally:
         if agent is not None:
             agent.stop()
