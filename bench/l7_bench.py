@@ -23,7 +23,14 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
     events per request (L7) or none (off) before a run counts, and each run reports
     its own L7 events and lost events per request, so a run whose selection was not in
     effect, or whose events were lost, shows as such instead of as a speed-up. The
-    ratio L7/off is the figure (goal >= 0.95). One client process (blocking socket,
+    ratio L7/off is the figure (goal >= 0.95), per CPU placement of client and server
+    (--placements: "same" both on CPU 0, "split" client on CPU 0 and server on CPU 1,
+    "free" unpinned; the agent is never pinned): on a 2-vCPU machine a ping-pong's rate
+    depends on placement more than on the agent (cross-CPU wake-ups of halted vCPUs vs
+    context switches, ~2.5x), and unpinned the scheduler chose differently with a busy
+    agent, so L7 came out twice as fast as off. A ratio above 1.05 is printed as a
+    broken run. The agent gets --l7-perf-pages 16384 (lossless runs; a paused run is
+    bounded to what one CPU's buffer holds). One client process (blocking socket,
     keep-alive, TCP_NODELAY) sends GETs back to back to an asyncio server (both this
     script, run with `ip netns exec`); every run is bounded in time and count. Also
     printed: the agent's CPU per request and the flows it produced per request.
@@ -61,12 +68,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 L7_PORT, L4_PORT = 8080, 8081
+# Where the client and the server run (CPU lists; empty: unpinned). On a machine with few
+# CPUs a one-connection ping-pong's rate depends on this more than on anything measured:
+# on one CPU a request is two context switches; on two, two cross-CPU wake-ups of a
+# halted vCPU. The agent is never pinned.
+PLACEMENTS = {"same": ("0", "0"), "split": ("0", "1"), "free": ("", "")}
+# A ratio to "off" above this is noise at best, a placement change at worst: flagged.
+IMPOSSIBLE = 1.05
 ANNOTATION = "policy.cilium.io/proxy-visibility"
 REQUEST = (b"GET /api/v1/items/42?page=1 HTTP/1.1\r\nHost: srv:%d\r\n"
            b"User-Agent: webb-l7-bench/1\r\nAccept: application/json\r\n\r\n")
@@ -100,9 +115,12 @@ async def _serve(ports: list[int], timeout: float) -> None:
         s.close()
 
 
-def _client(host: str, port: int, seconds: float, max_requests: int, rate: float) -> None:
+def _client(host: str, port: int, seconds: float, max_requests: int, rate: float,
+            cpus: str = "") -> None:
     """Back-to-back GETs on one connection, or paced at `rate` requests/s (0: as fast
-    as the server answers)."""
+    as the server answers); pinned to `cpus` ("0,1"; empty: where the scheduler likes)."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     req = REQUEST % port
     c = socket.create_connection((host, port), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -238,6 +256,15 @@ class Bench:
         self.server: subprocess.Popen | None = None
         self.selected = True  # the endpoints file as set-up writes it: port 8080 selected
         self.results: dict[str, object] = {}
+        self.placement, self.client_cpus = "free", ""
+        # Lossless runs need a buffer that holds what arrives while the agent is not
+        # reading (a paused run, a drain delayed by the client and server): the bench
+        # gives the agent --l7-perf-pages unless --agent-arg names it.
+        self.l7_pages = args.l7_perf_pages
+        if "--l7-perf-pages" in args.agent_arg:
+            self.l7_pages = int(args.agent_arg[args.agent_arg.index("--l7-perf-pages") + 1])
+        else:
+            args.agent_arg = [*args.agent_arg, "--l7-perf-pages", str(self.l7_pages)]
 
     def start_follower(self) -> None:
         """--follow: a batched GetFlows follow of every flow during the runs, as the relay
@@ -286,8 +313,28 @@ class Bench:
         if self.args.follow:
             self.start_follower()
             print("a batched follower reads every flow during the runs (--follow)")
+        if self.args.spin:
+            self.start_spinners()
+            print("a SCHED_IDLE spinner on each CPU during every run (--spin): no vCPU halts")
+
+    def start_spinners(self) -> None:
+        """--spin: a SCHED_IDLE busy loop on each CPU for the whole run (every mode alike):
+        a vCPU with nothing else to run spins instead of halting, so a cross-CPU wake-up
+        costs the same whether or not the agent happens to keep the other CPU busy.
+        SCHED_IDLE runs only when nothing else wants the CPU."""
+        def idle_on(cpu: int) -> Callable[[], None]:
+            def pre() -> None:
+                os.sched_setaffinity(0, {cpu})
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return pre
+        self.spinners = [subprocess.Popen(["sh", "-c", "while :; do :; done"],
+                                          preexec_fn=idle_on(c))
+                         for c in range(os.cpu_count() or 1)]
 
     def teardown(self) -> None:
+        for sp in getattr(self, "spinners", []):
+            sp.kill()
+            sp.wait(5)
         if getattr(self, "_follow_call", None) is not None:
             self._follow_call.cancel()
         if self.server is not None and self.server.poll() is None:
@@ -341,17 +388,21 @@ class Bench:
                 return
         raise RuntimeError(f"the agent did not turn L7 selection {'on' if want else 'off'}")
 
-    def settle(self, timeout: float = 15.0) -> None:
+    def settle(self, timeout: float = 30.0) -> None:
         """Waits until the agent has drained what the last run made it read, so that
-        one run's backlog is not counted in the next."""
+        one run's backlog is not counted in the next: its flow count unchanged and its
+        CPU below 10 % over a quarter second (a paused run's backlog is processed in
+        long drains during which the count does not move)."""
         assert self.agent is not None
+        ab = self.ab
         last, deadline = self.agent.progress(), time.monotonic() + timeout
+        cpu = ab.proc_cpu_s(self.agent.pid)
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            cur = self.agent.progress()
-            if cur == last:
+            cur, cpu1 = self.agent.progress(), ab.proc_cpu_s(self.agent.pid)
+            if cur == last and cpu1 - cpu < 0.025:
                 return
-            last = cur
+            last, cpu = cur, cpu1
 
     def counters(self) -> dict[str, int]:
         from webb.api.admin import admin_pb2
@@ -368,19 +419,22 @@ class Bench:
         ab = self.ab
         self.settle()
         seen0, c0 = self.agent.progress(), self.counters()
+        assert self.server is not None
         cpu0, busy0 = ab.proc_cpu_s(self.agent.pid), ab.busy_s()
+        srv0 = ab.proc_cpu_s(self.server.pid)
         if paused:
             os.kill(self.agent.pid, signal.SIGSTOP)
         try:
             out = self.lab.exec(self.cli.netns, sys.executable, __file__, "_client",
                                 self.srv.ip4, str(port), str(seconds),
                                 str(max_requests or self.args.max_requests), str(rate),
-                                timeout=seconds + 30).stdout
+                                self.client_cpus, timeout=seconds + 30).stdout
         finally:
             if paused:
                 os.kill(self.agent.pid, signal.SIGCONT)
         r = json.loads(out)
         busy = ab.busy_s() - busy0
+        r["server_cpu"] = ab.proc_cpu_s(self.server.pid) - srv0
         self.settle()  # the agent's CPU for this run includes draining its backlog
         c1 = self.counters()
         r["agent_cpu"] = ab.proc_cpu_s(self.agent.pid) - cpu0
@@ -391,10 +445,30 @@ class Bench:
         r["l7_events"] = c1.get("datapath.l7_events", 0) - c0.get("datapath.l7_events", 0)
         return r
 
+    def pin(self, placement: str) -> None:
+        """Pins the client (the next runs) and the server (now, every thread) to the
+        placement's CPUs; the agent is never pinned, as in production."""
+        cli, srv = PLACEMENTS[placement]
+        self.placement, self.client_cpus = placement, cli
+        assert self.server is not None
+        cpus = {int(c) for c in srv.split(",")} if srv else set(range(os.cpu_count() or 1))
+        for tid in os.listdir(f"/proc/{self.server.pid}/task"):
+            os.sched_setaffinity(int(tid), cpus)
+
     def part_http(self) -> None:
+        for placement in self.args.placements:
+            self.pin(placement)
+            self.http_placement(placement)
+        self.pin("free")
+
+    def http_placement(self, placement: str) -> None:
         a = self.args
-        print(f"\n== (a) HTTP requests/s, one keep-alive connection to port {L7_PORT}, L7 "
-              f"selection off vs on, {a.seconds:g} s runs, {a.rounds} rounds of ABBA ==")
+        cli, srv = PLACEMENTS[placement]
+        where = ("unpinned: wherever the scheduler puts them" if not cli else
+                 f"client on CPU {cli}, server on CPU {srv}")
+        print(f"\n== (a) placement {placement!r} ({where}; the agent unpinned): HTTP "
+              f"requests/s, one keep-alive connection to port {L7_PORT}, L7 selection off vs "
+              f"on, {a.seconds:g} s runs, {a.rounds} rounds of ABBA ==")
         # "L7 paused": selected, but the agent is stopped during the run (it drains after
         # it): what the datapath's capture costs the client, without the agent's CPU.
         modes = ("off", "L7", "L7 paused") if a.paused else ("off", "L7")
@@ -405,15 +479,21 @@ class Bench:
             ab_order = modes if r % 2 == 0 else modes[::-1]
             for m in (*ab_order, *ab_order[::-1]):
                 self.set_mode("off" if m == "off" else "L7")
-                runs[m].append(self.client_run(L7_PORT, a.seconds, paused=m == "L7 paused"))
+                paused = m == "L7 paused"
+                # a paused run's events wait in the perf buffer: bound the run to what
+                # one CPU's L7 buffer holds, so that none is lost
+                cap = self.paused_max_requests() if paused else 0
+                runs[m].append(self.client_run(L7_PORT, a.seconds, paused=paused,
+                                               max_requests=cap))
         self.set_mode("L7")
         med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in runs[m][0]} for m in modes}
         for m in modes:
             reqs = med[m]["requests"]
             rates = " ".join(f"{x['rate']:.0f}" for x in runs[m])
             print(f"{m:>9}: {rates} req/s "
-                  f"(median {med[m]['rate']:.0f}); client {1e6 * med[m]['cpu'] / reqs:.0f} us "
-                  f"CPU/req; agent {1e6 * med[m]['agent_cpu'] / reqs:.1f} us CPU/req, "
+                  f"(median {med[m]['rate']:.0f}); client {1e6 * med[m]['cpu'] / reqs:.1f} us, "
+                  f"server {1e6 * med[m]['server_cpu'] / reqs:.1f} us CPU/req; agent "
+                  f"{1e6 * med[m]['agent_cpu'] / reqs:.1f} us CPU/req, "
                   f"{med[m]['l7_events'] / reqs:.2f} L7 events/req, "
                   f"{med[m]['flows'] / reqs:.2f} flows/req, {med[m]['lost'] / reqs:.3f} "
                   f"events lost/req; machine busy "
@@ -422,23 +502,38 @@ class Bench:
         pairs = [b["rate"] / a_["rate"] for a_, b in zip(runs["off"], runs["L7"])]
         print(f"-> L7/off = {l7 / off:.3f} ({100 * (1 - l7 / off):+.1f} % requests/s lost to L7 "
               f"visibility; goal <= 5 %); per ABBA pair {' '.join(f'{x:.3f}' for x in pairs)}")
+        ratios = {"L7/off": l7 / off}
         if "L7 paused" in med:
             p = med["L7 paused"]["rate"]
+            ratios["L7 paused/off"] = p / off
             print(f"-> L7 paused/off = {p / off:.3f}: the datapath's share of the cost; "
                   f"L7/L7 paused = {l7 / p:.3f}: the agent's user-space share")
-        honest = all(x["l7_events"] >= 1.9 * x["requests"] and not x["lost"] for x in runs["L7"])
+        # Selection adds work to every request and takes none away: a mode faster than
+        # off by more than noise means the runs did not measure the same thing.
+        broken = {k: v for k, v in ratios.items() if v > IMPOSSIBLE}
+        if broken:
+            print(f"   BROKEN RUN: {', '.join(f'{k} {v:.3f}' for k, v in broken.items())} > "
+                  f"{IMPOSSIBLE}: a selected port cannot be faster than the same port "
+                  f"unselected; the ratio is not a measurement")
+        sel = [x for m in modes if m != "off" for x in runs[m]]
+        honest = all(x["l7_events"] >= 1.9 * x["requests"] and not x["lost"] for x in sel)
         print(f"   every L7 run read ~2 L7 events per request with none lost: "
               f"{'yes' if honest else 'NO: the ratio does not measure full L7 visibility'}")
         per = {m: 1e6 * med[m]["agent_cpu"] / med[m]["requests"] for m in modes}
-        print(f"-> agent CPU per request: L7 {per['L7']:.1f} us vs off {per['off']:.1f} us "
-              f"(on 2 vCPUs the agent, client and server share the CPUs: that is the req/s cost)")
+        print(f"-> agent CPU per request: L7 {per['L7']:.1f} us vs off {per['off']:.1f} us")
         c = self.counters()
         bad = {k: v for k, v in c.items() if v and ("unparsable" in k or "truncated" in k
                                                     or "unmatched" in k)}
         print(f"   agent counters: {c.get('l7.http_requests', 0):,} requests, "
               f"{c.get('l7.http_responses', 0):,} responses paired, lost "
               f"{c.get('datapath.lost_events', 0)}; not parsed: {bad or 'none'}")
-        self.results["http"] = (off, l7, honest)
+        http = self.results.setdefault("http", {})
+        http[placement] = (off, l7, honest, not broken, per["L7"])  # type: ignore[index]
+
+    def paused_max_requests(self) -> int:
+        """Requests whose L7 records fit in 80 % of one CPU's L7 perf buffer (a request
+        and its answer are ~2 x 260 bytes; 600 leaves a margin)."""
+        return min(self.args.max_requests, int(0.8 * self.l7_pages * 4096 / 600))
 
     def part_paced(self) -> None:
         """How many requests/s of one L7-visible connection the agent reads without loss."""
@@ -554,7 +649,7 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
         _client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
-                float(sys.argv[6]))
+                float(sys.argv[6]), sys.argv[7] if len(sys.argv) > 7 else "")
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=2.0, help="length of each client run")
@@ -566,6 +661,15 @@ def main() -> None:
                    help="extra webb-agent flag (repeatable)")
     p.add_argument("--follow", action="store_true",
                    help="a batched GetFlows follow reads every flow, as a relay would")
+    p.add_argument("--placements", type=lambda s: s.split(","), default=["same", "split"],
+                   help="(a): CPU placements of client and server, of " + ",".join(PLACEMENTS)
+                   + " (free = unpinned, the old broken way; default same,split)")
+    p.add_argument("--spin", action="store_true",
+                   help="(a): a SCHED_IDLE busy loop on each CPU for the whole run, so that "
+                        "vCPUs never halt (cross-CPU wake-ups then cost the same in every mode)")
+    p.add_argument("--l7-perf-pages", type=int, default=16384,
+                   help="the agent's L7 perf buffer pages per CPU (default 16384 = 64 MiB: "
+                        "lossless runs; ignored if --agent-arg names it)")
     p.add_argument("--no-paused", dest="paused", action="store_false",
                    help="(a) without the third mode, L7 with the agent stopped during runs")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
@@ -616,10 +720,12 @@ def main() -> None:
               f"({d['http_us']:.1f} us/event), DNS {d['dns_rate'] / 1000:.0f}k events/s "
               f"({d['dns_us']:.1f} us/event) on one core")
     if "http" in results:
-        off, l7, honest = results["http"]  # type: ignore[misc]
-        print(f"HTTP req/s on one connection to port {L7_PORT}: L7 selection off {off:.0f}, "
-              f"on {l7:.0f}; L7/off {l7 / off:.3f} (goal >= 0.95)"
-              f"{'' if honest else ' -- L7 runs lost events: not a full-visibility figure'}")
+        for placement, (off, l7, honest, sane, agent_us) in results["http"].items():  # type: ignore[attr-defined]
+            print(f"HTTP req/s on one connection to port {L7_PORT}, placement {placement}: "
+                  f"L7 selection off {off:.0f}, on {l7:.0f}; L7/off {l7 / off:.3f} (goal >= 0.95)"
+                  f"; agent {agent_us:.1f} us CPU/req"
+                  f"{'' if honest else ' -- L7 runs lost events: not a full-visibility figure'}"
+                  f"{'' if sane else ' -- BROKEN RUN (a ratio > %g)' % IMPOSSIBLE}")
     if "paced" in results:
         print(f"L7 without loss: {results['paced']:.0f} req/s on one connection "
               f"({2 * results['paced']:.0f} L7 events/s)")  # type: ignore[operator]
