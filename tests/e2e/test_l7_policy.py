@@ -351,6 +351,70 @@ def test_policy_removed_traffic_goes_direct(lab, agent):
     assert statuses(res) == [200] and peer(res[0]) == lab.pods["client"].ip4
 
 
+
+# Servers that misbehave right after accepting (tests/helpers/rude_server.py), and
+# what a client of the proxy must get from each: the proxy's 503, or the server's own
+# early answer, as without the proxy.
+RUDE = {"close": (9081, 503), "reset": (9082, 503), "greet": (9083, 503),
+        "early": (9084, 429)}
+RUDE_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-rude, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "9081", protocol: TCP}, {port: "9082", protocol: TCP},
+              {port: "9083", protocol: TCP}, {port: "9084", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+"""
+
+
+def test_upstream_failures_after_accept_get_an_answer_at_once(lab, agent):
+    """Servers that close, reset, send something else than HTTP or answer before
+    reading, right after accepting (so often before the proxy's connect has returned):
+    each request gets an answer within the client's 5 s (never a wait for the 300 s
+    stream timeout), its request and response flows, and the agent's descriptors
+    come back to what they were."""
+    procs = []
+    try:
+        for mode, (port, _) in RUDE.items():
+            p = lab.popen(lab.pods["server"].netns, sys.executable,
+                          str(HELPERS / "rude_server.py"), str(port), mode,
+                          stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        agent.admin.ApplyPolicies(apb.ApplyPoliciesRequest(documents=RUDE_POLICY), timeout=10)
+        before = agent_fds(agent)
+        n = 20
+        for mode, (port, code) in RUDE.items():
+            t0 = now_ts()
+            out = lab.exec(lab.pods["client"].netns, sys.executable,
+                           str(HELPERS / "http_burst.py"), lab.pods["server"].ip4, str(port),
+                           str(n), "5", "/x", timeout=60)
+            assert json.loads(out.stdout) == [code] * n, mode
+
+            def flows():
+                fs = [f for f in l7_flows(agent, t0, 0) if port in (
+                    f.l4.TCP.source_port, f.l4.TCP.destination_port)]
+                return fs if len(fs) >= 2 * n else None
+            fs = wait_for(flows, 10, 0.2, f"the flows of {mode}")
+            assert sorted((f.l7.type, f.verdict, f.l7.http.code) for f in fs) == \
+                [(fpb.REQUEST, fpb.FORWARDED, 0)] * n + [(fpb.RESPONSE, fpb.FORWARDED, code)] * n, \
+                mode
+        wait_for(lambda: agent_fds(agent) <= before, 10, 0.2,
+                 "the agent's descriptors to be freed")
+    finally:
+        agent.admin.DeletePolicy(apb.DeletePolicyRequest(name="server-rude", namespace="demo"),
+                                 timeout=10)
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_proxy_down_fails_closed_then_recovers(lab, workdir, agent):
     """Last in the module: it kills the module's agent."""
     pfile = workdir / "policies" / "l7.yaml"
@@ -391,3 +455,4 @@ def test_proxy_down_fails_closed_then_recovers(lab, workdir, agent):
         pfile.unlink()
         for a in others:
             a.stop()
+

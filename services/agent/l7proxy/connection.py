@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..policy.compile import DIR_EGRESS, DIR_INGRESS, PolicyRef
 from .http1 import MAX_HEAD, TO_CLOSE, Body, Head, HTTPError, find_head, parse_request, parse_response
 from .rules import decide
-from .steering import WEBB_UPSTREAM_MARK, transparent_upstream_socket
+from .steering import WEBB_UPSTREAM_MARK, netns_socket, transparent_upstream_socket
 
 if TYPE_CHECKING:
     from .proxy import L7Proxy
@@ -280,8 +280,23 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = 0.0
 
     def _internal_error(self) -> None:
+        """An unexpected error (a bug): the client is never left waiting. A request
+        without any of its answer sent yet gets a 503 and its flow; else the
+        connection is cut, as a server that fails mid-answer cuts it."""
         self.proxy.stats.error("internal")
         log.exception("proxy connection failed")
+        ex, t = self.ex, self.transport
+        try:
+            if ex is not None:
+                self.ex = None
+                if not ex.sent and t is not None and not t.is_closing():
+                    self._answer(503, b"internal error\r\n", ex.head, True, ex.policies,
+                                 "internal error", ex.t0)
+                    return
+                self._flow(True, True, ex.policies, ex.head, 0, None,
+                           time.monotonic_ns() - ex.t0, "internal error")
+        except Exception:
+            log.exception("proxy: answering after an internal error")
         self.abort()
 
     # -- flows ---------------------------------------------------------------------------
@@ -468,27 +483,43 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self) -> None:
         proxy = self.proxy
-        dp = proxy.datapath
         fam, client = self.family, self.client[0]
         if self.up is not None and self.up.transport is not None:
             self.up.transport.abort()
         self.up, self.rbuf, self.up_eof, self.up_full, self.up_reading = None, b"", False, False, True
+        up = Upstream(self)
         try:
             # From the client's address: the server sees the client.
             mark = 0 if self.egress else WEBB_UPSTREAM_MARK
-            sock = await dp.in_netns(lambda: transparent_upstream_socket(fam, client, mark))
+            sock = await netns_socket(proxy.datapath,
+                                      lambda: transparent_upstream_socket(fam, client, mark))
             try:
                 await asyncio.wait_for(self.loop.sock_connect(sock, self.server), 10)
-                _, up = await self.loop.create_connection(lambda: Upstream(self), sock=sock)
+                # The server's events count from its first one: a server that answers or
+                # closes at once may do so before this task runs again (_upstream_*
+                # keep them while CONNECTING).
+                self.up = up
+                await self.loop.create_connection(lambda: up, sock=sock)
+                if up.closed:  # reset before the request could go out
+                    raise ConnectionResetError("the connection was reset")
             except BaseException:
-                sock.close()
+                self.up = None
+                if up.transport is not None:
+                    up.transport.abort()  # it owns the socket
+                else:
+                    sock.close()
                 raise
-        except (OSError, asyncio.TimeoutError) as e:
+        except asyncio.CancelledError:
+            raise  # the client went away (connection_lost)
+        except Exception as e:  # refused, timed out, reset; or anything unexpected
             self._task = None
             if self.state != CONNECTING:
                 return
             proxy.stats.error("upstream_connect")
-            log.debug("proxy: connecting to %s: %s", self.server, e)
+            if isinstance(e, OSError):
+                log.debug("proxy: connecting to %s: %s", self.server, e)
+            else:
+                log.exception("proxy: connecting to %s", self.server)
             ex = self.ex
             assert ex is not None
             self._flow(False, True, ex.policies, ex.head)
@@ -499,9 +530,13 @@ class ClientConnection(asyncio.Protocol):
         if self.state != CONNECTING:  # the client went away meanwhile
             up.transport.abort()  # type: ignore[union-attr]
             return
-        self.up = up
-        self._send_request()
-        self._pump()
+        try:
+            self._send_request()
+            if self.up_eof:  # the server closed before the request went out
+                self._upstream_gone("")
+            self._pump()
+        except Exception:
+            self._internal_error()
 
     # -- answers ---------------------------------------------------------------------------
     def _upstream_data(self, up: Upstream, data: bytes) -> None:
@@ -511,7 +546,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             if self.state == SPLICE:
                 self._splice_upstream()
-            elif self.ex is not None:
+            elif self.ex is not None and self.state != CONNECTING:  # else: _connect
                 self._pump_response()
             self._update_reading()
         except Exception:
@@ -635,7 +670,7 @@ class ClientConnection(asyncio.Protocol):
         """The server closed: the end of an answer framed by the close, a cut answer,
         or (between requests) nothing."""
         ex = self.ex
-        if ex is None or self.state == CLOSED:
+        if ex is None or self.state in (CLOSED, CONNECTING):  # CONNECTING: _connect
             return
         st = self.proxy.stats
         body = ex.resp_body

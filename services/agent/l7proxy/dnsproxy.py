@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 from ..pipeline.l7.dns import DNSMessage, parse_dns
 from ..policy.compile import DIR_EGRESS, L7Entry, PolicyRef
 from ..policy.dnsmatch import matches
-from .steering import IP_TRANSPARENT, IPV6_TRANSPARENT
+from .steering import IP_TRANSPARENT, IPV6_TRANSPARENT, netns_socket
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class DNSProxy:
         if s is not None:
             self._replies.move_to_end(key)
             return s
-        s = await self.datapath.in_netns(lambda: reply_socket(family, server))
+        s = await netns_socket(self.datapath, lambda: reply_socket(family, server))
         old = self._replies.get(key)  # made meanwhile by another query
         if old is not None:
             s.close()
@@ -345,7 +345,7 @@ class DNSProxy:
         """The server's answer to data (same id), asked from the node."""
         loop = asyncio.get_running_loop()
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        up = await self.datapath.in_netns(lambda: upstream_dns_socket(family, kind))
+        up = await netns_socket(self.datapath, lambda: upstream_dns_socket(family, kind))
         try:
             deadline = loop.time() + UPSTREAM_TIMEOUT
             await asyncio.wait_for(loop.sock_connect(up, server), UPSTREAM_TIMEOUT)

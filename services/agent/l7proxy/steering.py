@@ -20,11 +20,12 @@ namespace: sockets stay in the namespace they were made in.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import random
 import socket
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +151,21 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0) -> s
         s.close()
         raise
     return s
+
+
+async def netns_socket(datapath: Any, make: Callable[[], socket.socket]) -> socket.socket:
+    """make() run in the netlink thread (the node's namespace). If the caller is
+    cancelled meanwhile (its client went away), the thread still finishes make(), and
+    the socket it made is closed when it comes: nothing else holds it, and it would
+    stay open until the garbage collector found it."""
+    fut = asyncio.ensure_future(datapath.in_netns(make))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_close_made)
+        raise
+
+
+def _close_made(fut: asyncio.Future[socket.socket]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
