@@ -41,7 +41,7 @@ struct flow_event {
     u8 icmp_type;
     u8 icmp_code;
     u8 match_type; // policy verdicts: Cilium's policy match type
-    u8 pad[2];
+    u16 proxy_port; // traces: the packet went to the L7 proxy, on this port (Hubble's TO_PROXY)
     u32 drop_reason;  // EVENT_DROP: Hubble drop reason; EVENT_KERNEL_DROP: the kernel's value
     u32 policy_set;   // agent's id of the policies that allowed/denied (0: none)
     u32 remote_id;    // security identity of the peer as the policy saw it (0: not evaluated)

@@ -700,6 +700,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     u8 verdict_event = 0;
     u32 identity = 0;
     int act = TC_ACT_OK;
+    u8 proxy_bits = 0;  // the direction's agg_val.proxy, for its trace event
     struct agg_val *v = agg_map.lookup(&p.key);
     if (v) {
         // Established direction: the endpoint's policy is consulted again only when
@@ -756,6 +757,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             now = bpf_ktime_get_ns();
         }
         v->last_report = now;
+        proxy_bits = v->proxy;
     } else {
         now = bpf_ktime_get_ns();
         ep_policy_get(ifindex, dir, &p, &pol);
@@ -838,6 +840,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         if (nv.l7)
             l7_capture(skb, &p, point, nv.l7, &nv.l7_seen, is_reply);
         agg_map.update(&p.key, &nv);
+        proxy_bits = proxy;
     }
 
     struct flow_event *ev;
@@ -863,6 +866,13 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     ev->reason = reason;
     ev->is_reply = is_reply;
     ev->remote_id = identity;
+    // A client's direction that policy steers to the proxy goes there, not on: its
+    // traces (first packet, new TCP flags, reports: per connection, never per packet)
+    // say so with the proxy's port (Hubble's TO_PROXY; the point still tells the
+    // direction). The answers of the proxies' upstream connections are not steered.
+    if ((proxy_bits & (PROXY_REDIRECT | PROXY_ASSIGN)) && !(proxy_bits & PROXY_REPLY))
+        ev->proxy_port = (u16)config_get(point == POINT_TO_ENDPOINT ? CONF_PROXY_PORT
+                                                                    : CONF_PROXY_EGRESS_PORT);
     events.perf_submit(skb, ev, sizeof(*ev));
     stat_inc(STAT_EVENTS);
     return act;

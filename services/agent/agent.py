@@ -221,7 +221,8 @@ class Agent:
         if p is None:
             return {}
         st = p.stats
-        out = {"l7proxy.port": p.port, "l7proxy.connections": st.connections,
+        out = {"l7proxy.port": p.port, "l7proxy.egress_port": p.egress_port,
+               "l7proxy.connections": st.connections,
                "l7proxy.active_connections": st.active, "l7proxy.requests": st.requests,
                "l7proxy.denied": st.denied, "l7proxy.dns_queries": st.dns_queries,
                "l7proxy.dns_denied": st.dns_denied,

@@ -198,6 +198,17 @@ def test_egress_flows(lab, agent):
     assert req_no.l7.http.method == "GET" and resp_no.l7.latency_ns > 0
     assert req_no.l4.TCP.destination_port == PORT
     assert req_no.IP.source == lab.pods["client"].ip4
+    # The client's connection went to the proxy's egress listener: to-proxy traces,
+    # EGRESS, with that listener's port.
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=4, match_sub_type=True, sub_type=1)],
+        source_port=[str(req_no.l4.TCP.source_port)])])
+    traces = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+    assert traces and traces[0].l4.TCP.flags.SYN
+    assert {(f.trace_observation_point, f.traffic_direction) for f in traces} == {
+        (fpb.TO_PROXY, fpb.EGRESS)}
+    assert {f.proxy_port for f in traces} == {agent.admin.GetStatus(
+        apb.GetStatusRequest(), timeout=5).counters["l7proxy.egress_port"]}
 
 
 def dns(lab: NetLab, name: str, qtype: str = "A", server: str | None = None,

@@ -315,6 +315,52 @@ def test_keep_alive_pipelining_and_bodies(lab, agent, policy):
     assert peer(res[0]) == lab.pods["client"].ip4
 
 
+def to_proxy_traces(agent: AgentProc, since: Timestamp, want: int) -> list[fpb.Flow]:
+    """Trace flows at TO_PROXY (Hubble's event sub type 1) since `since`."""
+    def got():
+        req = opb.GetFlowsRequest(since=since, whitelist=[fpb.FlowFilter(event_type=[
+            fpb.EventTypeFilter(type=4, match_sub_type=True, sub_type=1)])])
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        return fs if len(fs) >= want else None
+    return wait_for(got, 10, 0.2, f"{want} to-proxy traces")
+
+
+def test_a_steered_connection_is_a_to_proxy_trace(lab, agent, policy):
+    """The client's side of a connection steered to the proxy is traced where it went,
+    to-proxy with the proxy's port, per connection (its first packet, new TCP flags),
+    and never to-endpoint; `webb observe` prints it as hubble does."""
+    t0 = now_ts()
+    assert statuses(http(lab, "client", [{"send": get("/public/a")},
+                                         {"send": get("/private")}])) == [200, 403]
+    req = l7_flows(agent, t0, 4)[0]
+    sport = req.l4.TCP.source_port if req.l7.type == fpb.REQUEST else req.l4.TCP.destination_port
+    port = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters["l7proxy.port"]
+    fs = [f for f in to_proxy_traces(agent, t0, 1) if f.l4.TCP.source_port == sport]
+    syn = fs[0]
+    assert syn.l4.TCP.flags.SYN and not syn.l4.TCP.flags.ACK
+    assert (syn.verdict, syn.trace_observation_point, syn.proxy_port, syn.traffic_direction,
+            syn.trace_reason) == (fpb.FORWARDED, fpb.TO_PROXY, port, fpb.INGRESS, fpb.NEW)
+    assert syn.source.pod_name == "client" and syn.destination.pod_name == "server"
+    assert syn.l4.TCP.destination_port == PORT and not syn.is_reply.value
+    # One per new combination of TCP flags of the connection (the connection lasts far
+    # less than the 10 s report interval), not one per packet.
+    flags = [f.l4.TCP.flags.SerializeToString(deterministic=True) for f in fs]
+    assert len(flags) == len(set(flags)) and all(f.proxy_port == port for f in fs)
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=4)], source_port=[str(sport)])])
+    points = {r.flow.trace_observation_point for r in agent.observer.GetFlows(req, timeout=10)
+              if r.HasField("flow")}
+    # Seen leaving the client (from-endpoint at its interface), then given to the proxy
+    # at the server's: never delivered to the server.
+    assert points == {fpb.FROM_ENDPOINT, fpb.TO_PROXY}
+    out = subprocess.run([str(Path(sys.executable).parent / "webb"), "observe", "--server",
+                          agent.address, "--type", "trace:to-proxy", "--from-pod", "demo/client",
+                          "--last", "1000"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert any(f":{sport} " in line and " to-proxy FORWARDED (TCP Flags: SYN)" in line
+               for line in out.stdout.splitlines()), out.stdout
+
+
 def test_bad_input_gets_an_answer_and_leaks_nothing(lab, agent, policy):
     before = agent_fds(agent)
     t0 = now_ts()

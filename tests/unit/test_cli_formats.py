@@ -533,6 +533,12 @@ def test_monitor_traces():
     assert monitor_line(v6).endswith(": fd00::1 -> fd00::2 EchoRequest")
     v6tcp = bookinfo_syn(IP=fpb.IP(source="fd00::1", destination="fd00::2"))
     assert monitor_line(v6tcp).endswith(": [fd00::1]:51234 -> [fd00::2]:9080 tcp SYN")
+    # cilium monitor's "-> proxy port N" for a packet given to the L7 proxy.
+    proxied = bookinfo_syn(event_type=fpb.CiliumEventType(type=4, sub_type=1),
+                           trace_observation_point=fpb.TO_PROXY, proxy_port=15001)
+    assert monitor_line(proxied) == (f"-> proxy port 15001 flow {h} identity 23407->15745 state new "
+                                     "ifindex 0: 10.42.0.220:51234 -> 10.42.0.231:9080 tcp SYN")
+    assert one(proxied).endswith(" to-proxy FORWARDED (TCP Flags: SYN)\n")
 
 
 def test_monitor_policy_verdict():

@@ -30,14 +30,14 @@ GOLDEN = "cb0d49ead3d5987603538b3676b3b4e13cd51f0d99df20f32e8d5ae516944b8d"
 
 def ev(event_type=EVENT_TRACE, saddr="10.0.0.1", daddr="10.0.0.2", proto=socket.IPPROTO_TCP,
        point=POINT_FROM_ENDPOINT, reply=0, reason=REASON_NEW, flags=0x12, drop=0,
-       icmp=(0, 0), macs=True, policy_set=0, match_type=0) -> FlowEvent:
+       icmp=(0, 0), macs=True, policy_set=0, match_type=0, proxy_port=0) -> FlowEvent:
     mac = (b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02") if macs else (b"\0" * 6,) * 2
     return FlowEvent(ts=1, packets=3, bytes=180, saddr=packed_ip(saddr), daddr=packed_ip(daddr),
                      smac=mac[0], dmac=mac[1], sport=40000, dport=8080, ifindex=7, pkt_len=60,
                      event_type=event_type, reason=reason, family=6 if ":" in saddr else 4,
                      proto=proto, tcp_flags=flags, point=point, is_reply=reply,
                      icmp_type=icmp[0], icmp_code=icmp[1], drop_reason=drop,
-                     policy_set=policy_set, match_type=match_type)
+                     policy_set=policy_set, match_type=match_type, proxy_port=proxy_port)
 
 
 EVENTS = [
@@ -119,3 +119,20 @@ def test_fields_where_flow_proto_puts_them():
     assert kernel.ext_drop_reason_desc == "REASON_2" and not kernel.HasField("ethernet")
     resp = opb.GetFlowsResponse.FromString(encodings()[len(EVENTS)])
     assert resp.flow == f and resp.node_name == "node-a"
+
+
+def test_a_trace_of_a_packet_given_to_the_proxy_is_to_proxy():
+    """bpf/flow.c sets proxy_port on the traces of a direction it steers to the L7
+    proxy: Hubble's to-proxy trace (event sub type 1, TO_PROXY, proxy_port), its
+    direction still the policy's (the point of the interface it was seen at)."""
+    e = encoder()
+    src = encode_endpoint(11, 1001, "ns", ("k8s:app=c",), "c", "c", "Deployment", "default")
+    dst = encode_endpoint(12, 1002, "ns", ("k8s:app=s",), "s", "", "", "default")
+    for point, direction in ((POINT_TO_ENDPOINT, fpb.INGRESS), (POINT_FROM_ENDPOINT, fpb.EGRESS)):
+        f = fpb.Flow.FromString(e.encode(ev(point=point, proxy_port=15001), 1, 1, src, dst))
+        assert (f.event_type.type, f.event_type.sub_type) == (4, 1)
+        assert (f.trace_observation_point, f.proxy_port, f.traffic_direction) == (
+            fpb.TO_PROXY, 15001, direction)
+        assert (f.verdict, f.trace_reason, f.is_reply.value) == (fpb.FORWARDED, fpb.NEW, False)
+    f = fpb.Flow.FromString(e.encode(ev(point=POINT_TO_ENDPOINT), 1, 1, src, dst))
+    assert (f.trace_observation_point, f.proxy_port) == (fpb.TO_ENDPOINT, 0)

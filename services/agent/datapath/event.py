@@ -11,7 +11,7 @@ import struct
 from typing import NamedTuple
 
 # struct flow_event in bpf/event.h
-EVENT_STRUCT = struct.Struct("<QQQ16s16s6s6sHHIIBBBBBBBBBB2xIII")
+EVENT_STRUCT = struct.Struct("<QQQ16s16s6s6sHHIIBBBBBBBBBBHIII")
 EVENT_SIZE = EVENT_STRUCT.size  # 104
 # What ingest needs of every event, without a full decode: ts, saddr, daddr, family.
 HEAD_STRUCT = struct.Struct("<Q16x16s16s26xB")
@@ -62,6 +62,7 @@ class FlowEvent(NamedTuple):
     icmp_type: int
     icmp_code: int
     match_type: int = 0    # policy verdicts and drops: Cilium's policy match type
+    proxy_port: int = 0    # traces: the packet went to the L7 proxy on this port (TO_PROXY)
     drop_reason: int = 0
     policy_set: int = 0    # the agent's id of the set of policies behind a verdict
     remote_id: int = 0     # the peer's identity as the policy saw it (0: not checked)

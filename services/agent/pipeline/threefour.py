@@ -32,7 +32,8 @@ from .flow_wire import (AGG, BOOL, CILIUM_EVENT_DROP, CILIUM_EVENT_POLICY_VERDIC
                         CILIUM_EVENT_TRACE, EGRESS_ALLOWED_BY, EGRESS_DENIED_BY, EMITTER,
                         EMITTER_NAME, EP, ETH, EVT, FLOW_TYPE_L3_L4, ICMP, IFACE,
                         INGRESS_ALLOWED_BY, INGRESS_DENIED_BY, IPF, IPV4, IPV6, L4, PORTS,
-                        POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB, RESP, TRACE_FROM_LXC,
+                        POINT_FROM_ENDPOINT_PB, POINT_TO_ENDPOINT_PB, POINT_TO_PROXY_PB, RESP,
+                        TRACE_FROM_LXC, TRACE_TO_PROXY,
                         TRACE_REASON_ESTABLISHED, TRACE_REASON_NEW, TRACE_REASON_REPLY,
                         TRACE_TO_LXC, TRAFFIC_EGRESS, TRAFFIC_INGRESS, TS, VERDICT_DROPPED,
                         VERDICT_FORWARDED, VERDICT_REDIRECTED, WORKLOAD, F, _V, _varint, key, ld,
@@ -101,6 +102,10 @@ _EVENT_TYPE = {
     0: ld(F.event_type, vi(EVT.type, CILIUM_EVENT_TRACE) + vi(EVT.sub_type, TRACE_FROM_LXC))
     + vi(F.trace_observation_point, POINT_FROM_ENDPOINT_PB),
 }
+# A packet the datapath gave to the L7 proxy (its trace carries the proxy's port):
+# Hubble's to-proxy trace, with proxy_port as Hubble decodes it for TO_PROXY.
+_TO_PROXY = (ld(F.event_type, vi(EVT.type, CILIUM_EVENT_TRACE) + vi(EVT.sub_type, TRACE_TO_PROXY))
+             + vi(F.trace_observation_point, POINT_TO_PROXY_PB))
 # traffic_direction by (observation point, is_reply): the connection's direction as
 # seen from the endpoint at this interface.
 _DIRECTION = {(0, False): vi(F.traffic_direction, TRAFFIC_EGRESS),
@@ -259,7 +264,9 @@ class FlowEncoder:
         et = ev.event_type
         static = self._static
         if et == EVENT_TRACE:
-            kind = (_EVENT_TYPE[point] + _DIRECTION[(point, reply)]
+            kind = ((_EVENT_TYPE[point] if not ev.proxy_port
+                     else _TO_PROXY + vi(F.proxy_port, ev.proxy_port))
+                    + _DIRECTION[(point, reply)]
                     + _TRACE_REASON[(ev.reason == REASON_NEW, reply)] + _IS_REPLY[reply])
         else:
             kind, summary = self._verdict(ev, summary)

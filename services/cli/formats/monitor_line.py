@@ -109,6 +109,8 @@ def trace_line(f: fpb.Flow, numeric: bool = False) -> str:
         head = f"-> endpoint {f.destination.ID}"
     elif point == 5:
         head = f"<- endpoint {f.source.ID}"
+    elif point == 1 and f.proxy_port:
+        head = f"-> proxy port {f.proxy_port}"
     else:
         head = _TRACE_SUMMARY.get(point, "unknown trace")
     enc = "encrypted " if f.IP.encrypted else ""
