@@ -415,3 +415,85 @@ spec:
     await eng.apply_text(doc % '{matchPattern: "h1*.example.com"}')
     assert calls <= n, calls
     assert len({k.identity for k in eng.compiled.allow if k.ep_id == pp.id}) == 111  # h1, h1x, h1xx
+
+
+FQDN_MIX = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fq-mix, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.com"}, {matchName: "api.github.com"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toFQDNs: [{matchPattern: "**.svc.example.com"}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
+  - toCIDR: ["203.0.113.0/24", "198.51.100.7/32"]
+    toPorts: [{ports: [{port: "8443", protocol: TCP}]}]
+  egressDeny:
+  - toCIDRSet: [{cidr: "198.51.100.0/28", except: ["198.51.100.8/29"]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fq-world, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: details}}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toFQDNs: [{matchName: "api.github.com"}]
+"""
+
+
+async def test_an_answer_updates_only_its_addresses_as_a_recompile_would(world):
+    """A learned or expired address updates only its own entries (toFQDNs, the CIDR
+    and world rules that cover its /32, deny rules, L7 entries, the ipcache; an
+    endpoint's address keeps the endpoint's identity): after every step of a random
+    run of answers and expiries the maps, the compiled tables and the identity lookups
+    are exactly what a full recompile gives."""
+    import random
+    import time
+
+    from webb_agent.pipeline.l7.dns import DNSMessage
+    reg, eng = world
+    await eng.apply_text(FQDN_MIX)
+    pp, dt = by(reg, "productpage"), by(reg, "details")
+    rnd = random.Random(17)
+    names = ["a.example.com", "b.example.com", "x.svc.example.com", "y.z.svc.example.com",
+             "api.github.com", "other.org"]
+    pool = ["203.0.113.5", "203.0.113.9", "198.51.100.3", "198.51.100.7", "198.51.100.9",
+            "192.0.2.1", "192.0.2.2", "10.244.1.11", "2001:db8::1"]
+    base = time.monotonic()
+    full_calls = expired = 0
+    real = eng._recompile
+
+    def counting() -> None:
+        nonlocal full_calls
+        full_calls += 1
+        real()
+    eng._recompile = counting  # type: ignore[method-assign]
+    for step in range(120):
+        if rnd.random() < 0.7:
+            ips = tuple(rnd.sample(pool, rnd.randint(1, 3)))
+            name = rnd.choice(names)
+            await eng.learn_dns(rnd.choice((pp.id, dt.id)), DNSMessage(
+                step, True, 0, 0, name + ".", ("A",), ips, ttl=rnd.choice((5, 30, 90))))
+        elif eng.fqdn.expire(base + step * 0.5):
+            expired += 1
+            await eng._fqdn_recompile()
+        compiled, state = eng._compile(eng.policies.values())
+        cur = eng.writer.current
+        assert (cur.allow, cur.deny, cur.ipcache) == (state.allow, state.deny, state.ipcache), step
+        c = eng.compiled
+        assert (c.allow, c.deny, c.cidrs) == (compiled.allow, compiled.deny, compiled.cidrs), step
+        assert (c.l7, c.l7_udp) == (compiled.l7, compiled.l7_udp), step
+        for ip in pool:
+            a = ipaddress.ip_address(ip)
+            packed = a.packed.ljust(16, b"\0")
+            assert eng.identity_of(ip) == PrefixLookup(state.ipcache).lookup(a.version, packed)
+            want = eng.lookup.lookup(a.version, packed)
+            assert want == PrefixLookup({k: v for k, v in state.ipcache.items()
+                                         if v in compiled.cidrs.values()}).lookup(a.version, packed)
+    assert len(eng.fqdn) and expired and full_calls == 0  # never a whole recompile
+    await eng.delete("fq-mix", "bookinfo")
+    await eng.delete("fq-world", "bookinfo")

@@ -9,7 +9,7 @@ one "policy set" id, from which flows name the policies (allowed_by / denied_by)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..stores.identities import (RESERVED, RESERVED_HEALTH, RESERVED_HOST, RESERVED_INGRESS,
                                  RESERVED_INIT, RESERVED_KUBE_APISERVER, RESERVED_REMOTE_NODE,
@@ -144,6 +144,47 @@ class L7Entry:
 
 
 @dataclass
+class RuleRecord:
+    """A rule as the compiler met it, kept so that an address's entries can be worked
+    out again without compiling everything (Compiler.update_addresses)."""
+
+    rule: Any
+    eps: list[int]
+    ports: list[tuple[int, int, int]]   # _port_keys(rule.ports)
+    ref: PolicyRef
+    ids: set[int]                       # the identities it covers now (allow rules: L7 entries)
+    l7: list[tuple[tuple[int, ...], int]]  # (protocols, port) of its ports with L7 rules
+
+
+@dataclass
+class DeltaContext:
+    """What a compile leaves for updates of learned (toFQDNs) addresses."""
+
+    rules: list[RuleRecord]
+    prefixes: set[Network]                          # prefixes the policies name
+    cluster: str
+    l7_ports: set[tuple[int, int, int]]
+    udp_ports: set[tuple[int, int, int]]
+    # CIDR identity -> its allow / deny keys
+    allow_by_id: dict[int, set[PolicyKey]] = field(default_factory=dict)
+    deny_by_id: dict[int, set[PolicyKey]] = field(default_factory=dict)
+
+
+@dataclass
+class AddressUpdate:
+    """What update_addresses changed: map entries to set and to delete, prefixes that
+    gained or lost their CIDR identity."""
+
+    allow_set: dict[PolicyKey, tuple[int, int]]
+    allow_del: set[PolicyKey]
+    deny_set: dict[PolicyKey, tuple[int, int]]
+    deny_del: set[PolicyKey]
+    cidrs_set: dict[Network, int]
+    cidrs_del: dict[Network, int]
+    l7: bool  # the L7 entries changed (compiled.l7 / l7_udp were rebuilt)
+
+
+@dataclass
 class Compiled:
     allow: dict[PolicyKey, tuple[int, int]]  # -> (policy set, match type [| MATCH_PROXY])
     deny: dict[PolicyKey, tuple[int, int]]
@@ -155,6 +196,7 @@ class Compiled:
     # l7_udp the same for DNS over UDP.
     l7: dict[tuple[int, int, int], tuple[L7Entry, ...]] = field(default_factory=dict)
     l7_udp: dict[tuple[int, int, int], tuple[L7Entry, ...]] = field(default_factory=dict)  # DNS
+    ctx: DeltaContext | None = None
 
 
 def port_prefixes(start: int, end: int) -> list[tuple[int, int]]:
@@ -218,7 +260,7 @@ class Compiler:
         flags: dict[int, int] = {}
         default_refs: dict[tuple[int, int], set[PolicyRef]] = {}
         selected_by: dict[int, tuple[set[str], set[str]]] = {}
-        rules_seen: list[tuple[Any, list[int], frozenset[int], PolicyRef]] = []
+        records: list[RuleRecord] = []
         l7_ports: set[tuple[int, int, int]] = set()  # TCP
         udp_ports: set[tuple[int, int, int]] = set()  # DNS over UDP
         proxied: set[PolicyKey] = set()
@@ -248,29 +290,22 @@ class Compiler:
                 for rule in spec.rules:
                     ids = self._identities(rule.peers, universe, cidr_nets, view.cluster,
                                            view.fqdns, cidrs)
-                    if not ids:
-                        continue
                     ports = _port_keys(rule.ports)
-                    target = deny_refs if rule.deny else allow_refs
                     d = DIRECTIONS[rule.direction]
-                    for ep in eps:
-                        for ident in ids:
-                            for proto, port, bits in ports:
-                                target.setdefault(PolicyKey(ep, d, ident, proto, port, bits),
-                                                  set()).add(ref)
+                    rec = RuleRecord(rule, eps, ports, ref, ids, [])
+                    records.append(rec)
                     if not rule.deny:
-                        rules_seen.append((rule, eps, frozenset(ids), ref))
                         for pr in rule.ports or ():
                             if pr.http is None and pr.dns is None:
                                 continue
                             protos = (6,) if pr.http is not None else (
                                 (pr.protocol,) if pr.protocol else (6, 17))
+                            rec.l7.append((protos, pr.start))
                             for ep in eps:
                                 for proto in protos:
                                     (l7_ports if proto == 6 else udp_ports).add((ep, d, pr.start))
-                                for ident in ids:
-                                    for proto in protos:
-                                        proxied.add(PolicyKey(ep, d, ident, proto, pr.start, 16))
+                    if ids:
+                        _rule_entries(rec, ids, deny_refs if rule.deny else allow_refs, proxied)
         if self.allow_localhost:
             # Cilium's allow-localhost=always: the node may always reach its endpoints
             # (probes), unless a deny rule says otherwise.
@@ -285,16 +320,90 @@ class Compiler:
             endpoints[ep] = EndpointPolicy(
                 ep, f, self.sets.intern(default_refs.get((ep, DIR_INGRESS), ())),
                 self.sets.intern(default_refs.get((ep, DIR_EGRESS), ())))
-        l7 = _l7_entries(rules_seen, l7_ports, 6)
+        ctx = DeltaContext(records, set(cidr_prefixes(policies)), view.cluster, l7_ports,
+                           udp_ports)
+        allow = {k: (self.sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
+                 for k, v in allow_refs.items()}
+        deny = {k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()}
+        cidr_set = set(cidrs.values())
+        for entries, by_id in ((allow, ctx.allow_by_id), (deny, ctx.deny_by_id)):
+            for k in entries:
+                if k.identity in cidr_set:
+                    by_id.setdefault(k.identity, set()).add(k)
         return Compiled(
-            allow={k: (self.sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
-                   for k, v in allow_refs.items()},
-            l7=l7, l7_udp=_l7_entries(rules_seen, udp_ports, 17),
-            deny={k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()},
-            endpoints=endpoints,
+            allow=allow, l7=_l7_entries(records, l7_ports, 6),
+            l7_udp=_l7_entries(records, udp_ports, 17), deny=deny, endpoints=endpoints,
             selected_by={ep: (tuple(sorted(i)), tuple(sorted(e)))
                          for ep, (i, e) in selected_by.items()},
-            cidrs=cidrs)
+            cidrs=cidrs, ctx=ctx)
+
+    def update_addresses(self, compiled: Compiled, nets: Iterable[Network],
+                         selects: Callable[[DNSRule, Network], bool]) -> AddressUpdate:
+        """The entries of learned addresses whose toFQDNs selection changed, worked out
+        again from every rule for just their CIDR identities (what compile() gives
+        them, without compiling the rest), and applied to `compiled`'s tables of
+        entries and prefixes. The caller writes the returned changes to the maps
+        (before, not after: compiled is changed in place)."""
+        ctx = compiled.ctx
+        assert ctx is not None
+        nets = set(nets)
+        selectors = {peer.fqdn for rec in ctx.rules for peer in rec.rule.peers or ()
+                     if peer.fqdn is not None}
+        fqdns = {r: frozenset(n for n in nets if selects(r, n)) for r in selectors}
+        cidrs_set: dict[Network, int] = {}
+        cidrs_del: dict[Network, int] = {}
+        for net in nets:
+            num = self.cidr_ids.get(net)
+            if net in ctx.prefixes or any(net in got for got in fqdns.values()):
+                if compiled.cidrs.get(net) != num:
+                    cidrs_set[net] = num
+            elif net in compiled.cidrs:
+                cidrs_del[net] = compiled.cidrs[net]
+        cidrs = {**compiled.cidrs, **cidrs_set} if cidrs_set else compiled.cidrs
+        live = {net: cidrs[net] for net in nets if net in cidrs and net not in cidrs_del}
+        touched = {self.cidr_ids.get(net) for net in nets}
+        universe = {num: LabelSet(CIDRIdentities.labels(net)) for net, num in live.items()}
+        index = CIDRIndex()
+        for net, num in live.items():
+            index.add(net, num)
+        allow_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        deny_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        proxied: set[PolicyKey] = set()
+        l7_changed = False
+        for rec in ctx.rules:
+            ids = self._identities(rec.rule.peers, universe, index, ctx.cluster, fqdns,
+                                   cidrs) & touched
+            if rec.l7 and not rec.rule.deny and (ids or rec.ids & touched):
+                l7_changed |= (rec.ids & touched) != ids
+            rec.ids -= touched
+            rec.ids |= ids
+            if ids:
+                _rule_entries(rec, ids, deny_refs if rec.rule.deny else allow_refs, proxied)
+        out = AddressUpdate({}, set(), {}, set(), cidrs_set, cidrs_del, l7_changed)
+        for refs, table, by_id, want_set, want_del, proxy in (
+                (allow_refs, compiled.allow, ctx.allow_by_id, out.allow_set, out.allow_del, True),
+                (deny_refs, compiled.deny, ctx.deny_by_id, out.deny_set, out.deny_del, False)):
+            new = {k: (self.sets.intern(v),
+                       k.match_type() | (MATCH_PROXY if proxy and k in proxied else 0))
+                   for k, v in refs.items()}
+            for num in touched:
+                for k in by_id.pop(num, ()):
+                    if k not in new:
+                        want_del.add(k)
+            for k, v in new.items():
+                by_id.setdefault(k.identity, set()).add(k)
+                if table.get(k) != v:
+                    want_set[k] = v
+            for k in want_del:
+                del table[k]
+            table.update(want_set)
+        for net in cidrs_del:
+            del compiled.cidrs[net]
+        compiled.cidrs.update(cidrs_set)
+        if l7_changed:
+            compiled.l7 = _l7_entries(ctx.rules, ctx.l7_ports, 6)
+            compiled.l7_udp = _l7_entries(ctx.rules, ctx.udp_ports, 17)
+        return out
 
     def _identities(self, peers: tuple[Peer, ...] | None, universe: dict[int, LabelSet],
                     cidr_nets: "CIDRIndex", cluster: str,
@@ -329,8 +438,24 @@ class Compiler:
         return out
 
 
-def _l7_entries(rules: list[tuple[Any, list[int], frozenset[int], PolicyRef]],
-                l7_ports: set[tuple[int, int, int]],
+def _rule_entries(rec: RuleRecord, ids: Iterable[int], refs: dict[PolicyKey, set[PolicyRef]],
+                  proxied: set[PolicyKey]) -> None:
+    """The map keys a rule gives the identities `ids` (and which go to the proxy)."""
+    rule, ref = rec.rule, rec.ref
+    d = DIRECTIONS[rule.direction]
+    for ep in rec.eps:
+        for ident in ids:
+            for proto, port, bits in rec.ports:
+                refs.setdefault(PolicyKey(ep, d, ident, proto, port, bits), set()).add(ref)
+    if not rule.deny:
+        for protos, start in rec.l7:
+            for ep in rec.eps:
+                for ident in ids:
+                    for proto in protos:
+                        proxied.add(PolicyKey(ep, d, ident, proto, start, 16))
+
+
+def _l7_entries(records: list[RuleRecord], l7_ports: set[tuple[int, int, int]],
                 proto: int) -> dict[tuple[int, int, int], tuple[L7Entry, ...]]:
     """For each policed port, every allow rule that covers it (as Cilium merges them: a
     rule without L7 rules on the port allows every request of its peers)."""
@@ -338,7 +463,11 @@ def _l7_entries(rules: list[tuple[Any, list[int], frozenset[int], PolicyRef]],
     for ep, d, port in l7_ports:
         by_ep.setdefault(ep, []).append((d, port))
     out: dict[tuple[int, int, int], list[L7Entry]] = {}
-    for rule, eps, ids, ref in rules:
+    for rec in records:
+        rule, eps, ref = rec.rule, rec.eps, rec.ref
+        if rule.deny or not rec.ids:
+            continue
+        ids = frozenset(rec.ids)
         d = DIRECTIONS[rule.direction]
         for ep in eps:
             for pd, port in by_ep.get(ep, ()):

@@ -140,7 +140,7 @@ class PolicyEngine:
         selectors = self._fqdn_selectors(policies)
         self.fqdn.set_selectors(selectors)
         return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster,
-                           {r: self.fqdn.selected(r) for r in selectors})
+                           {r: self.fqdn.selected_nets(r) for r in selectors})
 
     # -- toFQDNs ---------------------------------------------------------------------------
     def _fqdn_selectors(self, policies: Iterable[Policy] | None = None) -> set[DNSRule]:
@@ -159,14 +159,15 @@ class PolicyEngine:
         names = [n for n in (answer.query, *answer.cnames) if self.fqdn.selecting(n)]
         if not names:
             return
-        if self.fqdn.learn(names, answer.ips, answer.ttl):
+        self.fqdn.learn(names, answer.ips, answer.ttl)
+        if self.fqdn.changed():  # this answer's addresses, or others' not yet in the maps
             await self._fqdn_recompile()
         self._ensure_expiry()
 
     async def _fqdn_recompile(self) -> None:
-        """Returns once a recompile that saw everything learned so far is in the maps.
+        """Returns once an update that saw everything learned so far is in the maps.
         Answers arriving within FQDN_COALESCE_S of each other (a burst of lookups) share
-        one recompile instead of queueing one each on the event loop."""
+        one update instead of queueing one each on the event loop."""
         fut = self._fqdn_batch
         if fut is None:
             loop = asyncio.get_running_loop()
@@ -184,11 +185,53 @@ class PolicyEngine:
             # Learned from now on goes into the next batch; all before is in this one.
             self._fqdn_batch = None
             try:
-                self._recompile()
+                self._fqdn_update()
             except Exception as e:
                 fut.set_exception(e)
                 return
             fut.set_result(None)
+
+    def _fqdn_update(self) -> None:
+        """Writes the entries of the addresses whose toFQDNs selection changed since the
+        last compile or update: only theirs (an answer costs what its addresses need,
+        not a recompile of every policy and every address learned before)."""
+        nets = self.fqdn.take_changed()
+        if not nets:
+            return
+        compiled = self.compiled
+        if compiled.ctx is None:
+            self._recompile()
+            return
+        upd = self.compiler.update_addresses(compiled, nets, self.fqdn.selects)
+        # The prefix's ipcache entry, unless an endpoint or a node has that address
+        # (they keep their identity, as build() gives it them).
+        cur = self.writer.current.ipcache
+        ip_set: dict[IPKey, int] = {}
+        ip_del: set[IPKey] = set()
+        for net, num in upd.cidrs_set.items():
+            k = IPKey.of(net)
+            have = cur.get(k)
+            if have != num and (have is None or self.cidr_ids.network(have) is not None):
+                ip_set[k] = num
+        for net, num in upd.cidrs_del.items():
+            k = IPKey.of(net)
+            if cur.get(k) == num:
+                ip_del.add(k)
+        try:
+            self.writer.apply_changes(
+                {"deny": upd.deny_set, "allow": upd.allow_set, "ipcache": ip_set},
+                {"allow": upd.allow_del, "ipcache": ip_del, "deny": upd.deny_del})
+        except Exception:
+            self._recompile()  # compiled was changed in place: back in step with the maps
+            raise
+        for k, num in ip_set.items():
+            self._ip_lookup.set(k, num)
+            self.lookup.set(k, num)
+        for k in ip_del:
+            self._ip_lookup.delete(k)
+            self.lookup.delete(k)
+        self._cidr_id_set.difference_update(upd.cidrs_del.values())
+        self._cidr_id_set.update(upd.cidrs_set.values())
 
     def _ensure_expiry(self) -> None:
         self._fqdn_wake.set()
@@ -245,6 +288,7 @@ class PolicyEngine:
                      len(state.allow), len(state.deny), len(state.ipcache),
                      len(compiled.endpoints))
         self.compiled = compiled
+        self.fqdn.take_changed()  # every learned address is in what was just installed
         self._ip_lookup = PrefixLookup(state.ipcache)
         self._cidr_id_set = cidr_ids = set(compiled.cidrs.values())
         cidr_entries = {k: v for k, v in state.ipcache.items() if v in cidr_ids}

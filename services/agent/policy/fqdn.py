@@ -12,6 +12,11 @@ Which selectors select a name is worked out once, when the name is learned (and 
 for every stored name only when the set of selectors changes): a recompile then reads
 each selector's names from an index instead of matching every stored name against
 every selector, so learning N names costs O(N) matches, not O(N^2).
+
+Each selector's addresses are counted (how many of its names have each address), so
+an answer or an expiry knows at once which addresses a selector gained or lost: those
+are `changed()` until the engine takes them, and it updates the policy maps for just
+those addresses (policy/compile.py, Compiler.update_addresses) instead of recompiling.
 """
 from __future__ import annotations
 
@@ -48,6 +53,10 @@ class FQDNStore:
         # stored name -> the selectors (of _selectors) that select it, and the reverse
         self._selecting: dict[str, frozenset[DNSRule]] = {}
         self._by_selector: dict[DNSRule, set[str]] = {}
+        # selector -> address -> how many of its names have it (the selection)
+        self._count: dict[DNSRule, dict[Network, int]] = {}
+        # addresses whose selection changed since the engine last took them
+        self._changed: set[Network] = set()
 
     def set_selectors(self, selectors: Iterable[DNSRule]) -> None:
         """The toFQDNs selectors of the policies; a change re-matches the stored names."""
@@ -57,8 +66,11 @@ class FQDNStore:
         self._selectors = selectors
         self._selecting = {}
         self._by_selector = {r: set() for r in selectors}
+        self._count = {r: {} for r in selectors}
         for name in self.answers.known_names():
             self._index(name)
+            for addr in self.answers.addresses_of(name):
+                self._counted(name, addr, 1)
 
     def selecting(self, name: str) -> frozenset[DNSRule]:
         """The selectors that select name (cached for the names stored)."""
@@ -74,6 +86,39 @@ class FQDNStore:
         for r in sel:
             self._by_selector[r].add(name)
 
+    def _counted(self, name: str, addr: Network, step: int) -> None:
+        """A (name, address) pair came (+1) or went (-1): its selectors' counts."""
+        for r in self._selecting.get(name, ()):
+            counts = self._count[r]
+            n = counts.get(addr, 0) + step
+            if n > 0:
+                counts[addr] = n
+                if n == 1 and step > 0:
+                    self._changed.add(addr)
+            else:
+                counts.pop(addr, None)
+                self._changed.add(addr)
+
+    def selected_nets(self, rule: DNSRule) -> frozenset[Network]:
+        """The addresses the selector selects now: every pair in the table (an expired
+        one until expire() drops it), read from the counts."""
+        counts = self._count.get(rule)
+        if counts is None:
+            return self.selected(rule)
+        return frozenset(counts)
+
+    def selects(self, rule: DNSRule, net: Network) -> bool:
+        counts = self._count.get(rule)
+        return counts is not None and net in counts
+
+    def changed(self) -> set[Network]:
+        """Addresses some selector gained or lost since take_changed()."""
+        return self._changed
+
+    def take_changed(self) -> set[Network]:
+        out, self._changed = self._changed, set()
+        return out
+
     def _forget(self, name: str) -> None:
         for r in self._selecting.pop(name, ()):
             self._by_selector[r].discard(name)
@@ -87,15 +132,20 @@ class FQDNStore:
         """Records an answer; True when a (name, address) pair is new (the selection
         may grow: recompile), False when it only lasts longer now."""
         names = [canonical_name(n.strip()) for n in names]
-        grew = self.answers.learn(names, ips, ttl, _ns(now))
+        added: list[tuple[str, Network]] = []
+        grew = self.answers.learn(names, ips, ttl, _ns(now), added)
         for name in names:
             if name not in self._selecting and self.answers.knows(name):
                 self._index(name)
+        for name, addr in added:
+            self._counted(name, addr, 1)
         return grew
 
     def expire(self, now: float | None = None) -> bool:
         """Drops what expired; True if anything did."""
         gone = self.answers.expire(_ns(now))
+        for name, addr in gone:
+            self._counted(name, addr, -1)
         for name, _ in gone:
             if not self.answers.knows(name):
                 self._forget(name)

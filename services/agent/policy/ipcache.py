@@ -91,6 +91,21 @@ class PrefixLookup:
         for (fam, bits), table in sorted(grouped.items(), key=lambda kv: -kv[0][1]):
             self._tables[fam].append((bits, table))
 
+    def set(self, key: IPKey, value: int) -> None:
+        tables = self._tables[key.family]
+        for bits, table in tables:
+            if bits == key.bits:
+                table[_mask(key.addr, key.bits)] = value
+                return
+        tables.append((key.bits, {_mask(key.addr, key.bits): value}))
+        tables.sort(key=lambda t: -t[0])
+
+    def delete(self, key: IPKey) -> None:
+        for bits, table in self._tables[key.family]:
+            if bits == key.bits:
+                table.pop(_mask(key.addr, key.bits), None)
+                return
+
     def lookup(self, family: int, addr: bytes) -> int:
         for bits, table in self._tables[family]:
             num = table.get(_mask(addr, bits))

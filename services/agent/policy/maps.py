@@ -112,6 +112,35 @@ class MapWriter:
                 self._set("endpoints", ifx, ep)
         self._bump()
 
+    def apply_changes(self, sets: dict[str, dict[Any, Any]], dels: dict[str, set[Any]]) -> None:
+        """Writes a few entries (sets, deletes per table) in apply()'s order, without
+        comparing whole states; restores what was there if a write fails."""
+        with self._lock:
+            before: dict[str, dict[Any, Any]] = {}
+            for name in self.TABLES:
+                have = getattr(self.current, name)
+                before[name] = {k: have.get(k) for k in (*sets.get(name, ()),
+                                                         *dels.get(name, ()))}
+            try:
+                for name in self.TABLES:  # deny, allow, ipcache
+                    for k, v in sets.get(name, {}).items():
+                        self._set(name, k, v)
+                self._bump()
+                for name in ("allow", "ipcache", "deny"):
+                    for k in dels.get(name, ()):
+                        self._delete(name, k)
+                self._bump()
+            except Exception:
+                log.exception("writing policy maps failed; restoring the previous entries")
+                for name in self.TABLES:
+                    for k, v in before[name].items():
+                        if v is None:
+                            self._delete(name, k)
+                        else:
+                            self._set(name, k, v)
+                self._bump()
+                raise
+
     def set_endpoint(self, ifindex: int, ep: EpEntry | None) -> None:
         """An interface about to get (or just rid of) the programs."""
         with self._lock:

@@ -20,6 +20,8 @@ whatever clock the caller passes.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
@@ -51,6 +53,11 @@ class DNSAnswers(Generic[K]):
         self._by_addr: OrderedDict[K, list[Entry]] = OrderedDict()
         # name -> its addresses: only where something looks names up (toFQDNs)
         self._by_name: dict[str, set[K]] | None = {} if index_names else None
+        # Where names are looked up (toFQDNs), also when each entry ends: (until, n, addr),
+        # an entry made longer leaves its old item behind, skipped when it comes up.
+        # next_expiry() and expire() then cost what expires, not the whole table.
+        self._ends: list[tuple[int, int, K]] | None = [] if index_names else None
+        self._seq = itertools.count()
         self.evicted = 0  # addresses evicted to make room
         self.active = False  # anything learned yet: flows skip the lookups until then
 
@@ -59,8 +66,10 @@ class DNSAnswers(Generic[K]):
         return len(self._by_addr)
 
     # -- learning and forgetting --------------------------------------------------------------
-    def learn(self, names: Iterable[str], ips: Iterable[str], ttl_s: float, now_ns: int) -> bool:
-        """Records an answer; True when a (name, address) pair is new."""
+    def learn(self, names: Iterable[str], ips: Iterable[str], ttl_s: float, now_ns: int,
+              added: list[tuple[str, K]] | None = None) -> bool:
+        """Records an answer; True when a (name, address) pair is new (appended to
+        `added` if given)."""
         self.active = True
         secs = max(ttl_s, 0)
         until = now_ns + int((secs if secs >= self.ttl_floor_s else self.ttl_floor_s) * 10**9)
@@ -83,7 +92,10 @@ class DNSAnswers(Generic[K]):
                 if self.keep_expired_ns:
                     self._prune(addr, entries, now_ns)
             for name in clean:
-                grew |= self._add(addr, entries, name, now_ns, until)
+                if self._add(addr, entries, name, now_ns, until):
+                    grew = True
+                    if added is not None:
+                        added.append((name, addr))
             cap = self.max_entries_per_address
             if cap is not None and len(entries) > cap:
                 dropped = entries[:-cap]
@@ -101,6 +113,8 @@ class DNSAnswers(Generic[K]):
                     del entries[i]
                     now, until = min(start, now), max(end, until)
                 entries.append((name, now, until))
+                if self._ends is not None and until != end:
+                    heapq.heappush(self._ends, (until, next(self._seq), addr))
                 return False
         index = self._by_name
         if index is not None:
@@ -114,6 +128,8 @@ class DNSAnswers(Generic[K]):
                 return False
             addrs.add(addr)
         entries.append((name, now, until))
+        if self._ends is not None:
+            heapq.heappush(self._ends, (until, next(self._seq), addr))
         return True
 
     def _unindex(self, addr: K, dropped: Iterable[Entry], kept: list[Entry]) -> list[str]:
@@ -143,14 +159,32 @@ class DNSAnswers(Generic[K]):
     def expire(self, now_ns: int) -> list[tuple[str, K]]:
         """Drops what ended keep_expired_ns before now; the (name, address) pairs gone."""
         out: list[tuple[str, K]] = []
-        for addr, entries in list(self._by_addr.items()):
+        ends = self._ends
+        if ends is not None:
+            horizon = now_ns - self.keep_expired_ns
+            due: dict[K, None] = {}
+            while ends and ends[0][0] <= horizon:
+                due[heapq.heappop(ends)[2]] = None
+            candidates = [(a, self._by_addr[a]) for a in due if a in self._by_addr]
+        else:
+            candidates = list(self._by_addr.items())
+        for addr, entries in candidates:
             out.extend((name, addr) for name in self._prune(addr, entries, now_ns))
             if not entries:
                 del self._by_addr[addr]
         return out
 
     def next_expiry(self) -> int | None:
-        return min((e[2] for entries in self._by_addr.values() for e in entries), default=None)
+        ends = self._ends
+        if ends is None:
+            return min((e[2] for entries in self._by_addr.values() for e in entries),
+                       default=None)
+        while ends:  # items of entries made longer, or gone, are dropped here
+            until, _, addr = ends[0]
+            if any(e[2] == until for e in self._by_addr.get(addr, ())):
+                return until
+            heapq.heappop(ends)
+        return None
 
     # -- looking up -----------------------------------------------------------------------
     def names(self, addr: K, at_ns: int) -> list[str]:
@@ -178,6 +212,10 @@ class DNSAnswers(Generic[K]):
 
     def known_names(self) -> Iterable[str]:
         return self._names_index().keys()
+
+    def addresses_of(self, name: str) -> Iterable[K]:
+        """The name's addresses in the table (expired ones until expire() drops them)."""
+        return self._names_index().get(name, ())
 
     def expiries(self, name: str) -> dict[K, int]:
         """The name's addresses and when each expires."""
