@@ -17,6 +17,8 @@ APT_PKGS=(python3-bpfcc linux-headers-amd64 iproute2 procps iputils-ping dnsmasq
 # busybox-static for the small test image; gcc and a static libc for pause.c).
 APT_PKGS+=(containerd runc containernetworking-plugins iptables conntrack
            debootstrap busybox-static gcc libc6-dev)
+# The agent's C accelerators (scripts/build_ext.py): a compiler and Python's headers.
+APT_PKGS+=(python3-dev)
 [ -n "${WEBB_EXTRA_APT:-}" ] && APT_PKGS+=($WEBB_EXTRA_APT)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -75,6 +77,9 @@ if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$deps_hash" ]; then
   "$VENV/bin/pip" install -q -e ".[test]"
   echo "$deps_hash" > "$STAMPS/deps"
 fi
+
+# The agent's C accelerators, next to their sources (rebuilt when a source changes).
+"$VENV/bin/python" scripts/build_ext.py
 
 proto_hash=$(cat proto/*/*.proto scripts/gen_proto.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMPS/proto" 2>/dev/null)" != "$proto_hash" ] || [ ! -e webb/api/flow/flow_pb2.py ]; then

@@ -302,3 +302,60 @@ def test_encoder_writes_what_the_http_record_says():
             want = (ld(LAYER7.http, http_fields(http_record(m, settings, request=req))),
                     http_summary(m, settings, request=req, latency_ns=lat))
             assert enc._http(m, req, lat) == want, (m, req, settings)
+
+
+def _outcome(fn, data: bytes, host: str | None) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return fn(data, host)
+    except Exception as e:  # parse_http turns any exception into "error": compare kinds
+        return type(e)
+
+
+def test_c_scanner_answers_exactly_as_parse_fast():
+    """_httpscan.c (built by make setup) is _parse_fast in C: on generated payloads,
+    heads from the agent's own tests and edge cases of every rule it reads itself, it
+    answers exactly as the Python function (equal messages, None where it is None,
+    an exception where it raises), and parse_http uses it."""
+    from webb_agent.pipeline.l7 import http
+
+    assert http._httpscan is not None, "_httpscan.c not built: run make setup"
+    assert http.scanner() == "c"
+    c, py = http._httpscan.parse_fast, http._parse_fast
+    rnd = random.Random(18)
+    parts = _parts()
+    parts["start"] += [b"GET * HTTP/1.1", b"OPTIONS * HTTP/1.0", b"GET x HTTP/1.1",
+                       b"GET http://h/x HTTP/1.0", b"A" * 32 + b" / HTTP/1.1",
+                       b"A" * 33 + b" / HTTP/1.1", b"GET / HTTP/1.2", b"HTTP/1.1 200 ",
+                       b"HTTP/1.1 200\t", b"HTTP/1.1 2000 OK", b"HTTP/1.1 200 O\xffK",
+                       b"HTTP/1.0 101 Switching", b"HTTP/1.1 304", b"GET /a\xff HTTP/1.1"]
+    parts["header"] += [b"Content-Length: 05", b"Content-Length: 1e3", b"Content-Length:",
+                        b"Content-Length: 1234567890123456", b"Content-Length: \xa05",
+                        b"Content-Length: 3", b"Host:", b"Host: ", b"Host: h\xe9",
+                        b"X-Long: " + b"v" * 300, b"X-Tab:\tv\t", b"X:\x7f", b"X;: v",
+                        b"transfer-encoding: gzip", b"X-A: b: c"]
+    parts["body"] += [b"abc", b"\r\n", b"GET /again HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"]
+    parts["eol"] = [b"\r\n"] * 12 + [b"\n"]  # mostly CRLF heads: what the scanner reads
+    hosts = (None, "", "10.0.0.2:80", "[fd00::1]:8080")
+    cases = [(b"", None), (b"GET / HTTP/1.1\r\n\r\n" * 40, None),
+             (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 100 + b"\r\n", None),
+             (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 101 + b"\r\n", None),
+             (b"GET /" + b"x" * 8180 + b" HTTP/1.1\r\n\r\n", None),
+             (b"GET / HTTP/1.1\r\nX: " + b"v" * 8200 + b"\r\n\r\n", None)]
+    for _ in range(6000):
+        msgs = []
+        for _ in range(rnd.choice((1, 1, 1, 2, 3))):
+            eol = rnd.choice(parts["eol"])
+            head = rnd.choice(parts["start"]) + eol
+            for _ in range(rnd.randrange(0, 6)):
+                head += rnd.choice(parts["header"]) + rnd.choice(parts["eol"])
+            msgs.append(head + eol + rnd.choice(parts["body"]))
+        data = b"".join(msgs)
+        if rnd.random() < 0.2:  # cut by the capture prefix
+            data = data[:rnd.randrange(0, len(data) + 1)]
+        cases.append((data, rnd.choice(hosts)))
+    answered = 0
+    for data, host in cases:
+        want = _outcome(py, data, host)
+        assert _outcome(c, data, host) == want, (data, host)
+        answered += isinstance(want, http.HTTPParseResult)
+    assert answered > 600, answered  # the generator reaches the scanner's answers, not only None

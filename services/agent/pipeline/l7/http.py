@@ -205,16 +205,23 @@ def _header_block(data: bytes, pos: int) -> tuple[list[HTTPHeader], int] | None:
     for line in lines:
         h = known(line)
         if h is None:
-            name, _, value = line.partition(b":")
-            key = name.decode("ascii")
-            h = HTTPHeader(_CANONICAL.get(key) or canonical_header_key(key),
-                           value.strip(b" \t").decode("latin-1"))
-            if len(line) <= _HEADER_LINE_CACHED:
-                if len(_HEADER_LINES) >= _HEADER_LINES_MAX:
-                    _HEADER_LINES.clear()  # bounded; the lines in use come back at once
-                _HEADER_LINES[line] = h
+            h = _header_line(line)
         out.append(h)
     return out, end + 4
+
+
+def _header_line(line: bytes) -> HTTPHeader:
+    """A well-formed header line (token ":" value) not in _HEADER_LINES: decoded, and
+    kept there if short."""
+    name, _, value = line.partition(b":")
+    key = name.decode("ascii")
+    h = HTTPHeader(_CANONICAL.get(key) or canonical_header_key(key),
+                   value.strip(b" \t").decode("latin-1"))
+    if len(line) <= _HEADER_LINE_CACHED:
+        if len(_HEADER_LINES) >= _HEADER_LINES_MAX:
+            _HEADER_LINES.clear()  # bounded; the lines in use come back at once
+        _HEADER_LINES[line] = h
+    return h
 
 
 def _parse_header_lines(data: bytes, pos: int) -> tuple[list[HTTPHeader], int, bool] | None:
@@ -329,7 +336,7 @@ def parse_http(payload: bytes, *, default_host: str | None = None) -> HTTPParseR
     """
     try:
         data = bytes(payload)
-        return _parse_fast(data, default_host) or _parse_all(data, default_host)
+        return _fast(data, default_host) or _parse_all(data, default_host)
     except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
         return HTTPParseResult((), Unparsable("error", 0))
 
@@ -433,3 +440,22 @@ def http_summary(msg: HTTPMessage, settings: RedactSettings | None = None,
     if isinstance(msg, HTTPRequest):
         return f"{msg.protocol} {what}"
     return f"{msg.protocol} {msg.code} {latency_ns // 1_000_000}ms ({what})"
+
+
+# _parse_fast in C where it was built (scripts/setup.sh, images/install.sh compile
+# _httpscan.c); it answers exactly as _parse_fast (tests/unit/test_l7_http.py) and
+# hands the rare cases back to the functions above. Without it, _parse_fast runs.
+try:
+    from . import _httpscan
+except ImportError:  # not built: the Python path
+    _httpscan = None  # type: ignore[assignment]
+    _fast = _parse_fast
+else:
+    _httpscan.configure(HTTPRequest, HTTPResponse, HTTPParseResult, _header_line,
+                        _HEADER_LINES, _build_url, _body_length)
+    _fast = _httpscan.parse_fast
+
+
+def scanner() -> str:
+    """Which head scanner parse_http uses: "c" or "python" (logged at start)."""
+    return "c" if _fast is not _parse_fast else "python"
