@@ -26,6 +26,8 @@ import asyncio
 import random
 from typing import Callable
 
+from .timeouts import wait_for
+
 _MAX_EXP = 62  # 2**62 * any sane low is far above any high: stop growing there
 
 
@@ -76,7 +78,7 @@ class Backoff:
         d = self.next_delay()
         ev = self._wake = asyncio.Event()
         try:
-            await asyncio.wait_for(ev.wait(), d)
+            await wait_for(ev.wait(), d)
         except asyncio.TimeoutError:
             return True
         finally:

@@ -46,6 +46,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.stream import stream_pb2 as spb
 from webb.backoff import Backoff
+from webb.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +435,7 @@ class FlowFollower:
         warned = False
         while True:
             try:
-                await asyncio.wait_for(self.channel.channel_ready(), self.connect_warn_s)
+                await wait_for(self.channel.channel_ready(), self.connect_warn_s)
                 return
             except asyncio.TimeoutError:
                 self._set_state("retrying" if self.stats.connects else "connecting",
@@ -569,7 +570,7 @@ class FlowFollower:
                 self._has_room.clear()
                 try:
                     # back-pressure: the server waits for us meanwhile
-                    await asyncio.wait_for(self._has_room.wait(), self.shed_after_s)
+                    await wait_for(self._has_room.wait(), self.shed_after_s)
                 except asyncio.TimeoutError:
                     self._shed(batch)
             if not batch.raw:

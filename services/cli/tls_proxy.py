@@ -9,6 +9,8 @@ import asyncio
 import ssl
 import threading
 
+from webb.timeouts import wait_for
+
 
 class TLSProxyError(ConnectionError):
     pass
@@ -38,7 +40,7 @@ class InsecureTLSProxy:
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _dial(self):
-        return await asyncio.wait_for(
+        return await wait_for(
             asyncio.open_connection(self.host, self.port, ssl=self.ctx,
                                     server_hostname=self.server_name),
             self.timeout)

@@ -19,6 +19,7 @@ from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.api.stream import stream_pb2, stream_pb2_grpc
 from webb.grpc_bytes import add_with_byte_responses
 from webb.health import HUBBLE_OBSERVER
+from webb.timeouts import wait_for
 
 from .pool import PeerPool
 
@@ -82,7 +83,7 @@ async def track_health(health_srv: health.aio.HealthServicer, pool: PeerPool,
                 log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
                 last = status
             try:
-                await asyncio.wait_for(changed.wait(), interval)
+                await wait_for(changed.wait(), interval)
             except asyncio.TimeoutError:
                 pass
     finally:

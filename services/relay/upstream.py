@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
+from webb.timeouts import wait_for
 
 from .entries import FLOW_BYTE, lost_count, scan
 
@@ -248,7 +249,7 @@ class Upstream:
                 self._drop(raws)  # still stuck: keep dropping
                 return False
             try:
-                await asyncio.wait_for(self._space.wait(), self.lag_timeout)
+                await wait_for(self._space.wait(), self.lag_timeout)
             except asyncio.TimeoutError:
                 if self._client_stalled():
                     self._drop(raws)

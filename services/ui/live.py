@@ -15,6 +15,8 @@ import json
 import time
 from typing import Any, AsyncIterator
 
+from webb.timeouts import wait_for
+
 from .relay import RelayClient
 from .settings import Settings
 from .view import View
@@ -82,6 +84,6 @@ async def event_stream(view: View, relay: RelayClient, settings: Settings,
 
 async def _wait_ready(view: View, timeout: float = 3.0) -> None:
     try:
-        await asyncio.wait_for(asyncio.shield(view.ready.wait()), timeout)
+        await wait_for(asyncio.shield(view.ready.wait()), timeout)
     except asyncio.TimeoutError:
         pass

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
+from webb.timeouts import wait_for
 
 log = logging.getLogger("webb.ui.relay")
 
@@ -133,7 +134,7 @@ class RelayClient:
             self._wake.clear()
             delay = self.poll_interval if self.state == "connected" else min(1.0, self.poll_interval)
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_for(self._wake.wait(), delay)
                 await asyncio.sleep(0.2)
             except asyncio.TimeoutError:
                 pass

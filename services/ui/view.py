@@ -24,6 +24,7 @@ from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.backoff import Backoff
 from webb.flow_follow import TAG_FLOW, Batch, FlowFollower, FollowStats
+from webb.timeouts import wait_for
 
 from .flow_row import to_row
 from .layout import layout
@@ -324,7 +325,7 @@ class Views:
     async def ready(self, query: Query, timeout: float = 5.0) -> View:
         v = await self.get(query)
         try:
-            await asyncio.wait_for(asyncio.shield(v.ready.wait()), timeout)
+            await wait_for(asyncio.shield(v.ready.wait()), timeout)
         except asyncio.TimeoutError:
             pass
         return v

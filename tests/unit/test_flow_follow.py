@@ -353,3 +353,44 @@ def test_entry_identity_is_the_flows_uuid_wherever_its_bytes_repeat():
     # no uuid: the whole encoding
     h = opb.GetFlowsResponse(flow=fpb.Flow(node_name="n1")).SerializeToString()
     assert entry_identity(h) == hash(h)
+
+
+class _EndsAtOnce(observer_pb2_grpc.ObserverServicer, stream_pb2_grpc.FlowStreamServicer):
+    """A server whose every stream ends at once: the follower backs off between them."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def GetFlowBatches(self, request, context):
+        self.requests += 1
+        return
+        yield
+
+    async def GetFlows(self, request, context):
+        self.requests += 1
+        return
+        yield
+
+
+async def test_a_cancel_that_meets_the_end_of_a_wait_stops_the_follower(channel_for):
+    # The exporter's stop once hung for good: its follower was cancelled in the loop
+    # step where the wait it was in ended (there: the channel became ready), and
+    # Python 3.11's asyncio.wait_for returned the result instead of the cancellation,
+    # so the reader went on streaming and `cancel(); await` never returned. Here the
+    # wait is the back-off pause, ended by wake() in the same step as the cancel.
+    store = _EndsAtOnce()
+    srv = Server(store)  # type: ignore[arg-type]
+    await srv.start()
+    f = FlowFollower(channel_for(srv), backoff=Backoff(30, 30))
+    c = Consumer(f)
+    try:
+        await until(lambda: f.stats.state == "retrying", what="backing off after a stream ended")
+        asked = store.requests
+        f.backoff.wake()
+        c.task.cancel()
+        done, _ = await asyncio.wait({c.task}, timeout=10)
+        assert done, "the follower outlived its cancellation"
+        assert store.requests == asked  # and never asked the server again
+    finally:
+        await c.stop()
+        await srv.stop()

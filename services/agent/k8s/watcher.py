@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from webb.backoff import Backoff, delay as backoff_delay
+from webb.timeouts import wait_for
 
 from ..stores.endpoints import Endpoint, EndpointRegistry, NodeInfo
 from ..policy.engine import PolicyEngine
@@ -127,7 +128,7 @@ class KubeSource:
         for inf in infs:
             self._spawn(inf.run(), f"k8s-{inf.name}")
         try:
-            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in infs)),
+            await wait_for(asyncio.gather(*(i.synced.wait() for i in infs)),
                                    self.opts.sync_timeout)
         except asyncio.TimeoutError:
             log.warning("Kubernetes caches %s not synced after %.0fs; continuing, they will "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, Iterable, TypeVar
 
+from webb.timeouts import wait_for
+
 T = TypeVar("T")
 
 
@@ -85,7 +87,7 @@ class Ring(Generic[T]):
             if self._wakeup is None or self._wakeup.done():
                 self._wakeup = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._wakeup), timeout)
+                await wait_for(asyncio.shield(self._wakeup), timeout)
             except asyncio.TimeoutError:
                 return self._next > seq
         return True

@@ -8,6 +8,8 @@ import time
 
 from aiohttp import ClientTimeout
 
+from webb.timeouts import wait_for
+
 from .bookinfo import client_session
 
 
@@ -43,7 +45,7 @@ async def run(url: str, rate: float, duration: float, max_requests: int,
             except Exception:
                 pass
             try:
-                await asyncio.wait_for(stop.wait(), 1.0 / rate)
+                await wait_for(stop.wait(), 1.0 / rate)
             except asyncio.TimeoutError:
                 pass
     print(f"sent {sent} requests, {ok} ok", flush=True)

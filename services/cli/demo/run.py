@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from webb.timeouts import wait_for
+
 from .cluster import PREFIX, DemoCluster, Ports, agent_host, clean
 
 DEFAULT_STATE = Path("/run/webb-demo")
@@ -64,7 +66,7 @@ async def _run(c: DemoCluster, duration: float | None) -> None:
     try:
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), SUPERVISE_INTERVAL_S)
+                await wait_for(stop.wait(), SUPERVISE_INTERVAL_S)
             except asyncio.TimeoutError:
                 pass
             # A process that dies is restarted (like kubelet); the rest keeps running.

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from webb.timeouts import wait_for
+
 from .batch import pack_batch
 from .encoding import capture_raws
 from .store import HistoryStore, Removed
@@ -116,7 +118,7 @@ class HistoryWriter:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await wait_for(self._wake.wait(), self.interval)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
