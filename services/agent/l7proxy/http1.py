@@ -27,6 +27,11 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # take, no bare LF; what Envoy accepts, so both ends of the proxy cut the body alike
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[^\r\n]*)?\r\n")
 _TRAILER_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n")
+# Values are decoded as Latin-1: str.strip() and isdigit() would take NBSP and NEL
+# for blanks and superscript digits for digits, which no server does ("chunked\xa0"
+# is another coding to it), so list items are trimmed of HTTP's own blanks only.
+_OWS = " \t"
+_LENGTH = re.compile("[0-9]{1,15}")
 
 
 class HTTPError(Exception):
@@ -114,16 +119,16 @@ def _framing(headers: list[tuple[str, str]]) -> int | None:
     if te:
         if cl:
             raise HTTPError(400, "both Content-Length and Transfer-Encoding")
-        codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
+        codings = [c.strip(_OWS).lower() for v in te for c in v.split(",") if c.strip(_OWS)]
         if not codings or codings[-1] != "chunked":
             raise HTTPError(501, "transfer coding other than chunked")
         return CHUNKED
     if cl:
-        values = {c.strip() for v in cl for c in v.split(",")}
+        values = {c.strip(_OWS) for v in cl for c in v.split(",")}
         if len(values) != 1:
             raise HTTPError(400, "conflicting Content-Length values")
         v = values.pop()
-        if not v.isdigit() or len(v) > 15:
+        if _LENGTH.fullmatch(v) is None:
             raise HTTPError(400, "invalid Content-Length")
         return int(v)
     return None
@@ -131,7 +136,7 @@ def _framing(headers: list[tuple[str, str]]) -> int | None:
 
 def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
     conn = ",".join(v for k, v in headers if k.lower() == "connection").lower()
-    tokens = {t.strip() for t in conn.split(",")}
+    tokens = {t.strip(_OWS) for t in conn.split(",")}
     if version == "HTTP/1.0":
         return "keep-alive" in tokens
     return "close" not in tokens
