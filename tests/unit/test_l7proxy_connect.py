@@ -106,3 +106,41 @@ def test_a_client_gone_while_its_upstream_socket_is_made_leaks_nothing(loop_kind
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
                 and "socket" in str(w.message)]
     assert not unclosed
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_clients_that_reset_before_they_are_served_leak_nothing(loop_kind):
+    """A client that connects and resets at once (before the loop hands the connection
+    to the proxy): under uvloop the transport then has no peer address. Its fd and its
+    place among max_connections must be given back, or such clients fill the proxy."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        proxy = L7Proxy(_Engine(9), _Registry(), _GatedNetns(), max_connections=8)
+        lst = socket.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(64)
+        srv = await loop.create_server(lambda: ClientConnection(proxy, True), sock=lst)
+        await asyncio.sleep(0)
+        before = _fds()
+        for _ in range(20):  # more than max_connections, with the loop held meanwhile
+            c = socket.socket()
+            c.connect(lst.getsockname())
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        for _ in range(500):
+            if proxy.stats.connections >= 20 and not proxy._conns and _fds() <= before:
+                break
+            await asyncio.sleep(0.01)
+        assert proxy.stats.connections == 20
+        assert not proxy._conns and proxy.stats.active == 0, proxy.stats
+        assert _fds() <= before
+        assert not errors, errors[0]
+        srv.close()
+        await srv.wait_closed()
+
+    if loop_kind == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())

@@ -174,6 +174,13 @@ class ClientConnection(asyncio.Protocol):
         self.family = sock.family
         peer = t.get_extra_info("peername")
         orig = t.get_extra_info("sockname")
+        if peer is None or orig is None:
+            # Reset before the loop handed it over (uvloop then has no peer address):
+            # nothing to serve, but the transport must still be closed, or its fd and
+            # its place among max_connections stay taken for good.
+            st.error("client_reset")
+            t.abort()
+            return
         self.client = (peer[0], peer[1])
         self.server = (orig[0], orig[1])  # the original destination
         if len(proxy._conns) > proxy.max_connections:
