@@ -565,6 +565,7 @@ class Bench:
             self._follow_call.cancel()
             self._follow_call = None
         self.agent.stop()
+        log_from = self.agent.log.stat().st_size if self.agent.log.exists() else 0
         env = {"WEBB_BPF_DIR": str(HERE.parent / "bpf")}
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
@@ -583,8 +584,21 @@ class Bench:
                 else:
                     os.environ[k] = v
         self.wait_attached(True)
+        print(f"   agent ({pythonpath or 'this checkout'}): {self.agent_paths(log_from)}")
         if self.args.follow:
             self.start_follower()
+
+    def agent_paths(self, log_from: int = 0) -> str:
+        """Which L7 head scanner and perf reader the agent runs (C or Python), from
+        what it logged since log_from (agents older than these lines log neither)."""
+        import re
+
+        assert self.agent is not None
+        with open(self.agent.log, "rb") as f:
+            f.seek(log_from)
+            text = f.read().decode(errors="replace")
+        found = re.findall(r"L7 HTTP head scanner: \w+|L7 perf buffer read by [\w' ]+", text)
+        return ", ".join(found) or "neither logged (older code)"
 
     def part_compare(self) -> None:
         a = self.args

@@ -157,7 +157,8 @@ class Agent:
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
         self.datapath.open_l7_events(self.ingest.on_l7_event, self.ingest.on_lost,
-                                     cfg.l7_perf_pages, cfg.wakeup_events)
+                                     cfg.l7_perf_pages, cfg.wakeup_events,
+                                     on_batch=self.ingest.on_l7_batch)
         if cfg.kernel_drops:
             await self._start_kernel_drops()
         release_freed_heap()  # what LLVM freed after compiling the programs

@@ -93,8 +93,9 @@ def test_bases_users_and_entrypoints(component):
         # a stage that compiles the C accelerators, then the image with the module only
         assert froms == ["debian:bookworm-slim", "debian:bookworm-slim"]
         from_ext = [a for ins, a in stages(component)[-1] if ins == "COPY" and "--from=" in a]
-        assert any(a.startswith("--from=ext ") and a.endswith(
-            "/site-packages/webb_agent/pipeline/l7/_httpscan.so") for a in from_ext), from_ext
+        for module in ("pipeline/l7/_httpscan.so", "datapath/_perfring.so"):
+            assert any(a.startswith("--from=ext ") and a.endswith(
+                f"/site-packages/webb_agent/{module}") for a in from_ext), (module, from_ext)
         text = (IMAGES / "agent" / "Dockerfile").read_text()
         for pkg in ("python3-bpfcc", "bpfcc-tools", "kmod", "iproute2", "linux-headers-"):
             assert pkg in text, pkg

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import perf_ring
 from .event import STAT_EVENTS, STAT_L7_EVENTS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
 from .netns import netlink_executor
 
@@ -77,6 +78,8 @@ class Datapath:
 
         self._BPF = BPF
         self.netns = netns
+        self._l7_rings: perf_ring.PerfRings | None = None
+        self._l7_sink: tuple[Callable[[list[bytes]], None], Callable[[int], None]] | None = None
         self.bpf = BPF(text=bpf_source("flow.c"), cflags=[
             f"-DAGG_MAP_SIZE={agg_entries}", f"-DDROP_MAP_SIZE={agg_entries // 4}",
             "-DEP_MAP_SIZE=4096", f"-DIPCACHE_SIZE={ipcache_entries}",
@@ -237,11 +240,21 @@ class Datapath:
                                              wakeup_events=wakeup_events)
 
     def open_l7_events(self, on_event: Callable[[int, int, int], None],
-                       on_lost: Callable[[int], None], page_cnt: int, wakeup_events: int) -> None:
-        self.bpf[b"l7_events"].open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
-                                                wakeup_events=wakeup_events)
+                       on_lost: Callable[[int], None], page_cnt: int, wakeup_events: int,
+                       on_batch: Callable[[list[bytes]], None] | None = None) -> None:
+        """on_batch: where the C ring reader (perf_ring.py) puts each drain's records;
+        without it, or where it is not built, bcc's callbacks give them to on_event."""
+        table = self.bpf[b"l7_events"]
+        table.open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
+                               wakeup_events=wakeup_events)
+        if on_batch is not None and perf_ring.available():
+            self._l7_rings = perf_ring.PerfRings(self.bpf, table, page_cnt)
+            self._l7_sink = (on_batch, on_lost)
+        log.info("L7 perf buffer read by %s", "C" if self._l7_rings else "bcc's callbacks")
 
     def consume(self) -> None:
+        if self._l7_rings is not None:
+            self._l7_rings.drain(*self._l7_sink)
         self.bpf.perf_buffer_consume()
 
     def stats(self) -> dict[str, int]:
@@ -265,4 +278,7 @@ class Datapath:
                 self._ipr = None
         self._nl.submit(detach_all).result(timeout=30)
         self._nl.shutdown()
+        if self._l7_rings is not None:
+            self._l7_rings.close()  # before bcc unmaps and closes the rings
+            self._l7_rings = None
         self.bpf.cleanup()

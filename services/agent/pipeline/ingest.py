@@ -98,6 +98,10 @@ class Ingest:
     def on_l7_event(self, cpu: int, data: int, size: int) -> None:
         self._l7_raw.append(ctypes.string_at(data, size))
 
+    def on_l7_batch(self, raws: list[bytes]) -> None:
+        """A drain's L7 records read by the C ring reader (datapath/perf_ring.py)."""
+        self._l7_raw.extend(raws)
+
     def on_lost(self, *args: int) -> None:
         # bcc passes (lost,) or (cpu, lost) depending on version
         lost = args[-1]
