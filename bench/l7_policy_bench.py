@@ -85,11 +85,21 @@ class _Server(asyncio.Protocol):
             self.t.write(RESPONSE * n)  # type: ignore[attr-defined]
 
 
-async def _serve(timeout: float) -> None:
-    srv = await asyncio.get_running_loop().create_server(_Server, "0.0.0.0", PORT)
+def _exit_with_stdin() -> None:
+    """The server lives as long as the bench (its stdin, a pipe from the bench, ends
+    when the bench does, however it ends): a run of many rounds outlasts any fixed
+    timeout, and a killed bench leaves no server behind."""
+    def watch() -> None:
+        sys.stdin.read()
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+async def _serve() -> None:
+    await asyncio.get_running_loop().create_server(_Server, "0.0.0.0", PORT)
     print("ready", flush=True)
-    await asyncio.sleep(timeout)
-    srv.close()
+    _exit_with_stdin()
+    await asyncio.Event().wait()
 
 
 def _serve_stdlib() -> None:
@@ -113,7 +123,7 @@ def _serve_stdlib() -> None:
     srv = ThreadingHTTPServer(("0.0.0.0", PORT), H)
     srv.daemon_threads = True
     print("ready", flush=True)
-    threading.Timer(600, srv.shutdown).start()
+    _exit_with_stdin()
     srv.serve_forever()
 
 
@@ -183,7 +193,7 @@ def main() -> None:
         if a.backend == "http.server":
             _serve_stdlib()
         else:
-            asyncio.run(_serve(600))
+            asyncio.run(_serve())
         return
     if a.mode == "client":
         _client(a.host, a.seconds, a.rate, a.cpu)
@@ -205,7 +215,8 @@ def main() -> None:
         eps = tmp / "endpoints.yaml"
         write_bench_endpoints(eps, (cli, srv))
         server = lab.popen(srv.netns, sys.executable, __file__, "--mode", "serve",
-                           "--backend", a.backend, stdout=subprocess.PIPE, text=True)
+                           "--backend", a.backend, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
         procs.append(server)  # `ip netns exec` execs: server.pid is the server's own
         assert server.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         agent = Agent(tmp, n1.netns, eps, ["--event-loop", a.event_loop])
