@@ -7,6 +7,15 @@ load noted; --profile adds cProfile's top functions. Asserts nothing.
 
 Run as root from the repository (the upstream socket is IP_TRANSPARENT, as in the agent):
   .venv/bin/python bench/l7_proxy_micro.py            # ~10 s; --requests, --profile
+  .venv/bin/python bench/l7_proxy_micro.py --no-sockets   # the Python alone, ~5 s
+
+--no-sockets: the same connection handler on transports that only count the bytes
+written, fed the request and the answer by direct calls, and the two L7 messages per
+request built afterwards as the agent's ingest builds them (a batch of cold flows):
+the Python per request without a system call, as the best of several runs. Steadier
+than the socket run on a shared machine (no wake-ups, no scheduling), so it is the
+figure for comparing two versions of the proxy's Python (PYTHONPATH=DIR for another
+revision's webb_agent, as l7_bench.py --compare-agent does).
 
 What it leaves out, measured by l7_policy_bench.py: the eBPF steering, veths and
 namespaces, and the agent's ingest of the flows (here they are built and dropped).
@@ -141,14 +150,111 @@ async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
         peer.wait()
 
 
+class _CountingTransport:
+    """What ClientConnection and Upstream use of a transport; writes are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def get_extra_info(self, key: str):  # type: ignore[no-untyped-def]
+        return {"socket": self.sock, "peername": ("10.244.1.10", 40000),
+                "sockname": ("10.244.1.11", 8080)}[key]
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def _no_sockets(requests: int, runs: int) -> None:
+    import timeit
+
+    from webb.gc_tune import freeze_and_raise
+    from webb_agent.l7proxy.connection import ClientConnection, Upstream
+    from webb_agent.l7proxy.flows import l7_message
+    from webb_agent.l7proxy.proxy import L7Proxy
+    from webb_agent.policy.compile import DIR_INGRESS, L7Entry, PolicyRef
+    from webb_agent.policy.model import HTTPRule
+
+    freeze_and_raise("WEBB_BENCH_GC")  # the agent's collector settings (memory.py)
+
+    class Endpoint:
+        id = 1
+
+    class Registry:
+        def by_ip(self, ip: str) -> Endpoint:
+            return Endpoint()
+
+        def is_local(self, ep: Endpoint) -> bool:
+            return True
+
+    class Engine:
+        class compiled:
+            l7: dict = {}
+
+        def identity_of(self, ip: str) -> int:
+            return 5
+
+    ref = PolicyRef("CiliumNetworkPolicy", "bench", "srv", 1, ())
+    Engine.compiled.l7[(1, DIR_INGRESS, 8080)] = (
+        L7Entry(frozenset({5}), (HTTPRule(method="GET", path="/api/.*"),), ref),)
+    proxy = L7Proxy(Engine(), Registry(), None)
+    flows: list = []
+    proxy.on_flow = flows.append
+    sock = socket.socket()
+    conn = ClientConnection(proxy, False)
+    conn.connection_made(_CountingTransport(sock))  # type: ignore[arg-type]
+    up = Upstream(conn)
+    up.connection_made(_CountingTransport(sock))  # type: ignore[arg-type]
+    conn.up = up
+
+    def one() -> None:
+        conn.data_received(REQUEST)
+        up.data_received(RESPONSE)
+
+    best = best_flows = float("inf")
+    for _ in range(runs):
+        best = min(best, timeit.timeit(one, number=requests) / requests)
+        t0 = time.perf_counter()
+        for f in flows:
+            l7_message(f, 1)
+        best_flows = min(best_flows, (time.perf_counter() - t0) / requests)
+        flows.clear()
+    assert conn.transport.written == runs * requests * len(RESPONSE)  # type: ignore[union-attr]
+    sock.close()
+    print(f"load average: {os.getloadavg()[0]:.2f}; no sockets, best of {runs} runs of "
+          f"{requests} requests")
+    print(f"proxy Python per request: {best * 1e6:.2f} us; its two L7 messages built "
+          f"afterwards: {best_flows * 1e6:.2f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true", help="cProfile the proxy (slower)")
     ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                     help="the proxy's event loop (the agent's default: uvloop)")
+    ap.add_argument("--no-sockets", action="store_true",
+                    help="the proxy's Python alone: counting transports, no system calls")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.no_sockets:
+        asyncio.run(_no_sockets(a.requests, 7))
+        return
     if a.mode == "peer":
         _peer(a.requests)
         return

@@ -24,8 +24,9 @@ from .dnsproxy import DNSFlow
 from .proxy import ProxyFlow
 
 
-def _headers(head: Head) -> tuple[HTTPHeader, ...]:
-    return tuple(HTTPHeader(canonical_header_key(k), v) for k, v in head.headers)
+def _headers(head: Head, canon: Any = canonical_header_key,
+             header: Any = HTTPHeader) -> tuple[HTTPHeader, ...]:
+    return tuple([header(canon(k), v) for k, v in head.headers])  # a list: no generator frame
 
 
 def http_request(head: Head | None) -> HTTPRequest:
@@ -49,7 +50,17 @@ def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed.ljust(16, b"\0")
 
 
-def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
+# The L7Event of a connection's requests and of its answers: the same for each of its
+# requests (nothing in it is per message), so built once per connection and side.
+_EVENTS: dict[tuple[Any, ...], L7Event] = {}
+_EVENTS_MAX = 4096
+
+
+def _event(f: ProxyFlow) -> L7Event:
+    key = (f.client, f.server, f.family, f.egress, f.response)
+    ev = _EVENTS.get(key)
+    if ev is not None:
+        return ev
     c, s = f.client, f.server
     # The point is the policed endpoint's side: the server's for ingress rules, the
     # client's for egress rules (the encoder gives INGRESS / EGRESS from it).
@@ -60,6 +71,14 @@ def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
     else:
         ev = L7Event(0, _packed(c[0]), _packed(s[0]), c[1], s[1], 0, 0, 0, 0, 0, f.family, 6,
                      POINT_FROM_ENDPOINT if f.egress else POINT_TO_ENDPOINT, L7_HTTP, 0, 0)
+    if len(_EVENTS) >= _EVENTS_MAX:
+        _EVENTS.clear()
+    _EVENTS[key] = ev
+    return ev
+
+
+def l7_message(f: ProxyFlow, policy_set: int) -> L7Message:
+    ev = _event(f)
     head = f.request
     if head is None:
         req = http_request(None)

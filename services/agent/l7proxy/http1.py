@@ -79,34 +79,6 @@ def _headers(lines: list[bytes]) -> list[tuple[str, str]]:
     return out
 
 
-# The common head (CRLF line ends, valid names, no control characters) in two passes of
-# the regex engine instead of a Python loop per line; anything else takes the strict
-# line-by-line path below, which gives the same result or the error. Latin-1 decodes
-# every byte, and a valid name is ASCII, so decoding the block once is the same.
-_LINE = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n"
-_BLOCK = re.compile(f"(?:{_LINE})*")
-_FIELD = re.compile("([!#$%&'*+\\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
-
-
-def _fast(raw: bytes) -> tuple[bytes, list[tuple[str, str]]] | None:
-    """(start line, headers) of a plain head ending in CRLF CRLF; None: use the strict path."""
-    end = len(raw) - 2
-    if not raw.endswith(b"\r\n\r\n"):
-        return None
-    first = raw.find(b"\r\n")
-    if raw[first - 1:first] == b"\r":
-        return None  # a start line ending in CR: the strict path drops it
-    if first + 2 >= end:
-        return raw[:first], []
-    block = raw[first + 2:end].decode("latin-1")
-    if _BLOCK.fullmatch(block) is None:
-        return None
-    headers = _FIELD.findall(block)
-    if len(headers) > MAX_HEADERS:
-        return None
-    return raw[:first], headers
-
-
 def _split(raw: bytes) -> list[bytes]:
     lines = raw[:-4].split(b"\r\n") if raw.endswith(b"\r\n\r\n") else raw.split(b"\n")
     return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
@@ -143,14 +115,11 @@ def _keep_alive(version: str, headers: list[tuple[str, str]]) -> bool:
 
 
 def _start_and_headers(raw: bytes) -> tuple[bytes, list[tuple[str, str]]]:
-    fast = _fast(raw)
-    if fast is not None:
-        return fast
     lines = _split(raw)
     return lines[0], _headers(lines[1:])
 
 
-def parse_request(raw: bytes) -> Head:
+def _parse_request_strict(raw: bytes) -> Head:
     start, headers = _start_and_headers(raw)
     parts = start.split(b" ")
     if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
@@ -163,7 +132,7 @@ def parse_request(raw: bytes) -> Head:
                 0 if body is None else body, _keep_alive(version, headers))
 
 
-def parse_response(raw: bytes, method: str) -> Head:
+def _parse_response_strict(raw: bytes, method: str) -> Head:
     start, headers = _start_and_headers(raw)
     parts = start.split(b" ", 2)
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not (
@@ -179,6 +148,62 @@ def parse_response(raw: bytes, method: str) -> Head:
     keep = _keep_alive(version, headers) and body != TO_CLOSE
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     return Head((version, str(code), reason), headers, raw, body, keep)
+
+
+# The plain head, whole, in one match: a start line the strict parse accepts as it
+# is (each group exactly what it reads from the line), then well-formed CRLF header
+# lines. One match of the decoded head and one findall of its fields, and no Python
+# loop over the lines: the proxy parses two heads per request. Whatever does not
+# match goes to the strict parse above, which gives the same result or the error
+# (tests/unit/test_l7proxy.py compares the two).
+_TCHAR = "!#$%&'*+\\-.^_`|~0-9A-Za-z"
+_HLINE = f"[{_TCHAR}]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n"
+_PLAIN_REQUEST = re.compile(f"([{_TCHAR}]+) ([\x21-\x7e]+) (HTTP/1\\.[01])\r\n((?:{_HLINE})*)\r\n")
+_PLAIN_RESPONSE = re.compile(f"(HTTP/1\\.[01]) ([0-9]{{3}})(?: ([^\r\n]*))?\r\n((?:{_HLINE})*)\r\n")
+# A field of a validated block: the value without the blanks around it (no lazy
+# quantifier: it backtracks only over trailing blanks).
+_PLAIN_FIELD = re.compile(f"([{_TCHAR}]+):[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r\n")
+
+
+def _plain_framing(version: str, block: str, headers: list[tuple[str, str]],
+                   framed: bool = True) -> tuple[int | None, bool]:
+    """_framing (if `framed`) and _keep_alive of a plain head; a head that names none
+    of their fields anywhere (the usual GET) skips the scans of its fields."""
+    lo = block.lower()
+    body = _framing(headers) if framed and (
+        "transfer-encoding" in lo or "content-length" in lo) else None
+    return body, _keep_alive(version, headers) if "connection" in lo else version != "HTTP/1.0"
+
+
+def parse_request(raw: bytes) -> Head:
+    text = raw.decode("latin-1")  # every byte; a valid start line and names are ASCII
+    m = _PLAIN_REQUEST.fullmatch(text)
+    if m is None:
+        return _parse_request_strict(raw)
+    b0, b1 = m.span(4)
+    headers = _PLAIN_FIELD.findall(text, b0, b1)
+    if len(headers) > MAX_HEADERS:
+        return _parse_request_strict(raw)
+    body, keep = _plain_framing(m.group(3), m.group(4), headers)
+    return Head(m.group(1, 2, 3), headers, raw, 0 if body is None else body, keep)
+
+
+def parse_response(raw: bytes, method: str) -> Head:
+    text = raw.decode("latin-1")
+    m = _PLAIN_RESPONSE.fullmatch(text)
+    if m is None:
+        return _parse_response_strict(raw, method)
+    b0, b1 = m.span(4)
+    headers = _PLAIN_FIELD.findall(text, b0, b1)
+    if len(headers) > MAX_HEADERS:
+        return _parse_response_strict(raw, method)
+    version, status, reason, block = m.group(1, 2, 3, 4)
+    code = int(status)
+    bodyless = method == "HEAD" or 100 <= code < 200 or code in (204, 304)
+    framed, keep = _plain_framing(version, block, headers, not bodyless)
+    body = 0 if bodyless else TO_CLOSE if framed is None else framed
+    return Head((version, str(code), reason or ""), headers, raw, body,
+                keep and body != TO_CLOSE)
 
 
 class Body:

@@ -80,6 +80,9 @@ def build(endpoints: Iterable[tuple[str, int]], node_ips: Iterable[str],
     return out
 
 
+MEMO_MAX = 4096
+
+
 class PrefixLookup:
     """Longest-prefix match in Python, for giving flows the identity the datapath used."""
 
@@ -90,6 +93,10 @@ class PrefixLookup:
             grouped.setdefault((k.family, k.bits), {})[_mask(k.addr, k.bits)] = v
         for (fam, bits), table in sorted(grouped.items(), key=lambda kv: -kv[0][1]):
             self._tables[fam].append((bits, table))
+        # Answers so far, per family: the L7 proxy asks for its clients' addresses once
+        # per request, the same few over and over. The lookup never changes (a new
+        # ipcache is a new PrefixLookup), so neither do its answers.
+        self._memo: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
 
     def set(self, key: IPKey, value: int) -> None:
         tables = self._tables[key.family]
@@ -107,11 +114,20 @@ class PrefixLookup:
                 return
 
     def lookup(self, family: int, addr: bytes) -> int:
+        memo = self._memo[family]
+        num = memo.get(addr)
+        if num is not None:
+            return num
+        num = RESERVED_WORLD
         for bits, table in self._tables[family]:
-            num = table.get(_mask(addr, bits))
-            if num is not None:
-                return num
-        return RESERVED_WORLD
+            got = table.get(_mask(addr, bits))
+            if got is not None:
+                num = got
+                break
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[addr] = num
+        return num
 
 
 def _mask(addr: bytes, bits: int) -> bytes:
