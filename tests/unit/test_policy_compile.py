@@ -497,3 +497,20 @@ async def test_an_answer_updates_only_its_addresses_as_a_recompile_would(world):
     assert len(eng.fqdn) and expired and full_calls == 0  # never a whole recompile
     await eng.delete("fq-mix", "bookinfo")
     await eng.delete("fq-world", "bookinfo")
+
+
+def test_prefix_lookup_answers_change_with_its_entries():
+    """PrefixLookup remembers its answers (the L7 proxy asks per request); an entry set
+    or deleted in place changes the next answer, for that address and the others."""
+    a = bytes([10, 0, 0, 5]).ljust(16, b"\0")
+    b = bytes([10, 0, 0, 6]).ljust(16, b"\0")
+    net = IPKey(4, bytes([10, 0, 0, 0]).ljust(16, b"\0"), 24)
+    look = PrefixLookup({net: 7})
+    assert look.lookup(4, a) == 7 and look.lookup(4, b) == 7
+    look.set(IPKey(4, a, 32), 9)
+    assert look.lookup(4, a) == 9 and look.lookup(4, b) == 7
+    look.set(net, 8)
+    assert look.lookup(4, a) == 9 and look.lookup(4, b) == 8
+    look.delete(IPKey(4, a, 32))
+    look.delete(net)
+    assert look.lookup(4, a) == 2 and look.lookup(4, b) == 2  # world

@@ -94,11 +94,11 @@ class PrefixLookup:
         for (fam, bits), table in sorted(grouped.items(), key=lambda kv: -kv[0][1]):
             self._tables[fam].append((bits, table))
         # Answers so far, per family: the L7 proxy asks for its clients' addresses once
-        # per request, the same few over and over. The lookup never changes (a new
-        # ipcache is a new PrefixLookup), so neither do its answers.
+        # per request, the same few over and over. Forgotten by set() and delete().
         self._memo: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
 
     def set(self, key: IPKey, value: int) -> None:
+        self._memo[key.family].clear()
         tables = self._tables[key.family]
         for bits, table in tables:
             if bits == key.bits:
@@ -108,6 +108,7 @@ class PrefixLookup:
         tables.sort(key=lambda t: -t[0])
 
     def delete(self, key: IPKey) -> None:
+        self._memo[key.family].clear()
         for bits, table in self._tables[key.family]:
             if bits == key.bits:
                 table.pop(_mask(key.addr, key.bits), None)
