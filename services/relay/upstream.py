@@ -187,11 +187,13 @@ class Upstream:
                     nodes = [nodes[i] for i in keep]
                     n = len(raws)
                 self.received += n
+                # Noted once the wait for room is over: a stream cut meanwhile (its node's
+                # connection replaced) has not taken these, and its successor asks for
+                # what came after the newest flow noted.
+                room = len(self.raws) < self.maxsize or await self._wait_for_room(raws)
                 self._note_times(times, raws)
-                if len(self.raws) >= self.maxsize:
-                    if not await self._wait_for_room(raws):
-                        continue
-                self.put(times, raws, nodes)
+                if room:
+                    self.put(times, raws, nodes)
         except asyncio.CancelledError:
             call.cancel()
             raise
@@ -205,12 +207,11 @@ class Upstream:
                     continue
                 t, raw = scan(raw, time.time_ns())
                 self.received += 1
+                room = len(self.raws) < self.maxsize or await self._wait_for_room([raw])
                 if raw[0] == FLOW_BYTE and (self.last_time_ns is None or t > self.last_time_ns):
-                    self.last_time_ns = t
-                if len(self.raws) >= self.maxsize:
-                    if not await self._wait_for_room([raw]):
-                        continue
-                self.put([t], [raw], [name])
+                    self.last_time_ns = t  # after the wait, as in _read_batches
+                if room:
+                    self.put([t], [raw], [name])
         except asyncio.CancelledError:
             call.cancel()
             raise

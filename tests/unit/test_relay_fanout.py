@@ -693,6 +693,43 @@ async def test_old_stream_error_and_new_address_in_any_order_give_error_then_con
             await a.stop()
 
 
+@pytest.mark.parametrize("batched", [True, False])
+async def test_flows_waiting_for_room_when_the_connection_is_replaced_are_not_lost(batched):
+    """The node's connection is replaced (announced at another address that reaches
+    the same agent) while its stream waits for room in a full buffer (the client reads
+    nothing meanwhile): the entries that stream held but had not buffered are asked
+    again from the new connection, not skipped."""
+    seed, old, new = [await FakeAgent(n, batched).start() for n in ("seed", "n2", "n2")]
+    new.history = old.history  # one agent, two addresses
+    seed.announce("n2", old.address)
+    h = await peer_service_relay(seed, queue_size=20, lag_timeout=60.0)
+    call = h.observer.GetFlows(opb.GetFlowsRequest(follow=True), timeout=60)
+    try:
+        assert (await call.read()).HasField("node_status")  # then nothing read for a while
+        await until(lambda: len(old.followers) == 1, what="the old agent's stream open")
+        up = next(iter(h.relay.observer.sessions))._active["n2"]
+        t = time.time_ns()
+        old.add(*(t + k for k in range(2000)), pad=200)  # far beyond the windows and queue
+        await until(lambda: len(up) >= 20 and not up._space.is_set(),
+                    what="the old stream waiting for room")
+        seed.announce("n2", new.address, ppb.PEER_UPDATED)
+        await until(lambda: h.relay.pool.get("n2").address == new.address, what="new address")
+        # the relay's request goes on (the old stream is cut) once the client reads
+        got: list[opb.GetFlowsResponse] = []
+        while not (got and got[-1].HasField("flow") and got[-1].time.ToNanoseconds() == t + 1999):
+            got.append(await asyncio.wait_for(call.read(), 10))
+        missing = sorted({t + k for k in range(2000)} - set(flow_times(got)))
+        assert not missing, f"{len(missing)} flows skipped, from {missing[0] - t}"
+        assert flow_times(got) == [t + k for k in range(2000)]
+        assert not [r for r in got if r.HasField("lost_events")]
+    finally:
+        call.cancel()
+        await h.channel.close()
+        await h.relay.stop()
+        for a in (seed, old, new):
+            await a.stop()
+
+
 async def test_relay_reconnects_to_a_restarted_agent(cluster):
     agents, h = cluster
     port = agents[0].port
