@@ -713,7 +713,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
                     identity = lookup_identity(p.key.family, remote);
                     int verdict = policy_check(pol.ep_id, dir, identity, p.key.proto,
                                                p.key.dport, pol.pflags & 2, pol.default_set,
-                                               &res);
+                                               &res, 1);
                     if (verdict >= VERDICT_DENY)
                         return policy_drop(skb, &p, point, bpf_ktime_get_ns(), identity, &res);
                     if (res.proxy)
@@ -812,7 +812,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         if (pol.pflags && !ct_reply && !upstream) {
             identity = lookup_identity(p.key.family, remote);
             int verdict = policy_check(pol.ep_id, dir, identity, p.key.proto, p.key.dport,
-                                       pol.pflags & 2, pol.default_set, &res);
+                                       pol.pflags & 2, pol.default_set, &res, 0);
             if (verdict >= VERDICT_DENY)
                 return policy_drop(skb, &p, point, now, identity, &res);
             verdict_event = verdict == VERDICT_ALLOW;

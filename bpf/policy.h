@@ -34,6 +34,10 @@
 // Set in policy_val.match_type by the agent on allow entries whose port has L7 (HTTP)
 // rules: connections they allow go through the agent's proxy (flow.c, to_proxy).
 #define MATCH_PROXY 0x80
+// Set by the agent on allow entries of toFQDNs addresses whose DNS answer expired while
+// connections may still use them (Cilium keeps such IPs for its live connections): they
+// allow directions already established, never a new one.
+#define MATCH_ESTABLISHED 0x40
 
 // Set by the agent: the ids of the policies behind an endpoint's default deny, per
 // direction, go into drop events of default-denied packets.
@@ -98,7 +102,7 @@ struct policy_result {
 // direction is enforced, allow entries the same way.
 static __always_inline int policy_check(u32 ep_id, u8 dir, u32 identity, u8 proto, u16 dport,
                                         int enforce, u32 default_set,
-                                        struct policy_result *res) {
+                                        struct policy_result *res, u8 established) {
     struct policy_key k = {};
     k.prefixlen = POLICY_FULL_PREFIX;
     k.ep_id = ep_id;
@@ -120,13 +124,15 @@ static __always_inline int policy_check(u32 ep_id, u8 dir, u32 identity, u8 prot
         return VERDICT_PASS;
     k.identity = identity;
     v = policy_allow.lookup(&k);
+    if (v && (v->match_type & MATCH_ESTABLISHED) && !established)
+        v = 0;  // an expired toFQDNs address: not for a new connection
     if (!v) {
         k.identity = 0;
         v = policy_allow.lookup(&k);
     }
     if (v) {
         res->set_id = v->set_id;
-        res->match_type = v->match_type & ~MATCH_PROXY;
+        res->match_type = v->match_type & ~(MATCH_PROXY | MATCH_ESTABLISHED);
         res->proxy = v->match_type & MATCH_PROXY ? 1 : 0;
         return VERDICT_ALLOW;
     }

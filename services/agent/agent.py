@@ -75,6 +75,7 @@ class AgentConfig:
     l7_proxy_port: int = 0     # 0: any free port
     l7_proxy_idle_timeout: float = 60.0
     tofqdns_min_ttl: float = 0.0
+    tofqdns_idle_connection_grace_period: float = 0.0
     dnsproxy_concurrency_limit: int = 256  # DNS queries asked upstream at once
     redact: RedactSettings = field(default_factory=RedactSettings)
     # Kubernetes mode (k8s/): pods, nodes, namespaces, Services and policies from the
@@ -134,7 +135,8 @@ class Agent:
                                  l7_prefix=cfg.l7_prefix)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
         self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost,
-                                   fqdn_min_ttl=cfg.tofqdns_min_ttl)
+                                   fqdn_min_ttl=cfg.tofqdns_min_ttl,
+                                   fqdn_idle_grace=cfg.tofqdns_idle_connection_grace_period)
         self.policy.on_change = self._on_policy
         self.policy.bind_datapath(self.datapath)
         self.ingest = Ingest(self.ring, self.registry, {packed_ip(ip) for ip in node_ips})
@@ -182,7 +184,8 @@ class Agent:
                                          {**agent_counters(self.datapath, self.ingest),
                                           **bounded_state_counters(self.node,
                                                                    self.wire_cache.encoder),
-                                          **self._proxy_counters()})),
+                                          **self._proxy_counters(),
+                                          **self._fqdn_counters()})),
             cfg.listen_address, cfg.unix_socket, credentials,
             FlowStreamService(observer) if cfg.batch_service else None)
         self.agent_events.agent_started()
@@ -218,6 +221,15 @@ class Agent:
             await proxy.stop()
             return
         self.l7proxy = proxy
+
+    def _fqdn_counters(self) -> dict[str, int]:
+        """toFQDNs: names learned, expired addresses kept for their connections, and
+        how often those connections were looked at."""
+        p = self.policy
+        if p is None:
+            return {}
+        return {"policy.fqdn_names": len(p.fqdn), "policy.fqdn_kept": len(p.fqdn.kept()),
+                "policy.fqdn_kept_checks": p.fqdn_kept_checks}
 
     def _proxy_counters(self) -> dict[str, int]:
         """The L7 proxy's counters for GetStatus: "l7proxy.<name>"."""

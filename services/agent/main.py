@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--tofqdns-min-ttl", type=float, default=0.0, metavar="SECONDS",
                    help="the least time addresses from a DNS answer stay allowed to toFQDNs "
                         "rules, whatever the answer's TTL (default 0: the TTL, as Cilium)")
+    p.add_argument("--tofqdns-idle-connection-grace-period", type=float, default=0.0,
+                   metavar="SECONDS",
+                   help="how long an expired toFQDNs address stays allowed to connections "
+                        "established while it was, after the last one was seen (default 0, "
+                        "as Cilium)")
     p.add_argument("--dnsproxy-concurrency-limit", type=_positive_int, default=256,
                    metavar="N",
                    help="DNS queries the DNS proxy asks servers at once (one socket each; "
@@ -189,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
         l7_proxy_idle_timeout=a.l7_proxy_idle_timeout, tofqdns_min_ttl=a.tofqdns_min_ttl,
+        tofqdns_idle_connection_grace_period=a.tofqdns_idle_connection_grace_period,
         dnsproxy_concurrency_limit=a.dnsproxy_concurrency_limit,
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
         install_crds=not a.no_install_crds, identity_gc_interval=a.identity_gc_interval,

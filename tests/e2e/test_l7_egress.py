@@ -401,10 +401,62 @@ def test_to_fqdns_allows_answered_addresses_until_the_ttl_ends(lab, agent):
                    and r.flow.IP.destination == ext2.ip4 and r.flow.l4.TCP.destination_port == PORT
                    for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow"))
     wait_for(policy_denied, 60, 0.2, "the short-lived address to expire (a POLICY_DENIED drop)")
-    assert not cidr_identity(agent, ext2.ip4) and cidr_identity(agent, ext.ip4)
+    # No connection uses it: it leaves the policy at the next look (every 5 s).
+    wait_for(lambda: not cidr_identity(agent, ext2.ip4), 15, 0.2, "the address to go")
+    assert cidr_identity(agent, ext.ip4)
     # Asked again: allowed again.
     dns(lab, "short.ext.example")
     assert cidr_identity(agent, ext2.ip4)
+
+
+def test_a_connection_outlives_its_address_ttl(lab, agent, tmp_path):
+    """As Cilium keeps an expired toFQDNs address for the connections that use it: a
+    keep-alive connection made while the answer was valid goes on after its TTL ended,
+    while a new connection to the address is dropped; once that connection is closed,
+    the address leaves the policy."""
+    ext2 = lab.pods["ext2"]
+    go = tmp_path / "go"
+    got = dns(lab, "short.ext.example")
+    assert got["ips"] == [ext2.ip4], got
+    client = lab.popen(lab.pods["client"].netns, sys.executable, str(HELPERS / "http_client.py"),
+                       ext2.ip4, str(PORT), "30", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       text=True)
+    try:
+        client.stdin.write(json.dumps([{"send": get("/a")}, {"wait": str(go)},  # type: ignore[union-attr]
+                                       {"send": get("/b")}]))
+        client.stdin.close()  # type: ignore[union-attr]
+        wait_for(lambda: (tmp_path / "go.waiting").exists(), 15, 0.05,
+                 "the client's first answer")
+        t0 = Timestamp()
+        t0.GetCurrentTime()
+        req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(verdict=[fpb.DROPPED])])
+
+        def new_connection_denied() -> bool:
+            http(lab, ext2.ip4, [{"send": get("/")}], timeout=1.0)
+            return any(r.flow.drop_reason_desc == fpb.POLICY_DENIED
+                       and r.flow.IP.destination == ext2.ip4
+                       for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow"))
+        wait_for(new_connection_denied, 60, 0.2, "the address's TTL to end")
+        # Past a look at its connections (every 5 s): still kept, for this one.
+        def counters() -> dict:
+            return dict(agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters)
+        checks = counters()["policy.fqdn_kept_checks"]
+        wait_for(lambda: counters()["policy.fqdn_kept_checks"] > checks, 15, 0.2,
+                 "a look at the kept address's connections")
+        assert cidr_identity(agent, ext2.ip4) and counters()["policy.fqdn_kept"] >= 1
+        go.touch()
+        out = client.stdout.read()  # type: ignore[union-attr]
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    res = json.loads(out)
+    assert statuses(res) == [200, 200], res
+    assert res[1]["body"].startswith("GET /b ")
+    # Closed: the address goes at the next look.
+    wait_for(lambda: not cidr_identity(agent, ext2.ip4), 15, 0.2, "the address to go")
+    assert http(lab, ext2.ip4, [{"send": get("/")}], timeout=1.0) == ["timeout"]
 
 
 def test_proxied_answers_name_the_flows(lab, agent):

@@ -3,13 +3,16 @@
 usage: http_client.py HOST PORT TIMEOUT < JSON
 JSON (on stdin) is a list of steps on ONE connection, each {"send": "<raw request text>"} or
 {"read": n} (read n responses), or {"pipeline": [...raw requests...]} (all sent at
-once, then every answer read), or {"raw": "<text>"} (send, then read until close).
+once, then every answer read), or {"raw": "<text>"} (send, then read until close), or
+{"wait": PATH} (create PATH.waiting, then wait up to 60 s for PATH to exist).
 Prints a JSON list: per response {"status", "headers", "body"}, per raw step
 {"raw": text read until close}; "timeout", "refused" or "closed" end it early.
 """
 import json
+import os
 import socket
 import sys
+import time
 
 
 def read_response(f):
@@ -64,6 +67,14 @@ def main():
                 for _ in step["pipeline"]:
                     r = read_response(f)
                     out.append(r if r is not None else "closed")
+            elif "wait" in step:
+                # Holds the connection: says so (PATH.waiting), then waits for PATH.
+                path = step["wait"]
+                open(path + ".waiting", "w").close()
+                for _ in range(1200):
+                    if os.path.exists(path):
+                        break
+                    time.sleep(0.05)
             elif "raw" in step:
                 s.sendall(step["raw"].encode("latin-1"))
                 data = b""

@@ -60,6 +60,11 @@ def bpf_source(name: str) -> bytes:
     return expand(name)
 
 
+# agg_val.flags_seen has bit n set when the TCP flag combination n (flags & 0x3f) was
+# seen: these bits are the combinations with FIN (0x01) or RST (0x04).
+_FIN_OR_RST = sum(1 << n for n in range(64) if n & 0x05)
+
+
 @dataclass
 class Attachment:
     ifname: str
@@ -137,6 +142,39 @@ class Datapath:
         self._l7_changes += 1
         self._write_revision()
         return True
+
+    def live_peers(self, addrs: set[bytes]) -> set[bytes]:
+        """Which of these remote addresses (16 bytes, IPv4 in the first four) a
+        connection of a local endpoint still uses, from the connection tracking
+        (agg_map): a TCP connection no direction of which has seen FIN or RST, or
+        another whose packets grew since the last call. Reads the whole map: called
+        from a worker thread, every few seconds, only while expired toFQDNs addresses
+        are kept for their connections."""
+        table = self.bpf[b"agg_map"]
+        tcp: dict[tuple[Any, ...], bytes] = {}
+        closed: set[tuple[Any, ...]] = set()
+        alive: set[bytes] = set()
+        counts: dict[bytes, int] = {}
+        last = getattr(self, "_live_counts", {})
+        for k, v in table.items():
+            s, d = bytes(k.saddr), bytes(k.daddr)
+            peer = d if d in addrs else s if s in addrs else None
+            if peer is None:
+                continue
+            if k.proto == 6:
+                conn = (k.ifindex, *sorted(((s, k.sport), (d, k.dport))))
+                if v.flags_seen & _FIN_OR_RST:
+                    closed.add(conn)
+                else:
+                    tcp[conn] = peer
+            else:
+                key = bytes(k)
+                counts[key] = v.packets
+                if last.get(key) != v.packets:
+                    alive.add(peer)
+        self._live_counts = counts
+        alive.update(peer for conn, peer in tcp.items() if conn not in closed)
+        return alive
 
     async def in_netns(self, fn: Callable[[], Any]) -> Any:
         """Runs fn in the netlink thread (the node's namespace)."""

@@ -32,6 +32,9 @@ EP_PROXY_EGRESS = 16  # bpf/policy.h: egress L7 rules, the proxy's answers may c
 MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
 # bpf/policy.h: set on allow entries whose connections go through the L7 proxy.
 MATCH_PROXY = 0x80
+# bpf/policy.h: set on allow entries that allow established directions only (toFQDNs
+# addresses whose answer expired while connections may still use them).
+MATCH_ESTABLISHED = 0x40
 
 ANY_IDENTITY = 0
 
@@ -127,6 +130,8 @@ class ClusterView:
     cluster: str = "default"
     # toFQDNs: the addresses DNS answers gave for each selector (policy/fqdn.py).
     fqdns: Mapping[DNSRule, frozenset[Network]] = field(default_factory=dict)
+    # ... and those whose answers expired, kept for connections already established
+    fqdn_zombies: Mapping[DNSRule, frozenset[Network]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ class RuleRecord:
     ref: PolicyRef
     ids: set[int]                       # the identities it covers now (allow rules: L7 entries)
     l7: list[tuple[tuple[int, ...], int]]  # (protocols, port) of its ports with L7 rules
+    zids: set[int] = field(default_factory=set)  # established connections only (expired toFQDNs)
 
 
 @dataclass
@@ -241,7 +247,8 @@ class Compiler:
 
     def compile(self, policies: Iterable[Policy], view: ClusterView) -> Compiled:
         policies = list(policies)
-        learned = sorted({net for nets in view.fqdns.values() for net in nets},
+        learned = sorted({net for sel in (view.fqdns, view.fqdn_zombies)
+                          for nets in sel.values() for net in nets},
                          key=lambda n: (n.version, n))
         cidrs = {net: self.cidr_ids.get(net) for net in [*cidr_prefixes(policies), *learned]}
         universe: dict[int, LabelSet] = {
@@ -257,6 +264,7 @@ class Compiler:
 
         allow_refs: dict[PolicyKey, set[PolicyRef]] = {}
         deny_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        zombie_refs: dict[PolicyKey, set[PolicyRef]] = {}
         flags: dict[int, int] = {}
         default_refs: dict[tuple[int, int], set[PolicyRef]] = {}
         selected_by: dict[int, tuple[set[str], set[str]]] = {}
@@ -290,9 +298,13 @@ class Compiler:
                 for rule in spec.rules:
                     ids = self._identities(rule.peers, universe, cidr_nets, view.cluster,
                                            view.fqdns, cidrs)
+                    zids = _fqdn_ids(rule.peers, view.fqdn_zombies, cidrs) - ids
+                    if rule.deny:  # a deny keeps denying an expired address
+                        ids |= zids
+                        zids = set()
                     ports = _port_keys(rule.ports)
                     d = DIRECTIONS[rule.direction]
-                    rec = RuleRecord(rule, eps, ports, ref, ids, [])
+                    rec = RuleRecord(rule, eps, ports, ref, ids, [], zids)
                     records.append(rec)
                     if not rule.deny:
                         for pr in rule.ports or ():
@@ -306,6 +318,8 @@ class Compiler:
                                     (l7_ports if proto == 6 else udp_ports).add((ep, d, pr.start))
                     if ids:
                         _rule_entries(rec, ids, deny_refs if rule.deny else allow_refs, proxied)
+                    if zids:
+                        _rule_entries(rec, zids, zombie_refs, proxied)
         if self.allow_localhost:
             # Cilium's allow-localhost=always: the node may always reach its endpoints
             # (probes), unless a deny rule says otherwise.
@@ -322,8 +336,7 @@ class Compiler:
                 self.sets.intern(default_refs.get((ep, DIR_EGRESS), ())))
         ctx = DeltaContext(records, set(cidr_prefixes(policies)), view.cluster, l7_ports,
                            udp_ports)
-        allow = {k: (self.sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
-                 for k, v in allow_refs.items()}
+        allow = _allow_values(self.sets, allow_refs, zombie_refs, proxied)
         deny = {k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()}
         cidr_set = set(cidrs.values())
         for entries, by_id in ((allow, ctx.allow_by_id), (deny, ctx.deny_by_id)):
@@ -338,7 +351,9 @@ class Compiler:
             cidrs=cidrs, ctx=ctx)
 
     def update_addresses(self, compiled: Compiled, nets: Iterable[Network],
-                         selects: Callable[[DNSRule, Network], bool]) -> AddressUpdate:
+                         selects: Callable[[DNSRule, Network], bool],
+                         keeps: Callable[[DNSRule, Network], bool] = lambda r, n: False
+                         ) -> AddressUpdate:
         """The entries of learned addresses whose toFQDNs selection changed, worked out
         again from every rule for just their CIDR identities (what compile() gives
         them, without compiling the rest), and applied to `compiled`'s tables of
@@ -350,11 +365,13 @@ class Compiler:
         selectors = {peer.fqdn for rec in ctx.rules for peer in rec.rule.peers or ()
                      if peer.fqdn is not None}
         fqdns = {r: frozenset(n for n in nets if selects(r, n)) for r in selectors}
+        zombies = {r: frozenset(n for n in nets if keeps(r, n)) for r in selectors}
         cidrs_set: dict[Network, int] = {}
         cidrs_del: dict[Network, int] = {}
         for net in nets:
             num = self.cidr_ids.get(net)
-            if net in ctx.prefixes or any(net in got for got in fqdns.values()):
+            if net in ctx.prefixes or any(net in got for sel in (fqdns, zombies)
+                                          for got in sel.values()):
                 if compiled.cidrs.get(net) != num:
                     cidrs_set[net] = num
             elif net in compiled.cidrs:
@@ -368,24 +385,32 @@ class Compiler:
             index.add(net, num)
         allow_refs: dict[PolicyKey, set[PolicyRef]] = {}
         deny_refs: dict[PolicyKey, set[PolicyRef]] = {}
+        zombie_refs: dict[PolicyKey, set[PolicyRef]] = {}
         proxied: set[PolicyKey] = set()
         l7_changed = False
         for rec in ctx.rules:
             ids = self._identities(rec.rule.peers, universe, index, ctx.cluster, fqdns,
                                    cidrs) & touched
-            if rec.l7 and not rec.rule.deny and (ids or rec.ids & touched):
-                l7_changed |= (rec.ids & touched) != ids
+            zids = _fqdn_ids(rec.rule.peers, zombies, cidrs) - ids
+            if rec.rule.deny:
+                ids |= zids
+                zids = set()
+            if rec.l7 and not rec.rule.deny:
+                l7_changed |= ((rec.ids | rec.zids) & touched) != ids | zids
             rec.ids -= touched
             rec.ids |= ids
+            rec.zids -= touched
+            rec.zids |= zids
             if ids:
                 _rule_entries(rec, ids, deny_refs if rec.rule.deny else allow_refs, proxied)
+            if zids:
+                _rule_entries(rec, zids, zombie_refs, proxied)
         out = AddressUpdate({}, set(), {}, set(), cidrs_set, cidrs_del, l7_changed)
-        for refs, table, by_id, want_set, want_del, proxy in (
-                (allow_refs, compiled.allow, ctx.allow_by_id, out.allow_set, out.allow_del, True),
-                (deny_refs, compiled.deny, ctx.deny_by_id, out.deny_set, out.deny_del, False)):
-            new = {k: (self.sets.intern(v),
-                       k.match_type() | (MATCH_PROXY if proxy and k in proxied else 0))
-                   for k, v in refs.items()}
+        for new, table, by_id, want_set, want_del in (
+                (_allow_values(self.sets, allow_refs, zombie_refs, proxied), compiled.allow,
+                 ctx.allow_by_id, out.allow_set, out.allow_del),
+                ({k: (self.sets.intern(v), k.match_type()) for k, v in deny_refs.items()},
+                 compiled.deny, ctx.deny_by_id, out.deny_set, out.deny_del)):
             for num in touched:
                 for k in by_id.pop(num, ()):
                     if k not in new:
@@ -438,6 +463,29 @@ class Compiler:
         return out
 
 
+def _fqdn_ids(peers: tuple[Peer, ...] | None, sel: Mapping[DNSRule, frozenset[Network]],
+              cidrs: Mapping[Network, int]) -> set[int]:
+    """The identities a rule's toFQDNs peers give the addresses of `sel`."""
+    if not sel or not peers:
+        return set()
+    return {cidrs[n] for peer in peers if peer.fqdn is not None
+            for n in sel.get(peer.fqdn, ()) if n in cidrs}
+
+
+def _allow_values(sets: PolicySets, refs: dict[PolicyKey, set[PolicyRef]],
+                  zombie_refs: dict[PolicyKey, set[PolicyRef]],
+                  proxied: set[PolicyKey]) -> dict[PolicyKey, tuple[int, int]]:
+    """Allow entries' values; a key only expired toFQDNs addresses give allows
+    established directions only (MATCH_ESTABLISHED)."""
+    out = {k: (sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
+           for k, v in refs.items()}
+    for k, v in zombie_refs.items():
+        if k not in out:
+            out[k] = (sets.intern(v), k.match_type() | MATCH_ESTABLISHED
+                      | (MATCH_PROXY if k in proxied else 0))
+    return out
+
+
 def _rule_entries(rec: RuleRecord, ids: Iterable[int], refs: dict[PolicyKey, set[PolicyRef]],
                   proxied: set[PolicyKey]) -> None:
     """The map keys a rule gives the identities `ids` (and which go to the proxy)."""
@@ -465,9 +513,9 @@ def _l7_entries(records: list[RuleRecord], l7_ports: set[tuple[int, int, int]],
     out: dict[tuple[int, int, int], list[L7Entry]] = {}
     for rec in records:
         rule, eps, ref = rec.rule, rec.eps, rec.ref
-        if rule.deny or not rec.ids:
+        if rule.deny or not (rec.ids or rec.zids):
             continue
-        ids = frozenset(rec.ids)
+        ids = frozenset(rec.ids | rec.zids)
         d = DIRECTIONS[rule.direction]
         for ep in eps:
             for pd, port in by_ep.get(ep, ()):

@@ -34,6 +34,8 @@ POLICY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 # DNS answers learned within this long of each other share one recompile.
 FQDN_COALESCE_S = 0.002
+# How often the connections of expired toFQDNs addresses kept for them are looked at.
+FQDN_KEPT_CHECK_S = 5.0
 
 
 class NullTables:
@@ -56,7 +58,8 @@ class NullTables:
 class PolicyEngine:
     def __init__(self, registry: EndpointRegistry, node_ips: Iterable[str] = (),
                  cluster: str = "default", allow_localhost: bool = True,
-                 tables: Tables | None = None, fqdn_min_ttl: float = 0.0) -> None:
+                 tables: Tables | None = None, fqdn_min_ttl: float = 0.0,
+                 fqdn_idle_grace: float = 0.0) -> None:
         self.registry = registry
         self.node_ips = set(node_ips)
         self.cluster = cluster
@@ -81,11 +84,15 @@ class PolicyEngine:
         self._fqdn_task: asyncio.Task[None] | None = None
         self._fqdn_batch: asyncio.Future[None] | None = None
         self._cidr_id_set: set[int] = set()  # the CIDR identities of self.compiled
+        self.fqdn_idle_grace = fqdn_idle_grace
+        self.fqdn_kept_checks = 0  # looks at the kept addresses' connections (status)
+        self._datapath: Any = None  # asked which kept addresses connections still use
 
     # -- wiring ------------------------------------------------------------------------
     def bind_datapath(self, datapath: Any) -> None:
         """Writes into the datapath's maps from now on; hooks its attach and detach."""
         self.writer = MapWriter(BPFTables(datapath))
+        self._datapath = datapath
         datapath.before_attach = self.before_attach
         datapath.after_detach = self.after_detach
         self._recompile()
@@ -140,7 +147,8 @@ class PolicyEngine:
         selectors = self._fqdn_selectors(policies)
         self.fqdn.set_selectors(selectors)
         return ClusterView(idents, local, getattr(self.registry, "namespaces", {}), self.cluster,
-                           {r: self.fqdn.selected_nets(r) for r in selectors})
+                           {r: self.fqdn.selected_nets(r) for r in selectors},
+                           {r: self.fqdn.kept_nets(r) for r in selectors})
 
     # -- toFQDNs ---------------------------------------------------------------------------
     def _fqdn_selectors(self, policies: Iterable[Policy] | None = None) -> set[DNSRule]:
@@ -202,7 +210,8 @@ class PolicyEngine:
         if compiled.ctx is None:
             self._recompile()
             return
-        upd = self.compiler.update_addresses(compiled, nets, self.fqdn.selects)
+        upd = self.compiler.update_addresses(compiled, nets, self.fqdn.selects,
+                                             self.fqdn.keeps)
         # The prefix's ipcache entry, unless an endpoint or a node has that address
         # (they keep their identity, as build() gives it them).
         cur = self.writer.current.ipcache
@@ -239,10 +248,15 @@ class PolicyEngine:
             self._fqdn_task = asyncio.get_running_loop().create_task(self._expire_loop())
 
     async def _expire_loop(self) -> None:
-        """Recompiles when learned addresses expire (their TTL, at least the minimum)."""
+        """Updates the maps when learned addresses expire (their TTL, at least the
+        minimum), and when the connections of expired ones kept for them are gone."""
+        next_check = 0.0
         while True:
             self._fqdn_wake.clear()
             when = self.fqdn.next_expiry()
+            if self.fqdn.kept() and self._datapath is not None:
+                next_check = next_check or time.monotonic() + FQDN_KEPT_CHECK_S
+                when = next_check if when is None else min(when, next_check)
             if when is None:
                 await self._fqdn_wake.wait()
                 continue
@@ -254,11 +268,30 @@ class PolicyEngine:
                 continue  # something new was learned: look at the next expiry again
             except TimeoutError:
                 pass
-            if self.fqdn.expire():
+            if next_check and time.monotonic() >= next_check:
+                next_check = 0.0
+                await self._check_kept()
+            if self.fqdn.expire() or self.fqdn.changed():
                 try:
                     await self._fqdn_recompile()
                 except Exception:
                     log.exception("removing expired toFQDNs addresses failed")
+
+    async def _check_kept(self) -> None:
+        """Expired addresses kept for their connections go once no connection of a
+        local endpoint uses them (Cilium's DNS zombies, checked against its conntrack)."""
+        kept = self.fqdn.kept()
+        if not kept:
+            return
+        packed = {n.network_address.packed.ljust(16, b"\0"): n for n in kept}
+        try:
+            live = await asyncio.get_running_loop().run_in_executor(
+                None, self._datapath.live_peers, set(packed))
+        except Exception:
+            log.exception("reading the connections of expired toFQDNs addresses failed")
+            return
+        self.fqdn.still_used({packed[a] for a in live}, self.fqdn_idle_grace)
+        self.fqdn_kept_checks += 1
 
     def _compile(self, policies: Iterable[Policy]) -> tuple[Compiled, MapState]:
         self._snapshot_interfaces()

@@ -28,6 +28,9 @@ from ..stores.dns_answers import DNSAnswers, canonical_name
 from .dnsmatch import matches
 from .model import DNSRule, Network
 
+# Cilium's --tofqdns-max-deferred-connection-deletes: expired addresses kept for the
+# connections that may still use them; beyond it the oldest go.
+MAX_ZOMBIES = 10000
 MAX_NAMES = 65536
 MAX_IPS_PER_NAME = 256
 # An answer with TTL 0 (or 1) would expire the moment it is learned, before the client
@@ -57,6 +60,10 @@ class FQDNStore:
         self._count: dict[DNSRule, dict[Network, int]] = {}
         # addresses whose selection changed since the engine last took them
         self._changed: set[Network] = set()
+        # Expired addresses kept for established connections (Cilium's zombies):
+        # (selector, address) -> when it expired, oldest first.
+        self._zombies: dict[tuple[DNSRule, Network], float] = {}
+        self.max_zombies = MAX_ZOMBIES
 
     def set_selectors(self, selectors: Iterable[DNSRule]) -> None:
         """The toFQDNs selectors of the policies; a change re-matches the stored names."""
@@ -67,6 +74,8 @@ class FQDNStore:
         self._selecting = {}
         self._by_selector = {r: set() for r in selectors}
         self._count = {r: {} for r in selectors}
+        for key in [k for k in self._zombies if k[0] not in selectors]:
+            del self._zombies[key]
         for name in self.answers.known_names():
             self._index(name)
             for addr in self.answers.addresses_of(name):
@@ -95,9 +104,48 @@ class FQDNStore:
                 counts[addr] = n
                 if n == 1 and step > 0:
                     self._changed.add(addr)
+                    self._zombies.pop((r, addr), None)
             else:
                 counts.pop(addr, None)
                 self._changed.add(addr)
+                # Expired: kept for the connections that may still use it.
+                self._zombies[(r, addr)] = time.monotonic()
+                if len(self._zombies) > self.max_zombies:  # the oldest goes
+                    oldest = next(iter(self._zombies))
+                    del self._zombies[oldest]
+                    self._changed.add(oldest[1])
+
+    def keeps(self, rule: DNSRule, net: Network) -> bool:
+        """The selector's address expired but is kept for established connections."""
+        return (rule, net) in self._zombies
+
+    def kept_nets(self, rule: DNSRule) -> frozenset[Network]:
+        return frozenset(n for r, n in self._zombies if r == rule)
+
+    def kept(self) -> set[Network]:
+        """Every address kept for established connections."""
+        return {n for _, n in self._zombies}
+
+    def let_go(self, nets: Iterable[Network]) -> None:
+        """These addresses' connections are gone: they go from the policy too."""
+        nets = set(nets)
+        for key in [k for k in self._zombies if k[1] in nets]:
+            del self._zombies[key]
+            self._changed.add(key[1])
+
+    def still_used(self, live: set[Network], grace: float, now: float | None = None) -> None:
+        """A check of the kept addresses' connections: those `live` are kept on (from
+        now), the others go once `grace` seconds passed since they were last seen used
+        (or expired) (Cilium's --tofqdns-idle-connection-grace-period, default 0)."""
+        now = time.monotonic() if now is None else now
+        gone = set()
+        for key, since in self._zombies.items():
+            if key[1] in live:
+                self._zombies[key] = now
+            elif now - since >= grace:
+                gone.add(key[1])
+        if gone:
+            self.let_go(gone - live)
 
     def selected_nets(self, rule: DNSRule) -> frozenset[Network]:
         """The addresses the selector selects now: every pair in the table (an expired
