@@ -92,3 +92,25 @@ def test_c_reader_feeds_batches_and_losses_like_bccs_callbacks():
     pr.drain(batches.append, lambda *args: losses.append(args))
     assert len(batches) == 1  # an empty drain calls nobody
     pr.close()
+
+
+def test_c_decode_of_l7_records_is_decode_l7():
+    """_perfring.decode_l7 (C) gives what event.decode_l7 gives for every record:
+    equal L7Event tuples of that type, equal payloads (offsets past the end clamped as
+    Python slices clamp), and records too short for a header counted, not decoded."""
+    from webb_agent.datapath import event
+
+    assert event._decode_l7_c is not None, "_perfring.c not built: run make setup"
+    rnd = random.Random(6)
+    raws = []
+    for _ in range(3000):
+        n = rnd.choice((0, 10, 71, 72, 73, 200, 1100))
+        raw = bytearray(rnd.randrange(256) for _ in range(n))
+        if n >= 72 and rnd.random() < 0.7:  # plausible offsets within the record
+            struct.pack_into("<HH", raw, 56, rnd.randrange(0, 80), rnd.randrange(0, n - 60))
+        raws.append(bytes(raw))
+    items, bad = event._decode_l7_c(raws, event.L7Event)
+    want, want_bad = event._decode_l7_batch_py(raws)
+    assert bad == want_bad > 0 and items == want and len(items) > 1500
+    assert all(type(ev) is event.L7Event and ev.ts == w.ts for (ev, _), (w, _) in zip(items, want))
+    assert event.decode_l7_batch([bytearray(raws[-1])]) == event._decode_l7_batch_py(raws[-1:])

@@ -82,7 +82,82 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(lost);
 }
 
+/* event.py's decode_l7 over a list: decode_l7(raws, L7Event) -> (items, bad), items
+ * the (L7Event, payload) of each record, bad the records too short for a header
+ * (where decode_l7 raises). The header is struct l7_event of bpf/l7.h,
+ * L7_EVENT_STRUCT "<Q16s16sHHIIIHHBBBBBB6x". */
+#define L7_HEADER 72
+
+static uint64_t le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static PyObject *decode_l7(PyObject *self, PyObject *args) {
+    PyObject *raws, *type;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &raws, &PyType_Type, &type)) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)type;
+    if (!PyType_IsSubtype(tp, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "L7Event must be a tuple type");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(raws), bad = 0;
+    PyObject *items = PyList_New(0);
+    if (items == NULL) return NULL;
+    static const struct { int off, len; char kind; } F[16] = {
+        {0, 8, 'i'},  {8, 16, 'b'}, {24, 16, 'b'}, {40, 2, 'i'}, {42, 2, 'i'}, {44, 4, 'i'},
+        {48, 4, 'i'}, {52, 4, 'i'}, {56, 2, 'i'},  {58, 2, 'i'}, {60, 1, 'i'}, {61, 1, 'i'},
+        {62, 1, 'i'}, {63, 1, 'i'}, {64, 1, 'i'},  {65, 1, 'i'}};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        if (!PyBytes_Check(raw)) { /* the caller decodes such a batch in Python */
+            PyErr_SetString(PyExc_TypeError, "a record that is not bytes");
+            goto fail;
+        }
+        if (PyBytes_GET_SIZE(raw) < L7_HEADER) {
+            bad++;
+            continue;
+        }
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(raw);
+        Py_ssize_t len = PyBytes_GET_SIZE(raw);
+        PyObject *ev = tp->tp_alloc(tp, 16);
+        if (ev == NULL) goto fail;
+        for (int f = 0; f < 16; f++) {
+            PyObject *v = F[f].kind == 'b'
+                              ? PyBytes_FromStringAndSize((const char *)d + F[f].off, F[f].len)
+                              : PyLong_FromUnsignedLongLong(le(d + F[f].off, F[f].len));
+            if (v == NULL) {
+                Py_DECREF(ev);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(ev, f, v);
+        }
+        /* raw[72 + payload_off : 72 + cap_len], with Python's clamping */
+        Py_ssize_t start = L7_HEADER + (Py_ssize_t)le(d + 56, 2);
+        Py_ssize_t end = L7_HEADER + (Py_ssize_t)le(d + 58, 2);
+        if (start > len) start = len;
+        if (end > len) end = len;
+        PyObject *payload = end > start
+                                ? PyBytes_FromStringAndSize((const char *)d + start, end - start)
+                                : PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *item = payload ? PyTuple_Pack(2, ev, payload) : NULL;
+        Py_DECREF(ev);
+        Py_XDECREF(payload);
+        if (item == NULL) goto fail;
+        int rc = PyList_Append(items, item);
+        Py_DECREF(item);
+        if (rc < 0) goto fail;
+    }
+    return Py_BuildValue("(Nn)", items, bad);
+fail:
+    Py_DECREF(items);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"decode_l7", decode_l7, METH_VARARGS,
+     "decode_l7(raws: list[bytes], L7Event) -> (list of (L7Event, payload), short records)"},
     {"drain", drain, METH_VARARGS,
      "drain(ring: writable buffer, out: list) -> lost: appends each sample's raw bytes "
      "to out, returns the lost-record count, moves data_tail"},

@@ -129,3 +129,30 @@ def decode_l7(raw: bytes) -> tuple[L7Event, bytes]:
 def pack_l7(ev: L7Event, packet: bytes) -> bytes:
     """The inverse of decode_l7 for tests: packet = the bytes the kernel would append."""
     return L7_EVENT_STRUCT.pack(*ev) + packet
+
+
+def _decode_l7_batch_py(raws: list[bytes]) -> tuple[list[tuple[L7Event, bytes]], int]:
+    items, bad = [], 0
+    for raw in raws:
+        try:
+            items.append(decode_l7(raw))
+        except Exception:  # a short record: counted by the caller, never stops the batch
+            bad += 1
+    return items, bad
+
+
+try:  # the same in C where scripts/build_ext.py built it (tests/unit/test_perf_ring.py)
+    from ._perfring import decode_l7 as _decode_l7_c
+except ImportError:
+    _decode_l7_c = None
+
+
+def decode_l7_batch(raws: list[bytes]) -> tuple[list[tuple[L7Event, bytes]], int]:
+    """decode_l7 of each record: the (event, payload) items and how many records were
+    too short to decode."""
+    if _decode_l7_c is not None:
+        try:
+            return _decode_l7_c(raws, L7Event)
+        except TypeError:  # a record that is not bytes (tests' buffers): Python's rules
+            pass
+    return _decode_l7_batch_py(raws)

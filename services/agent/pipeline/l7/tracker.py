@@ -16,7 +16,8 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Union
 
-from ...datapath.event import L7_DNS, L7_HTTP, L7_KIND_MASK, L7_RESPONSE_SIDE, L7Event, decode_l7
+from ...datapath.event import (L7_DNS, L7_HTTP, L7_KIND_MASK, L7_RESPONSE_SIDE, L7Event,
+                               decode_l7_batch)
 from .dns import DNSMessage, parse_dns
 from .fqdn import FQDNCache
 from .http import HTTPRequest, HTTPResponse, parse_http
@@ -96,12 +97,9 @@ class L7Tracker:
 
     def process(self, raws: list[bytes], offset_ns: int) -> list[L7Message]:
         """Decodes a batch of l7_events records (offset_ns: kernel -> wall clock)."""
-        events = []
-        for raw in raws:
-            try:
-                events.append(decode_l7(raw))
-            except Exception:  # a short record: count it, never stop the batch
-                self.counters["bad_record"] += 1
+        events, bad = decode_l7_batch(raws)
+        if bad:  # short records: counted, they never stop the batch
+            self.counters["bad_record"] += bad
         # Per-CPU buffers: a response may arrive before its request, even in an
         # earlier drain (its CPU's buffer was read before the request's was written);
         # answers with nothing to pair with wait for one more batch (once).
