@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from webb_agent.l7proxy.connection import ClientConnection
-from webb_agent.l7proxy.proxy import L7Proxy
+from webb_agent.l7proxy.proxy import ACCESS_DENIED, L7Proxy, error_response
 from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
 
 pytestmark = pytest.mark.root
@@ -183,4 +183,51 @@ def test_an_answer_to_a_client_that_does_not_read_stops_the_server():
             conn.abort()
         await asyncio.sleep(0.05)
         assert not proxy._conns  # every connection let go of
+    asyncio.run(run())
+
+
+class _NotLocal(_Registry):
+    def is_local(self, ep: _Endpoint) -> bool:
+        return False  # no rules apply: every request is denied (403)
+
+
+def test_pipelined_denied_requests_of_a_client_that_does_not_read_stay_bounded():
+    """Pipelined requests the proxy answers itself (403) are answered only as fast as
+    the client reads: a 403 is ~7 times a minimal request, so answering everything a
+    read brought at once held megabytes per connection for a client that reads nothing."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        proxy, conns, port, srv = await _proxy(9)
+        proxy.registry = _NotLocal()
+        request = b"GET / HTTP/1.1\r\n\r\n"
+        n = (240 << 10) // len(request)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # all sent before a read
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
+        c.connect(("127.0.0.1", port))
+        c.sendall(request * n)  # the loop is held: the proxy reads it in one go
+        c.setblocking(False)
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+        assert len(conns) == 1 and conns[0].transport is not None
+        # answers wait in user space up to the transport's high-water mark (one more
+        # crosses it), the rest of the requests unread until the client reads
+        t = conns[0].transport
+        answer = len(error_response(403, ACCESS_DENIED, False))
+        assert t.get_write_buffer_size() <= t.get_write_buffer_limits()[1] + answer, (
+            t.get_write_buffer_size(), proxy.stats.denied)
+        assert _held(conns[0]) < BOUND, _held(conns[0])
+        # The client reads: every request gets its answer, in order.
+        got = b""
+        while got.count(b"HTTP/1.1 403 ") < n:
+            data = await loop.sock_recv(c, 1 << 20)
+            assert data
+            got += data
+        assert got.count(b"Access denied\r\n") == n and proxy.stats.denied == n
+        c.close()
+        srv.close()
+        for conn in conns:
+            conn.abort()
+        await asyncio.sleep(0.05)
+        assert not proxy._conns
     asyncio.run(run())
