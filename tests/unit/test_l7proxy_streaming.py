@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 
 import pytest
 
-from webb_agent.l7proxy.connection import ClientConnection
+from webb_agent.l7proxy.connection import DNS, ClientConnection
 from webb_agent.l7proxy.proxy import ACCESS_DENIED, L7Proxy, error_response
 from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
+from webb_agent.policy.model import DNSRule
 
 pytestmark = pytest.mark.root
 
@@ -230,4 +232,87 @@ def test_pipelined_denied_requests_of_a_client_that_does_not_read_stay_bounded()
             conn.abort()
         await asyncio.sleep(0.05)
         assert not proxy._conns
+    asyncio.run(run())
+
+
+def _dns_query(ident: int, name: str) -> bytes:
+    q = b"".join(bytes((len(p),)) + p.encode() for p in name.split(".")) + b"\x00"
+    return struct.pack("!6H", ident, 0x0100, 1, 0, 0, 0) + q + struct.pack("!2H", 1, 1)
+
+
+def _big_dns_server(sock: socket.socket, records: int) -> None:
+    """Answers each TCP query with `records` A records (a large answer), until closed."""
+    while True:
+        try:
+            c, _ = sock.accept()
+        except OSError:
+            return
+        with c:
+            n = struct.unpack("!H", c.recv(2, socket.MSG_WAITALL))[0]
+            q = c.recv(n, socket.MSG_WAITALL)
+            rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + bytes((10, 9, 9, 9))
+            a = struct.pack("!6H", *struct.unpack_from("!H", q), 0x8180, 1, records, 0, 0) \
+                + q[12:] + rr * records
+            c.sendall(struct.pack("!H", len(a)) + a)
+
+
+def test_dns_over_tcp_answers_to_a_client_that_does_not_read_stay_bounded():
+    """Pipelined DNS-over-TCP queries are asked upstream only as fast as the client
+    reads the answers: a 30-byte query may bring a 64 KiB answer."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        dns = socket.socket()
+        dns.bind(("127.0.0.1", 0))
+        dns.listen(64)
+        threading.Thread(target=_big_dns_server, args=(dns, 2000), daemon=True).start()
+        lst = socket.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        ref = PolicyRef("CiliumNetworkPolicy", "t", "p", 1, ())
+        entry = (L7Entry(frozenset({5}), None, ref, (DNSRule(match_pattern="*"),)),)
+        engine = _Engine(0)
+        engine.compiled.l7 = {(1, DIR_EGRESS, lst.getsockname()[1]): entry,
+                              (1, DIR_EGRESS, dns.getsockname()[1]): entry}
+        proxy = L7Proxy(engine, _Registry(), _Datapath())
+        conns: list[ClientConnection] = []
+
+        class Conn(ClientConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                self.server = dns.getsockname()  # the datapath's part
+                _small(transport.get_extra_info("socket"))  # the kernel holds little
+                conns.append(self)
+        srv = await loop.create_server(lambda: Conn(proxy, True), sock=lst)
+        queries = 100
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
+        c.setblocking(False)
+        await loop.sock_connect(c, lst.getsockname())
+        q = _dns_query(7, "big.example.com")
+        await loop.sock_sendall(c, (struct.pack("!H", len(q)) + q) * queries)
+        last = -1
+        while proxy.stats.dns_queries != last:  # until the proxy stops asking
+            last = proxy.stats.dns_queries
+            await asyncio.sleep(0.3)
+        assert conns and conns[0].state == DNS and conns[0].transport is not None
+        t = conns[0].transport
+        answer = 2 + len(q) + 2000 * 16
+        assert t.get_write_buffer_size() <= t.get_write_buffer_limits()[1] + answer, (
+            t.get_write_buffer_size(), proxy.stats.dns_queries)
+        # The client reads: every query gets its answer.
+        got = 0
+        data = b""
+        while got < queries:
+            data += await loop.sock_recv(c, 1 << 20)
+            while len(data) >= 2 and len(data) >= 2 + struct.unpack_from("!H", data)[0]:
+                n = struct.unpack_from("!H", data)[0]
+                assert data[2:4] == q[:2]
+                data, got = data[2 + n:], got + 1
+        assert proxy.stats.dns_queries == queries
+        c.close()
+        srv.close()
+        dns.close()
+        for conn in conns:
+            conn.abort()
+        await asyncio.sleep(0.05)
     asyncio.run(run())

@@ -236,8 +236,8 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.client_full = False
-        if self.state == HEAD and not self._pumping and (self.pos < len(self.buf)
-                                                          or self.client_eof):
+        if self.state in (HEAD, DNS) and not self._pumping and (self.pos < len(self.buf)
+                                                                 or self.client_eof):
             try:
                 self._pump()  # requests that waited for the client to read
             except Exception:
@@ -773,8 +773,8 @@ class ClientConnection(asyncio.Protocol):
     # -- DNS over TCP on a port with DNS rules --------------------------------------------------
     def _next_dns(self) -> None:
         """Length-prefixed queries, answered in order (the DNS proxy decides each)."""
-        if self._task is not None:
-            return  # one query at a time
+        if self._task is not None or self.client_full:
+            return  # one query at a time, and none while the client leaves answers unread
         buf, pos = self.buf, self.pos
         if len(buf) - pos >= 2:
             n = struct.unpack_from("!H", buf, pos)[0]
