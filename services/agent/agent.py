@@ -259,8 +259,18 @@ class Agent:
         self._proxy_flows.clear()  # the same list: the proxy holds its append
         assert self.policy is not None
         intern = self.policy.sets.intern
-        return [(dns_message if isinstance(f, DNSFlow) else l7_message)(  # type: ignore[arg-type]
-            f, intern(f.policies)) for f in fs]
+        out = []
+        # A connection's flows carry the same policies tuple (rules.decide's cached
+        # answer) one after the other: intern it once per run of them, not per flow
+        # (hashing the frozen PolicyRefs costs ~0.4 us a flow).
+        last: object = None
+        num = 0
+        for f in fs:
+            if f.policies is not last:
+                last, num = f.policies, intern(f.policies)
+            out.append((dns_message if isinstance(f, DNSFlow) else l7_message)(  # type: ignore[arg-type]
+                f, num))
+        return out
 
     async def _start_kernel_drops(self) -> None:
         assert self.datapath is not None

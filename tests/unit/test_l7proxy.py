@@ -348,3 +348,26 @@ def test_plain_head_parse_is_the_strict_parse():
             assert _outcome(parse_response, raw, method) == \
                 _outcome(http1._parse_response_strict, raw, method), (raw, method)
     assert plain > len(reqs) // 4  # the fast path is taken, not only the fallback
+
+
+def test_proxy_messages_name_each_flows_own_policies():
+    """The agent interns a run of flows' policies once (agent._proxy_messages): flows
+    with other policies in between, or none, still get their own set."""
+    from types import SimpleNamespace
+
+    from webb_agent.agent import Agent
+    from webb_agent.l7proxy.proxy import ProxyFlow
+    from webb_agent.policy.compile import PolicySets
+
+    sets = PolicySets()
+    head = req("GET /a HTTP/1.1\nHost: s\n")
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 80)
+    a, b = (REF_A,), (REF_A, REF_B)
+    order = [a, a, b, a, (), (), b]
+    fake = SimpleNamespace(policy=SimpleNamespace(sets=sets),
+                           _proxy_flows=[ProxyFlow(i, 4, c, s, False, True, p, head)
+                                         for i, p in enumerate(order)])
+    msgs = Agent._proxy_messages(fake)  # type: ignore[arg-type]
+    assert [m.policy_set for m in msgs] == [sets.intern(p) for p in order]
+    assert len({sets.intern(a), sets.intern(b), sets.intern(())}) == 3
+    assert fake._proxy_flows == []
