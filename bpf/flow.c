@@ -474,6 +474,28 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     if (!port)
         goto drop;
     if (p->key.proto == IPPROTO_UDP) {
+        // A server's answer to a query the DNS proxy asked from the client's address:
+        // the proxy's socket for it (connected: not a node service's).
+        if (p->key.family == 4) {
+            __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
+            __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
+            t.ipv4.sport = bpf_htons(p->key.sport);
+            t.ipv4.dport = bpf_htons(p->key.dport);
+            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        } else {
+            __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
+            __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
+            t.ipv6.sport = bpf_htons(p->key.sport);
+            t.ipv6.dport = bpf_htons(p->key.dport);
+            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (sk && sk->dst_port != 0)
+            goto assign;
+        if (sk) {
+            bpf_sk_release(sk);
+            sk = 0;
+        }
+        __builtin_memset(&t, 0, sizeof(t));
         // DNS (egress): every datagram to the proxy's UDP socket on the same port; it
         // learns the original destination from IP_ORIGDSTADDR.
         if (slot != CONF_PROXY_EGRESS_PORT)
@@ -549,25 +571,35 @@ drop:
 // An answer towards a client whose tuple a socket of the node owns: the egress proxy's
 // upstream connection (it connected from the client's address). Only asked for the
 // first packet of a direction nobody sent the other way at this interface.
+// UDP: the DNS proxy's connected socket for a query it asks from the client's address.
 static __always_inline int upstream_answer(struct __sk_buff *skb, struct parsed *p) {
     struct bpf_sock_tuple t = {};
     struct bpf_sock *sk;
+    u32 size = sizeof(t.ipv4);
     if (p->key.family == 4) {
         __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
         __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
         t.ipv4.sport = bpf_htons(p->key.sport);
         t.ipv4.dport = bpf_htons(p->key.dport);
-        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
     } else {
         __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
         __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
         t.ipv6.sport = bpf_htons(p->key.sport);
         t.ipv6.dport = bpf_htons(p->key.dport);
-        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        size = sizeof(t.ipv6);
     }
-    if (!sk)
-        return 0;
-    int found = sk->state != BPF_TCP_LISTEN;
+    int found;
+    if (p->key.proto == IPPROTO_UDP) {
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+        if (!sk)
+            return 0;
+        found = sk->dst_port != 0;  // connected (the proxy's), not a node service's
+    } else {
+        sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+        if (!sk)
+            return 0;
+        found = sk->state != BPF_TCP_LISTEN;
+    }
     bpf_sk_release(sk);
     return found;
 }
@@ -796,7 +828,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         else if (rv && (rv->proxy & PROXY_ASSIGN))
             proxy = PROXY_REPLY;     // the egress proxy's answers to the client
         else if (!rv && point == POINT_TO_ENDPOINT && (pol.flags & EP_PROXY_EGRESS) &&
-                 p.key.proto == IPPROTO_TCP && upstream_answer(skb, &p)) {
+                 (p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP) &&
+                 upstream_answer(skb, &p)) {
             // The server answers the egress proxy, which connected from the client's
             // address: to the proxy's socket, past the client's ingress policy.
             proxy = PROXY_REDIRECT | PROXY_REPLY;

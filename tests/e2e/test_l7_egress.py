@@ -58,7 +58,8 @@ SHORT_TTL = 1
 ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
         "denied.example.com.": [30, ["10.99.0.2"]],
         "www.good.example.": [30, ["10.99.0.3"]],
-        "silent.good.example.": None}  # allowed, never answered
+        "silent.good.example.": None,  # allowed, never answered
+        "whoami.good.example.": [5, "peer"]}  # answered with the asker's address
 # The DNS proxy's upstream bound for this module's agent (--dnsproxy-concurrency-limit).
 DNS_LIMIT = 16
 # toFQDNs: "api.ext.example" is the pod "ext" (no endpoint: outside the cluster), added
@@ -217,6 +218,19 @@ def dns(lab: NetLab, name: str, qtype: str = "A", server: str | None = None,
                    server or lab.pods["dns"].ip4, name, qtype, "3", transport,
                    *([str(then_get)] if then_get else []), timeout=30)
     return json.loads(out.stdout)
+
+
+def test_dns_queries_go_upstream_from_the_client_address(lab, agent):
+    """As Cilium's transparent DNS proxy: the server (and its policy, its logs) sees the
+    pod that asked, not the node, over UDP and TCP, IPv4 and IPv6; the answer comes back
+    through the proxy (flows, names) to the client."""
+    c, d = lab.pods["client"], lab.pods["dns"]
+    for server, qtype, want in ((d.ip4, "A", c.ip4), (d.ip6, "AAAA", c.ip6)):
+        for transport in ("udp", "tcp"):
+            got = dns(lab, "whoami.good.example", qtype, server, transport)
+            assert isinstance(got, dict) and got["ips"] == [want], (server, transport, got)
+    counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    assert counters.get("l7proxy.error_dns_upstream", 0) == 0
 
 
 def test_dns_rules_allow_and_refuse(lab, agent):

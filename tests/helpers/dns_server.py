@@ -3,7 +3,8 @@
 usage: dns_server.py PORT ZONE_JSON
 ZONE_JSON maps names to [ttl, [addresses...]], e.g. {"api.example.com.": [2, ["10.1.1.1"]]}.
 A/AAAA questions get the name's addresses of that family, unknown names NXDOMAIN;
-a name mapped to null is never answered (a server that does not answer).
+a name mapped to null is never answered (a server that does not answer), one mapped to
+[ttl, "peer"] is answered with the address the question came from.
 Prints "ready" once it listens (IPv4 and IPv6); logs each question on stderr.
 """
 import ipaddress, json, socket, struct, sys, threading
@@ -17,7 +18,7 @@ def question(data):
     qtype, = struct.unpack_from("!H", data, off + 1)
     return ".".join(labels).lower() + ".", qtype, off + 5
 
-def answer(data):
+def answer(data, peer=None):
     ident, flags = struct.unpack_from("!2H", data)
     name, qtype, end = question(data)
     print(f"question {name} {qtype}", file=sys.stderr, flush=True)
@@ -26,6 +27,8 @@ def answer(data):
         return None
     if name in zone:
         ttl, addrs = zone[name]
+        if addrs == "peer":
+            addrs = [peer.removeprefix("::ffff:")] if peer else []
         for a in addrs:
             ip = ipaddress.ip_address(a)
             if (qtype, ip.version) in ((1, 4), (28, 6)):
@@ -36,9 +39,10 @@ def answer(data):
 
 def tcp_conn(c):
     with c:
+        peer = c.getpeername()[0]
         f = c.makefile("rb")
         while (h := f.read(2)) and len(h) == 2:
-            a = answer(f.read(struct.unpack("!H", h)[0]))
+            a = answer(f.read(struct.unpack("!H", h)[0]), peer)
             if a is None:
                 continue
             c.sendall(struct.pack("!H", len(a)) + a)
@@ -62,7 +66,7 @@ print("ready", flush=True)
 while True:
     data, addr = s.recvfrom(4096)
     try:
-        a = answer(data)
+        a = answer(data, addr[0])
         if a is not None:
             s.sendto(a, addr)
     except Exception as e:  # a malformed question: no answer

@@ -3,8 +3,9 @@
 flow.c gives the client's datagrams to the proxy's UDP sockets (127.0.0.1 / ::1 on
 the egress listener's port, IP_TRANSPARENT); IP_ORIGDSTADDR says where the query was
 going. A query whose name one of the client's DNS rules selects (for that server's
-identity) goes on to that server from the node, and its answer back to the client;
-any other gets REFUSED at once, as from Cilium's DNS proxy. Answers leave from the
+identity) goes on to that server from the client's own address (transparent, as
+Cilium's: flow.c gives the server's answer to the query's socket), and its answer
+back to the client; any other gets REFUSED at once, as from Cilium's DNS proxy. Answers leave from the
 original server's address and port (a transparent socket bound to it), so the client
 sees its server answer. Before an allowed answer reaches the client, `on_answer`
 (toFQDNs) may wait until the datapath allows the addresses in it, and `on_names` hands
@@ -28,7 +29,7 @@ from typing import Any, Awaitable, Callable
 from ..pipeline.l7.dns import DNSMessage, parse_dns
 from ..policy.compile import DIR_EGRESS, L7Entry, PolicyRef
 from ..policy.dnsmatch import matches
-from .steering import IP_TRANSPARENT, IPV6_TRANSPARENT, netns_socket
+from .steering import IP_TRANSPARENT, IPV6_TRANSPARENT, netns_socket, transparent_upstream_socket
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,6 @@ def reply_socket(family: int, addr: tuple[str, int]) -> socket.socket:
     except BaseException:
         s.close()
         raise
-    return s
-
-
-def upstream_dns_socket(family: int, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-    s = socket.socket(family, kind)
-    s.setblocking(False)
     return s
 
 
@@ -297,7 +292,7 @@ class DNSProxy:
             return answer
         self.upstream_active += 1
         try:
-            answer = await self._upstream(family, server, data, tcp)
+            answer = await self._upstream(family, client, server, data, tcp)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             self.stats.error("dns_upstream")
             log.debug("dns proxy: %s from %s: %s", msg.query, server, e)
@@ -340,12 +335,16 @@ class DNSProxy:
                                time.monotonic_ns() - t0, tcp=tcp, error=True))
         return answer
 
-    async def _upstream(self, family: int, server: tuple[str, int], data: bytes,
-                        tcp: bool) -> bytes:
-        """The server's answer to data (same id), asked from the node."""
+    async def _upstream(self, family: int, client: tuple[str, int], server: tuple[str, int],
+                        data: bytes, tcp: bool) -> bytes:
+        """The server's answer to data (same id), asked from the client's address (as
+        Cilium's transparent DNS proxy: the server and its policy see the pod), from a
+        port of its own (steering.UPSTREAM_PORTS); flow.c gives the answer to this
+        socket where it comes back towards the client (upstream_answer, proxy_assign)."""
         loop = asyncio.get_running_loop()
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        up = await netns_socket(self.datapath, lambda: upstream_dns_socket(family, kind))
+        up = await netns_socket(self.datapath, lambda: transparent_upstream_socket(
+            family, client[0], 0, kind))
         try:
             deadline = loop.time() + UPSTREAM_TIMEOUT
             await asyncio.wait_for(loop.sock_connect(up, server), UPSTREAM_TIMEOUT)

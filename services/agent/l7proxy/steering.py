@@ -8,7 +8,8 @@ bpf_sk_assign, reaches that socket only if
   `local 0.0.0.0/0 dev lo` (and `::/0`) route in TABLE;
 - the listener has IP_TRANSPARENT (else its SYN-ACK, from the endpoint's address,
   has no route);
-- TCP early demux is off in the node's namespace (`net.ipv4.tcp_early_demux=0`):
+- TCP and UDP early demux are off in the node's namespace (`net.ipv4.tcp_early_demux=0`,
+  `udp_early_demux=0` for the DNS proxy's queries from a client's address):
   otherwise a packet of a proxied connection entering the node (from a pod or
   another node) finds the proxy's socket by its addresses before routing, and the
   forwarding path drops a packet that already has a socket, so the handshake never
@@ -35,6 +36,9 @@ ROUTE_TABLE = 30565              # "wE": a table of its own, not one a CNI is li
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
 EARLY_DEMUX = "/proc/sys/net/ipv4/tcp_early_demux"
+# The same for the DNS proxy's UDP sockets asking from a client's address: a server's
+# answer would find the connected socket before routing, and the forwarding path drops it.
+UDP_EARLY_DEMUX = "/proc/sys/net/ipv4/udp_early_demux"
 
 
 def _ignore_exists(fn: Any, *args: Any, **kw: Any) -> None:
@@ -50,7 +54,7 @@ class Steering:
 
     def __init__(self, table: int = ROUTE_TABLE) -> None:
         self.table = table
-        self._early_demux: str | None = None
+        self._early_demux: dict[str, str] = {}
 
     def install(self, ipr: Any) -> None:
         """Netlink thread. Idempotent: an agent restarted after a crash finds its rules."""
@@ -60,11 +64,12 @@ class Steering:
                            family=family, priority=100)
             _ignore_exists(ipr.route, "add", dst=dst, type="local", table=self.table, oif=lo,
                            family=family, scope=254)  # host scope, as `ip route` gives local
-        with open(EARLY_DEMUX) as f:
-            self._early_demux = f.read().strip()
-        if self._early_demux != "0":
-            with open(EARLY_DEMUX, "w") as f:
-                f.write("0")
+        for path in (EARLY_DEMUX, UDP_EARLY_DEMUX):
+            with open(path) as f:
+                self._early_demux[path] = was = f.read().strip()
+            if was != "0":
+                with open(path, "w") as f:
+                    f.write("0")
 
     def remove(self, ipr: Any) -> None:
         lo = ipr.link_lookup(ifname="lo")
@@ -78,9 +83,10 @@ class Steering:
                     fn("del", **kw)
                 except Exception as e:
                     log.debug("removing proxy routing: %s", e)
-        if self._early_demux not in (None, "0"):
-            with open(EARLY_DEMUX, "w") as f:
-                f.write(self._early_demux)
+        for path, was in self._early_demux.items():
+            if was != "0":
+                with open(path, "w") as f:
+                    f.write(was)
 
 
 def listeners(port: int = 0) -> list[socket.socket]:
@@ -118,7 +124,8 @@ def listeners(port: int = 0) -> list[socket.socket]:
 UPSTREAM_PORTS = (10000, 32767)
 
 
-def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0) -> socket.socket:
+def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
+                                kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket for the proxy's connection to the original destination, from the
     client's own address (IP_TRANSPARENT; netlink thread, the node's namespace), so
     the server sees the client; flow.c gives the server's answers to this socket.
@@ -126,7 +133,7 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0) -> s
     Egress (mark 0): the destination's ingress policy applies to it as to the
     client's own connection. Ingress (WEBB_UPSTREAM_MARK): the proxy decided, the
     server's interface neither checks nor steers it again."""
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(family, kind)
     try:
         if mark:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
@@ -134,7 +141,8 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0) -> s
             s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         else:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         lo, hi = UPSTREAM_PORTS
         start = random.randint(lo, hi)
         for i in range(64):
