@@ -223,12 +223,14 @@ class Agent:
         self.l7proxy = proxy
 
     def _fqdn_counters(self) -> dict[str, int]:
-        """toFQDNs: names learned, expired addresses kept for their connections, and
-        how often those connections were looked at."""
+        """toFQDNs: names learned, (name, address) pairs not learned because the table
+        was full, expired addresses kept for their connections, and how often those
+        connections were looked at."""
         p = self.policy
         if p is None:
             return {}
-        return {"policy.fqdn_names": len(p.fqdn), "policy.fqdn_kept": len(p.fqdn.kept()),
+        return {"policy.fqdn_names": len(p.fqdn), "policy.fqdn_refused": p.fqdn.answers.refused,
+                "policy.fqdn_kept": len(p.fqdn.kept()),
                 "policy.fqdn_kept_checks": p.fqdn_kept_checks}
 
     def _proxy_counters(self) -> dict[str, int]:

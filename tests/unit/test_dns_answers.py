@@ -53,3 +53,57 @@ def test_evicting_and_refusing_bounds():
     assert list(policy.known_names()) == ["a.test"] and len(policy) == 1
     with pytest.raises(TypeError):
         flows.known_names()                                       # not indexed by name
+
+
+def test_a_name_answered_again_and_again_keeps_one_expiry_item():
+    # Every query of a busy client moves its answer's end: the table's expiry heap must
+    # not grow with the number of answers (it did: one item per answer, ~2.4M an hour at
+    # 1,000 queries/s of a name with a 1-hour TTL), and expiry stays exact.
+    t = DNSAnswers(ipaddress.ip_network, index_names=True)
+    net = ipaddress.ip_network("10.0.0.1")
+    for i in range(20_000):
+        t.learn(["api.test"], ["10.0.0.1"], 3600, i * SEC // 1000)
+    t.learn(["other.test"], ["10.0.0.1"], 10, 0)
+    assert len(t._ends) <= 2
+    last_end = 19_999 * SEC // 1000 + 3600 * SEC
+    assert t.next_expiry() == 10 * SEC                       # other.test's end first
+    assert t.expire(10 * SEC) == [("other.test", net)]
+    assert t.next_expiry() == last_end                       # then api.test's, exactly
+    assert t.expire(last_end - 1) == [] and list(t.addresses("api.test", last_end - 1)) == [net]
+    assert t.expire(last_end) == [("api.test", net)] and len(t) == 0
+    assert t.next_expiry() is None and not t._ends
+
+
+def test_expiry_matches_a_model_under_random_answers():
+    import random
+    rnd = random.Random(7)
+    t = DNSAnswers(ipaddress.ip_network, index_names=True)
+    live: dict[tuple[str, str], int] = {}    # the model: (name, address) -> end
+    now = 0
+    for step in range(3_000):
+        now += rnd.randrange(0, 3 * SEC)
+        name, ip = f"n{rnd.randrange(8)}.test", f"10.0.0.{rnd.randrange(6)}"
+        ttl = rnd.randrange(1, 30)
+        t.learn([name], [ip], ttl, now)
+        end = now + ttl * SEC
+        live[(name, ip)] = max(live.get((name, ip), 0), end) if live.get((name, ip), -1) >= now else end
+        gone = {(n, str(a.network_address)) for n, a in t.expire(now)}
+        want = {k for k, e in live.items() if e <= now}
+        assert gone == want, step
+        for k in want:
+            del live[k]
+        nxt = t.next_expiry()
+        assert nxt == (min(live.values()) if live else None), step
+    assert len(t._ends) <= 2 * 6
+
+
+def test_pairs_are_bounded_in_all_and_refusals_counted():
+    t = DNSAnswers(ipaddress.ip_network, index_names=True, max_names=100,
+                   max_addresses_per_name=100, max_pairs=250)
+    for n in range(10):
+        t.learn([f"n{n}.test"], [f"10.0.{n}.{i}" for i in range(50)], 60, 0)
+    assert sum(len(list(t.addresses_of(f"n{n}.test"))) for n in range(10)) == 250
+    assert t.refused == 250 and not t.knows("n9.test")
+    # What expires makes room again; what is known is never dropped for a newcomer.
+    assert len(t.expire(60 * SEC)) == 250 and t._pairs == 0
+    assert t.learn(["n9.test"], ["10.0.9.1"], 60, 61 * SEC)

@@ -33,6 +33,8 @@ from .model import DNSRule, Network
 MAX_ZOMBIES = 10000
 MAX_NAMES = 65536
 MAX_IPS_PER_NAME = 256
+# In all (names x addresses alone would allow 16.7M pairs, gigabytes): ~60 MB at most.
+MAX_PAIRS = 262144
 # An answer with TTL 0 (or 1) would expire the moment it is learned, before the client
 # can connect to what it asked for: every address lives at least this long, so the
 # connection that follows an answer can be made even on a loaded node.
@@ -51,7 +53,8 @@ class FQDNStore:
         # what the policy allowed before its time.
         self.answers: DNSAnswers[Network] = DNSAnswers(
             ipaddress.ip_network, ttl_floor_s=max(min_ttl, TTL_FLOOR), index_names=True,
-            max_names=MAX_NAMES, max_addresses_per_name=MAX_IPS_PER_NAME)
+            max_names=MAX_NAMES, max_addresses_per_name=MAX_IPS_PER_NAME,
+            max_pairs=MAX_PAIRS)
         self._selectors: frozenset[DNSRule] = frozenset()
         # stored name -> the selectors (of _selectors) that select it, and the reverse
         self._selecting: dict[str, frozenset[DNSRule]] = {}

@@ -39,7 +39,8 @@ class DNSAnswers(Generic[K]):
                  keep_expired_ns: int = 0, max_addresses: int | None = None,
                  max_entries_per_address: int | None = None, index_names: bool = False,
                  max_names: int | None = None,
-                 max_addresses_per_name: int | None = None) -> None:
+                 max_addresses_per_name: int | None = None,
+                 max_pairs: int | None = None) -> None:
         self.address = address
         self.ttl_floor_s = ttl_floor_s
         self.keep_expired_ns = keep_expired_ns
@@ -49,14 +50,23 @@ class DNSAnswers(Generic[K]):
         # ... and refusing ones, by name (what is known stays until it expires).
         self.max_names = max_names
         self.max_addresses_per_name = max_addresses_per_name
+        # ... and in all: names x addresses per name alone would allow millions of pairs
+        # (an allowed wildcard and a DNS server answering many addresses per name).
+        self.max_pairs = max_pairs
+        self._pairs = 0  # (name, address) pairs in the name index
+        self.refused = 0  # pairs not learned because a refusing bound was reached
         # address -> its entries, least recently answered first
         self._by_addr: OrderedDict[K, list[Entry]] = OrderedDict()
         # name -> its addresses: only where something looks names up (toFQDNs)
         self._by_name: dict[str, set[K]] | None = {} if index_names else None
-        # Where names are looked up (toFQDNs), also when each entry ends: (until, n, addr),
-        # an entry made longer leaves its old item behind, skipped when it comes up.
-        # next_expiry() and expire() then cost what expires, not the whole table.
+        # Where names are looked up (toFQDNs), also when entries end: (until, n, addr),
+        # at most one live item per address (_due: its time), at or before the end of
+        # the address's earliest entry. A name answered again and again (one per query,
+        # thousands a second, each moving its end) then adds nothing: expire() finds the
+        # entry longer when the item comes up and schedules the address again.
+        # next_expiry() and expire() cost what expires, not the whole table.
         self._ends: list[tuple[int, int, K]] | None = [] if index_names else None
+        self._due: dict[K, int] = {}
         self._seq = itertools.count()
         self.evicted = 0  # addresses evicted to make room
         self.active = False  # anything learned yet: flows skip the lookups until then
@@ -113,24 +123,38 @@ class DNSAnswers(Generic[K]):
                     del entries[i]
                     now, until = min(start, now), max(end, until)
                 entries.append((name, now, until))
-                if self._ends is not None and until != end:
-                    heapq.heappush(self._ends, (until, next(self._seq), addr))
+                self._schedule(addr, until)
                 return False
         index = self._by_name
         if index is not None:
             addrs = index.get(name)
+            if self.max_pairs is not None and self._pairs >= self.max_pairs:
+                self.refused += 1
+                return False
             if addrs is None:
                 if self.max_names is not None and len(index) >= self.max_names:
+                    self.refused += 1
                     return False  # full: never more than the limits say
                 addrs = index[name] = set()
             elif (self.max_addresses_per_name is not None
                   and len(addrs) >= self.max_addresses_per_name):
+                self.refused += 1
                 return False
             addrs.add(addr)
+            self._pairs += 1
         entries.append((name, now, until))
-        if self._ends is not None:
-            heapq.heappush(self._ends, (until, next(self._seq), addr))
+        self._schedule(addr, until)
         return True
+
+    def _schedule(self, addr: K, until: int) -> None:
+        """The address has an entry ending at `until`: an item no later than that."""
+        ends = self._ends
+        if ends is None:
+            return
+        due = self._due.get(addr)
+        if due is None or until < due:  # a later item left behind is skipped when it comes up
+            self._due[addr] = until
+            heapq.heappush(ends, (until, next(self._seq), addr))
 
     def _unindex(self, addr: K, dropped: Iterable[Entry], kept: list[Entry]) -> list[str]:
         """Names of `dropped` with no entry left in `kept`: taken off the name index."""
@@ -140,7 +164,9 @@ class DNSAnswers(Generic[K]):
         if index is not None:
             for name in gone:
                 addrs = index[name]
-                addrs.discard(addr)
+                if addr in addrs:
+                    addrs.remove(addr)
+                    self._pairs -= 1
                 if not addrs:
                     del index[name]
         return gone
@@ -164,7 +190,10 @@ class DNSAnswers(Generic[K]):
             horizon = now_ns - self.keep_expired_ns
             due: dict[K, None] = {}
             while ends and ends[0][0] <= horizon:
-                due[heapq.heappop(ends)[2]] = None
+                until, _, addr = heapq.heappop(ends)
+                if self._due.get(addr) == until:  # else left behind by an earlier item
+                    del self._due[addr]
+                    due[addr] = None
             candidates = [(a, self._by_addr[a]) for a in due if a in self._by_addr]
         else:
             candidates = list(self._by_addr.items())
@@ -172,6 +201,8 @@ class DNSAnswers(Generic[K]):
             out.extend((name, addr) for name in self._prune(addr, entries, now_ns))
             if not entries:
                 del self._by_addr[addr]
+            elif ends is not None:  # made longer since it was scheduled, or other names
+                self._schedule(addr, min(e[2] for e in entries))
         return out
 
     def next_expiry(self) -> int | None:
@@ -179,11 +210,21 @@ class DNSAnswers(Generic[K]):
         if ends is None:
             return min((e[2] for entries in self._by_addr.values() for e in entries),
                        default=None)
-        while ends:  # items of entries made longer, or gone, are dropped here
+        while ends:
             until, _, addr = ends[0]
-            if any(e[2] == until for e in self._by_addr.get(addr, ())):
-                return until
-            heapq.heappop(ends)
+            entries = self._by_addr.get(addr)
+            if self._due.get(addr) == until and entries:
+                # The address's earliest end (entries made longer move it later).
+                end = min(e[2] for e in entries)
+                if end == until:
+                    return until
+                heapq.heappop(ends)
+                del self._due[addr]
+                self._schedule(addr, end)
+                continue
+            heapq.heappop(ends)  # left behind, or the address is gone
+            if self._due.get(addr) == until:
+                del self._due[addr]
         return None
 
     # -- looking up -----------------------------------------------------------------------
