@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -79,17 +80,17 @@ def _peer(requests: int) -> None:
     c.close()
 
 
-async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
-    from webb_agent.l7proxy.flows import l7_message
-    from webb_agent.l7proxy.connection import ClientConnection
-    from webb_agent.l7proxy.proxy import L7Proxy
-    from webb_agent.policy.compile import DIR_EGRESS, L7Entry, PolicyRef
+def _policy(direction: int, port: int) -> tuple[Any, Any]:
+    """The proxy's policy engine and endpoint registry, as small as the bench needs (it
+    measures the proxy, not them): one local endpoint (id 1) whose rule for `port` in
+    `direction` lets identity 5 (every peer) GET /api/.*."""
+    from webb_agent.policy.compile import L7Entry, PolicyRef
     from webb_agent.policy.model import HTTPRule
 
     class Endpoint:
         id = 1
 
-    class Registry:  # the client is a local endpoint whose egress rules decide
+    class Registry:
         def by_ip(self, ip: str) -> Endpoint:
             return Endpoint()
 
@@ -103,6 +104,18 @@ async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
         def identity_of(self, ip: str) -> int:
             return 5
 
+    ref = PolicyRef("CiliumNetworkPolicy", "bench", "srv", 1, ())
+    Engine.compiled.l7[(1, direction, port)] = (
+        L7Entry(frozenset({5}), (HTTPRule(method="GET", path="/api/.*"),), ref),)
+    return Engine(), Registry()
+
+
+async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
+    from webb_agent.l7proxy.flows import l7_message
+    from webb_agent.l7proxy.connection import ClientConnection
+    from webb_agent.l7proxy.proxy import L7Proxy
+    from webb_agent.policy.compile import DIR_EGRESS
+
     class Datapath:
         async def in_netns(self, fn):  # this process's namespace is the "node's"
             return fn()
@@ -113,10 +126,7 @@ async def _proxy(requests: int, profile: cProfile.Profile | None) -> None:
     try:
         assert peer.stdout is not None and peer.stdin is not None
         server = ("127.0.0.1", int(peer.stdout.readline()))
-        ref = PolicyRef("CiliumNetworkPolicy", "bench", "srv", 1, ())
-        Engine.compiled.l7[(1, DIR_EGRESS, server[1])] = (
-            L7Entry(frozenset({5}), (HTTPRule(method="GET", path="/api/.*"),), ref),)
-        proxy = L7Proxy(Engine(), Registry(), Datapath())
+        proxy = L7Proxy(*_policy(DIR_EGRESS, server[1]), Datapath())
         flows = 0
 
         def on_flow(f) -> None:  # built as the agent builds them, then dropped
@@ -187,32 +197,11 @@ async def _no_sockets(requests: int, runs: int) -> None:
     from webb_agent.l7proxy.connection import ClientConnection, Upstream
     from webb_agent.l7proxy.flows import l7_message
     from webb_agent.l7proxy.proxy import L7Proxy
-    from webb_agent.policy.compile import DIR_INGRESS, L7Entry, PolicyRef
-    from webb_agent.policy.model import HTTPRule
+    from webb_agent.policy.compile import DIR_INGRESS
 
     freeze_and_raise("WEBB_BENCH_GC")  # the agent's collector settings (memory.py)
 
-    class Endpoint:
-        id = 1
-
-    class Registry:
-        def by_ip(self, ip: str) -> Endpoint:
-            return Endpoint()
-
-        def is_local(self, ep: Endpoint) -> bool:
-            return True
-
-    class Engine:
-        class compiled:
-            l7: dict = {}
-
-        def identity_of(self, ip: str) -> int:
-            return 5
-
-    ref = PolicyRef("CiliumNetworkPolicy", "bench", "srv", 1, ())
-    Engine.compiled.l7[(1, DIR_INGRESS, 8080)] = (
-        L7Entry(frozenset({5}), (HTTPRule(method="GET", path="/api/.*"),), ref),)
-    proxy = L7Proxy(Engine(), Registry(), None)
+    proxy = L7Proxy(*_policy(DIR_INGRESS, 8080), None)
     flows: list = []
     proxy.on_flow = flows.append
     sock = socket.socket()
