@@ -367,6 +367,62 @@ spec:
     await eng.delete("pp-fqdn", "bookinfo")
 
 
+def _lpm(allow, ep_id: int, direction: int, identity: int, proto: int, port: int):
+    """flow.c's policy_allow lookup for one identity: the longest prefix that covers."""
+    best = None
+    for k, v in allow.items():
+        if (k.ep_id, k.direction, k.identity) != (ep_id, direction, identity):
+            continue
+        if k.protocol and (k.protocol != proto or (k.port_bits and (
+                k.port >> (16 - k.port_bits)) != (port >> (16 - k.port_bits)))):
+            continue
+        if best is None or k.prefixlen > best[0].prefixlen:
+            best = (k, v)
+    return best
+
+
+async def test_a_kept_address_never_shadows_another_rules_live_allow(world):
+    """An address one toFQDNs rule kept for its connections (port 443, established
+    only) that another rule still allows on every port: a new connection to 443 is
+    allowed. flow.c's LPM lookup finds the most specific entry of the identity and a
+    MATCH_ESTABLISHED one refuses a new connection without looking at the shorter
+    ones, so the kept entry must not be there where a live one covers it."""
+    import time
+
+    from webb_agent.pipeline.l7.dns import DNSMessage
+    from webb_agent.policy.compile import DIR_EGRESS
+    reg, eng = world
+    await eng.apply_text("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pp-fqdn2, namespace: bookinfo}
+spec:
+  endpointSelector: {matchLabels: {app: productpage}}
+  egress:
+  - toFQDNs: [{matchName: "api.example.com"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toFQDNs: [{matchPattern: "*.cdn.example.org"}]
+""")
+    pp = by(reg, "productpage")
+    await eng.learn_dns(pp.id, DNSMessage(1, True, 0, 0, "api.example.com.", ("A",),
+                                          ("203.0.113.7",), ttl=30))
+    await eng.learn_dns(pp.id, DNSMessage(2, True, 0, 0, "x.cdn.example.org.", ("A",),
+                                          ("203.0.113.7",), ttl=3000))
+    ident = eng.identity_of("203.0.113.7")
+
+    def new_connection_allowed() -> bool:
+        got = _lpm(eng.compiled.allow, pp.id, DIR_EGRESS, ident, 6, 443)
+        return got is not None and not got[1][1] & MATCH_ESTABLISHED
+    assert new_connection_allowed()
+    assert eng.fqdn.expire(time.monotonic() + 31)  # api.example.com's answer ends
+    await eng._fqdn_recompile()
+    assert eng.identity_of("203.0.113.7") == ident
+    assert new_connection_allowed()
+    eng._recompile()  # a whole recompile agrees
+    assert new_connection_allowed()
+    await eng.delete("pp-fqdn2", "bookinfo")
+
+
 def test_fqdn_store_ttl_and_minimum():
     from webb_agent.policy.fqdn import FQDNStore
     from webb_agent.policy.model import DNSRule

@@ -479,11 +479,33 @@ def _allow_values(sets: PolicySets, refs: dict[PolicyKey, set[PolicyRef]],
     established directions only (MATCH_ESTABLISHED)."""
     out = {k: (sets.intern(v), k.match_type() | (MATCH_PROXY if k in proxied else 0))
            for k, v in refs.items()}
+    # flow.c's lookup takes the identity's most specific entry and an established-only
+    # one refuses a new connection without looking at shorter ones: a kept key that a
+    # live key of the same identity covers (another rule still allows the address on a
+    # wider port range) is left out, so the live one answers as it would without it.
+    live: dict[tuple[int, int, int], list[PolicyKey]] = {}
+    for k in refs:
+        live.setdefault((k.ep_id, k.direction, k.identity), []).append(k)
     for k, v in zombie_refs.items():
-        if k not in out:
-            out[k] = (sets.intern(v), k.match_type() | MATCH_ESTABLISHED
-                      | (MATCH_PROXY if k in proxied else 0))
+        if k in out or any(_covers(w, k) for w in live.get((k.ep_id, k.direction, k.identity), ())):
+            continue
+        out[k] = (sets.intern(v), k.match_type() | MATCH_ESTABLISHED
+                  | (MATCH_PROXY if k in proxied else 0))
     return out
+
+
+def _covers(wide: PolicyKey, k: PolicyKey) -> bool:
+    """Every (protocol, port) of k's LPM prefix is within wide's (same ep, dir, identity)."""
+    if not wide.protocol:
+        return True
+    if wide.protocol != k.protocol:
+        return False
+    if not wide.port_bits:
+        return True
+    if not k.port_bits or k.port_bits < wide.port_bits:
+        return False
+    shift = 16 - wide.port_bits
+    return wide.port >> shift == k.port >> shift
 
 
 def _rule_entries(rec: RuleRecord, ids: Iterable[int], refs: dict[PolicyKey, set[PolicyRef]],
