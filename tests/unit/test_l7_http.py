@@ -359,3 +359,19 @@ def test_c_scanner_answers_exactly_as_parse_fast():
         assert _outcome(c, data, host) == want, (data, host)
         answered += isinstance(want, http.HTTPParseResult)
     assert answered > 600, answered  # the generator reaches the scanner's answers, not only None
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9\xb3", b"5\xa0", b"\xa05", b"\x855"])
+def test_content_length_of_other_digits_or_blanks_is_no_length(length):
+    """A Content-Length is ASCII digits between HTTP's blanks (space, tab), as Go reads
+    it (values are Latin-1 text). str.isdigit() took superscript digits for digits (then
+    int() raised: parse_http answered 'error' for the whole payload and the request
+    before it in the same segment went unreported) and str.strip() NBSP and NEL for
+    blanks. Such a length is unknown: the message runs to the end of the payload."""
+    first = b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n"
+    second = (b"POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: " + length
+              + b"\r\n\r\n12345GET /third HTTP/1.1\r\n\r\n")
+    r = parse_http(first + second)
+    assert r.unparsable is None
+    assert [m.target for m in r.messages] == ["/first", "/second"]
+    assert r.messages[1].length == len(second)

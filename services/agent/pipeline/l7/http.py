@@ -259,8 +259,10 @@ def _body_length(headers: list[HTTPHeader], *, request: bool, code: int = 0) -> 
     cl = _canonical_value(headers, "Content-Length")
     if cl is None:
         return 0 if request else None
-    cl = cl.strip()
-    return int(cl) if cl.isdigit() and len(cl) <= 15 else None
+    # HTTP's blanks and ASCII digits only (values are Latin-1 text): str.strip() and
+    # isdigit() also take NBSP/NEL for blanks and '²' for a digit (int() then raises).
+    cl = cl.strip(" \t")
+    return int(cl) if cl.isascii() and cl.isdigit() and len(cl) <= 15 else None
 
 
 def _build_url(target: str, host: str | None, default_host: str | None) -> str:
