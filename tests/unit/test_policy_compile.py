@@ -381,7 +381,10 @@ def _lpm(allow, ep_id: int, direction: int, identity: int, proto: int, port: int
     return best
 
 
-async def test_a_kept_address_never_shadows_another_rules_live_allow(world):
+@pytest.mark.parametrize("wide", ["", "\n    toPorts: [{ports: [{port: \"400\", endPort: 500, protocol: TCP}]}]",
+                                  "\n    toPorts: [{ports: [{port: \"0\", protocol: TCP}]}]"],
+                         ids=["any", "tcp-400-500", "tcp-any-port"])
+async def test_a_kept_address_never_shadows_another_rules_live_allow(world, wide):
     """An address one toFQDNs rule kept for its connections (port 443, established
     only) that another rule still allows on every port: a new connection to 443 is
     allowed. flow.c's LPM lookup finds the most specific entry of the identity and a
@@ -401,8 +404,7 @@ spec:
   egress:
   - toFQDNs: [{matchName: "api.example.com"}]
     toPorts: [{ports: [{port: "443", protocol: TCP}]}]
-  - toFQDNs: [{matchPattern: "*.cdn.example.org"}]
-""")
+  - toFQDNs: [{matchPattern: "*.cdn.example.org"}]""" + wide + "\n")
     pp = by(reg, "productpage")
     await eng.learn_dns(pp.id, DNSMessage(1, True, 0, 0, "api.example.com.", ("A",),
                                           ("203.0.113.7",), ttl=30))
