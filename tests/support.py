@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from contextlib import contextmanager
@@ -62,6 +63,40 @@ def write_endpoints(path: Path, endpoints: Iterable[dict], nodes: Iterable[dict]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump({"endpoints": list(endpoints), "nodes": list(nodes)}))
     os.replace(tmp, path)
+
+
+class FollowStream:
+    """A `GetFlows` follow (agent or relay) read by a thread: every response, in order,
+    in `items`; `error` is the stream's failure, if any, other than close()'s."""
+
+    def __init__(self, observer: observer_pb2_grpc.ObserverStub, timeout: float = 180,
+                 **req: Any) -> None:
+        self.call = observer.GetFlows(observer_pb2.GetFlowsRequest(follow=True, **req),
+                                      timeout=timeout)
+        self.items: list[observer_pb2.GetFlowsResponse] = []
+        self.error: grpc.RpcError | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for r in self.call:
+                self.items.append(r)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.error = e
+
+    def flows(self, start: int = 0) -> list[flow_pb2.Flow]:
+        return [r.flow for r in self.items[start:] if r.HasField("flow")]
+
+    def statuses(self, start: int = 0) -> list[tuple[int, set[str], str]]:
+        """(state_change, node names, message) of each node status from `start` on."""
+        return [(r.node_status.state_change, set(r.node_status.node_names),
+                 r.node_status.message) for r in self.items[start:] if r.HasField("node_status")]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(10)
 
 
 class ServiceProc:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import support
-from support import (client_server_lab, BIN, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in,
+from support import (FollowStream, client_server_lab, BIN, TRAFFIC, AgentProc, lab_prefix, pod_endpoint, run_in, start_in,
                      wait_for, write_endpoints)
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
@@ -57,35 +56,6 @@ class RelayProc(support.RelayProc):
 
     def responses(self, timeout: float = 20, **req: Any) -> list[opb.GetFlowsResponse]:
         return list(self.observer.GetFlows(opb.GetFlowsRequest(**req), timeout=timeout))
-
-
-class Follow:
-    """A follow stream read by a thread; the responses accumulate in `items`."""
-
-    def __init__(self, relay: RelayProc, **req: Any) -> None:
-        self.call = relay.observer.GetFlows(opb.GetFlowsRequest(follow=True, **req), timeout=180)
-        self.items: list[opb.GetFlowsResponse] = []
-        self.error: grpc.RpcError | None = None
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for r in self.call:
-                self.items.append(r)
-        except grpc.RpcError as e:
-            self.error = e
-
-    def flows(self) -> list[fpb.Flow]:
-        return [r.flow for r in list(self.items) if r.HasField("flow")]
-
-    def statuses(self) -> list[tuple[int, set[str], str]]:
-        return [(r.node_status.state_change, set(r.node_status.node_names), r.node_status.message)
-                for r in list(self.items) if r.HasField("node_status")]
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.thread.join(5)
 
 
 # -- the cluster ---------------------------------------------------------------------
@@ -252,7 +222,7 @@ def test_filters_since_until_and_field_mask_pass_through(cluster, relay, history
 
 
 def test_follow_merges_live_flows_within_the_window(lab, relay, history):
-    stream = Follow(relay, since=now_ts())
+    stream = FollowStream(relay.observer, since=now_ts())
     try:
         wait_for(lambda: stream.statuses(), 10, what="node status")
         assert stream.statuses()[0][:2] == (rpb.NODE_CONNECTED, set(NODES))
@@ -355,7 +325,7 @@ def test_static_peers(cluster, workdir, history):
 
 def test_agent_killed_during_follow_then_restarted(lab, cluster, relay, history):
     agents, _ = cluster
-    stream = Follow(relay, since=now_ts())
+    stream = FollowStream(relay.observer, since=now_ts())
     n2 = agents["n2"]
     try:
         wait_for(lambda: stream.statuses(), 10, what="node status")
@@ -406,11 +376,11 @@ def test_agent_restarted_in_place_is_reported_lost_before_connected(lab, cluster
     r = RelayProc(workdir, "--peer-service", agents["n1"].address,
                   "--error-aggregation-window", "60s",
                   "--reconnect-backoff-min", "200ms", "--reconnect-backoff-max", "1s")
-    stream: Follow | None = None
+    stream: FollowStream | None = None
     try:
         r.start()
         r.wait_connected(set(NODES))
-        stream = Follow(r, since=now_ts())
+        stream = FollowStream(r.observer, since=now_ts())
         wait_for(lambda: stream.statuses(), 10, what="node status")
         n3.stop()  # SIGTERM: the agent's server cancels its calls on the way out
         n3.start()
@@ -443,7 +413,7 @@ def test_peer_added_at_run_time_joins_an_open_stream(lab, cluster, relay, histor
     n4 = agents["n4"]
     n4.start()
     n4.wait_attached(["c4", "s4"])
-    stream = Follow(relay, since=now_ts())
+    stream = FollowStream(relay.observer, since=now_ts())
     try:
         wait_for(lambda: stream.statuses(), 10, what="node status")
         assert stream.statuses()[0][1] == set(NODES)

@@ -16,7 +16,6 @@ import calendar
 import json
 import re
 import subprocess
-import threading
 import time
 from typing import Iterator
 
@@ -29,6 +28,7 @@ from k8s_cluster import KubeAPIError
 from k8s_node import KubeNode, kube_node
 from k8s_workloads import (BOOKINFO, BOOKINFO_NS, ROOT, WEBB_NS, bookinfo, chart_crds,
                            cilium_crds, cluster_dns, namespace, render_chart)
+from support import FollowStream
 from webb.api.flow import flow_pb2 as fpb
 from webb.api.observer import observer_pb2 as opb
 from webb.api.observer import observer_pb2_grpc
@@ -352,38 +352,6 @@ def test_pod_recreated_with_other_labels_gets_a_new_identity_and_the_old_is_coll
                      "--wait=true")
 
 
-class Follower:
-    """`GetFlows follow` through the relay, read by a thread: every response in order."""
-
-    def __init__(self, channel: grpc.Channel, since: Timestamp) -> None:
-        req = opb.GetFlowsRequest(follow=True)
-        req.since.CopyFrom(since)
-        self.call = observer_pb2_grpc.ObserverStub(channel).GetFlows(req, timeout=600)
-        self.items: list[opb.GetFlowsResponse] = []
-        self.error: grpc.RpcError | None = None
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for r in self.call:
-                self.items.append(r)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self.error = e
-
-    def flows(self, start: int = 0) -> list[fpb.Flow]:
-        return [r.flow for r in self.items[start:] if r.HasField("flow")]
-
-    def statuses(self, start: int = 0) -> list[tuple[int, list[str], str]]:
-        return [(r.node_status.state_change, list(r.node_status.node_names),
-                 r.node_status.message) for r in self.items[start:] if r.HasField("node_status")]
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.thread.join(10)
-
-
 def test_agent_daemonset_restarted_mid_follow(cluster):
     """`kubectl rollout restart` of the agent DaemonSet while a client follows through
     the relay: the relay reports the node's stream failing, then connected again, the
@@ -395,7 +363,8 @@ def test_agent_daemonset_restarted_mid_follow(cluster):
         WEBB_NS, "app.kubernetes.io/component=agent", 1)}
     t0 = Timestamp()
     t0.GetCurrentTime()
-    follow = Follower(cluster["relay"], since=t0)
+    follow = FollowStream(observer_pb2_grpc.ObserverStub(cluster["relay"]), timeout=600,
+                          since=t0)
     try:
         # The load generator's traffic: productpage -> details, through the follow.
         def pp_details(start: int = 0) -> list[fpb.Flow]:
@@ -403,7 +372,7 @@ def test_agent_daemonset_restarted_mid_follow(cluster):
                     if f.source.pod_name.startswith("productpage-v1-")
                     and f.destination.pod_name.startswith("details-v1-")]
         node.wait(lambda: len(pp_details()) >= 5, 90, "productpage -> details flows in the follow")
-        assert follow.statuses()[0][:2] == (rpb.NODE_CONNECTED, [node.name])
+        assert follow.statuses()[0][:2] == (rpb.NODE_CONNECTED, {node.name})
         before = pp_details()
         assert all(f.uuid for f in before)
         mark = len(follow.items)
