@@ -459,6 +459,35 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct parsed *p) {
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
+// The packet's own tuple for the kernel's socket lookups (network order); its size.
+static __always_inline u32 packet_tuple(struct bpf_sock_tuple *t, const struct parsed *p) {
+    if (p->key.family == 4) {
+        __builtin_memcpy(&t->ipv4.saddr, p->key.saddr, 4);
+        __builtin_memcpy(&t->ipv4.daddr, p->key.daddr, 4);
+        t->ipv4.sport = bpf_htons(p->key.sport);
+        t->ipv4.dport = bpf_htons(p->key.dport);
+        return sizeof(t->ipv4);
+    }
+    __builtin_memcpy(t->ipv6.saddr, p->key.saddr, 16);
+    __builtin_memcpy(t->ipv6.daddr, p->key.daddr, 16);
+    t->ipv6.sport = bpf_htons(p->key.sport);
+    t->ipv6.dport = bpf_htons(p->key.dport);
+    return sizeof(t->ipv6);
+}
+
+// The tuple's destination made the proxy's listener: 127.0.0.1 / ::1 on port.
+static __always_inline void to_listener(struct bpf_sock_tuple *t, const struct parsed *p,
+                                        u16 port) {
+    if (p->key.family == 4) {
+        t->ipv4.daddr = bpf_htonl(0x7f000001);
+        t->ipv4.dport = bpf_htons(port);
+    } else {
+        __builtin_memset(t->ipv6.daddr, 0, 16);
+        t->ipv6.daddr[3] = bpf_htonl(1);
+        t->ipv6.dport = bpf_htons(port);
+    }
+}
+
 // A packet to_proxy sent back in (slot CONF_PROXY_PORT, reported at the endpoint it
 // was headed to), or a client's packet of an egress-proxied connection (slot
 // CONF_PROXY_EGRESS_PORT, reported where it came from): the proxy's socket for its
@@ -473,46 +502,23 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     u16 port = (u16)config_get(slot);
     if (!port)
         goto drop;
+    u32 size = packet_tuple(&t, p);
     if (p->key.proto == IPPROTO_UDP) {
         // A server's answer to a query the DNS proxy asked from the client's address:
         // the proxy's socket for it (connected: not a node service's).
-        if (p->key.family == 4) {
-            __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
-            __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
-            t.ipv4.sport = bpf_htons(p->key.sport);
-            t.ipv4.dport = bpf_htons(p->key.dport);
-            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        } else {
-            __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
-            __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
-            t.ipv6.sport = bpf_htons(p->key.sport);
-            t.ipv6.dport = bpf_htons(p->key.dport);
-            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        }
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
         if (sk && sk->dst_port != 0)
             goto assign;
         if (sk) {
             bpf_sk_release(sk);
             sk = 0;
         }
-        __builtin_memset(&t, 0, sizeof(t));
         // DNS (egress): every datagram to the proxy's UDP socket on the same port; it
         // learns the original destination from IP_ORIGDSTADDR.
         if (slot != CONF_PROXY_EGRESS_PORT)
             goto drop;
-        if (p->key.family == 4) {
-            __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
-            t.ipv4.sport = bpf_htons(p->key.sport);
-            t.ipv4.daddr = bpf_htonl(0x7f000001);
-            t.ipv4.dport = bpf_htons(port);
-            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        } else {
-            __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
-            t.ipv6.sport = bpf_htons(p->key.sport);
-            t.ipv6.daddr[3] = bpf_htonl(1);
-            t.ipv6.dport = bpf_htons(port);
-            sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        }
+        to_listener(&t, p, port);
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
         if (!sk)
             goto drop;
         goto assign;
@@ -522,37 +528,14 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct parsed *p,
     // A new connection whose tuple the proxy's side still holds in TIME_WAIT (the
     // proxy closed first) goes to the listener, not to the dead socket.
     u8 syn = (p->tcp_flags & 0x12) == 0x02;
-    if (p->key.family == 4) {
-        __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
-        __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
-        t.ipv4.sport = bpf_htons(p->key.sport);
-        t.ipv4.dport = bpf_htons(p->key.dport);
-        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        if (sk && (sk->state == BPF_TCP_LISTEN || (syn && sk->state == BPF_TCP_TIME_WAIT))) {
-            bpf_sk_release(sk);
-            sk = 0;
-        }
-        if (!sk) {
-            t.ipv4.daddr = bpf_htonl(0x7f000001);
-            t.ipv4.dport = bpf_htons(port);
-            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-        }
-    } else {
-        __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
-        __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
-        t.ipv6.sport = bpf_htons(p->key.sport);
-        t.ipv6.dport = bpf_htons(p->key.dport);
-        sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        if (sk && (sk->state == BPF_TCP_LISTEN || (syn && sk->state == BPF_TCP_TIME_WAIT))) {
-            bpf_sk_release(sk);
-            sk = 0;
-        }
-        if (!sk) {
-            __builtin_memset(t.ipv6.daddr, 0, 16);
-            t.ipv6.daddr[3] = bpf_htonl(1);
-            t.ipv6.dport = bpf_htons(port);
-            sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-        }
+    sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (sk && (sk->state == BPF_TCP_LISTEN || (syn && sk->state == BPF_TCP_TIME_WAIT))) {
+        bpf_sk_release(sk);
+        sk = 0;
+    }
+    if (!sk) {
+        to_listener(&t, p, port);
+        sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
     }
     if (!sk)
         goto drop;
@@ -575,19 +558,7 @@ drop:
 static __always_inline int upstream_answer(struct __sk_buff *skb, struct parsed *p) {
     struct bpf_sock_tuple t = {};
     struct bpf_sock *sk;
-    u32 size = sizeof(t.ipv4);
-    if (p->key.family == 4) {
-        __builtin_memcpy(&t.ipv4.saddr, p->key.saddr, 4);
-        __builtin_memcpy(&t.ipv4.daddr, p->key.daddr, 4);
-        t.ipv4.sport = bpf_htons(p->key.sport);
-        t.ipv4.dport = bpf_htons(p->key.dport);
-    } else {
-        __builtin_memcpy(t.ipv6.saddr, p->key.saddr, 16);
-        __builtin_memcpy(t.ipv6.daddr, p->key.daddr, 16);
-        t.ipv6.sport = bpf_htons(p->key.sport);
-        t.ipv6.dport = bpf_htons(p->key.dport);
-        size = sizeof(t.ipv6);
-    }
+    u32 size = packet_tuple(&t, p);
     int found;
     if (p->key.proto == IPPROTO_UDP) {
         sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
