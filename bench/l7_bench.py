@@ -29,7 +29,13 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
     depends on placement more than on the agent (cross-CPU wake-ups of halted vCPUs vs
     context switches, ~2.5x), and unpinned the scheduler chose differently with a busy
     agent, so L7 came out twice as fast as off. A ratio above 1.05 is printed as a
-    broken run. The agent gets --l7-perf-pages 16384 (lossless runs; a paused run is
+    broken run. Each placement runs once per CPU weighting (--weights, each its own
+    series): "equal" - agent, client and server are tasks of one CPU group, as plain
+    processes; "chart" - as a kubelet weights pods by their CPU requests (cgroup
+    cpu.shares / cpu.weight, bench/cpu_shares.py): the agent's group at the chart's
+    100m, the client's and server's at --workload-millicpu (default 1000m). Under
+    contention a workload task that wakes then preempts the agent instead of queueing
+    behind its drain. The agent gets --l7-perf-pages 16384 (lossless runs; a paused run is
     bounded to what one CPU's buffer holds). One client process (blocking socket,
     keep-alive, TCP_NODELAY) sends GETs back to back to an asyncio server (both this
     script, run with `ip netns exec`); every run is bounded in time and count. Also
@@ -257,6 +263,13 @@ class Bench:
         self.selected = True  # the endpoints file as set-up writes it: port 8080 selected
         self.results: dict[str, object] = {}
         self.placement, self.client_cpus = "free", ""
+        self.weights = "equal"
+        self.shares = None
+        if args.weights != ["none"]:
+            from cpu_shares import CpuShares
+
+            self.shares = CpuShares("l7" + os.environ.get("WEBB_TEST_PREFIX_TAG", "")[:2],
+                                    args.workload_millicpu)
         # Lossless runs need a buffer that holds what arrives while the agent is not
         # reading (a paused run, a drain delayed by the client and server): the bench
         # gives the agent --l7-perf-pages unless --agent-arg names it.
@@ -295,6 +308,8 @@ class Bench:
     def setup(self) -> None:
         lab = self.lab
         lab.cleanup()  # what a crashed earlier run left
+        if self.shares is not None:
+            self.shares.setup()  # before the server starts: it is the workload
         node = self.node = lab.add_node("n1", 1)
         self.cli = lab.add_pod(node, "cli", 10)
         self.srv = lab.add_pod(node, "srv", 11)
@@ -346,6 +361,8 @@ class Bench:
             except Exception as e:  # keep tearing down
                 print(f"stopping agent: {e}", file=sys.stderr)
         self.lab.cleanup()
+        if self.shares is not None:
+            self.shares.teardown()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def write_endpoints(self, attached: bool, selected: bool = True) -> None:
@@ -456,10 +473,18 @@ class Bench:
             os.sched_setaffinity(int(tid), cpus)
 
     def part_http(self) -> None:
-        for placement in self.args.placements:
-            self.pin(placement)
-            self.http_placement(placement)
+        for weights in self.args.weights:
+            if self.shares is not None:
+                assert self.agent is not None
+                self.shares.place_agent(self.agent.pid, weights)
+                print(f"\n== CPU weights {weights!r}: {self.shares.describe(weights)} ==")
+            self.weights = weights
+            for placement in self.args.placements:
+                self.pin(placement)
+                self.http_placement(placement)
         self.pin("free")
+        if self.shares is not None and self.agent is not None:
+            self.shares.place_agent(self.agent.pid, "equal")  # the other parts as before
 
     def http_placement(self, placement: str) -> None:
         a = self.args
@@ -528,7 +553,8 @@ class Bench:
               f"{c.get('l7.http_responses', 0):,} responses paired, lost "
               f"{c.get('datapath.lost_events', 0)}; not parsed: {bad or 'none'}")
         http = self.results.setdefault("http", {})
-        http[placement] = (off, l7, honest, not broken, per["L7"])  # type: ignore[index]
+        key = placement if self.shares is None else f"{placement}, weights {self.weights}"
+        http[key] = (off, l7, honest, not broken, per["L7"])  # type: ignore[index]
 
     def paused_max_requests(self) -> int:
         """Requests whose L7 records fit in 80 % of one CPU's L7 perf buffer (a request
@@ -678,6 +704,15 @@ def main() -> None:
     p.add_argument("--placements", type=lambda s: s.split(","), default=["same", "split"],
                    help="(a): CPU placements of client and server, of " + ",".join(PLACEMENTS)
                    + " (free = unpinned, the old broken way; default same,split)")
+    p.add_argument("--weights", type=lambda s: s.split(","), default=["equal", "chart"],
+                   help="(a): CPU weights of agent and workload (cgroup cpu.shares or "
+                        "cpu.weight, as a kubelet sets them from CPU requests), each its own "
+                        "series: equal (one group, as plain processes), chart (the agent "
+                        "at the chart's 100m request, the workload at --workload-millicpu); "
+                        "none: no cgroups at all. Default equal,chart")
+    p.add_argument("--workload-millicpu", type=int, default=1000,
+                   help="the workload's (client's and server's) CPU request for the chart "
+                        "weights, in millicpu (default 1000)")
     p.add_argument("--spin", action="store_true",
                    help="(a): a SCHED_IDLE busy loop on each CPU for the whole run, so that "
                         "vCPUs never halt (cross-CPU wake-ups then cost the same in every mode)")

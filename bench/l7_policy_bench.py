@@ -18,11 +18,18 @@ its own ABBA series with its own ratio:
   free  - not pinned (what the bench did before; bimodal).
 The agent is never pinned: in production it runs where the scheduler puts it.
 
-Modes, interleaved ABBA (L4 L7 L7 L4, --rounds times per placement), medians reported:
+Modes, interleaved ABBA (L4 L7 relay relay L7 L4, --rounds times per placement),
+medians reported:
   L4 - the server's policy allows the client on 8080/TCP: the kernel checks the first
        packet, the connection goes straight to the server;
   L7 - the same rule with `rules.http: [{method: GET, path: "/api/.*"}]`: the
-       connection goes through the proxy, every request is matched and forwarded.
+       connection goes through the proxy, every request is matched and forwarded;
+  relay - the ceiling of any proxy in user space (--no-relay to skip): the client
+       connects to a bare byte relay in the node's namespace (bench/relay.c, built
+       with gcc at start: two threads, each a recv/send loop, no parsing, no policy;
+       not pinned, like the agent) that connects on to the server. It pays the hop every proxy adds (two more socket
+       legs, two wake-ups per request) and nothing else, so relay/L4 bounds what L7/L4
+       can reach on this machine and placement, and L7/relay is the proxy's own cost.
 Per run, on ONE keep-alive connection (client: blocking socket, TCP_NODELAY):
   (a) requests/s back to back for --seconds;
   (b) latency p50/p99 of requests paced at --rate requests/s for --seconds.
@@ -127,10 +134,13 @@ def _serve_stdlib() -> None:
     srv.serve_forever()
 
 
-def _client(host: str, seconds: float, rate: float, cpu: int) -> None:
+RELAY_PORT = 18080
+
+
+def _client(host: str, port: int, seconds: float, rate: float, cpu: int) -> None:
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
-    c = socket.create_connection((host, PORT), timeout=10)
+    c = socket.create_connection((host, port), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     want = len(RESPONSE)
     lat: list[float] = []
@@ -185,7 +195,10 @@ def main() -> None:
     ap.add_argument("--placements", default="split,same",
                     help="comma-separated: split (client and server on different CPUs), "
                          "same (one CPU), free (not pinned); default split,same")
+    ap.add_argument("--no-relay", dest="relay", action="store_false",
+                    help="skip the relay mode (the ceiling of a user-space proxy)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
     ap.add_argument("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--host", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -196,7 +209,7 @@ def main() -> None:
             asyncio.run(_serve())
         return
     if a.mode == "client":
-        _client(a.host, a.seconds, a.rate, a.cpu)
+        _client(a.host, a.port, a.seconds, a.rate, a.cpu)
         return
 
     from agent_bench import Agent, machine, proc_times, write_bench_endpoints
@@ -219,6 +232,15 @@ def main() -> None:
                            text=True)
         procs.append(server)  # `ip netns exec` execs: server.pid is the server's own
         assert server.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        relay = None
+        if a.relay:
+            exe = tmp / "relay"
+            subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "relay.c"),
+                            "-lpthread"], check=True)
+            relay = lab.popen(n1.netns, str(exe), str(RELAY_PORT), srv.ip4, str(PORT),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            procs.append(relay)
+            assert relay.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         agent = Agent(tmp, n1.netns, eps, ["--event-loop", a.event_loop])
         agent.start()
         deadline = time.monotonic() + 30
@@ -242,21 +264,25 @@ def main() -> None:
             if pl not in where:
                 raise SystemExit(f"unknown placement {pl!r} (split, same, free)")
 
-        def run(l7: bool, rate: float, pl: str) -> dict:
-            apply(l7)
+        def run(mode: str, rate: float, pl: str) -> dict:
+            apply(mode == "L7")
+            host, port = (n1.ip, RELAY_PORT) if mode == "relay" else (srv.ip4, PORT)
             ccpu, scpu = where[pl]
             os.sched_setaffinity(server.pid, {scpu} if scpu >= 0 else set(cpus))
             u0, s0 = proc_times(agent.pid)
             w0 = wakeups(agent.pid)
             v0 = sum(proc_times(server.pid))
+            x0 = sum(proc_times(relay.pid)) if relay is not None else 0.0
             out = lab.exec(cli.netns, sys.executable, __file__, "--mode", "client", "--host",
-                           srv.ip4, "--seconds", str(a.seconds), "--rate", str(rate),
-                           "--cpu", str(ccpu), timeout=a.seconds + 60)
+                           host, "--port", str(port), "--seconds", str(a.seconds), "--rate",
+                           str(rate), "--cpu", str(ccpu), timeout=a.seconds + 60)
             r = json.loads(out.stdout)
             u1, s1 = proc_times(agent.pid)
             w1 = wakeups(agent.pid)
             v1 = sum(proc_times(server.pid))
+            x1 = sum(proc_times(relay.pid)) if relay is not None else 0.0
             n = max(r["requests"], 1)
+            r["relay_cpu_us"] = (x1 - x0) * 1e6 / n
             r["server_cpu_us"] = (v1 - v0) * 1e6 / n
             r["agent_cpu_us"] = (u1 - u0 + s1 - s0) * 1e6 / n
             r["agent_sys_us"] = (s1 - s0) * 1e6 / n
@@ -264,20 +290,23 @@ def main() -> None:
             return r
 
         load0 = os.getloadavg()
-        keys = ("rps", "p50", "p99", "cpu", "sys", "wake", "client", "server")
-        res = {pl: {m: {k: [] for k in keys} for m in ("L4", "L7")} for pl in placements}
+        keys = ("rps", "p50", "p99", "cpu", "sys", "wake", "client", "server", "relay")
+        modes = ("L4", "L7", "relay") if relay is not None else ("L4", "L7")
+        order = (*modes, *reversed(modes))  # ABBA: L4 L7 relay relay L7 L4
+        res = {pl: {m: {k: [] for k in keys} for m in modes} for pl in placements}
         for _ in range(a.rounds):
             for pl in placements:  # the placements interleaved too: a drift hits all alike
-                for l7 in (False, True, True, False):
-                    d = res[pl]["L7" if l7 else "L4"]
-                    r = run(l7, 0, pl)
+                for mode in order:
+                    d = res[pl][mode]
+                    r = run(mode, 0, pl)
                     d["rps"].append(r["requests"] / r["seconds"])
                     d["cpu"].append(r["agent_cpu_us"])
                     d["sys"].append(r["agent_sys_us"])
                     d["wake"].append(r["agent_wakeups"])
                     d["client"].append(r["client_cpu_us"])
                     d["server"].append(r["server_cpu_us"])
-                    p = run(l7, a.rate, pl)
+                    d["relay"].append(r["relay_cpu_us"])
+                    p = run(mode, a.rate, pl)
                     d["p50"].append(p["p50_ms"])
                     d["p99"].append(p["p99_ms"])
         load1 = os.getloadavg()
@@ -290,38 +319,53 @@ def main() -> None:
             print(f"placement {pl}: " + ("client and server not pinned" if ccpu < 0 else
                                          f"client on CPU {ccpu}, server on CPU {scpu}"))
             med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res[pl].items()}
-            for m in ("L4", "L7"):
+            for m in modes:
                 d = med[m]
+                own = (f"relay CPU {d['relay']:.1f}" if m == "relay" else
+                       f"agent CPU {d['cpu']:.1f} us/request ({d['sys']:.1f} in the kernel, "
+                       f"{d['wake']:.2f} wake-ups)")
                 print(f"  {m}: {d['rps']:8.0f} req/s back to back; at {a.rate:g} req/s "
-                      f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms; agent CPU "
-                      f"{d['cpu']:.1f} us/request ({d['sys']:.1f} in the kernel, "
-                      f"{d['wake']:.2f} wake-ups); client {d['client']:.1f}, server "
-                      f"{d['server']:.1f} us/request   "
+                      f"p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms; {own}; client "
+                      f"{d['client']:.1f}, server {d['server']:.1f} us/request   "
                       f"(runs: {', '.join(f'{x:.0f}' for x in res[pl][m]['rps'])} req/s)")
             l4 = med["L4"]
             print(f"  L4 round trip {1e6 / l4['rps']:.1f} us: the client's CPU {l4['client']:.1f} "
                   f"and the server's {l4['server']:.1f} us of it (the rest: wake-ups, the "
                   f"kernel's softirq work, waiting for a CPU)")
-            rps = res[pl]
-            # Per ABBA round (L4 L7 L7 L4): a drift within the round cancels out.
-            rounds = [sum(rps["L7"]["rps"][2 * i:2 * i + 2]) / sum(rps["L4"]["rps"][2 * i:2 * i + 2])
-                      for i in range(a.rounds)]
-            ratio = med["L7"]["rps"] / med["L4"]["rps"]
-            print(f"  L7/L4 requests/s: {ratio:.2f} of the medians, per round "
-                  f"{', '.join(f'{x:.2f}' for x in rounds)} (target >= 0.50)")
-            # The proxy adds a hop to the same path: faster than direct cannot be true;
-            # a round whose runs spread by more than 1.5x had the machine change under it.
-            for i, x in enumerate(rounds):
-                runs = rps["L4"]["rps"][2 * i:2 * i + 2] + rps["L7"]["rps"][2 * i:2 * i + 2]
-                if x >= 1.0:
-                    print(f"  !! round {i + 1}: L7/L4 {x:.2f} >= 1 cannot be true (a proxy "
-                          f"adds a hop): the placement did not hold or the load changed")
-                spread = [max(rps[m]["rps"][2 * i:2 * i + 2]) / max(min(rps[m]["rps"][2 * i:2 * i + 2]), 1)
-                          for m in ("L4", "L7")]
+            rps = {m: res[pl][m]["rps"] for m in modes}
+
+            def per_round(m: str, base: str) -> list[float]:
+                # Each mode's two runs of a round (A B .. B A): a drift within it cancels.
+                return [sum(rps[m][2 * i:2 * i + 2]) / sum(rps[base][2 * i:2 * i + 2])
+                        for i in range(a.rounds)]
+            rounds = per_round("L7", "L4")
+            print(f"  L7/L4 requests/s: {med['L7']['rps'] / l4['rps']:.2f} of the medians, per "
+                  f"round {', '.join(f'{x:.2f}' for x in rounds)} (target >= 0.50)")
+            checks = [("L7/L4", rounds, 1.0, "a proxy adds a hop")]
+            if "relay" in modes:
+                ceiling, share = per_round("relay", "L4"), per_round("L7", "relay")
+                print(f"  relay/L4 (the ceiling of any user-space proxy here): "
+                      f"{med['relay']['rps'] / l4['rps']:.2f} of the medians, per round "
+                      f"{', '.join(f'{x:.2f}' for x in ceiling)}")
+                print(f"  L7/relay (the proxy against a bare relay on the same hop): "
+                      f"{med['L7']['rps'] / med['relay']['rps']:.2f} of the medians, per round "
+                      f"{', '.join(f'{x:.2f}' for x in share)}")
+                checks += [("relay/L4", ceiling, 1.0, "a relay adds a hop"),
+                           ("L7/relay", share, 1.05, "the proxy does the relay's work and more")]
+            # Faster than what it adds to cannot be true; a round whose runs spread by
+            # more than 1.5x had the machine change under it.
+            for i in range(a.rounds):
+                for name, xs, limit, why in checks:
+                    if xs[i] >= limit:
+                        print(f"  !! round {i + 1}: {name} {xs[i]:.2f} cannot be true ({why}): "
+                              f"the placement did not hold or the load changed")
+                spread = [max(rps[m][2 * i:2 * i + 2]) / max(min(rps[m][2 * i:2 * i + 2]), 1)
+                          for m in modes]
                 if max(spread) > 1.5:
+                    runs = [x for m in modes for x in rps[m][2 * i:2 * i + 2]]
                     print(f"  !! round {i + 1}: runs of one mode differ {max(spread):.1f}x "
                           f"({', '.join(f'{x:.0f}' for x in runs)} req/s): noisy, "
-                          f"do not trust its ratio")
+                          f"do not trust its ratios")
             print(f"  added latency at {a.rate:g} req/s: p50 "
                   f"{med['L7']['p50'] - med['L4']['p50']:+.3f} ms, p99 "
                   f"{med['L7']['p99'] - med['L4']['p99']:+.3f} ms (target p99 <= +1 ms)")

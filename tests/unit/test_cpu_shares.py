@@ -1,0 +1,30 @@
+"""bench/cpu_shares.py gives the agent and the workload the CPU weights a kubelet gives
+pods for their CPU requests: the same numbers as kubelet's MilliCPUToShares and
+CPUSharesToCPUWeight."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from cpu_shares import CHART_AGENT_MILLICPU, shares, weight  # noqa: E402
+
+
+def test_shares_as_kubelet():
+    assert shares(CHART_AGENT_MILLICPU) == 102
+    assert shares(1000) == 1024
+    assert shares(250) == 256
+    assert shares(1) == 2 and shares(0) == 2  # kubelet's minimum
+
+
+def test_weight_as_kubelet():
+    assert weight(1000) == 39
+    assert weight(CHART_AGENT_MILLICPU) == 4
+    assert weight(0) == 1
+
+
+def test_chart_request_is_the_one_the_bench_uses():
+    import yaml
+
+    values = yaml.safe_load((Path(__file__).resolve().parents[2] / "charts" / "webb"
+                             / "values.yaml").read_text())
+    assert values["agent"]["resources"]["requests"]["cpu"] == f"{CHART_AGENT_MILLICPU}m"
