@@ -2,6 +2,7 @@
 REFUSED answer (the end-to-end path is tests/e2e/test_l7_egress.py)."""
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -65,3 +66,34 @@ def test_decide_merges_rules_like_cilium():
     # A rule on the port without L7 rules allows every query of its peers.
     any_q = L7Entry(frozenset({ANY_IDENTITY}), None, other)
     assert decide((dns_rule, any_q), 7, "no.example.") == (True, (other,))
+
+
+def test_a_grace_period_runs_per_selector(monkeypatch):
+    """Two toFQDNs selectors hold one address; each hold expired at its own time. With
+    an idle-connection grace period the one whose grace ran out lets go of the address,
+    the other keeps it until its own grace runs out."""
+    from webb_agent.policy import fqdn as fqdn_mod
+    from webb_agent.policy.model import DNSRule
+
+    clock = [1000.0]
+    monkeypatch.setattr(fqdn_mod.time, "monotonic", lambda: clock[0])
+    one, star = DNSRule(match_name="a.example"), DNSRule(match_pattern="*.example")
+    store = fqdn_mod.FQDNStore()
+    store.set_selectors([one, star])
+    store.learn(["a.example"], ["192.0.2.1"], 10, now=clock[0])
+    store.learn(["b.example"], ["192.0.2.1"], 100, now=clock[0])
+    net = ipaddress.ip_network("192.0.2.1/32")
+    clock[0] += 20  # a.example expired: `one` holds the address for connections only
+    store.expire(clock[0])
+    assert store.keeps(one, net) and not store.keeps(star, net)
+    clock[0] += 90  # b.example expired too: now `star` holds it the same way
+    store.expire(clock[0])
+    assert store.keeps(one, net) and store.keeps(star, net)
+    store.take_changed()
+    # 100 s after `one` expired, 10 s after `star` did, no connection uses it, grace 60:
+    store.still_used(set(), 60.0, now=clock[0] + 10)
+    assert not store.keeps(one, net)
+    assert store.keeps(star, net)
+    assert net in store.changed()
+    store.still_used(set(), 60.0, now=clock[0] + 61)
+    assert not store.keeps(star, net)

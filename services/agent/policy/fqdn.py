@@ -129,26 +129,22 @@ class FQDNStore:
         """Every address kept for established connections."""
         return {n for _, n in self._zombies}
 
-    def let_go(self, nets: Iterable[Network]) -> None:
-        """These addresses' connections are gone: they go from the policy too."""
-        nets = set(nets)
-        for key in [k for k in self._zombies if k[1] in nets]:
-            del self._zombies[key]
-            self._changed.add(key[1])
-
     def still_used(self, live: set[Network], grace: float, now: float | None = None) -> None:
         """A check of the kept addresses' connections: those `live` are kept on (from
         now), the others go once `grace` seconds passed since they were last seen used
         (or expired) (Cilium's --tofqdns-idle-connection-grace-period, default 0)."""
         now = time.monotonic() if now is None else now
-        gone = set()
+        gone = []
         for key, since in self._zombies.items():
             if key[1] in live:
                 self._zombies[key] = now
             elif now - since >= grace:
-                gone.add(key[1])
-        if gone:
-            self.let_go(gone - live)
+                gone.append(key)
+        # Per (selector, address): another selector's hold on the same address may
+        # have expired later, and its grace runs on.
+        for key in gone:
+            del self._zombies[key]
+            self._changed.add(key[1])
 
     def selected_nets(self, rule: DNSRule) -> frozenset[Network]:
         """The addresses the selector selects now: every pair in the table (an expired
