@@ -28,6 +28,7 @@ from .pipeline.l7.tracker import L7Tracker
 from .l7proxy.dnsproxy import DNSFlow
 from .l7proxy.flows import dns_message, l7_message
 from .l7proxy.proxy import L7Proxy, ProxyFlow
+from .l7proxy.steering import UPSTREAM_PORTS
 from .pipeline.l7.visibility import ANNOTATION, DEFAULT_RULES, parse_visibility, selection_keys
 from .memory import release_freed_heap
 from .api.observer import NodeState, ObserverService
@@ -74,6 +75,8 @@ class AgentConfig:
     l7_proxy: bool = True      # enforce HTTP rules; off: connections they police drop
     l7_proxy_port: int = 0     # 0: any free port
     l7_proxy_idle_timeout: float = 60.0
+    # Source ports of the proxy's connections from clients' addresses (l7proxy/steering.py)
+    l7_proxy_upstream_ports: tuple[int, int] = UPSTREAM_PORTS
     tofqdns_min_ttl: float = 0.0
     tofqdns_idle_connection_grace_period: float = 0.0
     dnsproxy_concurrency_limit: int = 256  # DNS queries asked upstream at once
@@ -205,7 +208,8 @@ class Agent:
     async def _start_l7proxy(self) -> None:
         assert self.datapath is not None and self.policy is not None
         proxy = L7Proxy(self.policy, self.registry, self.datapath, self.cfg.l7_proxy_port,
-                        self.cfg.l7_proxy_idle_timeout)
+                        self.cfg.l7_proxy_idle_timeout,
+                        upstream_ports=self.cfg.l7_proxy_upstream_ports)
         # A bound list.append: what the proxy reports per request costs no Python
         # frame; ingest builds the messages with its next drain (_proxy_messages).
         proxy.on_flow = proxy.dns.on_flow = self._proxy_flows.append

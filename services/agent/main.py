@@ -13,6 +13,7 @@ from webb.durations import duration_arg
 from webb.tls import TLSConfigError, server_credentials
 
 from .agent import Agent, AgentConfig
+from .l7proxy.steering import UPSTREAM_PORTS
 from .stores.history import hooks as persist_flags
 from .pipeline.l7.redact import DEFAULT_DENY_HEADERS, DEFAULT_SENSITIVE_QUERY_PARAMS, RedactSettings
 from .pipeline.l7.visibility import DEFAULT_RULES, VisibilityError, parse_visibility
@@ -97,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"],
                    help="the agent's event loop: uvloop (default; the L7 proxy's "
                         "requests cost about half as much CPU) or Python's own")
+    g.add_argument("--l7-proxy-upstream-ports", type=_port_range,
+                   default="%d-%d" % UPSTREAM_PORTS, metavar="LO-HI",
+                   help="source ports of the proxy's connections from clients' addresses, in "
+                        "the node's namespace (default %d-%d): keep them below the pods' "
+                        "ephemeral range and clear of ports node services listen on"
+                        % UPSTREAM_PORTS)
     g.add_argument("--l7-proxy-idle-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="a proxied connection without a complete request head for this "
                         "long is closed (default 60)")
@@ -193,7 +200,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
-        l7_proxy_idle_timeout=a.l7_proxy_idle_timeout, tofqdns_min_ttl=a.tofqdns_min_ttl,
+        l7_proxy_idle_timeout=a.l7_proxy_idle_timeout,
+        l7_proxy_upstream_ports=a.l7_proxy_upstream_ports, tofqdns_min_ttl=a.tofqdns_min_ttl,
         tofqdns_idle_connection_grace_period=a.tofqdns_idle_connection_grace_period,
         dnsproxy_concurrency_limit=a.dnsproxy_concurrency_limit,
         k8s=a.k8s, kubeconfig=a.kubeconfig, cluster_name=a.cluster_name,
@@ -225,6 +233,17 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
     return n
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        got = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port range LO-HI: {text!r}") from None
+    if not 1 <= got[0] <= got[1] <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port range within 1-65535: {text!r}")
+    return got
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,8 @@ from typing import Any, Awaitable, Callable
 from ..pipeline.l7.dns import DNSMessage, parse_dns
 from ..policy.compile import DIR_EGRESS, L7Entry, PolicyRef
 from ..policy.dnsmatch import matches
-from .steering import IP_TRANSPARENT, IPV6_TRANSPARENT, netns_socket, transparent_upstream_socket
+from .steering import (IP_TRANSPARENT, IPV6_TRANSPARENT, UPSTREAM_PORTS, netns_socket, port_order,
+                       transparent_upstream_socket)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class DNSProxy:
         self._replies: OrderedDict[tuple[int, str, int], socket.socket] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.max_upstream = MAX_UPSTREAM
+        self.upstream_ports = UPSTREAM_PORTS  # source ports of its queries upstream
         self.upstream_active = 0  # queries waiting for their server now
 
     def start(self, socks: list[socket.socket]) -> None:
@@ -343,8 +345,9 @@ class DNSProxy:
         socket where it comes back towards the client (upstream_answer, proxy_assign)."""
         loop = asyncio.get_running_loop()
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+        order = port_order(self.upstream_ports)
         up = await netns_socket(self.datapath, lambda: transparent_upstream_socket(
-            family, client[0], 0, kind))
+            family, client[0], 0, kind, order))
         try:
             deadline = loop.time() + UPSTREAM_TIMEOUT
             await asyncio.wait_for(loop.sock_connect(up, server), UPSTREAM_TIMEOUT)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from .connection import ACCESS_DENIED, ClientConnection, ProxyFlow, error_response
 from .dnsproxy import DNSProxy, dns_sockets
-from .steering import Steering, listeners
+from .steering import UPSTREAM_PORTS, Steering, listeners
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class ProxyStats:
 class L7Proxy:
     def __init__(self, engine: Any, registry: Any, datapath: Any, port: int = 0,
                  idle_timeout: float = 60.0, stream_timeout: float = 300.0,
-                 max_connections: int = 8192) -> None:
+                 max_connections: int = 8192,
+                 upstream_ports: tuple[int, int] = UPSTREAM_PORTS) -> None:
         self.engine = engine
         self.registry = registry
         self.datapath = datapath
@@ -62,11 +63,13 @@ class L7Proxy:
         self.idle_timeout = idle_timeout      # waiting for (the rest of) a request head
         self.stream_timeout = stream_timeout  # a request in flight: body and answer
         self.max_connections = max_connections
+        self.upstream_ports = upstream_ports  # source ports of connections from clients' addresses
         self.steering = Steering()
         self.servers: list[asyncio.base_events.Server] = []
         self.stats = ProxyStats()
         self.on_flow: Callable[[ProxyFlow], None] | None = None
         self.dns = DNSProxy(engine, registry, datapath, self.stats)
+        self.dns.upstream_ports = upstream_ports
         self._conns: set[ClientConnection] = set()
 
     async def start(self) -> None:

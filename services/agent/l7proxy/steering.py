@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import random
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +121,42 @@ def listeners(port: int = 0) -> list[socket.socket]:
 # Source ports of the proxy's upstream connections (from the client's address): below
 # the default ephemeral range (32768-60999) that the pods' own connections take theirs from, so
 # that the proxy's connection from the client's address never has the 4-tuple of one
-# the client opens itself (flow.c would take the one's answers for the other's).
-UPSTREAM_PORTS = (10000, 32767)
+# the client opens itself (flow.c would take the one's answers for the other's). These
+# sockets live in the node's namespace, so the range also stays clear of the ports node
+# services listen on there: above the kubelet's and kube-proxy's (10248-10259), below
+# NodePorts (30000-32767). --l7-proxy-upstream-ports picks another.
+#
+# The proxy picks the port itself: the kernel cannot pick one below the namespace's
+# ip_local_port_range. IP_LOCAL_PORT_RANGE (with IP_BIND_ADDRESS_NO_PORT, a port chosen at
+# connect() per 4-tuple) only narrows that range: on a node with the default 32768-60999, a
+# per-socket 10260-29999 is ignored and the port comes from the pods' range (checked on
+# kernel 6.18).
+UPSTREAM_PORTS = (10260, 29999)
+
+
+def port_order(ports: tuple[int, int] = UPSTREAM_PORTS) -> Iterator[int]:
+    """The ports of the range, each once per turn, from a random one on in steps of a
+    prime: the ports one connection tries, in an order another does not share."""
+    lo, hi = ports
+    n = hi - lo + 1
+    step = 7919 if n % 7919 else 1
+    start = random.randrange(n)
+    return (lo + (start + i * step) % n for i in itertools.count())
 
 
 def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
-                                kind: int = socket.SOCK_STREAM) -> socket.socket:
+                                kind: int = socket.SOCK_STREAM,
+                                order: Iterator[int] | None = None) -> socket.socket:
     """A socket for the proxy's connection to the original destination, from the
     client's own address (IP_TRANSPARENT; netlink thread, the node's namespace), so
     the server sees the client; flow.c gives the server's answers to this socket.
+    Bound to the next port of `order` (port_order()) that bind() takes.
 
     Egress (mark 0): the destination's ingress policy applies to it as to the
     client's own connection. Ingress (WEBB_UPSTREAM_MARK): the proxy decided, the
     server's interface neither checks nor steers it again."""
+    if order is None:
+        order = port_order()
     s = socket.socket(family, kind)
     try:
         if mark:
@@ -143,11 +167,9 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        lo, hi = UPSTREAM_PORTS
-        start = random.randint(lo, hi)
-        for i in range(64):
+        for _, port in zip(range(64), order):
             try:
-                s.bind((client_ip, lo + (start - lo + i * 7919) % (hi - lo + 1)))
+                s.bind((client_ip, port))
                 break
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
