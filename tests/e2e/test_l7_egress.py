@@ -62,6 +62,9 @@ ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
         "whoami.good.example.": [5, "peer"]}  # answered with the asker's address
 # The DNS proxy's upstream bound for this module's agent (--dnsproxy-concurrency-limit).
 DNS_LIMIT = 16
+# Source ports of the proxy's connections from the client's address for this module's
+# agent (--l7-proxy-upstream-ports): few, so that a test can use each many times.
+UPSTREAM_PORTS = (20000, 20063)
 # toFQDNs: "api.ext.example" is the pod "ext" (no endpoint: outside the cluster), added
 # to ZONE once the lab knows its address; "short.ext.example" is "ext2", asked for only
 # after the check that an address no answer gave stays denied.
@@ -133,7 +136,8 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def agent(lab, workdir):
-    a = start_agent(lab, workdir, "--dnsproxy-concurrency-limit", str(DNS_LIMIT))
+    a = start_agent(lab, workdir, "--dnsproxy-concurrency-limit", str(DNS_LIMIT),
+                    "--l7-proxy-upstream-ports", "%d-%d" % UPSTREAM_PORTS)
     try:
         yield a
     finally:
@@ -231,6 +235,82 @@ def test_dns_queries_go_upstream_from_the_client_address(lab, agent):
             assert isinstance(got, dict) and got["ips"] == [want], (server, transport, got)
     counters = agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
     assert counters.get("l7proxy.error_dns_upstream", 0) == 0
+
+
+def sequence(lab: NetLab, mode: str, server: str, port: int, count: int, what: str) -> dict:
+    out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "conn_sequence.py"),
+                   mode, server, str(port), str(count), "60", what, timeout=90)
+    return json.loads(out.stdout)
+
+
+def test_more_connections_than_upstream_ports_one_after_another(lab, agent):
+    """Each DNS query over TCP is a connection upstream of its own, from the client's
+    address and a port of UPSTREAM_PORTS. Three times more of them, one after another,
+    than there are ports: all are answered, and none is left in TIME_WAIT (the proxy
+    resets the connection once the answer is read). HTTP connections the proxy closes
+    first do sit in TIME_WAIT, and a new one still binds their ports (SO_REUSEADDR).
+    Before, a port in TIME_WAIT for any destination refused bind() for 60 s: a client
+    asking ~330 times a second used up the default range."""
+    c, d, srv = lab.pods["client"], lab.pods["dns"], lab.pods["server"]
+    n = 3 * (UPSTREAM_PORTS[1] - UPSTREAM_PORTS[0] + 1)
+    status = lambda: agent.admin.GetStatus(apb.GetStatusRequest(), timeout=5).counters
+    before = status()
+    got = sequence(lab, "dns", d.ip4, 53, n, "allowed.example.com")
+    assert got == {"answered": n, "outcomes": {"rcode 0": n}}, got
+    node = lab.nodes["n1"].netns
+    ss = lambda *f: lab.exec(node, "ss", "-Htan", "state", "time-wait", "src", c.ip4, *f).stdout
+    assert ss("dst", d.ip4) == ""
+    got = sequence(lab, "http", srv.ip4, PORT, n, "/public/seq")
+    assert got == {"answered": n, "outcomes": {"status 200": n}}, got
+    assert ss("dst", srv.ip4)  # the proxy closed those first
+    after = status()
+    for k in ("l7proxy.error_dns_upstream", "l7proxy.error_upstream_connect"):
+        assert after.get(k, 0) == before.get(k, 0), k
+
+
+def test_a_node_service_binds_the_port_of_a_proxied_connection(lab, agent, tmp_path):
+    """A server of the node's namespace (hostNetwork) that binds its port with
+    SO_REUSEADDR, as Go servers do, while a proxied connection holds that port on the
+    client's address: it binds and listens (dual-stack and IPv4), and the connection
+    goes on. Before, the proxy's socket held the port against it (EADDRINUSE)."""
+    c, srv = lab.pods["client"], lab.pods["server"]
+    gate = tmp_path / "go"
+    steps = [{"send": get("/public/a")}, {"wait": str(gate)}, {"send": get("/public/b")}]
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    with open(tmp_path / "steps.json") as f:
+        client = lab.popen(c.netns, sys.executable, str(HELPERS / "http_client.py"), srv.ip4,
+                           str(PORT), "10", stdin=f, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: Path(f"{gate}.waiting").exists(), 20, 0.05, "the first answer")
+        # The server's side says which port the proxy connected from.
+        lines = lab.exec(srv.netns, "ss", "-Htn", "state", "established", "sport", "=",
+                         f":{PORT}").stdout.splitlines()
+        peers = [ln.split()[3] for ln in lines if f"{c.ip4}]:" in ln or f"{c.ip4}:" in ln]
+        assert len(peers) == 1, lines  # Recv-Q Send-Q Local Peer
+        port = int(peers[0].rsplit(":", 1)[1])
+        assert UPSTREAM_PORTS[0] <= port <= UPSTREAM_PORTS[1], port
+        code = f"""if True:
+            import socket
+            for fam, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+                s = socket.socket(fam)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind((addr, {port}))
+                s.listen()
+                s.close()
+            print("bound")"""
+        res = lab.exec(lab.nodes["n1"].netns, sys.executable, "-c", code, check=False)
+        assert res.stdout.strip() == "bound", res.stderr
+        gate.touch()
+        out, _ = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    res = json.loads(out)
+    assert statuses(res) == [200, 200], res
+    assert peer(res[1]) == c.ip4
 
 
 def test_dns_rules_allow_and_refuse(lab, agent):

@@ -41,11 +41,14 @@ def tcp_conn(c):
     with c:
         peer = c.getpeername()[0]
         f = c.makefile("rb")
-        while (h := f.read(2)) and len(h) == 2:
-            a = answer(f.read(struct.unpack("!H", h)[0]), peer)
-            if a is None:
-                continue
-            c.sendall(struct.pack("!H", len(a)) + a)
+        try:
+            while (h := f.read(2)) and len(h) == 2:
+                a = answer(f.read(struct.unpack("!H", h)[0]), peer)
+                if a is None:
+                    continue
+                c.sendall(struct.pack("!H", len(a)) + a)
+        except ConnectionResetError:  # the DNS proxy resets once it has the answer
+            pass
 
 def tcp_server():
     t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)

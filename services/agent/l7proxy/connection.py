@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..policy.compile import DIR_EGRESS, DIR_INGRESS, PolicyRef
 from .http1 import MAX_HEAD, TO_CLOSE, Body, Head, HTTPError, find_head, parse_request, parse_response
 from .rules import decide
-from .steering import (WEBB_UPSTREAM_MARK, netns_socket, port_order,
-                       transparent_upstream_socket)
+from .steering import WEBB_UPSTREAM_MARK, connect_upstream
 
 if TYPE_CHECKING:
     from .proxy import L7Proxy
@@ -509,11 +508,9 @@ class ClientConnection(asyncio.Protocol):
         try:
             # From the client's address: the server sees the client.
             mark = 0 if self.egress else WEBB_UPSTREAM_MARK
-            order = port_order(proxy.upstream_ports)
-            sock = await netns_socket(proxy.datapath, lambda: transparent_upstream_socket(
-                fam, client, mark, order=order))
+            sock = await connect_upstream(proxy.datapath, fam, client, self.server, mark,
+                                          ports=proxy.upstream_ports, timeout=10)
             try:
-                await asyncio.wait_for(self.loop.sock_connect(sock, self.server), 10)
                 # The server's events count from its first one: a server that answers or
                 # closes at once may do so before this task runs again (_upstream_*
                 # keep them while CONNECTING).

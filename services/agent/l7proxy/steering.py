@@ -132,6 +132,8 @@ def listeners(port: int = 0) -> list[socket.socket]:
 # per-socket 10260-29999 is ignored and the port comes from the pods' range (checked on
 # kernel 6.18).
 UPSTREAM_PORTS = (10260, 29999)
+# Sockets made for one connection whose 4-tuple was taken (connect() EADDRNOTAVAIL).
+CONNECT_TRIES = 8
 
 
 def port_order(ports: tuple[int, int] = UPSTREAM_PORTS) -> Iterator[int]:
@@ -154,7 +156,19 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
 
     Egress (mark 0): the destination's ingress policy applies to it as to the
     client's own connection. Ingress (WEBB_UPSTREAM_MARK): the proxy decided, the
-    server's interface neither checks nor steers it again."""
+    server's interface neither checks nor steers it again.
+
+    TCP sockets have SO_REUSEADDR: bind() then takes a port beside sockets of it in
+    TIME_WAIT (to any destination) and beside the proxy's other connections from that
+    port, and connect() refuses only a 4-tuple in use (EADDRNOTAVAIL, connect_upstream
+    tries another port); a TIME_WAIT of the same 4-tuple is taken over when the server
+    uses TCP timestamps (the kernel does so for a bound port). Without it, bind() fails
+    while any socket of the port is in TIME_WAIT, 60 s: ~330 new connections a second
+    from one client used the whole range. It also lets a node service with SO_REUSEADDR
+    (Go servers set it) bind and listen on a port such a connection holds. A listener
+    keeps its port: bind() refuses it still. UDP sockets do without: two UDP sockets
+    with SO_REUSEADDR share a port and could connect to the same server, and the answer
+    of the one would go to the other."""
     if order is None:
         order = port_order()
     s = socket.socket(family, kind)
@@ -167,6 +181,7 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for _, port in zip(range(64), order):
             try:
                 s.bind((client_ip, port))
@@ -181,6 +196,33 @@ def transparent_upstream_socket(family: int, client_ip: str, mark: int = 0,
         s.close()
         raise
     return s
+
+
+async def connect_upstream(datapath: Any, family: int, client_ip: str,
+                           server: tuple[str, int], mark: int = 0,
+                           kind: int = socket.SOCK_STREAM,
+                           ports: tuple[int, int] = UPSTREAM_PORTS,
+                           timeout: float = 10.0) -> socket.socket:
+    """A transparent_upstream_socket connected to server (timeout: the connect()'s).
+    A port whose 4-tuple is taken (another of the proxy's connections to the same
+    server from that port, or its TIME_WAIT without timestamps) fails at once with
+    EADDRNOTAVAIL: the next socket tries the next port."""
+    loop = asyncio.get_running_loop()
+    order = port_order(ports)
+    for _ in range(CONNECT_TRIES):
+        sock = await netns_socket(datapath, lambda: transparent_upstream_socket(
+            family, client_ip, mark, kind, order))
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, server), timeout)
+            return sock
+        except OSError as e:
+            sock.close()
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise
+        except BaseException:
+            sock.close()
+            raise
+    raise OSError(errno.EADDRNOTAVAIL, f"no source port free for a connection to {server}")
 
 
 async def netns_socket(datapath: Any, make: Callable[[], socket.socket]) -> socket.socket:
