@@ -11,7 +11,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-struct pair { int from, to; };
+/* One connection: the client's and the server's socket, and how many of its two pumps
+   still run. The last one to stop closes both (the other may still be in recv/send on
+   them until then) and frees it. */
+struct conn { int fd[2]; int running; };
+struct pair { int from, to; struct conn *c; };
 
 static void *pump(void *arg) {
     struct pair *p = arg;
@@ -28,8 +32,14 @@ static void *pump(void *arg) {
         }
     }
 out:
-    shutdown(p->from, SHUT_RDWR);
+    shutdown(p->from, SHUT_RDWR);  /* wakes the other pump */
     shutdown(p->to, SHUT_RDWR);
+    struct conn *c = p->c;
+    if (__atomic_sub_fetch(&c->running, 1, __ATOMIC_ACQ_REL) == 0) {
+        close(c->fd[0]);
+        close(c->fd[1]);
+        free(c);
+    }
     return NULL;
 }
 
@@ -72,9 +82,12 @@ int main(int argc, char **argv) {
         }
         setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         setsockopt(u, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct pair *p = malloc(2 * sizeof *p);
-        p[0] = (struct pair){c, u};
-        p[1] = (struct pair){u, c};
+        /* one allocation: the connection and its two pumps' arguments */
+        struct conn *k = malloc(sizeof *k + 2 * sizeof(struct pair));
+        struct pair *p = (struct pair *)(k + 1);
+        *k = (struct conn){{c, u}, 2};
+        p[0] = (struct pair){c, u, k};
+        p[1] = (struct pair){u, c, k};
         pthread_t t;
         pthread_create(&t, NULL, pump, &p[0]);
         pthread_detach(t);
