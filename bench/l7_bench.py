@@ -683,6 +683,16 @@ class Bench:
         self.results["kernel"] = (res["L4"][0], res["L7"][0])
 
 
+def _weights(text: str) -> list[str]:
+    """--weights: a list of equal and chart, or none alone. Anything else was run as
+    "equal" and reported under its own name (and described as "chart")."""
+    got = text.split(",")
+    if got == ["none"] or (got and set(got) <= {"equal", "chart"}):
+        return got
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: a comma-separated list of equal and chart, or none alone")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_server":
         asyncio.run(_serve([int(p) for p in sys.argv[2:]], 600))
@@ -704,7 +714,7 @@ def main() -> None:
     p.add_argument("--placements", type=lambda s: s.split(","), default=["same", "split"],
                    help="(a): CPU placements of client and server, of " + ",".join(PLACEMENTS)
                    + " (free = unpinned, the old broken way; default same,split)")
-    p.add_argument("--weights", type=lambda s: s.split(","), default=["equal", "chart"],
+    p.add_argument("--weights", type=_weights, default=["equal", "chart"],
                    help="(a): CPU weights of agent and workload (cgroup cpu.shares or "
                         "cpu.weight, as a kubelet sets them from CPU requests), each its own "
                         "series: equal (one group, as plain processes), chart (the agent "

@@ -28,3 +28,22 @@ def test_chart_request_is_the_one_the_bench_uses():
     values = yaml.safe_load((Path(__file__).resolve().parents[2] / "charts" / "webb"
                              / "values.yaml").read_text())
     assert values["agent"]["resources"]["requests"]["cpu"] == f"{CHART_AGENT_MILLICPU}m"
+
+
+def test_l7_bench_refuses_weights_it_does_not_know():
+    """--weights other than equal/chart (or none alone) is an error: such a series ran
+    with the agent in the workload's group, reported under its own name and described as
+    the chart's weights."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "l7_bench.py"
+
+    def run(weights: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(bench), "--weights", weights, "--skip",
+                               "http,paced,kernel,decode"], capture_output=True, text=True,
+                              timeout=60)
+    for bad in ("fast", "none,chart", "equal,"):
+        got = run(bad)
+        assert got.returncode == 2, (bad, got.stdout, got.stderr)
+        assert "argument --weights" in got.stderr and repr(bad) in got.stderr, got.stderr
+    assert run("chart,equal").returncode == 0
