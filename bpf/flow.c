@@ -12,7 +12,8 @@
 // Policy (policy.h): a packet leaving the endpoint is checked against its egress
 // policy, one entering it against its ingress policy. A direction whose opposite
 // direction passed this interface first is a reply and passes (the agg_map entry is
-// the connection tracking). Other directions are checked on their first packet and
+// the connection tracking; a TCP SYN starts a new connection on a closed one's tuple,
+// see handle()). Other directions are checked on their first packet and
 // again whenever the agent bumps the policy revision; denied packets are dropped
 // (TC_ACT_SHOT) and reported like traces, aggregated in drop_map.
 // L7 policy: a connection that an allow entry with MATCH_PROXY lets in goes to the
@@ -704,7 +705,18 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     u32 identity = 0;
     int act = TC_ACT_OK;
     u8 proxy_bits = 0;  // the direction's agg_val.proxy, for its trace event
+    // A TCP connection's first packet (SYN, no ACK): never a reply (a reverse entry
+    // with its tuple is an old connection's, see below).
+    u8 syn = p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
     struct agg_val *v = agg_map.lookup(&p.key);
+    // A SYN or SYN-ACK on a direction that has sent anything else (ACK, data, FIN, RST)
+    // opens a new connection on an old one's tuple (the kernel gives a closed
+    // connection's port again): as Cilium reopens a closing CT entry, it is a new
+    // direction (policy check, verdict event, fresh state), not the old one's.
+    // Retransmitted SYNs (and SYN-ACKs) repeat the one combination seen and stay.
+    if (v && p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x02) &&
+        (v->flags_seen & ~(1ULL << (p.tcp_flags & 0x3f))))
+        v = 0;
     if (v) {
         // Established direction: the endpoint's policy is consulted again only when
         // the revision changed since the direction was last checked.
@@ -782,7 +794,10 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             rev_key.sport = t;
             rev_key.dport = 0;
         }
-        struct agg_val *rv = agg_map.lookup(&rev_key);
+        // A SYN answers nothing: the reverse entry of its tuple, if any, is a closed
+        // connection's (taken for this one's, the new connection would pass unchecked
+        // as its reply). Its SYN-ACK then reopens that entry (above).
+        struct agg_val *rv = syn ? 0 : agg_map.lookup(&rev_key);
         u8 ct_reply = rv ? 1 : 0;
         u8 proxy = upstream ? PROXY_UPSTREAM : 0;
         if (rv && (rv->proxy & PROXY_UPSTREAM)) {

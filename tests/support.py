@@ -39,15 +39,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0
              what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
+    error: grpc.RpcError | None = None
     while time.monotonic() < deadline:
         try:
             last = pred()
             if last:
                 return last
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as e:
+            error = e  # a service not (yet) answering is what some waits are for
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    # Both: a "last: None" alone does not tell a wrong answer from no answer.
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r}"
+                         + (f"; last gRPC error: {error!r}"[:600] if error else "") + ")")
 
 
 def pod_endpoint(pod: Pod, app: str, namespace: str = "demo", version: str = "v1",

@@ -144,9 +144,11 @@ def agent(lab, workdir):
         a.stop()
 
 
-def http(lab: NetLab, host: str, steps: list, timeout: float = 3.0) -> list:
+def http(lab: NetLab, host: str, steps: list, timeout: float = 3.0,
+         sport: int | None = None) -> list:
     out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "http_client.py"),
-                   host, str(PORT), str(timeout), timeout=60, input=json.dumps(steps))
+                   host, str(PORT), str(timeout), *([str(sport)] if sport else []),
+                   timeout=60, input=json.dumps(steps))
     return json.loads(out.stdout)
 
 
@@ -217,10 +219,11 @@ def test_egress_flows(lab, agent):
 
 
 def dns(lab: NetLab, name: str, qtype: str = "A", server: str | None = None,
-        transport: str = "udp", then_get: int | None = None) -> dict | str:
+        transport: str = "udp", then_get: int | None = None,
+        sport: int | None = None) -> dict | str:
     out = lab.exec(lab.pods["client"].netns, sys.executable, str(HELPERS / "dns_client.py"),
                    server or lab.pods["dns"].ip4, name, qtype, "3", transport,
-                   *([str(then_get)] if then_get else []), timeout=30)
+                   str(then_get or 0), *([str(sport)] if sport else []), timeout=30)
     return json.loads(out.stdout)
 
 
@@ -581,6 +584,15 @@ def test_proxied_answers_name_the_flows(lab, agent):
             assert not f.destination_names
 
 
+# Source ports no other traffic of this module takes: above the pods' ephemeral range
+# (32768-60999, where the kernel picks theirs) and the proxy's upstream ports (below
+# it). A policy verdict comes with a new direction only, and a UDP query from the port
+# of an earlier one (the kernel picks at random: ~1 in 2000 per module run with the
+# dozen queries before) is the same flow, as for Cilium's connection tracking.
+VERDICT_DNS_SPORT = 61053
+REUSE_SPORTS = {"server": 61080, "ext": 61081}
+
+
 def test_policy_verdicts_of_proxied_connections_are_redirected(lab, agent):
     """Cilium's policy-verdict event says action "redirect" for a connection that L7
     rules send to the proxy (Hubble: verdict REDIRECTED); an L3/L4 allow stays
@@ -588,19 +600,28 @@ def test_policy_verdicts_of_proxied_connections_are_redirected(lab, agent):
     srv, d, ext = lab.pods["server"], lab.pods["dns"], lab.pods["ext"]
     t0 = Timestamp()
     t0.GetCurrentTime()
+    # The TCP connections take the kernel's ports: one an earlier, closed connection had
+    # is a new connection all the same (flow.c; test_a_closed_connections_tuple_...).
     assert statuses(http(lab, srv.ip4, [{"send": get("/public/v")}])) == [200]
-    got = dns(lab, "api.ext.example", then_get=PORT)  # DNS rules; then toFQDNs, L3/L4
+    # DNS rules; then toFQDNs, L3/L4
+    got = dns(lab, "api.ext.example", then_get=PORT, sport=VERDICT_DNS_SPORT)
     assert got["get"] == 200, got
     req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
         event_type=[fpb.EventTypeFilter(type=5)], source_pod=[f"demo/{lab.pods['client'].name}"])])
     want = {(srv.ip4, PORT), (d.ip4, 53), (ext.ip4, PORT)}
 
+    seen: set = set()
+
     def verdicts():
         fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
         by = {(f.IP.destination, f.l4.TCP.destination_port or f.l4.UDP.destination_port): f
               for f in fs}
+        seen.update(by)
         return by if want <= by.keys() else None
-    by = wait_for(verdicts, 10, 0.2, "the policy verdicts of the three connections")
+    try:
+        by = wait_for(verdicts, 10, 0.2, "the policy verdicts of the three connections")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; verdicts seen {sorted(seen)}, wanted {sorted(want)}") from None
     assert by[(srv.ip4, PORT)].verdict == fpb.REDIRECTED
     assert by[(d.ip4, 53)].verdict == fpb.REDIRECTED
     assert by[(ext.ip4, PORT)].verdict == fpb.FORWARDED
@@ -608,6 +629,39 @@ def test_policy_verdicts_of_proxied_connections_are_redirected(lab, agent):
         f = by[key]
         assert f.traffic_direction == fpb.EGRESS, f
         assert [p.name for p in f.egress_allowed_by] == ["client-egress"], f
+
+
+def test_a_closed_connections_tuple_makes_a_new_connection_with_its_verdict(lab, agent):
+    """As Cilium reopens a closed connection's tracking entry on a SYN: a connection
+    from the source port of an earlier, closed one to the same server is new, checked
+    against the policy and given its own policy verdict (REDIRECTED to the proxy,
+    FORWARDED on an L3/L4 allow), not taken for the old one (whose state the datapath
+    kept: no verdict, its answers treated as replies)."""
+    srv, ext = lab.pods["server"], lab.pods["ext"]
+    assert dns(lab, "api.ext.example")["ips"] == [ext.ip4]  # toFQDNs: ext allowed
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    for name, host, path in (("server", srv.ip4, "/public/r"), ("ext", ext.ip4, "/")):
+        for _ in range(2):  # the client resets each: its port is free again at once
+            res = http(lab, host, [{"send": get(path)}], sport=REUSE_SPORTS[name])
+            assert statuses(res) == [200], (name, res)
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=5)], source_pod=[f"demo/{lab.pods['client'].name}"],
+        source_port=[str(p) for p in REUSE_SPORTS.values()])])
+    want = {srv.ip4: fpb.REDIRECTED, ext.ip4: fpb.FORWARDED}
+    seen: list = []
+
+    def verdicts():
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        seen[:] = [(f.IP.destination, f.l4.TCP.source_port) for f in fs]
+        return fs if len(fs) >= 4 else None
+    try:
+        fs = wait_for(verdicts, 10, 0.2, "a policy verdict for each of the 4 connections")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; verdicts seen {seen}") from None
+    assert sorted((f.IP.destination, f.l4.TCP.source_port, f.verdict) for f in fs) == sorted(
+        (ip, REUSE_SPORTS[n], want[ip]) for n, ip in (("server", srv.ip4), ("ext", ext.ip4))
+        for _ in range(2)), fs
 
 
 def test_policy_removed_traffic_goes_direct(lab, workdir, agent):

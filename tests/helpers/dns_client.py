@@ -1,9 +1,10 @@
 """DNS client for the DNS policy tests, run inside a pod: one UDP query, one answer.
 
-usage: dns_client.py SERVER NAME [TYPE] [TIMEOUT] [udp|tcp] [PORT]
+usage: dns_client.py SERVER NAME [TYPE] [TIMEOUT] [udp|tcp] [PORT] [SPORT]
 Prints JSON {"rcode": n, "ips": [...], "ttl": n, "from": "addr:port"} or "timeout";
-with PORT, at once after the answer, "GET /" to its first address on that port:
-"get": the HTTP status, or "timeout" / "refused".
+with PORT (0: none), at once after the answer, "GET /" to its first address on that port:
+"get": the HTTP status, or "timeout" / "refused". SPORT: the query's source port (else
+the kernel picks one).
 """
 import json, socket, struct, sys, os, ipaddress
 
@@ -18,6 +19,8 @@ fam = socket.AF_INET6 if ":" in server else socket.AF_INET
 tcp = len(sys.argv) > 5 and sys.argv[5] == "tcp"
 s = socket.socket(fam, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
 s.settimeout(timeout)
+if len(sys.argv) > 7:
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", int(sys.argv[7])))
 try:
     if tcp:
         s.connect((server, 53))
@@ -49,7 +52,7 @@ for _ in range(an):
     ttl = t if ttl is None else min(ttl, t)
     off += rdlen
 out = {"rcode": flags & 0xF, "ips": ips, "ttl": ttl, "from": f"{addr[0]}:{addr[1]}"}
-if len(sys.argv) > 6 and ips:
+if len(sys.argv) > 6 and int(sys.argv[6]) and ips:
     try:
         c = socket.create_connection((ips[0], int(sys.argv[6])), timeout=timeout)
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

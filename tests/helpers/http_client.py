@@ -1,6 +1,8 @@
 """HTTP/1.1 test client for the L7 policy tests, run inside a pod's namespace.
 
-usage: http_client.py HOST PORT TIMEOUT < JSON
+usage: http_client.py HOST PORT TIMEOUT [SPORT] < JSON
+SPORT: connect from this source port (SO_REUSEADDR) and end with a reset (SO_LINGER 0),
+so that no state of the connection is left and the next run can take the same port.
 JSON (on stdin) is a list of steps on ONE connection, each {"send": "<raw request text>"} or
 {"read": n} (read n responses), or {"pipeline": [...raw requests...]} (all sent at
 once, then every answer read), or {"raw": "<text>"} (send, then read until close), or
@@ -11,6 +13,7 @@ Prints a JSON list: per response {"status", "headers", "body"}, per raw step
 import json
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -51,6 +54,10 @@ def main():
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    if len(sys.argv) > 4:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", int(sys.argv[4])))
     try:
         s.connect((host, port))
         f = s.makefile("rb")

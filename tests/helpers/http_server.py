@@ -46,6 +46,9 @@ class S(ThreadingHTTPServer):
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionResetError):  # a client's reset: no error
+            super().handle_error(request, client_address)
 
 srv = S(("::", int(sys.argv[1])), H)
 print("ready", flush=True)
