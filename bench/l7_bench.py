@@ -15,7 +15,7 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
             response head goes to the agent and becomes a flow.
     A third mode, "L7 paused" (--no-paused drops it): selected, but the agent is
     stopped (SIGSTOP) for the run and resumed after it, so the run pays the datapath's
-    capture (TC programs, perf writes) and none of the agent's user-space work: L7
+    capture (TC programs, ring buffer writes) and none of the agent's user-space work: L7
     paused/off is the datapath's share of the cost, L7/L7 paused the agent's. With
     --follow a batched GetFlows follow (this process) reads every flow during the
     runs, as the relay does on a cluster's agents, so the agent also encodes each one.
@@ -35,8 +35,9 @@ Run as root from the repository:  .venv/bin/python bench/l7_bench.py   (~1-2 min
     cpu.shares / cpu.weight, bench/cpu_shares.py): the agent's group at the chart's
     100m, the client's and server's at --workload-millicpu (default 1000m). Under
     contention a workload task that wakes then preempts the agent instead of queueing
-    behind its drain. The agent gets --l7-perf-pages 16384 (lossless runs; a paused run is
-    bounded to what one CPU's buffer holds). One client process (blocking socket,
+    behind its drain. The agent gets --l7-perf-pages 16384 (an L7 ring buffer of 16384
+    pages per CPU, 128 MiB on 2 CPUs: lossless runs; a paused run is bounded to what the
+    ring holds). One client process (blocking socket,
     keep-alive, TCP_NODELAY) sends GETs back to back to an asyncio server (both this
     script, run with `ip netns exec`); every run is bounded in time and count. Also
     printed: the agent's CPU per request and the flows it produced per request.
@@ -430,7 +431,7 @@ class Bench:
     def client_run(self, port: int, seconds: float, rate: float = 0,
                    max_requests: int = 0, paused: bool = False) -> dict[str, float]:
         """One client run. paused: the agent is stopped (SIGSTOP) for the run and resumed
-        after it, so the run pays the datapath's capture (TC programs, perf writes) but
+        after it, so the run pays the datapath's capture (TC programs, ring writes) but
         none of the agent's user-space work, which happens after the run."""
         assert self.agent is not None
         ab = self.ab
@@ -505,8 +506,8 @@ class Bench:
             for m in (*ab_order, *ab_order[::-1]):
                 self.set_mode("off" if m == "off" else "L7")
                 paused = m == "L7 paused"
-                # a paused run's events wait in the perf buffer: bound the run to what
-                # one CPU's L7 buffer holds, so that none is lost
+                # a paused run's events wait in the L7 ring buffer: bound the run to
+                # what it holds, so that none is lost
                 cap = self.paused_max_requests() if paused else 0
                 runs[m].append(self.client_run(L7_PORT, a.seconds, paused=paused,
                                                max_requests=cap))
@@ -557,9 +558,13 @@ class Bench:
         http[key] = (off, l7, honest, not broken, per["L7"])  # type: ignore[index]
 
     def paused_max_requests(self) -> int:
-        """Requests whose L7 records fit in 80 % of one CPU's L7 perf buffer (a request
-        and its answer are ~2 x 260 bytes; 600 leaves a margin)."""
-        return min(self.args.max_requests, int(0.8 * self.l7_pages * 4096 / 600))
+        """Requests whose L7 records fit in 80 % of the L7 ring buffer (one for all CPUs,
+        --l7-perf-pages x CPUs rounded up to a power of two; a request and its answer
+        are ~2 x 260 bytes; 600 leaves a margin)."""
+        from webb_agent.datapath.loader import l7_ring_pages, possible_cpus
+
+        pages = l7_ring_pages(self.l7_pages, possible_cpus())
+        return min(self.args.max_requests, int(0.8 * pages * 4096 / 600))
 
     def part_paced(self) -> None:
         """How many requests/s of one L7-visible connection the agent reads without loss."""
@@ -615,7 +620,7 @@ class Bench:
             self.start_follower()
 
     def agent_paths(self, log_from: int = 0) -> str:
-        """Which L7 head scanner and perf reader the agent runs (C or Python), from
+        """Which L7 head scanner and L7 ring reader the agent runs (C or Python), from
         what it logged since log_from (agents older than these lines log neither)."""
         import re
 
@@ -623,7 +628,8 @@ class Bench:
         with open(self.agent.log, "rb") as f:
             f.seek(log_from)
             text = f.read().decode(errors="replace")
-        found = re.findall(r"L7 HTTP head scanner: \w+|L7 perf buffer read by [\w' ]+", text)
+        found = re.findall(r"L7 HTTP head scanner: \w+|L7 perf buffer read by [\w' ]+|"
+                           r"L7 ring buffer: .* read in \w+", text)
         return ", ".join(found) or "neither logged (older code)"
 
     def part_compare(self) -> None:
@@ -727,7 +733,7 @@ def main() -> None:
                    help="(a): a SCHED_IDLE busy loop on each CPU for the whole run, so that "
                         "vCPUs never halt (cross-CPU wake-ups then cost the same in every mode)")
     p.add_argument("--l7-perf-pages", type=int, default=16384,
-                   help="the agent's L7 perf buffer pages per CPU (default 16384 = 64 MiB: "
+                   help="the agent's L7 ring buffer pages per CPU (default 16384 = 64 MiB: "
                         "lossless runs; ignored if --agent-arg names it)")
     p.add_argument("--no-paused", dest="paused", action="store_false",
                    help="(a) without the third mode, L7 with the agent stopped during runs")

@@ -65,7 +65,8 @@
 #define STAT_PARSE_ERRORS 2
 #define STAT_POLICY_DROPS 3
 #define STAT_L7_EVENTS 4
-#define STAT_MAX 5
+#define STAT_L7_LOST 5  // L7 records the ring buffer had no room for
+#define STAT_MAX 6
 
 // config slots 0 and 1 (report intervals) are compile-time constants now, see below.
 #define CONF_POLICY_REVISION 2
@@ -612,9 +613,10 @@ static __always_inline void l7_capture(struct __sk_buff *skb, struct parsed *p, 
     }
     *seen = 1;
     int zero = 0;
-    struct l7_event *ev = l7_scratch.lookup(&zero);
-    if (!ev)
+    struct l7_record *rec = l7_scratch.lookup(&zero);
+    if (!rec)
         return;
+    struct l7_event *ev = &rec->ev;
     ev->ts = bpf_ktime_get_ns();
     __builtin_memcpy(ev->saddr, p->key.saddr, 16);
     __builtin_memcpy(ev->daddr, p->key.daddr, 16);
@@ -628,10 +630,10 @@ static __always_inline void l7_capture(struct __sk_buff *skb, struct parsed *p, 
             ev->seq = bpf_ntohl(seq);
     }
     ev->payload_len = len - off;
-    ev->payload_off = off;
-    u32 cap = off + L7_PREFIX;
-    if (cap > len)
-        cap = len;
+    ev->payload_off = 0;  // only the payload is captured
+    u32 cap = len - off;
+    if (cap > L7_PREFIX)
+        cap = L7_PREFIX;
     ev->cap_len = cap;
     ev->family = p->key.family;
     ev->proto = p->key.proto;
@@ -639,7 +641,18 @@ static __always_inline void l7_capture(struct __sk_buff *skb, struct parsed *p, 
     ev->l7 = l7;
     ev->is_reply = is_reply;
     ev->tcp_flags = p->tcp_flags;
-    l7_events.perf_submit_skb(skb, cap, ev, sizeof(*ev));
+    // cap is in [1, L7_PREFIX] (len > off). The verifier is told so by a mask it cannot
+    // lose (LLVM folds range checks into forms it does not follow): with cap in that
+    // range, ((cap - 1) & (L7_CAP_SIZE - 1)) + 1 is cap.
+    u64 n = cap;
+    asm volatile("" : "+r"(n));
+    n = ((n - 1) & (L7_CAP_SIZE - 1)) + 1;
+    if (bpf_skb_load_bytes(skb, off, rec->data, n) < 0)
+        return;
+    if (l7_events.ringbuf_output(rec, sizeof(*ev) + n, BPF_RB_NO_WAKEUP) < 0) {
+        stat_inc(STAT_L7_LOST);  // the ring is full: user space reports lost events
+        return;
+    }
     stat_inc(STAT_L7_EVENTS);
 }
 

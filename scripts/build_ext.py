@@ -18,7 +18,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTENSIONS = ["services/agent/pipeline/l7/_httpscan.c", "services/agent/datapath/_perfring.c"]
+EXTENSIONS = ["services/agent/pipeline/l7/_httpscan.c", "services/agent/datapath/_ringbuf.c"]
 FLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror"]
 
 

@@ -71,7 +71,9 @@ class AgentConfig:
     persist: PersistConfig = field(default_factory=PersistConfig)  # flow history and export
     l7_visibility: str = DEFAULT_RULES  # applies to every endpoint; annotations add more
     l7_prefix: int = 1024
-    l7_perf_pages: int = 1024  # 4 MiB per CPU: bursts of L7 messages, not their rate, fill it
+    # The L7 ring buffer, per possible CPU (one ring of this x CPUs, rounded up to a power
+    # of two: 8 MiB on 2 CPUs): bursts of L7 messages, not their rate, fill it.
+    l7_perf_pages: int = 1024
     l7_proxy: bool = True      # enforce HTTP rules; off: connections they police drop
     l7_proxy_port: int = 0     # 0: any free port
     l7_proxy_idle_timeout: float = 60.0
@@ -135,7 +137,7 @@ class Agent:
             kube_client = await KubeClient.connect(cfg.kubeconfig)
         self.datapath = Datapath(cfg.netns or None, cfg.report_interval,
                                  drop_report_interval_s=cfg.drop_report_interval,
-                                 l7_prefix=cfg.l7_prefix)
+                                 l7_prefix=cfg.l7_prefix, l7_pages=cfg.l7_perf_pages)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
         self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost,
                                    fqdn_min_ttl=cfg.tofqdns_min_ttl,
@@ -161,9 +163,7 @@ class Agent:
         self.ingest.on_batch = self.persist.bind(self.wire_cache, cfg.node_name, self.node.note_batch)
         self.datapath.open_events(self.ingest.on_event, self.ingest.on_lost,
                                   cfg.perf_pages, cfg.wakeup_events)
-        self.datapath.open_l7_events(self.ingest.on_l7_event, self.ingest.on_lost,
-                                     cfg.l7_perf_pages, cfg.wakeup_events,
-                                     on_batch=self.ingest.on_l7_batch)
+        self.datapath.open_l7_events(self.ingest.on_l7_batch, self.ingest.on_lost)
         if cfg.kernel_drops:
             await self._start_kernel_drops()
         release_freed_heap()  # what LLVM freed after compiling the programs

@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     g.add_argument("--l7-prefix", type=int, default=1024, metavar="BYTES",
                    help="payload bytes captured per message (default 1024)")
     g.add_argument("--l7-perf-pages", type=int, default=1024, metavar="PAGES",
-                   help="L7 payload perf buffer pages per CPU (default 1024 = 4 MiB)")
+                   help="L7 ring buffer pages per CPU (default 1024 = 4 MiB): the L7 records "
+                        "go through one BPF ring buffer for all CPUs of PAGES x possible CPUs, "
+                        "rounded up to a power of two (8 MiB on 2 CPUs)")
     g.add_argument("--l7-proxy", default="true", choices=["true", "false"],
                    help="run the transparent proxy that enforces HTTP rules of policies "
                         "(default true); with false, connections those rules police are "

@@ -93,7 +93,7 @@ def test_bases_users_and_entrypoints(component):
         # a stage that compiles the C accelerators, then the image with the module only
         assert froms == ["debian:bookworm-slim", "debian:bookworm-slim"]
         from_ext = [a for ins, a in stages(component)[-1] if ins == "COPY" and "--from=" in a]
-        for module in ("pipeline/l7/_httpscan.so", "datapath/_perfring.so"):
+        for module in ("pipeline/l7/_httpscan.so", "datapath/_ringbuf.so"):
             assert any(a.startswith("--from=ext ") and a.endswith(
                 f"/site-packages/webb_agent/{module}") for a in from_ext), (module, from_ext)
         text = (IMAGES / "agent" / "Dockerfile").read_text()

@@ -4,7 +4,6 @@ tracking, pairing, counters), L7Encoder (Flow wire bytes), the FQDN cache, the
 visibility rules and the agent's ingest, as the agent runs them."""
 from __future__ import annotations
 
-import ctypes
 import random
 import socket
 import struct
@@ -551,7 +550,8 @@ def test_dns_flows_on_the_wire_with_names():
 
 
 async def test_l7_records_through_ingest_ring_and_parser():
-    """The agent's own path: bcc callback -> Ingest -> ring -> FlowWireCache wire bytes."""
+    """The agent's own path: a drain's L7 records -> Ingest -> ring -> FlowWireCache wire
+    bytes (the drain itself: tests/unit/test_ringbuf.py)."""
     registry = EndpointRegistry("n1", IdentityAllocator(None))
     await registry.upsert(parse_endpoint({"name": "client", "ips": ["10.1.0.10"],
                                           "labels": {"app": "client"}}))
@@ -561,9 +561,7 @@ async def test_l7_records_through_ingest_ring_and_parser():
     ingest = Ingest(ring, registry, set())
     ingest.l7 = L7Tracker()
     c = Conn()
-    for raw in (c.resp(ok(), ts=2000), c.req(get("/ring"), ts=1000)):
-        buf = ctypes.create_string_buffer(raw, len(raw))
-        ingest.on_l7_event(0, ctypes.addressof(buf), len(raw))
+    ingest.on_l7_batch([c.resp(ok(), ts=2000), c.req(get("/ring"), ts=1000)])
     assert ingest.process() == 2
     wire_cache = FlowWireCache("n1", {}, "v")
     recs = [ring.get(i) for i in range(ring.oldest_seq, ring.next_seq)]
@@ -793,9 +791,8 @@ async def test_pathological_http_path_over_a_full_ring_through_the_agents_getflo
     c = Conn()
     path = "/" + "a" * 300 + "!"
     for i in range(2100):  # 4200 flows: the ring is full and has wrapped
-        for raw in (c.req(get(path), ts=(2 * i + 1) * 1000), c.resp(ok(), ts=(2 * i + 2) * 1000)):
-            buf = ctypes.create_string_buffer(raw, len(raw))
-            ingest.on_l7_event(0, ctypes.addressof(buf), len(raw))
+        ingest.on_l7_batch([c.req(get(path), ts=(2 * i + 1) * 1000),
+                            c.resp(ok(), ts=(2 * i + 2) * 1000)])
     ingest.process()
     assert len(ring) == ring.capacity == 4095
     wire_cache = FlowWireCache("n1", {}, "v")

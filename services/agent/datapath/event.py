@@ -38,6 +38,7 @@ STAT_EVENTS = 1
 STAT_PARSE_ERRORS = 2
 STAT_POLICY_DROPS = 3
 STAT_L7_EVENTS = 4
+STAT_L7_LOST = 5  # L7 records the ring buffer had no room for (reported as lost events)
 
 
 class FlowEvent(NamedTuple):
@@ -141,8 +142,8 @@ def _decode_l7_batch_py(raws: list[bytes]) -> tuple[list[tuple[L7Event, bytes]],
     return items, bad
 
 
-try:  # the same in C where scripts/build_ext.py built it (tests/unit/test_perf_ring.py)
-    from ._perfring import decode_l7 as _decode_l7_c
+try:  # the same in C where scripts/build_ext.py built it (tests/unit/test_ringbuf.py)
+    from ._ringbuf import decode_l7 as _decode_l7_c
 except ImportError:
     _decode_l7_c = None
 

@@ -9,14 +9,16 @@ import asyncio
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import perf_ring
-from .event import STAT_EVENTS, STAT_L7_EVENTS, STAT_PARSE_ERRORS, STAT_POLICY_DROPS
+from . import ringbuf
+from .event import (STAT_EVENTS, STAT_L7_EVENTS, STAT_L7_LOST, STAT_PARSE_ERRORS,
+                    STAT_POLICY_DROPS)
 from .netns import netlink_executor
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,24 @@ def bpf_source(name: str) -> bytes:
     return expand(name)
 
 
+def possible_cpus() -> int:
+    from bcc.utils import get_possible_cpus
+
+    return len(get_possible_cpus())
+
+
+def l7_ring_pages(pages_per_cpu: int, cpus: int) -> int:
+    """The L7 ring buffer's size in pages: one ring for all CPUs, as much as per-CPU
+    buffers of pages_per_cpu would hold, rounded up to the power of two the kernel
+    wants (--l7-perf-pages 1024 on 2 CPUs: 2048 pages, 8 MiB; on 6 CPUs: 8192)."""
+    return _pow2(max(1, pages_per_cpu) * max(1, cpus))
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
 # agg_val.flags_seen has bit n set when the TCP flag combination n (flags & 0x3f) was
 # seen: these bits are the combinations with FIN (0x01) or RST (0x04).
 _FIN_OR_RST = sum(1 << n for n in range(64) if n & 0x05)
@@ -78,20 +98,25 @@ class Datapath:
     def __init__(self, netns: str | None = None, report_interval_s: float = 10.0,
                  agg_entries: int = 131072, drop_report_interval_s: float = 1.0,
                  policy_entries: int = 65536, ipcache_entries: int = 65536,
-                 l7_prefix: int = 1024) -> None:
+                 l7_prefix: int = 1024, l7_pages: int = 1024) -> None:
+        """l7_pages: the L7 ring buffer's pages per possible CPU (see l7_ring_pages)."""
         from bcc import BPF  # imported here so that tools without bcc can import the agent
 
         self._BPF = BPF
         self.netns = netns
-        self._l7_rings: perf_ring.PerfRings | None = None
+        self.l7_ring_pages = l7_ring_pages(l7_pages, possible_cpus())
+        self._l7_ring: ringbuf.RingBuf | None = None
         self._l7_sink: tuple[Callable[[list[bytes]], None], Callable[[int], None]] | None = None
+        self._l7_lost_seen = 0
         self.bpf = BPF(text=bpf_source("flow.c"), cflags=[
             f"-DAGG_MAP_SIZE={agg_entries}", f"-DDROP_MAP_SIZE={agg_entries // 4}",
             "-DEP_MAP_SIZE=4096", f"-DIPCACHE_SIZE={ipcache_entries}",
             f"-DPOLICY_MAP_SIZE={policy_entries}",
             f"-DREPORT_NS={int(report_interval_s * 1e9)}ULL",
             f"-DDROP_REPORT_NS={int(drop_report_interval_s * 1e9)}ULL",
-            f"-DL7_PREFIX={int(l7_prefix)}", "-DL7_SEL_SIZE=16384", "-w"])
+            f"-DL7_PREFIX={int(l7_prefix)}", f"-DL7_CAP_SIZE={_pow2(int(l7_prefix))}",
+            f"-DL7_RING_PAGES={self.l7_ring_pages}",
+            "-DL7_SEL_SIZE=16384", "-w"])
         self._prog_from = self.bpf.load_func(b"tc_from_endpoint", BPF.SCHED_CLS)
         self._prog_to = self.bpf.load_func(b"tc_to_endpoint", BPF.SCHED_CLS)
         self._ipr: Any = None
@@ -277,22 +302,40 @@ class Datapath:
         self.bpf[b"events"].open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
                                              wakeup_events=wakeup_events)
 
-    def open_l7_events(self, on_event: Callable[[int, int, int], None],
-                       on_lost: Callable[[int], None], page_cnt: int, wakeup_events: int,
-                       on_batch: Callable[[list[bytes]], None] | None = None) -> None:
-        """on_batch: where the C ring reader (perf_ring.py) puts each drain's records;
-        without it, or where it is not built, bcc's callbacks give them to on_event."""
+    def open_l7_events(self, on_batch: Callable[[list[bytes]], None],
+                       on_lost: Callable[[int], None]) -> None:
+        """Each drain (consume) gives the L7 ring buffer's records to on_batch, and the
+        count of records the ring had no room for since the last drain to on_lost."""
         table = self.bpf[b"l7_events"]
-        table.open_perf_buffer(on_event, page_cnt=page_cnt, lost_cb=on_lost,
-                               wakeup_events=wakeup_events)
-        if on_batch is not None and perf_ring.available():
-            self._l7_rings = perf_ring.PerfRings(self.bpf, table, page_cnt)
-            self._l7_sink = (on_batch, on_lost)
-        log.info("L7 perf buffer read by %s", "C" if self._l7_rings else "bcc's callbacks")
+        self._l7_ring = ringbuf.RingBuf(table.map_fd, self.l7_ring_pages * mmap.PAGESIZE)
+        self._l7_sink = (on_batch, on_lost)
+        stats = self.bpf[b"stats"]
+        self._stats_fd = stats.map_fd
+        self._lost_key = ctypes.c_int(STAT_L7_LOST)
+        self._lost_val = (ctypes.c_uint64 * possible_cpus())()
+        self._l7_lost_seen = self._l7_lost()
+        log.info("L7 ring buffer: %d pages (%d MiB) for all CPUs, read in %s",
+                 self.l7_ring_pages, self.l7_ring_pages * mmap.PAGESIZE >> 20, ringbuf.reader())
+
+    def _l7_lost(self) -> int:
+        """STAT_L7_LOST summed over CPUs: one syscall, no bcc table object per read."""
+        from bcc.libbcc import lib
+
+        if lib.bpf_lookup_elem(self._stats_fd, ctypes.byref(self._lost_key), self._lost_val) < 0:
+            return self._l7_lost_seen
+        return sum(self._lost_val)
 
     def consume(self) -> None:
-        if self._l7_rings is not None:
-            self._l7_rings.drain(*self._l7_sink)
+        if self._l7_ring is not None and self._l7_sink is not None:
+            on_batch, on_lost = self._l7_sink
+            out: list[bytes] = []
+            self._l7_ring.drain(out)
+            lost = self._l7_lost()
+            if lost > self._l7_lost_seen:
+                on_lost(lost - self._l7_lost_seen)
+                self._l7_lost_seen = lost
+            if out:
+                on_batch(out)
         self.bpf.perf_buffer_consume()
 
     def stats(self) -> dict[str, int]:
@@ -300,7 +343,7 @@ class Datapath:
         out = {}
         for name, idx in (("events", STAT_EVENTS),
                           ("parse_errors", STAT_PARSE_ERRORS), ("policy_drops", STAT_POLICY_DROPS),
-                          ("l7_events", STAT_L7_EVENTS)):
+                          ("l7_events", STAT_L7_EVENTS), ("l7_lost", STAT_L7_LOST)):
             out[name] = int(sum(table[ctypes.c_int(idx)]))
         return out
 
@@ -316,7 +359,7 @@ class Datapath:
                 self._ipr = None
         self._nl.submit(detach_all).result(timeout=30)
         self._nl.shutdown()
-        if self._l7_rings is not None:
-            self._l7_rings.close()  # before bcc unmaps and closes the rings
-            self._l7_rings = None
+        if self._l7_ring is not None:
+            self._l7_ring.close()  # before bcc closes the map
+            self._l7_ring = None
         self.bpf.cleanup()

@@ -71,7 +71,7 @@ class Ingest:
         self.remote_node_ips: set[bytes] = set()
         # Set by the agent when policies give world addresses CIDR identities.
         self.cidr_endpoint: Callable[[int, bytes], Endpoint | None] | None = None
-        # L7 payload records (their own perf buffer) and what turns them into messages.
+        # L7 payload records (their own ring buffer) and what turns them into messages.
         self.l7: L7Tracker | None = None
         self._l7_raw: list[bytes] = []
         self._l7_msgs: list = []  # already-built L7 messages (add_l7)
@@ -95,15 +95,13 @@ class Ingest:
             except Exception:  # an exception must not unwind through bcc's C code
                 log.exception("ingest chunk failed")
 
-    def on_l7_event(self, cpu: int, data: int, size: int) -> None:
-        self._l7_raw.append(ctypes.string_at(data, size))
-
     def on_l7_batch(self, raws: list[bytes]) -> None:
-        """A drain's L7 records read by the C ring reader (datapath/perf_ring.py)."""
+        """A drain's records of the L7 ring buffer (datapath/ringbuf.py)."""
         self._l7_raw.extend(raws)
 
     def on_lost(self, *args: int) -> None:
-        # bcc passes (lost,) or (cpu, lost) depending on version
+        # bcc passes (lost,) or (cpu, lost) depending on version; the L7 ring buffer's
+        # losses come as (lost,) too (datapath/loader.py, from the programs' count)
         lost = args[-1]
         cpu = args[0] if len(args) > 1 else -1
         self._lost.append((cpu, lost))
