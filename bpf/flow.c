@@ -116,6 +116,7 @@ struct agg_val {
     u8 l7_seen;      // a payload of the direction went to user space already
     u8 proxy;        // PROXY_REDIRECT / PROXY_UPSTREAM
     u8 pad[5];
+    u64 last_seen;   // not TCP: the direction's last packet (coarse clock), for its expiry
 };
 
 // Denied packets are aggregated by peer and destination port, not source port, so
@@ -149,6 +150,11 @@ BPF_PERCPU_ARRAY(scratch, struct flow_event, 1);
 // -DREPORT_NS / -DDROP_REPORT_NS, so that no packet reads them from a map.
 #ifndef REPORT_NS
 #define REPORT_NS 10000000000ULL
+#endif
+// A UDP (any non-TCP) direction idle this long is gone: its next packet starts a new
+// one, as Cilium's CT entry expires (--bpf-ct-timeout-regular-any, default 1 min).
+#ifndef CT_TIMEOUT_ANY_NS
+#define CT_TIMEOUT_ANY_NS 60000000000ULL
 #endif
 #ifndef DROP_REPORT_NS
 #define DROP_REPORT_NS 1000000000ULL
@@ -730,6 +736,16 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     if (v && p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x02) &&
         (v->flags_seen & ~(1ULL << (p.tcp_flags & 0x3f))))
         v = 0;
+    // Not TCP (no SYN to tell): a direction idle past its lifetime is new again. The
+    // coarse clock, read once: the report check below uses it too.
+    u64 coarse = 0;
+    if (v && p.key.proto != IPPROTO_TCP) {
+        coarse = bpf_ktime_get_coarse_ns();
+        if ((s64)(coarse - v->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
+            v = 0;
+        else
+            v->last_seen = coarse;
+    }
     if (v) {
         // Established direction: the endpoint's policy is consulted again only when
         // the revision changed since the direction was last checked.
@@ -779,7 +795,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
             // The coarse clock (same base, tick resolution) is enough to tell
             // whether a report is due; signed, as it may lag last_report a little.
             if (!REPORT_NS ||
-                (s64)(bpf_ktime_get_coarse_ns() - v->last_report) < (s64)REPORT_NS)
+                (s64)((coarse ? coarse : bpf_ktime_get_coarse_ns()) - v->last_report) <
+                    (s64)REPORT_NS)
                 return act;
             reason = REASON_REPORT;
             now = bpf_ktime_get_ns();
@@ -811,6 +828,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         // connection's (taken for this one's, the new connection would pass unchecked
         // as its reply). Its SYN-ACK then reopens that entry (above).
         struct agg_val *rv = syn ? 0 : agg_map.lookup(&rev_key);
+        if (rv && p.key.proto != IPPROTO_TCP && (s64)(now - rv->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
+            rv = 0;  // expired: no reply to it
         u8 ct_reply = rv ? 1 : 0;
         u8 proxy = upstream ? PROXY_UPSTREAM : 0;
         if (rv && (rv->proxy & PROXY_UPSTREAM)) {
@@ -862,6 +881,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         nv.packets = 1;
         nv.bytes = skb->len;
         nv.last_report = now;
+        nv.last_seen = now;
         nv.is_reply = is_reply;
         nv.ct_reply = ct_reply;
         nv.policy_rev = rev;

@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--drop-report-interval", type=float, default=1.0,
                    help="seconds between reports of repeated drops of one peer and port "
                         "(default 1); drops in between are counted")
+    p.add_argument("--bpf-ct-timeout-regular-any", type=duration_arg, default=60.0,
+                   metavar="DURATION",
+                   help="a UDP (non-TCP) flow idle this long is a new one (its own policy "
+                        "check and verdict): seconds or a Go duration (default 1m, as Cilium)")
     p.add_argument("--no-kernel-drops", action="store_true",
                    help="do not report packets the kernel drops (skb:kfree_skb)")
     g = p.add_argument_group("L7 visibility (HTTP/1.x and DNS, read from packets, no proxy)")
@@ -162,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--perf-pages must be a power of two")
     if a.drop_report_interval <= 0:
         p.error("--drop-report-interval must be positive")
+    if a.bpf_ct_timeout_regular_any <= 0:
+        p.error("--bpf-ct-timeout-regular-any must be positive")
     if a.k8s and a.endpoints:
         p.error("--k8s and --endpoints are two sources of endpoints: give one")
     if a.k8s and a.identity_file:
@@ -199,7 +205,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         report_interval=a.report_interval, perf_pages=a.perf_pages, policy_dir=a.policy_dir,
         policy_store=a.policy_store,
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
-        drop_report_interval=a.drop_report_interval, l7_visibility=a.l7_visibility,
+        drop_report_interval=a.drop_report_interval,
+        ct_timeout_any=a.bpf_ct_timeout_regular_any, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
         l7_proxy_idle_timeout=a.l7_proxy_idle_timeout,

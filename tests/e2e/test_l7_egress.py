@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,10 @@ ZONE = {"allowed.example.com.": [30, ["10.99.0.1", "fd99::1"]],
         "whoami.good.example.": [5, "peer"]}  # answered with the asker's address
 # The DNS proxy's upstream bound for this module's agent (--dnsproxy-concurrency-limit).
 DNS_LIMIT = 16
+# How long a UDP flow lives idle in this module's agent (--bpf-ct-timeout-regular-any;
+# 1 min by default): short, to see one expire, and still above the clients' 3 s timeout,
+# so no exchange of the module outlives its flow.
+CT_TIMEOUT_ANY = 3.0
 # Source ports of the proxy's connections from the client's address for this module's
 # agent (--l7-proxy-upstream-ports): few, so that a test can use each many times.
 UPSTREAM_PORTS = (20000, 20063)
@@ -137,7 +142,8 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def agent(lab, workdir):
     a = start_agent(lab, workdir, "--dnsproxy-concurrency-limit", str(DNS_LIMIT),
-                    "--l7-proxy-upstream-ports", "%d-%d" % UPSTREAM_PORTS)
+                    "--l7-proxy-upstream-ports", "%d-%d" % UPSTREAM_PORTS,
+                    "--bpf-ct-timeout-regular-any", f"{CT_TIMEOUT_ANY}s")
     try:
         yield a
     finally:
@@ -591,6 +597,7 @@ def test_proxied_answers_name_the_flows(lab, agent):
 # dozen queries before) is the same flow, as for Cilium's connection tracking.
 VERDICT_DNS_SPORT = 61053
 REUSE_SPORTS = {"server": 61080, "ext": 61081}
+IDLE_DNS_SPORT = 61054
 
 
 def test_policy_verdicts_of_proxied_connections_are_redirected(lab, agent):
@@ -662,6 +669,28 @@ def test_a_closed_connections_tuple_makes_a_new_connection_with_its_verdict(lab,
     assert sorted((f.IP.destination, f.l4.TCP.source_port, f.verdict) for f in fs) == sorted(
         (ip, REUSE_SPORTS[n], want[ip]) for n, ip in (("server", srv.ip4), ("ext", ext.ip4))
         for _ in range(2)), fs
+
+
+def test_an_idle_udp_flow_is_new_again_after_its_lifetime(lab, agent):
+    """As Cilium's CT entry of a UDP flow expires: a query from the port of one that
+    was idle longer than --bpf-ct-timeout-regular-any is a new flow, with its own
+    policy verdict (within the lifetime it is the same flow: no second verdict)."""
+    d = lab.pods["dns"]
+    t0 = Timestamp()
+    t0.GetCurrentTime()
+    assert dns(lab, "allowed.example.com", sport=IDLE_DNS_SPORT)["rcode"] == 0
+    time.sleep(CT_TIMEOUT_ANY + 0.5)  # the idle time is what is tested, not a readiness wait
+    assert dns(lab, "allowed.example.com", sport=IDLE_DNS_SPORT)["rcode"] == 0
+    req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+        event_type=[fpb.EventTypeFilter(type=5)], source_pod=[f"demo/{lab.pods['client'].name}"],
+        source_port=[str(IDLE_DNS_SPORT)])])
+
+    def verdicts():
+        fs = [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+        return fs if len(fs) >= 2 else None
+    fs = wait_for(verdicts, 10, 0.2, "a policy verdict for each of the 2 queries")
+    assert [(f.IP.destination, f.l4.UDP.destination_port, f.verdict) for f in fs] == [
+        (d.ip4, 53, fpb.REDIRECTED)] * 2, fs
 
 
 def test_policy_removed_traffic_goes_direct(lab, workdir, agent):
