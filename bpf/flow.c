@@ -690,6 +690,26 @@ static __always_inline void ep_policy_get(u32 ifindex, u8 dir, struct parsed *p,
         e->pflags = 0;
 }
 
+// The key of the opposite direction of p's (its answers, or what it answers).
+static __always_inline void reverse_key(struct parsed *p, u8 point, struct agg_key *rk) {
+    *rk = p->key;
+    __builtin_memcpy(rk->saddr, p->key.daddr, 16);
+    __builtin_memcpy(rk->daddr, p->key.saddr, 16);
+    rk->sport = p->key.dport;
+    rk->dport = p->key.sport;
+    rk->point = point ^ 1;
+    if (p->key.proto == IPPROTO_ICMP || p->key.proto == IPPROTO_ICMPV6) {
+        // Echo replies answer echo requests (ICMP keys carry the type as sport).
+        u8 t = p->icmp_type;
+        if (p->key.proto == IPPROTO_ICMP && t == 0)
+            t = 8;
+        else if (p->key.proto == IPPROTO_ICMPV6 && t == 129)
+            t = 128;
+        rk->sport = t;
+        rk->dport = 0;
+    }
+}
+
 static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     struct parsed p = {};
     int rc = parse(skb, &p);
@@ -739,11 +759,20 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     // Not TCP (no SYN to tell): a direction idle past its lifetime is new again. The
     // coarse clock, read once: the report check below uses it too.
     u64 coarse = 0;
+    // The flow lives while either direction is active (Cilium: one CT entry for both):
+    // a direction quiet while its opposite one goes on is not new (else a client's
+    // next packet on a flow the server kept busy would become a "reply" to the
+    // server's direction, reported as one and past the client's policy).
     if (v && p.key.proto != IPPROTO_TCP) {
         coarse = bpf_ktime_get_coarse_ns();
-        if ((s64)(coarse - v->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
-            v = 0;
-        else
+        if ((s64)(coarse - v->last_seen) > (s64)CT_TIMEOUT_ANY_NS) {
+            struct agg_key ok = {};
+            reverse_key(&p, point, &ok);
+            struct agg_val *ov = agg_map.lookup(&ok);
+            if (!ov || (s64)(coarse - ov->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
+                v = 0;
+        }
+        if (v)
             v->last_seen = coarse;
     }
     if (v) {
@@ -808,22 +837,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         ep_policy_get(ifindex, dir, &p, &pol);
         // A new direction. It is a reply if the opposite direction already passed
         // this interface; flows may know better from TCP flags or ICMP types.
-        struct agg_key rev_key = p.key;
-        __builtin_memcpy(rev_key.saddr, p.key.daddr, 16);
-        __builtin_memcpy(rev_key.daddr, p.key.saddr, 16);
-        rev_key.sport = p.key.dport;
-        rev_key.dport = p.key.sport;
-        rev_key.point = point ^ 1;
-        if (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6) {
-            // Echo replies answer echo requests (ICMP keys carry the type as sport).
-            u8 t = p.icmp_type;
-            if (p.key.proto == IPPROTO_ICMP && t == 0)
-                t = 8;
-            else if (p.key.proto == IPPROTO_ICMPV6 && t == 129)
-                t = 128;
-            rev_key.sport = t;
-            rev_key.dport = 0;
-        }
+        struct agg_key rev_key = {};
+        reverse_key(&p, point, &rev_key);
         // A SYN answers nothing: the reverse entry of its tuple, if any, is a closed
         // connection's (taken for this one's, the new connection would pass unchecked
         // as its reply). Its SYN-ACK then reopens that entry (above).

@@ -693,6 +693,47 @@ def test_an_idle_udp_flow_is_new_again_after_its_lifetime(lab, agent):
         (d.ip4, 53, fpb.REDIRECTED)] * 2, fs
 
 
+# A UDP flow the answering side keeps busy longer than CT_TIMEOUT_ANY (the server pod's
+# port and the remote pod's; the probe's port after it).
+PUSH_SPORT, PUSH_PORT, PUSH_PROBE_SPORT = 61055, 9999, 61056
+
+
+def test_a_udp_flow_the_other_side_keeps_busy_does_not_expire(lab, agent):
+    """As Cilium's one CT entry for both directions: a direction quiet for longer than
+    --bpf-ct-timeout-regular-any while its opposite one goes on is the same flow, not
+    a new one that answers the other side (its packets reported as replies and past
+    its endpoint's policy)."""
+    srv, rem = lab.pods["server"], lab.pods["remote"]
+    count, interval = 18, CT_TIMEOUT_ANY / 12  # 1.5 x the lifetime of pushes
+    push = lab.popen(rem.netns, sys.executable, str(HELPERS / "udp_push.py"), "push",
+                     str(PUSH_PORT), str(count), str(interval), stdout=subprocess.PIPE, text=True)
+    try:
+        assert push.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        t0 = Timestamp()
+        t0.GetCurrentTime()
+        out = lab.exec(srv.netns, sys.executable, str(HELPERS / "udp_push.py"), "pull",
+                       rem.ip4, str(PUSH_PORT), str(PUSH_SPORT), str(count), timeout=60)
+        assert out.stdout.strip() == "ok"
+    finally:
+        push.kill()
+        push.wait()
+    # A packet after the flow's last one, from a port of its own: once its trace is
+    # read, so is any trace of the flow's "again" sent before it.
+    lab.exec(srv.netns, sys.executable, "-c",
+             "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             f"s.bind(('0.0.0.0', {PUSH_PROBE_SPORT})); s.sendto(b'probe', "
+             f"('{rem.ip4}', {PUSH_PORT}))")
+
+    def traces(sport: int) -> list:
+        req = opb.GetFlowsRequest(since=t0, whitelist=[fpb.FlowFilter(
+            event_type=[fpb.EventTypeFilter(type=4)], source_pod=[f"demo/{srv.name}"],
+            source_port=[str(sport)])])
+        return [r.flow for r in agent.observer.GetFlows(req, timeout=10) if r.HasField("flow")]
+    wait_for(lambda: traces(PUSH_PROBE_SPORT), 10, 0.2, "the probe's trace")
+    fs = traces(PUSH_SPORT)
+    assert fs and not any(f.is_reply.value for f in fs), fs
+
+
 def test_policy_removed_traffic_goes_direct(lab, workdir, agent):
     (workdir / "policies" / "egress.yaml").unlink()  # test_no_proxy_fails_closed writes it again
     wait_for(lambda: not agent.admin.ListPolicies(apb.ListPoliciesRequest(), timeout=5).policies,
