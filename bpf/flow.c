@@ -747,6 +747,12 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     // A TCP connection's first packet (SYN, no ACK): never a reply (a reverse entry
     // with its tuple is an old connection's, see below).
     u8 syn = p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
+    // Of ICMP only echo replies answer (errors: icmp_related). The reverse key of any
+    // other type is the same type the other way: an echo request of the peer's would
+    // make this endpoint's own echo request its "reply", past its egress policy.
+    u8 icmp = p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6;
+    u8 answers_nothing =
+        syn || (icmp && !(p.key.proto == IPPROTO_ICMP ? p.icmp_type == 0 : p.icmp_type == 129));
     struct agg_val *v = agg_map.lookup(&p.key);
     // A SYN or SYN-ACK on a direction that has sent anything else (ACK, data, FIN, RST)
     // opens a new connection on an old one's tuple (the kernel gives a closed
@@ -768,7 +774,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         if ((s64)(coarse - v->last_seen) > (s64)CT_TIMEOUT_ANY_NS) {
             struct agg_key ok = {};
             reverse_key(&p, point, &ok);
-            struct agg_val *ov = agg_map.lookup(&ok);
+            struct agg_val *ov = answers_nothing ? 0 : agg_map.lookup(&ok);
             if (!ov || (s64)(coarse - ov->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
                 v = 0;
         }
@@ -841,8 +847,9 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
         reverse_key(&p, point, &rev_key);
         // A SYN answers nothing: the reverse entry of its tuple, if any, is a closed
         // connection's (taken for this one's, the new connection would pass unchecked
-        // as its reply). Its SYN-ACK then reopens that entry (above).
-        struct agg_val *rv = syn ? 0 : agg_map.lookup(&rev_key);
+        // as its reply). Its SYN-ACK then reopens that entry (above). Nor does an ICMP
+        // echo request (above).
+        struct agg_val *rv = answers_nothing ? 0 : agg_map.lookup(&rev_key);
         if (rv && p.key.proto != IPPROTO_TCP && (s64)(now - rv->last_seen) > (s64)CT_TIMEOUT_ANY_NS)
             rv = 0;  // expired: no reply to it
         u8 ct_reply = rv ? 1 : 0;

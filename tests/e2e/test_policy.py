@@ -382,6 +382,29 @@ ingress:
     assert reach(lab, workdir, lab.nodes["n1"].netns, ("tcp", p["client"].ip4, 9000)) == ["ok"]
 
 
+def test_an_echo_request_is_no_reply_to_the_peers_echo_request(lab, workdir, agent):
+    """client: egress only to server:8080/TCP. Once "other" pinged the client (its
+    requests in, the client's replies out: allowed), the client's own echo request to
+    "other" is still checked and dropped, not taken for an answer to other's."""
+    p = lab.pods
+    apply(agent, cnp("client-egress-tcp", """
+endpointSelector: {matchLabels: {app: client}}
+egress:
+- toEndpoints: [{matchLabels: {app: server}}]
+  toPorts:
+  - ports: [{port: "8080", protocol: TCP}]
+"""))
+    assert endpoint(agent, "client").policy_enforcement_egress
+    lab.exec(p["other"].netns, "ping", "-c", "1", "-W", "2", p["client"].ip4)  # replies pass
+    t0 = now_ts()
+    res = lab.exec(p["client"].netns, "ping", "-c", "1", "-W", "1", p["other"].ip4, check=False)
+    assert res.returncode != 0, res.stdout
+    d = wait_flows(agent, t0, "the echo request's drop",
+                   lambda f: f.destination.pod_name == "other" and f.l4.HasField("ICMPv4"),
+                   **DENIED)[0]
+    assert d.traffic_direction == fpb.EGRESS and d.l4.ICMPv4.type == 8
+
+
 def test_deny_wins_over_allow(lab, workdir, agent):
     p = lab.pods
     apply(agent, cnp("server-allow-all", """
