@@ -166,8 +166,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         p.error("--perf-pages must be a power of two")
     if a.drop_report_interval <= 0:
         p.error("--drop-report-interval must be positive")
-    if a.bpf_ct_timeout_regular_any <= 0:
-        p.error("--bpf-ct-timeout-regular-any must be positive")
+    # Compiled into the datapath as signed nanoseconds (as a Go duration): 1 ns to
+    # ~292 years; beyond, the compare in flow.c would see it negative (every UDP packet
+    # a new flow) or the compile would fail; inf/nan would crash the loader.
+    if not 1e-9 <= a.bpf_ct_timeout_regular_any < 2**63 / 1e9:
+        p.error("--bpf-ct-timeout-regular-any must be between 1ns and 292 years")
     if a.k8s and a.endpoints:
         p.error("--k8s and --endpoints are two sources of endpoints: give one")
     if a.k8s and a.identity_file:
