@@ -747,6 +747,13 @@ def main() -> None:
                    default=[1000, 2000, 4000, 6000, 8000, 10000, 14000],
                    help="request rates of (a2), req/s")
     args = p.parse_args()
+    if args.spin and "chart" in args.weights:
+        # A SCHED_IDLE loop still belongs to a cgroup, whose share it takes whole: inside
+        # the workload's group the agent's group gets only its own share (the agent
+        # starved: GetNodes timed out); outside both, off ran slower than L7 paused.
+        p.error("--spin cannot run with --weights chart: the loops would take the "
+                "groups' shares and the ratio would not measure the agent; use "
+                "--weights equal (or none) with --spin")
     import agent_bench as ab
 
     print(f"machine: {ab.machine()}; load average {open('/proc/loadavg').read().split()[0]}")

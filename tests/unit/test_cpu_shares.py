@@ -47,3 +47,19 @@ def test_l7_bench_refuses_weights_it_does_not_know():
         assert got.returncode == 2, (bad, got.stdout, got.stderr)
         assert "argument --weights" in got.stderr and repr(bad) in got.stderr, got.stderr
     assert run("chart,equal").returncode == 0
+
+
+def test_l7_bench_refuses_spin_with_the_chart_weights():
+    """--spin's SCHED_IDLE loops take a cgroup's whole share: with the chart's weights
+    the agent starved (its GetNodes timed out), so the bench refuses the pair."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "l7_bench.py"
+    got = subprocess.run([sys.executable, str(bench), "--spin", "--skip",
+                          "http,paced,kernel,decode"], capture_output=True, text=True,
+                         timeout=60)
+    assert got.returncode == 2 and "--spin cannot run with --weights chart" in got.stderr, \
+        got.stderr
+    ok = subprocess.run([sys.executable, str(bench), "--spin", "--weights", "equal", "--skip",
+                         "http,paced,kernel,decode"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr

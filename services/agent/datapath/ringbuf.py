@@ -39,9 +39,10 @@ def drain_py(consumer: Any, producer: Any, out: list[bytes]) -> int:
     """_ringbuf.drain in Python: appends each committed record's bytes to out, stops at
     the first record still being written, stores consumer_pos; returns how many.
 
-    (On x86-64 and arm64 Python's plain loads and stores through the mapping are
-    ordered enough: the producer's position and each header are read before the
-    record, and consumer_pos is written after.)"""
+    (Plain loads and stores through the mapping: x86-64 keeps them in order (the
+    producer's position and each header read before the record, consumer_pos written
+    after), weaker machines such as arm64 do not promise it, so there the C reader,
+    with its acquire/release, is the one to build.)"""
     page = mmap.PAGESIZE
     size = (len(producer) - page) // 2
     if size <= 0 or size & (size - 1) or len(producer) != page + 2 * size:
