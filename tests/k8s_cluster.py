@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from ports import free_port
 
 KUBE_VERSION = "1.20.2"
 DEFAULT_BIN = f"/var/cache/webb/kube-{KUBE_VERSION}/bin"
@@ -75,12 +76,6 @@ def binaries() -> dict[str, str]:
             f"(scripts/setup.sh does) to build Kubernetes {KUBE_VERSION} from Debian's source "
             "package and install etcd-server")
     return found
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,16 +22,12 @@ from webb.api.flow import flow_pb2
 from webb.api.observer import observer_pb2, observer_pb2_grpc
 from webb.netlab import NetLab, Pod
 
+from ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TRAFFIC = str(Path(__file__).resolve().parent / "helpers" / "traffic.py")
 NO_BDP = [("grpc.http2.bdp_probe", 0)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1,
