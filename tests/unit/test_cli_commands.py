@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ports import free_port
 from webb.api.admin import admin_pb2 as apb
 from webb.api.admin import admin_pb2_grpc
 from webb.api.flow import flow_pb2 as fpb
@@ -136,9 +137,8 @@ def webb(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # outside the ephemeral range: no connect() can self-connect to it or hold it
+    return free_port()
 
 
 # -- observe -------------------------------------------------------------------------------
