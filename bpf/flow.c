@@ -116,7 +116,8 @@ struct agg_val {
     u8 l7_seen;      // a payload of the direction went to user space already
     u8 proxy;        // PROXY_REDIRECT / PROXY_UPSTREAM
     u8 pad[5];
-    u64 last_seen;   // not TCP: the direction's last packet (coarse clock), for its expiry
+    u64 last_seen;   // not TCP: the direction's last packet; TCP: its last SYN (coarse
+                     // clock), for their expiry
 };
 
 // Denied packets are aggregated by peer and destination port, not source port, so
@@ -155,6 +156,11 @@ BPF_PERCPU_ARRAY(scratch, struct flow_event, 1);
 // one, as Cilium's CT entry expires (--bpf-ct-timeout-regular-any, default 1 min).
 #ifndef CT_TIMEOUT_ANY_NS
 #define CT_TIMEOUT_ANY_NS 60000000000ULL
+#endif
+// A TCP direction that has sent only SYNs (SYN-ACKs) this long is a new attempt at its
+// next one (Cilium: --bpf-ct-timeout-regular-tcp-syn, default 1 min).
+#ifndef CT_TIMEOUT_SYN_NS
+#define CT_TIMEOUT_SYN_NS 60000000000ULL
 #endif
 #ifndef DROP_REPORT_NS
 #define DROP_REPORT_NS 1000000000ULL
@@ -762,9 +768,20 @@ static __always_inline int handle(struct __sk_buff *skb, u8 point) {
     if (v && p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x02) &&
         (v->flags_seen & ~(1ULL << (p.tcp_flags & 0x3f))))
         v = 0;
-    // Not TCP (no SYN to tell): a direction idle past its lifetime is new again. The
-    // coarse clock, read once: the report check below uses it too.
+    // The coarse clock, read once: the report check below uses it too.
     u64 coarse = 0;
+    // A repeated SYN (SYN-ACK) is a retransmission only within the establishment
+    // timeout (Cilium's --bpf-ct-timeout-regular-tcp-syn): an attempt that got no
+    // further (refused: the RST is the other direction's; timed out) leaves its entry,
+    // and the same tuple given again later is a new attempt with its own verdict.
+    if (v && p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x02)) {
+        coarse = bpf_ktime_get_coarse_ns();
+        if ((s64)(coarse - v->last_seen) > (s64)CT_TIMEOUT_SYN_NS)
+            v = 0;
+        else
+            v->last_seen = coarse;
+    }
+    // Not TCP (no SYN to tell): a direction idle past its lifetime is new again.
     // The flow lives while either direction is active (Cilium: one CT entry for both):
     // a direction quiet while its opposite one goes on is not new (else a client's
     // next packet on a flow the server kept busy would become a "reply" to the

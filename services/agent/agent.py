@@ -69,6 +69,7 @@ class AgentConfig:
     kernel_drops: bool = True
     drop_report_interval: float = 1.0
     ct_timeout_any: float = 60.0  # s: a non-TCP flow idle this long is new again
+    ct_timeout_syn: float = 60.0  # s: a TCP attempt (SYNs only) this old is new at its next SYN
     persist: PersistConfig = field(default_factory=PersistConfig)  # flow history and export
     l7_visibility: str = DEFAULT_RULES  # applies to every endpoint; annotations add more
     l7_prefix: int = 1024
@@ -139,7 +140,8 @@ class Agent:
         self.datapath = Datapath(cfg.netns or None, cfg.report_interval,
                                  drop_report_interval_s=cfg.drop_report_interval,
                                  l7_prefix=cfg.l7_prefix, l7_pages=cfg.l7_perf_pages,
-                                 ct_timeout_any_s=cfg.ct_timeout_any)
+                                 ct_timeout_any_s=cfg.ct_timeout_any,
+                                 ct_timeout_syn_s=cfg.ct_timeout_syn)
         node_ips = set(cfg.node_ips) or set(await self.datapath.addresses())
         self.policy = PolicyEngine(self.registry, node_ips, allow_localhost=cfg.allow_localhost,
                                    fqdn_min_ttl=cfg.tofqdns_min_ttl,

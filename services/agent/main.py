@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                    metavar="DURATION",
                    help="a UDP (non-TCP) flow idle this long is a new one (its own policy "
                         "check and verdict): seconds or a Go duration (default 1m, as Cilium)")
+    p.add_argument("--bpf-ct-timeout-regular-tcp-syn", type=duration_arg, default=60.0,
+                   metavar="DURATION",
+                   help="a TCP connection attempt that got no further than SYNs this long "
+                        "ago is a new one at its next SYN (its own policy check and verdict): "
+                        "seconds or a Go duration (default 1m, as Cilium)")
     p.add_argument("--no-kernel-drops", action="store_true",
                    help="do not report packets the kernel drops (skb:kfree_skb)")
     g = p.add_argument_group("L7 visibility (HTTP/1.x and DNS, read from packets, no proxy)")
@@ -169,8 +174,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     # Compiled into the datapath as signed nanoseconds (as a Go duration): 1 ns to
     # ~292 years; beyond, the compare in flow.c would see it negative (every UDP packet
     # a new flow) or the compile would fail; inf/nan would crash the loader.
-    if not 1e-9 <= a.bpf_ct_timeout_regular_any < 2**63 / 1e9:
-        p.error("--bpf-ct-timeout-regular-any must be between 1ns and 292 years")
+    for flag in ("any", "tcp_syn"):
+        if not 1e-9 <= getattr(a, f"bpf_ct_timeout_regular_{flag}") < 2**63 / 1e9:
+            p.error(f"--bpf-ct-timeout-regular-{flag.replace('_', '-')} must be between 1ns "
+                    "and 292 years")
     if a.k8s and a.endpoints:
         p.error("--k8s and --endpoints are two sources of endpoints: give one")
     if a.k8s and a.identity_file:
@@ -209,7 +216,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         policy_store=a.policy_store,
         allow_localhost=a.allow_localhost == "always", kernel_drops=not a.no_kernel_drops,
         drop_report_interval=a.drop_report_interval,
-        ct_timeout_any=a.bpf_ct_timeout_regular_any, l7_visibility=a.l7_visibility,
+        ct_timeout_any=a.bpf_ct_timeout_regular_any,
+        ct_timeout_syn=a.bpf_ct_timeout_regular_tcp_syn, l7_visibility=a.l7_visibility,
         l7_prefix=a.l7_prefix, l7_perf_pages=a.l7_perf_pages, redact=redact,
         l7_proxy=a.l7_proxy == "true", l7_proxy_port=a.l7_proxy_port,
         l7_proxy_idle_timeout=a.l7_proxy_idle_timeout,

@@ -28,6 +28,10 @@ EXCEPT_IP, MEMBER_IP, REMOTE_NODE_IP = "10.99.0.200", "10.99.0.201", "10.99.0.20
 POLICY_DENIED = 133
 L3_ONLY, L3_L4, L4_ONLY, MATCH_ALL = 1, 2, 3, 4
 DENIED = {"verdict": [fpb.DROPPED], "drop_reason_desc": [fpb.POLICY_DENIED]}
+# How long a TCP attempt of SYNs only stays one attempt in this module's agent
+# (--bpf-ct-timeout-regular-tcp-syn, 1 min by default): short, to see one expire; between
+# the SYN retransmissions of the probes' 1 s connects (one, after 1 s) and the next (+2 s).
+CT_TIMEOUT_SYN = 2.5
 
 # A server for every listed TCP/UDP port, dual-stack, answering "ok"; it lives `life` s.
 SERVE = r'''
@@ -172,7 +176,8 @@ def agent(lab, workdir):
         "namespaces": [{"name": "demo", "labels": {"team": "red"}},
                        {"name": "extra", "labels": {"team": "blue"}}]}))
     a = AgentProc(workdir, "n1", lab.nodes["n1"].netns, eps,
-                  extra=["--policy-dir", str(workdir / "policies")])
+                  extra=["--policy-dir", str(workdir / "policies"),
+                         "--bpf-ct-timeout-regular-tcp-syn", f"{CT_TIMEOUT_SYN}s"])
     try:
         a.start()
         a.wait_attached(["client", "server", "other"])
@@ -403,6 +408,59 @@ egress:
                    lambda f: f.destination.pod_name == "other" and f.l4.HasField("ICMPv4"),
                    **DENIED)[0]
     assert d.traffic_direction == fpb.EGRESS and d.l4.ICMPv4.type == 8
+
+
+# Connects from a fixed source port; prints "refused", "ok" or the error.
+CONNECT_FROM = r'''
+import socket, sys
+src, sport, host, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.settimeout(2)
+s.bind((src, sport))
+try:
+    s.connect((host, port))
+    print("ok")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print(type(e).__name__)
+'''
+
+
+def test_a_refused_attempts_tuple_later_is_a_new_attempt_with_its_verdict(lab, workdir, agent):
+    """As Cilium's CT entry of a connection that never got past its SYN expires
+    (--bpf-ct-timeout-regular-tcp-syn): a SYN from the tuple of a refused attempt made
+    longer ago than that is a new connection, policy-checked with its own verdict, not a
+    retransmission of the old SYN (which the datapath would pass on the old check)."""
+    p = lab.pods
+    apply(agent, cnp("client-egress-server", """
+endpointSelector: {matchLabels: {app: client}}
+egress:
+- toEndpoints: [{matchLabels: {app: server}}]
+"""))
+    assert endpoint(agent, "client").policy_enforcement_egress
+    sport, closed = 61090, 8099  # above the pods' ephemeral ports; nothing listens on 8099
+    t0 = now_ts()
+
+    def attempt() -> str:
+        return lab.exec(p["client"].netns, sys.executable, "-c", CONNECT_FROM, p["client"].ip4,
+                        str(sport), p["server"].ip4, str(closed), timeout=30).stdout.strip()
+    assert attempt() == "refused"
+    time.sleep(CT_TIMEOUT_SYN + 0.5)  # the attempt's age is what is tested, not a readiness wait
+    assert attempt() == "refused"
+    got: list = []
+
+    def verdicts():
+        got[:] = [f for f in flows(agent, t0, event_type=[fpb.EventTypeFilter(type=5)],
+                                   source_port=[str(sport)])]
+        return got if len(got) >= 2 else None
+    try:
+        wait_for(verdicts, 10, 0.2, "a policy verdict for each of the 2 attempts")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; verdicts seen {got}") from None
+    assert [(f.destination.pod_name, f.l4.TCP.destination_port, f.verdict, f.traffic_direction)
+            for f in got] == [("server", closed, fpb.FORWARDED, fpb.EGRESS)] * 2, got
 
 
 def test_deny_wins_over_allow(lab, workdir, agent):

@@ -99,7 +99,7 @@ class Datapath:
                  agg_entries: int = 131072, drop_report_interval_s: float = 1.0,
                  policy_entries: int = 65536, ipcache_entries: int = 65536,
                  l7_prefix: int = 1024, l7_pages: int = 1024,
-                 ct_timeout_any_s: float = 60.0) -> None:
+                 ct_timeout_any_s: float = 60.0, ct_timeout_syn_s: float = 60.0) -> None:
         """l7_pages: the L7 ring buffer's pages per possible CPU (see l7_ring_pages)."""
         from bcc import BPF  # imported here so that tools without bcc can import the agent
 
@@ -116,6 +116,7 @@ class Datapath:
             f"-DREPORT_NS={int(report_interval_s * 1e9)}ULL",
             f"-DDROP_REPORT_NS={int(drop_report_interval_s * 1e9)}ULL",
             f"-DCT_TIMEOUT_ANY_NS={int(ct_timeout_any_s * 1e9)}ULL",
+            f"-DCT_TIMEOUT_SYN_NS={int(ct_timeout_syn_s * 1e9)}ULL",
             f"-DL7_PREFIX={int(l7_prefix)}", f"-DL7_CAP_SIZE={_pow2(int(l7_prefix))}",
             f"-DL7_RING_PAGES={self.l7_ring_pages}",
             "-DL7_SEL_SIZE=16384", "-w"])
