@@ -24,6 +24,7 @@ from .pipeline.l7.encode import L7Encoder
 from .pipeline.l7.fqdn import FQDNCache
 from .pipeline.l7.redact import RedactSettings
 from .pipeline.l7.http import scanner as http_scanner
+from .pipeline.l7.tracker import loop as tracker_loop
 from .pipeline.l7.tracker import L7Tracker
 from .l7proxy.dnsproxy import DNSFlow
 from .l7proxy.flows import dns_message, l7_message
@@ -157,6 +158,7 @@ class Agent:
         self.ingest.l7 = L7Tracker(self.fqdn)
         # which HTTP head scanner runs: C (scripts/build_ext.py) or its Python twin
         log.info("L7 HTTP head scanner: %s", http_scanner())
+        log.info("L7 tracker loop: %s", tracker_loop())
         self.wire_cache.l7 = L7Encoder(cfg.node_name, VERSION, cfg.redact, self.fqdn)
         self.wire_cache.encoder.fqdn = self.fqdn
         self.wire_cache.l7.policies = self.policy.policies_field

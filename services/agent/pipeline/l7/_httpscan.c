@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_MESSAGES 32
@@ -254,16 +255,88 @@ static PyObject *build_url(PyObject *target, const unsigned char *t, Py_ssize_t 
     return url;
 }
 
-static PyObject *parse_fast(PyObject *self, PyObject *args) {
-    PyObject *bytes, *default_host;
-    if (!PyArg_ParseTuple(args, "SO", &bytes, &default_host)) return NULL;
-    if (Request == NULL) {
+/* A dataclass(slots=True) instance built by setting its slots through their member
+ * descriptors (what its generated __init__ does, without running Python code): the
+ * classes here have no __post_init__ and only plain defaults (checked by layout()). */
+#define MAX_FIELDS 16
+typedef struct {
+    PyTypeObject *tp;
+    int n;
+    PyObject *descr[MAX_FIELDS];
+    PyObject *dflt[MAX_FIELDS]; /* NULL: no default */
+} Layout;
+
+static Layout L_req, L_resp, L_msg;
+
+/* layout(cls, ((name, default-or-missing), ...), missing) into *l */
+static int layout(Layout *l, PyObject *cls, PyObject *fields, PyObject *missing) {
+    if (!PyType_Check(cls) || !PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) > MAX_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "layout: a class and at most 16 (name, default)");
+        return -1;
+    }
+    Layout nl = {(PyTypeObject *)cls, (int)PyTuple_GET_SIZE(fields), {0}, {0}};
+    for (int i = 0; i < nl.n; i++) {
+        PyObject *f = PyTuple_GET_ITEM(fields, i), *name, *dflt;
+        if (!PyArg_ParseTuple(f, "UO", &name, &dflt)) goto fail;
+        PyObject *d = PyObject_GetAttr(cls, name);
+        if (d == NULL) goto fail;
+        if (!PyObject_TypeCheck(d, &PyMemberDescr_Type) || Py_TYPE(d)->tp_descr_set == NULL) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "layout: %R is not a slot", name);
+            goto fail;
+        }
+        nl.descr[i] = d;
+        nl.dflt[i] = dflt == missing ? NULL : (Py_INCREF(dflt), dflt);
+    }
+    Py_INCREF(cls);
+    for (int i = 0; i < l->n; i++) {
+        Py_XDECREF(l->descr[i]);
+        Py_XDECREF(l->dflt[i]);
+    }
+    Py_XDECREF(l->tp);
+    *l = nl;
+    return 0;
+fail:
+    for (int i = 0; i < nl.n; i++) {
+        Py_XDECREF(nl.descr[i]);
+        Py_XDECREF(nl.dflt[i]);
+    }
+    return -1;
+}
+
+/* l->tp(*vals) with vals[i] NULL for a field's default; borrowed values */
+static PyObject *build(Layout *l, PyObject *const *vals) {
+    if (l->tp == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_httpscan.configure() was not called");
         return NULL;
     }
-    const char *data = PyBytes_AS_STRING(bytes);
+    PyObject *o = l->tp->tp_alloc(l->tp, 0);
+    if (o == NULL) return NULL;
+    for (int i = 0; i < l->n; i++) {
+        PyObject *v = vals[i] != NULL ? vals[i] : l->dflt[i];
+        if (v == NULL) {
+            PyErr_SetString(PyExc_TypeError, "missing a field without default");
+            goto fail;
+        }
+        if (Py_TYPE(l->descr[i])->tp_descr_set(l->descr[i], o, v) < 0) goto fail;
+    }
+    return o;
+fail:
+    Py_DECREF(o);
+    return NULL;
+}
+
+/* What the tracker needs of each message without reading it back. */
+typedef struct {
+    int request, complete, code;
+    long long length;
+} Meta;
+
+/* _parse_fast's messages: a new list (meta filled for each), Py_None (a new reference)
+ * where _parse_fast answers None, NULL on error. */
+static PyObject *fast_messages(const char *data, Py_ssize_t n, PyObject *default_host,
+                               Meta *meta) {
     const unsigned char *d = (const unsigned char *)data;
-    Py_ssize_t n = PyBytes_GET_SIZE(bytes);
     if (n == 0) Py_RETURN_NONE;
     PyObject *messages = PyList_New(0);
     if (messages == NULL) return NULL;
@@ -293,43 +366,48 @@ static PyObject *parse_fast(PyObject *self, PyObject *args) {
         }
         long long length = body >= 0 ? end - p + body : n - p;
         PyObject *htuple = PyList_AsTuple(headers);
-        PyObject *msg = NULL;
-        if (htuple != NULL && request) {
+        PyObject *msg = NULL, *len_obj = htuple ? PyLong_FromLongLong(length) : NULL;
+        if (len_obj != NULL && request) {
             PyObject *method = PyUnicode_DecodeASCII(data + p, m_end - p, NULL);
             PyObject *target = PyUnicode_DecodeASCII(data + m_end + 1, t_end - m_end - 1, NULL);
             PyObject *host = target ? canonical_value(headers, s_host) : NULL;
             PyObject *url = host ? build_url(target, d + m_end + 1, t_end - m_end - 1, host,
                                              default_host) : NULL;
-            if (method && url)
-                msg = PyObject_CallFunction(Request, "OOOOOOL", method, target, version,
-                                            htuple, url, Py_True, length);
+            if (method && url) {
+                PyObject *vals[] = {method, target, version, htuple, url, Py_True, len_obj};
+                msg = build(&L_req, vals);
+            }
             Py_XDECREF(method);
             Py_XDECREF(target);
             Py_XDECREF(host);
             Py_XDECREF(url);
-        } else if (htuple != NULL) {
+        } else if (len_obj != NULL) {
             PyObject *reason = r_start >= 0
                                    ? PyUnicode_DecodeLatin1(data + r_start, r_end - r_start, NULL)
                                    : (Py_INCREF(s_empty), s_empty);
-            if (reason)
-                msg = PyObject_CallFunction(Response, "OiOOOL", version, code, reason, htuple,
-                                            Py_True, length);
+            PyObject *code_obj = reason ? PyLong_FromLong(code) : NULL;
+            if (code_obj) {
+                PyObject *vals[] = {version, code_obj, reason, htuple, Py_True, len_obj};
+                msg = build(&L_resp, vals);
+            }
             Py_XDECREF(reason);
+            Py_XDECREF(code_obj);
         }
+        Py_XDECREF(len_obj);
         Py_XDECREF(htuple);
         Py_DECREF(headers);
         if (msg == NULL) goto fail;
+        Meta *mt = &meta[PyList_GET_SIZE(messages)];
+        mt->request = request;
+        mt->complete = 1;
+        mt->code = code;
+        mt->length = length;
         int rc = PyList_Append(messages, msg);
         Py_DECREF(msg);
         if (rc < 0) goto fail;
         pos += length;
     }
-    PyObject *tuple = PyList_AsTuple(messages);
-    Py_DECREF(messages);
-    if (tuple == NULL) return NULL;
-    PyObject *res = PyObject_CallFunctionObjArgs(Result, tuple, Py_None, NULL);
-    Py_DECREF(tuple);
-    return res;
+    return messages;
 none:
     Py_DECREF(messages);
     Py_RETURN_NONE;
@@ -338,10 +416,635 @@ fail:
     return NULL;
 }
 
+static PyObject *parse_fast(PyObject *self, PyObject *args) {
+    PyObject *bytes, *default_host;
+    if (!PyArg_ParseTuple(args, "SO", &bytes, &default_host)) return NULL;
+    if (Result == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_httpscan.configure() was not called");
+        return NULL;
+    }
+    Meta meta[MAX_MESSAGES];
+    PyObject *messages = fast_messages(PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes),
+                                       default_host, meta);
+    if (messages == NULL || messages == Py_None) return messages;
+    PyObject *tuple = PyList_AsTuple(messages);
+    Py_DECREF(messages);
+    if (tuple == NULL) return NULL;
+    PyObject *res = PyObject_CallFunctionObjArgs(Result, tuple, Py_None, NULL);
+    Py_DECREF(tuple);
+    return res;
+}
+
+/* ---- tracker.py's L7Tracker._item for HTTP records, over a batch ------------------
+ *
+ * The state is the tracker's own Python containers (the next-message marks, the
+ * HTTPPairer's queues, the counters), changed here exactly as tracker.py's _http,
+ * _early_answer, _advance and pairing.py's HTTPPairer.request/response change them, so
+ * either path can run any batch on the same tracker (tests/unit/test_l7_track.py runs
+ * both on the same record streams and compares messages, counters and state). Records
+ * of other kinds (DNS) and anything not shaped like decode_l7's output go to the
+ * tracker's Python _item. */
+
+static PyObject *ParseHttp, *DefaultHost, *Hosts, *Deque, *Truncated;
+static PyObject *s_move_to_end, *s_append, *s_popleft, *s_default_host, *s_length,
+    *s_headers_complete, *s_code_attr, *s_reason, *s_truncated, *s_empty_reason, *s_conns, *s_seen,
+    *s_max_pending, *s_max_conns, *s_evicted, *s_unmatched;
+
+enum { C_SKIPPED, C_TRUNCATED, C_REQUESTS, C_RESPONSES, C_UNMATCHED, C_TRUNC_PAIRS,
+       C_DIRECTION, C_MARKS_EVICTED, C_ERROR, C_N };
+static const char *const COUNTER_NAMES[C_N] = {
+    "http_skipped_segments", "http_truncated", "http_requests", "http_responses",
+    "http_unmatched_responses", "http_truncated_pairs", "http_unparsable_direction",
+    "tcp_stream_marks_evicted", "error"};
+
+typedef struct {
+    PyObject *marks, *conns, *seen, *deferred, *counters, *out, *offset;
+    Py_ssize_t max_streams, max_pending, max_conns;
+    long long cnt[C_N], evicted, unmatched;
+} Track;
+
+/* counters[name] += by */
+static int count_add(PyObject *counters, PyObject *name, long long by) {
+    PyObject *old = PyDict_GetItemWithError(counters, name); /* Counter: no __missing__ here */
+    if (old == NULL && PyErr_Occurred()) return -1;
+    PyObject *inc = PyLong_FromLongLong(by);
+    if (inc == NULL) return -1;
+    PyObject *v = old != NULL ? PyNumber_Add(old, inc) : (Py_INCREF(inc), inc);
+    Py_DECREF(inc);
+    if (v == NULL) return -1;
+    int rc = PyObject_SetItem(counters, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* counters[f"http_unparsable_{reason}"] += 1 */
+static int count_unparsable(Track *t, PyObject *reason) {
+    PyObject *name = PyUnicode_FromFormat("http_unparsable_%S", reason);
+    if (name == NULL) return -1;
+    int rc = count_add(t->counters, name, 1);
+    Py_DECREF(name);
+    return rc;
+}
+
+/* (seq - mark) & 0xFFFFFFFF >= 0x80000000 for mark = got[0]: 1, 0, -1 on error */
+static int before_mark(PyObject *got, PyObject *seq) {
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) < 1) {
+        PyErr_SetString(PyExc_TypeError, "a next-message mark that is not a tuple");
+        return -1;
+    }
+    unsigned long long s = PyLong_AsUnsignedLongLongMask(seq);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    unsigned long long m = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(got, 0));
+    if (m == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    return ((uint32_t)(s - m)) >= 0x80000000u;
+}
+
+/* the first key of an OrderedDict (new reference), NULL with `exc` set if empty */
+static PyObject *first_key(PyObject *od, PyObject *exc) {
+    PyObject *it = PyObject_GetIter(od);
+    if (it == NULL) return NULL;
+    PyObject *k = PyIter_Next(it);
+    Py_DECREF(it);
+    if (k == NULL && !PyErr_Occurred()) PyErr_SetNone(exc);
+    return k;
+}
+
+/* max(0, a - b) */
+static PyObject *latency(PyObject *a, PyObject *b) {
+    int oa = 0, ob = 0;
+    long long x = PyLong_Check(a) ? PyLong_AsLongLongAndOverflow(a, &oa) : (oa = 1, 0);
+    long long y = PyLong_Check(b) ? PyLong_AsLongLongAndOverflow(b, &ob) : (ob = 1, 0);
+    if (PyErr_Occurred()) return NULL;
+    if (!oa && !ob && x >= 0 && y >= 0) return PyLong_FromLongLong(x > y ? x - y : 0);
+    PyObject *d = PyNumber_Subtract(a, b);
+    if (d == NULL) return NULL;
+    PyObject *zero = PyLong_FromLong(0);
+    int neg = zero ? PyObject_RichCompareBool(d, zero, Py_LT) : -1;
+    if (neg != 0) {
+        Py_DECREF(d);
+        if (neg < 0) {
+            Py_XDECREF(zero);
+            return NULL;
+        }
+        return zero;
+    }
+    Py_DECREF(zero);
+    return d;
+}
+
+/* HTTPPairer.request(conn, req, ts) */
+static int pair_request(Track *t, PyObject *conn, PyObject *req, PyObject *ts) {
+    PyObject *q = PyDict_GetItemWithError(t->conns, conn);
+    if (q == NULL && PyErr_Occurred()) return -1;
+    if (q == NULL) {
+        if (PyDict_GET_SIZE(t->conns) >= t->max_conns) { /* _evict_conn of the oldest */
+            PyObject *old = first_key(t->conns, PyExc_StopIteration);
+            if (old == NULL) return -1;
+            PyObject *oq = PyDict_GetItemWithError(t->conns, old);
+            Py_ssize_t len = oq != NULL ? PyObject_Size(oq) : 0;
+            if (len < 0 || PyErr_Occurred() || PyObject_DelItem(t->conns, old) < 0 ||
+                (PyDict_DelItem(t->seen, old) < 0 &&
+                 (!PyErr_ExceptionMatches(PyExc_KeyError) || (PyErr_Clear(), 0)))) {
+                Py_DECREF(old);
+                return -1;
+            }
+            Py_DECREF(old);
+            t->evicted += len;
+        }
+        PyObject *nq = PyObject_CallNoArgs(Deque);
+        if (nq == NULL) return -1;
+        int rc = PyObject_SetItem(t->conns, conn, nq);
+        Py_DECREF(nq); /* the dict holds it */
+        if (rc < 0) return -1;
+        q = nq;
+    } else {
+        PyObject *r = PyObject_CallMethodOneArg(t->conns, s_move_to_end, conn);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    Py_INCREF(q); /* a callback below may drop the dict's reference */
+    Py_ssize_t len = PyObject_Size(q);
+    int rc = -1;
+    if (len < 0) goto out;
+    if (len >= t->max_pending) {
+        PyObject *r = PyObject_CallMethodNoArgs(q, s_popleft);
+        if (r == NULL) goto out;
+        Py_DECREF(r);
+        t->evicted++;
+    }
+    PyObject *item = PyTuple_Pack(2, ts, req);
+    if (item == NULL) goto out;
+    PyObject *r = PyObject_CallMethodOneArg(q, s_append, item);
+    Py_DECREF(item);
+    if (r == NULL) goto out;
+    Py_DECREF(r);
+    rc = PyDict_SetItem(t->seen, conn, ts);
+out:
+    Py_DECREF(q);
+    return rc;
+}
+
+/* HTTPPairer.response(conn, ts, informational=...): 1 with *req and *lat (new
+ * references), 0 when nothing is pending, -1 on error */
+static int pair_response(Track *t, PyObject *conn, PyObject *ts, int informational,
+                         PyObject **req, PyObject **lat) {
+    PyObject *q = PyDict_GetItemWithError(t->conns, conn);
+    if (q == NULL && PyErr_Occurred()) return -1;
+    int truth = q != NULL ? PyObject_IsTrue(q) : 0;
+    if (truth < 0) return -1;
+    if (!truth) {
+        t->unmatched++;
+        return 0;
+    }
+    Py_INCREF(q);
+    PyObject *head = informational ? PySequence_GetItem(q, 0)
+                                   : PyObject_CallMethodNoArgs(q, s_popleft);
+    int rc = -1;
+    if (head == NULL) goto out;
+    if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2) {
+        PyErr_SetString(PyExc_ValueError, "a pending request that is not (ts, request)");
+        goto out;
+    }
+    truth = PyObject_IsTrue(q);
+    if (truth < 0) goto out;
+    if (!truth) { /* _drop */
+        if (PyObject_DelItem(t->conns, conn) < 0) goto out;
+        if (PyDict_DelItem(t->seen, conn) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto out;
+            PyErr_Clear();
+        }
+    } else if (PyDict_SetItem(t->seen, conn, ts) < 0) {
+        goto out;
+    }
+    *lat = latency(ts, PyTuple_GET_ITEM(head, 0));
+    if (*lat == NULL) goto out;
+    *req = PyTuple_GET_ITEM(head, 1);
+    Py_INCREF(*req);
+    rc = 1;
+out:
+    Py_XDECREF(head);
+    Py_DECREF(q);
+    return rc;
+}
+
+/* _advance(ev, consumed): present says whether k has a mark (already moved to the end) */
+static int advance(Track *t, PyObject *k, int present, PyObject *seq, PyObject *plen,
+                   PyObject *ts, long long consumed) {
+    if (!present && PyDict_GET_SIZE(t->marks) >= t->max_streams) { /* popitem(last=False) */
+        PyObject *old = first_key(t->marks, PyExc_KeyError);
+        if (old == NULL) return -1;
+        int rc = PyObject_DelItem(t->marks, old);
+        Py_DECREF(old);
+        if (rc < 0) return -1;
+        t->cnt[C_MARKS_EVICTED]++;
+    }
+    unsigned long long s = PyLong_AsUnsignedLongLongMask(seq);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    long long pl = PyLong_AsLongLong(plen);
+    if (pl == -1 && PyErr_Occurred()) return -1;
+    unsigned long long by = (unsigned long long)(consumed > pl ? consumed : pl);
+    PyObject *mark = PyLong_FromUnsignedLong((unsigned long)((s + by) & 0xFFFFFFFFull));
+    if (mark == NULL) return -1;
+    PyObject *v = PyTuple_Pack(2, mark, ts);
+    Py_DECREF(mark);
+    if (v == NULL) return -1;
+    int rc = PyObject_SetItem(t->marks, k, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* L7Message(ev, time_ns, response, latency, http=msg, request=req) appended to out */
+static int emit(Track *t, PyObject *ev, PyObject *time_ns, int response, PyObject *lat,
+                PyObject *msg, PyObject *req) {
+    PyObject *vals[MAX_FIELDS] = {ev, time_ns, response ? Py_True : Py_False, lat, msg, req};
+    PyObject *m = build(&L_msg, vals);
+    if (m == NULL) return -1;
+    int rc = PyList_Append(t->out, m);
+    Py_DECREF(m);
+    return rc;
+}
+
+/* The messages of a parse_http result (a tuple, new reference) with their meta, and its
+ * unparsable (new reference, Py_None if none). */
+static PyObject *result_messages(PyObject *res, Meta *meta, PyObject **unparsable) {
+    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2 ||
+        !PyTuple_Check(PyTuple_GET_ITEM(res, 0)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(res, 0)) > MAX_MESSAGES) {
+        PyErr_SetString(PyExc_TypeError, "parse_http answered something else");
+        return NULL;
+    }
+    PyObject *msgs = PyTuple_GET_ITEM(res, 0);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(msgs); i++) {
+        PyObject *m = PyTuple_GET_ITEM(msgs, i);
+        Meta *mt = &meta[i];
+        mt->request = PyObject_IsInstance(m, Request);
+        if (mt->request < 0) return NULL;
+        PyObject *a = PyObject_GetAttr(m, s_length);
+        if (a == NULL) return NULL;
+        mt->length = PyLong_AsLongLong(a);
+        Py_DECREF(a);
+        if (mt->length == -1 && PyErr_Occurred()) return NULL;
+        a = PyObject_GetAttr(m, s_headers_complete);
+        if (a == NULL) return NULL;
+        mt->complete = PyObject_IsTrue(a);
+        Py_DECREF(a);
+        if (mt->complete < 0) return NULL;
+        mt->code = 0;
+        if (!mt->request) {
+            a = PyObject_GetAttr(m, s_code_attr);
+            if (a == NULL) return NULL;
+            long c = PyLong_AsLong(a);
+            Py_DECREF(a);
+            if (c == -1 && PyErr_Occurred()) return NULL;
+            mt->code = c >= 100 && c < 200 ? 100 : 200; /* only 1xx or not matters */
+        }
+    }
+    *unparsable = PyTuple_GET_ITEM(res, 1);
+    Py_INCREF(*unparsable);
+    Py_INCREF(msgs);
+    return msgs;
+}
+
+/* Python's early-answer check: 1 to defer the item, 0 not, -1 on error */
+static int early_answer(Track *t, PyObject *payload, int tcp, PyObject *k, PyObject *rev,
+                        PyObject *seq) {
+    if (PyBytes_GET_SIZE(payload) < 5 || memcmp(PyBytes_AS_STRING(payload), "HTTP/", 5) != 0)
+        return 0;
+    if (tcp) {
+        PyObject *got = PyDict_GetItemWithError(t->marks, k);
+        if (got == NULL && PyErr_Occurred()) return -1;
+        if (got != NULL) {
+            int b = before_mark(got, seq);
+            if (b != 0) return b < 0 ? -1 : 0; /* retransmission or body: not retried */
+        }
+    }
+    PyObject *q = PyDict_GetItemWithError(t->conns, rev);
+    if (q == NULL) return PyErr_Occurred() ? -1 : 1;
+    int truth = PyObject_IsTrue(q);
+    return truth < 0 ? -1 : !truth;
+}
+
+/* tracker.py's _item for an HTTP record: 0, or -1 with an exception set */
+static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, long l7,
+                     int may_defer) {
+    PyObject *const *f = &PyTuple_GET_ITEM(ev, 0);
+    PyObject *ts = f[0], *saddr = f[1], *daddr = f[2], *sport = f[3], *dport = f[4],
+             *seq = f[6], *plen = f[7], *family = f[10];
+    long proto = PyLong_AsLong(f[11]);
+    if (proto == -1 && PyErr_Occurred()) return -1;
+    int tcp = proto == 6, answers = (l7 & 0x10) != 0, rc = -1;
+    PyObject *k = PyTuple_Pack(4, saddr, sport, daddr, dport);
+    PyObject *rev = k ? PyTuple_Pack(4, daddr, dport, saddr, sport) : NULL;
+    PyObject *time_ns = NULL, *host = NULL, *res = NULL, *msgs = NULL, *unparsable = NULL;
+    if (rev == NULL) goto out;
+    if (may_defer && answers) {
+        int e = early_answer(t, payload, tcp, k, rev, seq);
+        if (e < 0) goto out;
+        if (e) {
+            rc = PyList_Append(t->deferred, item);
+            goto out;
+        }
+    }
+    time_ns = PyNumber_Add(ts, t->offset);
+    if (time_ns == NULL) goto out;
+    int present = 0;
+    if (tcp) { /* the sequence check */
+        PyObject *got = PyDict_GetItemWithError(t->marks, k);
+        if (got == NULL && PyErr_Occurred()) goto out;
+        if (got != NULL) {
+            present = 1;
+            Py_INCREF(got);
+            PyObject *r = PyObject_CallMethodOneArg(t->marks, s_move_to_end, k);
+            int b = r != NULL ? before_mark(got, seq) : -1;
+            Py_XDECREF(r);
+            Py_DECREF(got);
+            if (b < 0) goto out;
+            if (b) {
+                t->cnt[C_SKIPPED]++;
+                rc = 0;
+                goto out;
+            }
+        }
+    }
+    PyObject *conn = answers ? rev : k;
+    if (!answers) { /* _default_host(family, daddr, dport) */
+        PyObject *hk = PyTuple_Pack(3, family, daddr, dport);
+        if (hk == NULL) goto out;
+        host = PyDict_GetItemWithError(Hosts, hk);
+        Py_DECREF(hk);
+        if (host != NULL)
+            Py_INCREF(host);
+        else if (PyErr_Occurred())
+            goto out;
+        else if ((host = PyObject_CallFunctionObjArgs(DefaultHost, family, daddr, dport,
+                                                      NULL)) == NULL)
+            goto out;
+    }
+    Meta meta[MAX_MESSAGES];
+    PyObject *h = host ? host : Py_None;
+    msgs = fast_messages(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), h, meta);
+    if (msgs == NULL) PyErr_Clear(); /* parse_http's rule: the general parser says "error" */
+    if (msgs == NULL || msgs == Py_None) {
+        Py_XDECREF(msgs);
+        PyObject *args = PyTuple_Pack(1, payload), *kw = Py_BuildValue("{sO}", "default_host", h);
+        res = args && kw ? PyObject_Call(ParseHttp, args, kw) : NULL;
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+        msgs = res ? result_messages(res, meta, &unparsable) : NULL;
+        if (msgs == NULL) goto out;
+    } else {
+        unparsable = Py_None;
+        Py_INCREF(unparsable);
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(msgs);
+    PyObject **items = PySequence_Fast_ITEMS(msgs);
+    if (n == 0) {
+        PyObject *reason = unparsable != Py_None ? PyObject_GetAttr(unparsable, s_reason)
+                                                 : (Py_INCREF(s_empty_reason), s_empty_reason);
+        if (reason == NULL) goto out;
+        int e = count_unparsable(t, reason);
+        Py_DECREF(reason);
+        if (e < 0) goto out;
+        rc = tcp ? advance(t, k, present, seq, plen, ts, 0) : 0;
+        goto out;
+    }
+    long long consumed = 0;
+    int broke = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *msg = items[i];
+        Meta *mt = &meta[i];
+        if (mt->request == answers) { /* not the protocol we were told */
+            t->cnt[C_DIRECTION]++;
+            broke = 1;
+            break;
+        }
+        consumed += mt->length;
+        if (!mt->complete) {
+            t->cnt[C_TRUNCATED]++;
+            if (mt->request) {
+                if (pair_request(t, conn, Truncated, ts) < 0) goto out;
+            } else {
+                PyObject *req = NULL, *lat = NULL;
+                int p = pair_response(t, conn, ts, 0, &req, &lat);
+                Py_XDECREF(req);
+                Py_XDECREF(lat);
+                if (p < 0) goto out;
+            }
+            broke = 1;
+            break;
+        }
+        if (mt->request) {
+            t->cnt[C_REQUESTS]++;
+            if (pair_request(t, conn, msg, ts) < 0) goto out;
+            if (emit(t, ev, time_ns, 0, NULL, msg, NULL) < 0) goto out;
+            continue;
+        }
+        PyObject *req = NULL, *lat = NULL;
+        int p = pair_response(t, conn, ts, mt->code >= 100 && mt->code < 200, &req, &lat);
+        if (p < 0) goto out;
+        if (p == 0) {
+            t->cnt[C_UNMATCHED]++;
+            continue;
+        }
+        if (req == Truncated) {
+            t->cnt[C_TRUNC_PAIRS]++;
+        } else {
+            t->cnt[C_RESPONSES]++;
+            p = emit(t, ev, time_ns, 1, lat, msg, req);
+        }
+        Py_DECREF(req);
+        Py_DECREF(lat);
+        if (p < 0) goto out;
+    }
+    if (!broke && unparsable != Py_None) {
+        PyObject *reason = PyObject_GetAttr(unparsable, s_reason);
+        if (reason == NULL) goto out;
+        int trunc = PyObject_RichCompareBool(reason, s_truncated, Py_EQ), e = 0;
+        if (trunc < 0) {
+            e = -1;
+        } else if (trunc) {
+            /* a pipelined start line cut: it holds its place in the queue */
+            t->cnt[C_TRUNCATED]++;
+            if (answers) {
+                PyObject *req = NULL, *lat = NULL;
+                e = pair_response(t, conn, ts, 0, &req, &lat) < 0 ? -1 : 0;
+                Py_XDECREF(req);
+                Py_XDECREF(lat);
+            } else {
+                e = pair_request(t, conn, Truncated, ts);
+            }
+        } else {
+            e = count_unparsable(t, reason);
+        }
+        Py_DECREF(reason);
+        if (e < 0) goto out;
+    }
+    rc = tcp ? advance(t, k, present, seq, plen, ts, consumed) : 0;
+out:
+    Py_XDECREF(k);
+    Py_XDECREF(rev);
+    Py_XDECREF(time_ns);
+    Py_XDECREF(host);
+    Py_XDECREF(res);
+    Py_XDECREF(msgs);
+    Py_XDECREF(unparsable);
+    return rc;
+}
+
+/* Whether an item is what decode_l7 gives: (L7Event, bytes) with the fields used here of
+ * the types it gives; the HTTP path reads nothing else. */
+static int well_formed(PyObject *item, PyObject **ev, PyObject **payload) {
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) return 0;
+    *ev = PyTuple_GET_ITEM(item, 0);
+    *payload = PyTuple_GET_ITEM(item, 1);
+    if (!PyTuple_Check(*ev) || PyTuple_GET_SIZE(*ev) != 16 || !PyBytes_CheckExact(*payload))
+        return 0;
+    static const int ints[] = {0, 3, 4, 6, 7, 10, 11, 13};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (!PyLong_CheckExact(PyTuple_GET_ITEM(*ev, ints[i]))) return 0;
+    return PyBytes_CheckExact(PyTuple_GET_ITEM(*ev, 1)) &&
+           PyBytes_CheckExact(PyTuple_GET_ITEM(*ev, 2));
+}
+
+static int flush(Track *t, PyObject *pairer) {
+    int rc = 0;
+    for (int i = 0; i < C_N; i++) {
+        if (t->cnt[i] == 0) continue;
+        PyObject *name = PyUnicode_InternFromString(COUNTER_NAMES[i]);
+        if (name == NULL || count_add(t->counters, name, t->cnt[i]) < 0) rc = -1;
+        Py_XDECREF(name);
+        t->cnt[i] = 0;
+    }
+    PyObject *attrs[2] = {s_evicted, s_unmatched};
+    long long by[2] = {t->evicted, t->unmatched};
+    for (int i = 0; i < 2; i++) {
+        if (by[i] == 0) continue;
+        PyObject *old = PyObject_GetAttr(pairer, attrs[i]);
+        PyObject *inc = old ? PyLong_FromLongLong(by[i]) : NULL;
+        PyObject *v = inc ? PyNumber_Add(old, inc) : NULL;
+        if (v == NULL || PyObject_SetAttr(pairer, attrs[i], v) < 0) rc = -1;
+        Py_XDECREF(old);
+        Py_XDECREF(inc);
+        Py_XDECREF(v);
+    }
+    t->evicted = t->unmatched = 0;
+    return rc;
+}
+
+static Py_ssize_t attr_size(PyObject *o, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    Py_ssize_t n = PyNumber_AsSsize_t(v, PyExc_OverflowError);
+    Py_DECREF(v);
+    return n;
+}
+
+/* track(items, retried, offset_ns, max_streams, marks, pairer, deferred, counters,
+ *       item, failed, out): tracker.py's loop over a sorted batch */
+static PyObject *track(PyObject *self, PyObject *args) {
+    PyObject *items, *retried, *pairer, *item_fn, *failed;
+    Track t;
+    memset(&t, 0, sizeof t);
+    if (!PyArg_ParseTuple(args, "O!O!OnO!OO!O!OOO!", &PyList_Type, &items, &PySet_Type, &retried,
+                          &t.offset, &t.max_streams, &PyDict_Type, &t.marks, &pairer,
+                          &PyList_Type, &t.deferred, &PyDict_Type, &t.counters, &item_fn,
+                          &failed, &PyList_Type, &t.out))
+        return NULL;
+    if (L_msg.tp == NULL || ParseHttp == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_httpscan.configure_tracker() was not called");
+        return NULL;
+    }
+    t.conns = PyObject_GetAttr(pairer, s_conns);
+    t.seen = t.conns ? PyObject_GetAttr(pairer, s_seen) : NULL;
+    if (t.seen == NULL || !PyDict_Check(t.conns) || !PyDict_Check(t.seen) ||
+        (t.max_pending = attr_size(pairer, s_max_pending)) < 0 ||
+        (t.max_conns = attr_size(pairer, s_max_conns)) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not an HTTPPairer");
+        Py_XDECREF(t.conns);
+        Py_XDECREF(t.seen);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i), *ev = NULL, *payload = NULL;
+        Py_INCREF(item);
+        int may_defer = 1;
+        if (PySet_GET_SIZE(retried) > 0) {
+            PyObject *id = PyLong_FromVoidPtr(item);
+            int in = id ? PySet_Contains(retried, id) : -1;
+            Py_XDECREF(id);
+            may_defer = in == 0;
+            if (in < 0) PyErr_Clear();
+        }
+        long l7 = 0;
+        int py = !well_formed(item, &ev, &payload);
+        if (!py) {
+            l7 = PyLong_AsLong(PyTuple_GET_ITEM(ev, 13));
+            if (l7 == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                py = 1; /* Python's rules */
+            }
+        }
+        if (!py && (l7 & 0x0F) == 1) {
+            if (http_item(&t, item, ev, payload, l7, may_defer) < 0) {
+                /* as tracker.py: logged, counted, the batch goes on */
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+                PyObject *r = PyObject_CallFunctionObjArgs(failed, ev, value ? value : Py_None,
+                                                           NULL);
+                if (r == NULL) PyErr_Clear();
+                Py_XDECREF(r);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                t.cnt[C_ERROR]++;
+            }
+        } else if (py || (l7 & 0x0F) == 2) { /* DNS (or an odd item): tracker.py's _item */
+            PyObject *r = PyObject_CallFunctionObjArgs(item_fn, item, may_defer ? Py_True
+                                                                                : Py_False,
+                                                       t.offset, t.out, NULL);
+            if (r == NULL) {
+                Py_DECREF(item);
+                flush(&t, pairer);
+                Py_DECREF(t.conns);
+                Py_DECREF(t.seen);
+                return NULL; /* what tracker.py's loop would raise */
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(item);
+    }
+    int rc = flush(&t, pairer);
+    Py_DECREF(t.conns);
+    Py_DECREF(t.seen);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *configure_tracker(PyObject *self, PyObject *args) {
+    PyObject *msg_cls, *fields, *missing, *o[5];
+    if (!PyArg_ParseTuple(args, "OO!OOOO!OO", &msg_cls, &PyTuple_Type, &fields, &missing, &o[0],
+                          &o[1], &PyDict_Type, &o[2], &o[3], &o[4]))
+        return NULL;
+    if (layout(&L_msg, msg_cls, fields, missing) < 0) return NULL;
+    PyObject **slots[5] = {&ParseHttp, &DefaultHost, &Hosts, &Deque, &Truncated};
+    for (int i = 0; i < 5; i++) {
+        Py_INCREF(o[i]);
+        Py_XSETREF(*slots[i], o[i]);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
-    PyObject *o[7];
-    if (!PyArg_ParseTuple(args, "OOOOO!OO", &o[0], &o[1], &o[2], &o[3], &PyDict_Type, &o[4],
-                          &o[5], &o[6]))
+    PyObject *o[7], *missing, *req_fields, *resp_fields;
+    if (!PyArg_ParseTuple(args, "OOOOO!OOOO!O!", &o[0], &o[1], &o[2], &o[3], &PyDict_Type, &o[4],
+                          &o[5], &o[6], &missing, &PyTuple_Type, &req_fields, &PyTuple_Type,
+                          &resp_fields))
+        return NULL;
+    if (layout(&L_req, o[0], req_fields, missing) < 0 ||
+        layout(&L_resp, o[1], resp_fields, missing) < 0)
         return NULL;
     PyObject **slots[7] = {&Request, &Response, &Result, &HeaderLine, &LineCache, &BuildUrl,
                            &BodyLength};
@@ -357,7 +1060,14 @@ static PyMethodDef methods[] = {
      "parse_fast(data: bytes, default_host) -> HTTPParseResult | None: http.py's _parse_fast"},
     {"configure", configure, METH_VARARGS,
      "configure(HTTPRequest, HTTPResponse, HTTPParseResult, header_line, line_cache, "
-     "build_url, body_length): http.py's classes, cache and helpers"},
+     "build_url, body_length, MISSING, request_fields, response_fields): http.py's classes, "
+     "cache and helpers; fields: ((name, default or MISSING), ...) of a dataclass"},
+    {"track", track, METH_VARARGS,
+     "track(items, retried, offset_ns, max_streams, marks, pairer, deferred, counters, item, "
+     "failed, out): tracker.py's loop over a sorted batch, HTTP records in C"},
+    {"configure_tracker", configure_tracker, METH_VARARGS,
+     "configure_tracker(L7Message, fields, MISSING, parse_http, default_host, hosts, deque, "
+     "truncated): tracker.py's class, helpers and placeholder"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_httpscan", NULL, -1, methods,
@@ -377,7 +1087,23 @@ PyMODINIT_FUNC PyInit__httpscan(void) {
                 {&s_http_prefix, "http://"},
                 {&s_empty, ""},
                 {&s_request, "request"},
-                {&s_code, "code"}};
+                {&s_code, "code"},
+                {&s_move_to_end, "move_to_end"},
+                {&s_append, "append"},
+                {&s_popleft, "popleft"},
+                {&s_default_host, "default_host"},
+                {&s_length, "length"},
+                {&s_headers_complete, "headers_complete"},
+                {&s_code_attr, "code"},
+                {&s_reason, "reason"},
+                {&s_truncated, "truncated"},
+                {&s_empty_reason, "empty"},
+                {&s_conns, "_conns"},
+                {&s_seen, "_seen"},
+                {&s_max_pending, "max_pending"},
+                {&s_max_conns, "max_conns"},
+                {&s_evicted, "evicted"},
+                {&s_unmatched, "unmatched"}};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         *strs[i].slot = PyUnicode_InternFromString(strs[i].text);
         if (*strs[i].slot == NULL) return NULL;

@@ -13,6 +13,7 @@ Output follows flow.proto's HTTP message: method, url
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import NamedTuple, Union
@@ -444,6 +445,20 @@ def http_summary(msg: HTTPMessage, settings: RedactSettings | None = None,
     return f"{msg.protocol} {msg.code} {latency_ns // 1_000_000}ms ({what})"
 
 
+def slot_fields(cls: type) -> tuple[object, tuple[tuple[str, object], ...]]:
+    """(MISSING, ((name, default or MISSING), ...)) of a dataclass(slots=True), for
+    _httpscan.c, which builds such instances by setting their slots (what the generated
+    __init__ does, without running it): only plain fields, no __post_init__."""
+    if not getattr(cls, "__slots__", None) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: not a plain dataclass(slots=True)")
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING or not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: not a plain field")
+        out.append((f.name, f.default))
+    return dataclasses.MISSING, tuple(out)
+
+
 # _parse_fast in C where it was built (scripts/setup.sh, images/install.sh compile
 # _httpscan.c); it answers exactly as _parse_fast (tests/unit/test_l7_http.py) and
 # hands the rare cases back to the functions above. Without it, _parse_fast runs.
@@ -454,7 +469,8 @@ except ImportError:  # not built: the Python path
     _fast = _parse_fast
 else:
     _httpscan.configure(HTTPRequest, HTTPResponse, HTTPParseResult, _header_line,
-                        _HEADER_LINES, _build_url, _body_length)
+                        _HEADER_LINES, _build_url, _body_length, *slot_fields(HTTPRequest),
+                        slot_fields(HTTPResponse)[1])
     _fast = _httpscan.parse_fast
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Union
 
@@ -82,8 +82,12 @@ def _default_host(family: int, addr: bytes, port: int) -> str:
 _by_ts = lambda e: e[0].ts  # noqa: E731 - the sort key of (event, payload) items
 
 
+def _failed(ev: L7Event, exc: BaseException) -> None:
+    log.error("L7 payload of %s failed to parse", ev, exc_info=exc)
+
+
 class L7Tracker:
-    def __init__(self, fqdn: FQDNCache | None = None) -> None:
+    def __init__(self, fqdn: FQDNCache | None = None, *, native: bool | None = None) -> None:
         self.fqdn = fqdn if fqdn is not None else FQDNCache()
         self.http: HTTPPairer[HTTPRequest | _Truncated] = HTTPPairer()
         self.dns: DNSPairer[DNSMessage] = DNSPairer()
@@ -94,6 +98,15 @@ class L7Tracker:
         self.counters: Counter[str] = Counter()
         self._last_expire = 0
         self._deferred: list[tuple[L7Event, bytes]] = []
+        # The batch loop with HTTP records in C (_httpscan.c's track) where it was built
+        # and native is not False; else the Python methods below, which it mirrors.
+        self._track = _track if native is not False else None
+        if native and _track is None:
+            raise RuntimeError("_httpscan.c not built: run scripts/build_ext.py")
+
+    def loop(self) -> str:
+        """Which loop process() runs: "c" (HTTP records in C) or "python"."""
+        return "c" if self._track is not None else "python"
 
     def process(self, raws: list[bytes], offset_ns: int) -> list[L7Message]:
         """Decodes a batch of l7_events records (offset_ns: kernel -> wall clock)."""
@@ -108,24 +121,13 @@ class L7Tracker:
         self._deferred = []
         events.sort(key=_by_ts)
         out: list[L7Message] = []
-        for item in events:
-            ev, payload = item
-            may_defer = id(item) not in retried
-            kind = ev.l7 & L7_KIND_MASK
-            try:
-                if kind == L7_HTTP:
-                    if may_defer and ev.l7 & L7_RESPONSE_SIDE and self._early_answer(ev, payload):
-                        self._deferred.append(item)
-                        continue
-                    self._http(ev, payload, ev.ts + offset_ns, out)
-                elif kind == L7_DNS:
-                    if may_defer and self._early_dns_answer(ev, payload):
-                        self._deferred.append(item)
-                        continue
-                    self._dns(ev, payload, ev.ts + offset_ns, out)
-            except Exception:
-                log.exception("L7 payload of %s failed to parse", ev)
-                self.counters["error"] += 1
+        if self._track is not None:  # the same loop, HTTP records in C
+            self._track(events, retried, offset_ns, MAX_STREAMS, self._next_seq, self.http,
+                        self._deferred, self.counters, self._item, _failed, out)
+        else:
+            item = self._item
+            for it in events:
+                item(it, id(it) not in retried, offset_ns, out)
         if events:
             now = events[-1][0].ts
             if now - self._last_expire > EXPIRE_EVERY_NS:
@@ -134,6 +136,26 @@ class L7Tracker:
                 self.dns.expire(now)
                 self._expire_streams(now)
         return out
+
+    def _item(self, item: tuple[L7Event, bytes], may_defer: bool, offset_ns: int,
+              out: list[L7Message]) -> None:
+        """One record of a sorted batch (may_defer: it was not deferred already)."""
+        ev, payload = item
+        kind = ev.l7 & L7_KIND_MASK
+        try:
+            if kind == L7_HTTP:
+                if may_defer and ev.l7 & L7_RESPONSE_SIDE and self._early_answer(ev, payload):
+                    self._deferred.append(item)
+                    return
+                self._http(ev, payload, ev.ts + offset_ns, out)
+            elif kind == L7_DNS:
+                if may_defer and self._early_dns_answer(ev, payload):
+                    self._deferred.append(item)
+                    return
+                self._dns(ev, payload, ev.ts + offset_ns, out)
+        except Exception as e:  # noqa: BLE001 - one record never stops the batch
+            _failed(ev, e)
+            self.counters["error"] += 1
 
     def _early_answer(self, ev: L7Event, payload: bytes) -> bool:
         """An HTTP answer on a connection with no request waiting (yet)."""
@@ -269,3 +291,27 @@ class L7Tracker:
         out.append(L7Message(ev, time_ns, True, paired.latency_ns if paired else 0, dns=msg))
         if msg.rcode == 0 and msg.ips:
             self.fqdn.learn([msg.query, *msg.cnames], list(msg.ips), msg.ttl, time_ns)
+
+
+# L7Tracker's batch loop with HTTP records in C: _httpscan.c's track, built by
+# scripts/build_ext.py (and the agent image) beside http.py's head scanner. It changes the
+# same state as the methods above in the same way (tests/unit/test_l7_track.py runs both
+# on the same record streams); without it they run.
+def _configure_track():  # type: ignore[no-untyped-def]
+    from . import http
+
+    scan = http._httpscan
+    if scan is None or not hasattr(scan, "track"):
+        return None
+    missing, fields = http.slot_fields(L7Message)
+    scan.configure_tracker(L7Message, fields, missing, http.parse_http,
+                           _default_host, _HOSTS, deque, _TRUNCATED)
+    return scan.track
+
+
+_track = _configure_track()
+
+
+def loop() -> str:
+    """Which loop trackers run by default: "c" or "python" (logged at start)."""
+    return "c" if _track is not None else "python"
