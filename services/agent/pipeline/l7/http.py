@@ -464,6 +464,8 @@ def slot_fields(cls: type) -> tuple[object, tuple[tuple[str, object], ...]]:
 # hands the rare cases back to the functions above. Without it, _parse_fast runs.
 try:
     from . import _httpscan
+    if not hasattr(_httpscan, "track"):  # built from an older _httpscan.c: rebuild it
+        raise ImportError("_httpscan is older than its source")
 except ImportError:  # not built: the Python path
     _httpscan = None  # type: ignore[assignment]
     _fast = _parse_fast
