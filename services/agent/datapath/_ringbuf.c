@@ -142,7 +142,11 @@ static PyObject *decode_l7(PyObject *self, PyObject *args) {
         PyObject *payload = end > start
                                 ? PyBytes_FromStringAndSize((const char *)d + start, end - start)
                                 : PyBytes_FromStringAndSize(NULL, 0);
+        /* ints and bytes only: no cycle can pass through them (see _httpscan.c's
+         * untracked), so the collector need not traverse them even once */
+        PyObject_GC_UnTrack(ev);
         PyObject *item = payload ? PyTuple_Pack(2, ev, payload) : NULL;
+        if (item != NULL) PyObject_GC_UnTrack(item);
         Py_DECREF(ev);
         Py_XDECREF(payload);
         if (item == NULL) goto fail;
