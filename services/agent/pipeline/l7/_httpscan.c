@@ -458,7 +458,25 @@ static PyObject *parse_fast(PyObject *self, PyObject *args) {
  * of other kinds (DNS) and anything not shaped like decode_l7's output go to the
  * tracker's Python _item. */
 
-static PyObject *ParseHttp, *DefaultHost, *Hosts, *Deque, *Truncated;
+static PyObject *ParseHttp, *DefaultHost, *Hosts, *Deque, *ODict, *Truncated;
+/* deque.append, deque.popleft, OrderedDict.move_to_end: called on exact instances
+ * without a method lookup each time */
+static PyObject *m_append, *m_popleft, *m_move_to_end;
+/* _default_host's last answer: (family, daddr, dport) -> the same string _HOSTS holds */
+static PyObject *last_family, *last_daddr, *last_dport, *last_host;
+
+static PyObject *call2(PyObject *m, PyObject *type, PyObject *name, PyObject *self,
+                       PyObject *arg) {
+    if (Py_TYPE(self) == (PyTypeObject *)type) {
+        PyObject *args[2] = {self, arg};
+        return PyObject_Vectorcall(m, args, arg != NULL ? 2 : 1, NULL);
+    }
+    return arg != NULL ? PyObject_CallMethodOneArg(self, name, arg)
+                       : PyObject_CallMethodNoArgs(self, name);
+}
+#define MOVE_TO_END(od, k) call2(m_move_to_end, ODict, s_move_to_end, (od), (k))
+#define POPLEFT(q) call2(m_popleft, Deque, s_popleft, (q), NULL)
+#define APPEND(q, x) call2(m_append, Deque, s_append, (q), (x))
 static PyObject *s_move_to_end, *s_append, *s_popleft, *s_default_host, *s_length,
     *s_headers_complete, *s_code_attr, *s_reason, *s_truncated, *s_empty_reason, *s_conns, *s_seen,
     *s_max_pending, *s_max_conns, *s_evicted, *s_unmatched;
@@ -571,7 +589,7 @@ static int pair_request(Track *t, PyObject *conn, PyObject *req, PyObject *ts) {
         if (rc < 0) return -1;
         q = nq;
     } else {
-        PyObject *r = PyObject_CallMethodOneArg(t->conns, s_move_to_end, conn);
+        PyObject *r = MOVE_TO_END(t->conns, conn);
         if (r == NULL) return -1;
         Py_DECREF(r);
     }
@@ -580,14 +598,14 @@ static int pair_request(Track *t, PyObject *conn, PyObject *req, PyObject *ts) {
     int rc = -1;
     if (len < 0) goto out;
     if (len >= t->max_pending) {
-        PyObject *r = PyObject_CallMethodNoArgs(q, s_popleft);
+        PyObject *r = POPLEFT(q);
         if (r == NULL) goto out;
         Py_DECREF(r);
         t->evicted++;
     }
     PyObject *item = untracked(PyTuple_Pack(2, ts, req));
     if (item == NULL) goto out;
-    PyObject *r = PyObject_CallMethodOneArg(q, s_append, item);
+    PyObject *r = APPEND(q, item);
     Py_DECREF(item);
     if (r == NULL) goto out;
     Py_DECREF(r);
@@ -611,7 +629,7 @@ static int pair_response(Track *t, PyObject *conn, PyObject *ts, int information
     }
     Py_INCREF(q);
     PyObject *head = informational ? PySequence_GetItem(q, 0)
-                                   : PyObject_CallMethodNoArgs(q, s_popleft);
+                                   : POPLEFT(q);
     int rc = -1;
     if (head == NULL) goto out;
     if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2) {
@@ -719,17 +737,13 @@ static PyObject *result_messages(PyObject *res, Meta *meta, PyObject **unparsabl
 }
 
 /* Python's early-answer check: 1 to defer the item, 0 not, -1 on error */
-static int early_answer(Track *t, PyObject *payload, int tcp, PyObject *k, PyObject *rev,
+static int early_answer(Track *t, PyObject *payload, PyObject *got, PyObject *rev,
                         PyObject *seq) {
     if (PyBytes_GET_SIZE(payload) < 5 || memcmp(PyBytes_AS_STRING(payload), "HTTP/", 5) != 0)
         return 0;
-    if (tcp) {
-        PyObject *got = PyDict_GetItemWithError(t->marks, k);
-        if (got == NULL && PyErr_Occurred()) return -1;
-        if (got != NULL) {
-            int b = before_mark(got, seq);
-            if (b != 0) return b < 0 ? -1 : 0; /* retransmission or body: not retried */
-        }
+    if (got != NULL) { /* a TCP direction's mark */
+        int b = before_mark(got, seq);
+        if (b != 0) return b < 0 ? -1 : 0; /* retransmission or body: not retried */
     }
     PyObject *q = PyDict_GetItemWithError(t->conns, rev);
     if (q == NULL) return PyErr_Occurred() ? -1 : 1;
@@ -748,10 +762,16 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
     int tcp = proto == 6, answers = (l7 & 0x10) != 0, rc = -1;
     PyObject *k = untracked(PyTuple_Pack(4, saddr, sport, daddr, dport));
     PyObject *rev = k ? untracked(PyTuple_Pack(4, daddr, dport, saddr, sport)) : NULL;
-    PyObject *time_ns = NULL, *host = NULL, *res = NULL, *msgs = NULL, *unparsable = NULL;
+    PyObject *time_ns = NULL, *host = NULL, *res = NULL, *msgs = NULL, *unparsable = NULL,
+             *got = NULL;
     if (rev == NULL) goto out;
+    if (tcp) { /* the direction's mark, read once: nothing below changes it before use */
+        got = PyDict_GetItemWithError(t->marks, k);
+        if (got == NULL && PyErr_Occurred()) goto out;
+        Py_XINCREF(got);
+    }
     if (may_defer && answers) {
-        int e = early_answer(t, payload, tcp, k, rev, seq);
+        int e = early_answer(t, payload, got, rev, seq);
         if (e < 0) goto out;
         if (e) {
             rc = PyList_Append(t->deferred, item);
@@ -761,16 +781,12 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
     time_ns = PyNumber_Add(ts, t->offset);
     if (time_ns == NULL) goto out;
     int present = 0;
-    if (tcp) { /* the sequence check */
-        PyObject *got = PyDict_GetItemWithError(t->marks, k);
-        if (got == NULL && PyErr_Occurred()) goto out;
-        if (got != NULL) {
+    if (got != NULL) { /* the sequence check */
+        {
             present = 1;
-            Py_INCREF(got);
-            PyObject *r = PyObject_CallMethodOneArg(t->marks, s_move_to_end, k);
+            PyObject *r = MOVE_TO_END(t->marks, k);
             int b = r != NULL ? before_mark(got, seq) : -1;
             Py_XDECREF(r);
-            Py_DECREF(got);
             if (b < 0) goto out;
             if (b) {
                 t->cnt[C_SKIPPED]++;
@@ -780,7 +796,14 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
         }
     }
     PyObject *conn = answers ? rev : k;
-    if (!answers) { /* _default_host(family, daddr, dport) */
+    if (!answers && last_host != NULL && PyObject_RichCompareBool(family, last_family, Py_EQ) == 1 &&
+        PyObject_RichCompareBool(dport, last_dport, Py_EQ) == 1 &&
+        PyBytes_GET_SIZE(daddr) == PyBytes_GET_SIZE(last_daddr) &&
+        memcmp(PyBytes_AS_STRING(daddr), PyBytes_AS_STRING(last_daddr),
+               PyBytes_GET_SIZE(daddr)) == 0) {
+        host = last_host; /* the same server as the last request's: its string again */
+        Py_INCREF(host);
+    } else if (!answers) { /* _default_host(family, daddr, dport) */
         PyObject *hk = PyTuple_Pack(3, family, daddr, dport);
         if (hk == NULL) goto out;
         host = PyDict_GetItemWithError(Hosts, hk);
@@ -792,6 +815,16 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
         else if ((host = PyObject_CallFunctionObjArgs(DefaultHost, family, daddr, dport,
                                                       NULL)) == NULL)
             goto out;
+        if (PyUnicode_CheckExact(host)) {
+            Py_INCREF(family);
+            Py_XSETREF(last_family, family);
+            Py_INCREF(daddr);
+            Py_XSETREF(last_daddr, daddr);
+            Py_INCREF(dport);
+            Py_XSETREF(last_dport, dport);
+            Py_INCREF(host);
+            Py_XSETREF(last_host, host);
+        }
     }
     Meta meta[MAX_MESSAGES];
     PyObject *h = host ? host : Py_None;
@@ -894,6 +927,7 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
     }
     rc = tcp ? advance(t, k, present, seq, plen, ts, consumed) : 0;
 out:
+    Py_XDECREF(got);
     Py_XDECREF(k);
     Py_XDECREF(rev);
     Py_XDECREF(time_ns);
@@ -1037,13 +1071,23 @@ static PyObject *track(PyObject *self, PyObject *args) {
 }
 
 static PyObject *configure_tracker(PyObject *self, PyObject *args) {
-    PyObject *msg_cls, *fields, *missing, *o[5];
-    if (!PyArg_ParseTuple(args, "OO!OOOO!OO", &msg_cls, &PyTuple_Type, &fields, &missing, &o[0],
-                          &o[1], &PyDict_Type, &o[2], &o[3], &o[4]))
+    PyObject *msg_cls, *fields, *missing, *o[6];
+    if (!PyArg_ParseTuple(args, "OO!OOOO!O!O!O", &msg_cls, &PyTuple_Type, &fields, &missing,
+                          &o[0], &o[1], &PyDict_Type, &o[2], &PyType_Type, &o[3], &PyType_Type,
+                          &o[4], &o[5]))
         return NULL;
     if (layout(&L_msg, msg_cls, fields, missing) < 0) return NULL;
-    PyObject **slots[5] = {&ParseHttp, &DefaultHost, &Hosts, &Deque, &Truncated};
-    for (int i = 0; i < 5; i++) {
+    PyObject *m[3] = {PyObject_GetAttr(o[3], s_append), PyObject_GetAttr(o[3], s_popleft),
+                      PyObject_GetAttr(o[4], s_move_to_end)};
+    if (m[0] == NULL || m[1] == NULL || m[2] == NULL) {
+        for (int i = 0; i < 3; i++) Py_XDECREF(m[i]);
+        return NULL;
+    }
+    Py_XSETREF(m_append, m[0]);
+    Py_XSETREF(m_popleft, m[1]);
+    Py_XSETREF(m_move_to_end, m[2]);
+    PyObject **slots[6] = {&ParseHttp, &DefaultHost, &Hosts, &Deque, &ODict, &Truncated};
+    for (int i = 0; i < 6; i++) {
         Py_INCREF(o[i]);
         Py_XSETREF(*slots[i], o[i]);
     }
@@ -1080,7 +1124,7 @@ static PyMethodDef methods[] = {
      "failed, out): tracker.py's loop over a sorted batch, HTTP records in C"},
     {"configure_tracker", configure_tracker, METH_VARARGS,
      "configure_tracker(L7Message, fields, MISSING, parse_http, default_host, hosts, deque, "
-     "truncated): tracker.py's class, helpers and placeholder"},
+     "OrderedDict, truncated): tracker.py's class, helpers and placeholder"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_httpscan", NULL, -1, methods,

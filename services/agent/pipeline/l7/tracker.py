@@ -305,7 +305,7 @@ def _configure_track():  # type: ignore[no-untyped-def]
         return None
     missing, fields = http.slot_fields(L7Message)
     scan.configure_tracker(L7Message, fields, missing, http.parse_http,
-                           _default_host, _HOSTS, deque, _TRUNCATED)
+                           _default_host, _HOSTS, deque, OrderedDict, _TRUNCATED)
     return scan.track
 
 
