@@ -332,7 +332,9 @@ def test_c_scanner_answers_exactly_as_parse_fast():
                         b"Content-Length: 1234567890123456", b"Content-Length: \xa05",
                         b"Content-Length: 3", b"Host:", b"Host: ", b"Host: h\xe9",
                         b"X-Long: " + b"v" * 300, b"X-Tab:\tv\t", b"X:\x7f", b"X;: v",
-                        b"transfer-encoding: gzip", b"X-A: b: c"]
+                        b"transfer-encoding: gzip", b"X-A: b: c", b"HOST: H3", b"hOsT:h4",
+                        b"CONTENT-LENGTH: 7", b"Content-Length:  12 \t", b"TRANSFER-encoding: x",
+                        b"Hosts: no", b"Content-Lengths: 3", b"Transfer-Encodings: y"]
     parts["body"] += [b"abc", b"\r\n", b"GET /again HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"]
     parts["eol"] = [b"\r\n"] * 12 + [b"\n"]  # mostly CRLF heads: what the scanner reads
     hosts = (None, "", "10.0.0.2:80", "[fd00::1]:8080")
@@ -341,6 +343,10 @@ def test_c_scanner_answers_exactly_as_parse_fast():
              (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 101 + b"\r\n", None),
              (b"GET /" + b"x" * 8180 + b" HTTP/1.1\r\n\r\n", None),
              (b"GET / HTTP/1.1\r\nX: " + b"v" * 8200 + b"\r\n\r\n", None)]
+    # distinct lines, read twice: the scanner's own table of recent lines (512 slots)
+    # takes more than it holds, and each line comes back with its own value
+    lines = [b"GET / HTTP/1.1\r\nX-Id: %d\r\nHost: h%d\r\n\r\n" % (i, i % 7) for i in range(1500)]
+    cases += [(line, None) for line in lines + lines[::-1]]
     for _ in range(6000):
         msgs = []
         for _ in range(rnd.choice((1, 1, 1, 2, 3))):

@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #define MAX_MESSAGES 32
 #define MAX_HEADERS 100
@@ -97,10 +98,73 @@ static Py_ssize_t status_line(const unsigned char *d, Py_ssize_t n, Py_ssize_t p
     return -1;
 }
 
+/* Header lines seen lately, in front of http.py's _HEADER_LINES: a line found here
+ * needs no bytes object, no hash of it and no dictionary lookup. A line's HTTPHeader
+ * depends on its bytes only (_header_line), so the one kept here equals the one
+ * _HEADER_LINES or _header_line would give. Direct-mapped, LINE_SLOTS entries of lines
+ * up to CACHED_LINE_MAX bytes (http.py's _HEADER_LINE_CACHED): bounded whatever arrives. */
+#define LINE_SLOTS 512
+#define CACHED_LINE_MAX 256
+static struct {
+    PyObject *line, *header; /* bytes, HTTPHeader; NULL when empty */
+} lines[LINE_SLOTS];
+
+static uint32_t line_hash(const char *p, Py_ssize_t n) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return h;
+}
+
+/* The HTTPHeader of data[s:e] (a well-formed line): a new reference, NULL on error */
+static PyObject *header_of(const char *data, Py_ssize_t s, Py_ssize_t e) {
+    Py_ssize_t n = e - s;
+    uint32_t slot = 0;
+    if (n <= CACHED_LINE_MAX) {
+        slot = line_hash(data + s, n) % LINE_SLOTS;
+        PyObject *l = lines[slot].line;
+        if (l != NULL && PyBytes_GET_SIZE(l) == n && memcmp(PyBytes_AS_STRING(l), data + s, n) == 0) {
+            Py_INCREF(lines[slot].header);
+            return lines[slot].header;
+        }
+    }
+    PyObject *line = PyBytes_FromStringAndSize(data + s, n);
+    if (line == NULL) return NULL;
+    PyObject *h = PyDict_GetItemWithError(LineCache, line); /* borrowed */
+    if (h != NULL) {
+        Py_INCREF(h);
+    } else if (PyErr_Occurred() || (h = PyObject_CallOneArg(HeaderLine, line)) == NULL) {
+        Py_DECREF(line);
+        return NULL;
+    }
+    if (n <= CACHED_LINE_MAX) {
+        Py_INCREF(h);
+        Py_XSETREF(lines[slot].header, h);
+        Py_XSETREF(lines[slot].line, line); /* the slot takes our reference */
+    } else {
+        Py_DECREF(line);
+    }
+    return h;
+}
+
+/* Whether the token data[s:e] is `name` (lower case) in any case: for a token, that is
+ * whether Go's canonical spelling of it (canonical_header_key) is name's. */
+static int name_is(const char *data, Py_ssize_t s, Py_ssize_t e, const char *name) {
+    Py_ssize_t n = (Py_ssize_t)strlen(name);
+    return e - s == n && strncasecmp(data + s, name, n) == 0;
+}
+
+/* What the scanner reads from a head's header lines itself: the first Host and
+ * Content-Length lines (-1: none; the value's span, blanks stripped, for the latter),
+ * whether a Transfer-Encoding line is there. */
+typedef struct {
+    int host, cl, te;
+    Py_ssize_t cl_start, cl_end;
+} Known;
+
 /* _header_block(data, pos): a new list of HTTPHeader and *end (after the blank line);
  * Py_None (a new reference) where the Python function answers None; NULL on error. */
 static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
-                              Py_ssize_t *end_out) {
+                              Py_ssize_t *end_out, Known *known) {
     const unsigned char *d = (const unsigned char *)data;
     /* data.find(b"\r\n\r\n", pos - 2) */
     Py_ssize_t end = -1;
@@ -118,14 +182,28 @@ static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
     Py_ssize_t starts[MAX_HEADERS + 1], ends[MAX_HEADERS + 1];
     int count = 0;
     Py_ssize_t i = pos, stop = end + 2;
+    known->host = known->cl = -1;
+    known->te = 0;
     while (i < stop) {
         Py_ssize_t s = i;
         while (i < stop && is_token_char(d[i])) i++;
         if (i == s || i >= stop || d[i] != ':') Py_RETURN_NONE;
-        i++;
+        Py_ssize_t colon = i++;
         while (i < stop && is_text_char(d[i])) i++;
         if (stop - i < 2 || d[i] != '\r' || d[i + 1] != '\n') Py_RETURN_NONE;
         if (count == MAX_HEADERS) Py_RETURN_NONE;
+        if (known->host < 0 && name_is(data, s, colon, "host")) {
+            known->host = count;
+        } else if (known->cl < 0 && name_is(data, s, colon, "content-length")) {
+            Py_ssize_t vs = colon + 1, ve = i;
+            while (vs < ve && (d[vs] == ' ' || d[vs] == '\t')) vs++;
+            while (ve > vs && (d[ve - 1] == ' ' || d[ve - 1] == '\t')) ve--;
+            known->cl = count;
+            known->cl_start = vs;
+            known->cl_end = ve;
+        } else if (!known->te && name_is(data, s, colon, "transfer-encoding")) {
+            known->te = 1;
+        }
         starts[count] = s;
         ends[count++] = i;
         i += 2;
@@ -133,78 +211,36 @@ static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
     PyObject *out = PyList_New(count);
     if (out == NULL) return NULL;
     for (int k = 0; k < count; k++) {
-        PyObject *line = PyBytes_FromStringAndSize(data + starts[k], ends[k] - starts[k]);
-        if (line == NULL) goto fail;
-        PyObject *h = PyDict_GetItemWithError(LineCache, line); /* borrowed */
-        if (h != NULL) {
-            Py_INCREF(h);
-        } else if (PyErr_Occurred()) {
-            Py_DECREF(line);
-            goto fail;
-        } else {
-            h = PyObject_CallOneArg(HeaderLine, line);
-            if (h == NULL) {
-                Py_DECREF(line);
-                goto fail;
-            }
+        PyObject *h = header_of(data, starts[k], ends[k]);
+        if (h == NULL) {
+            Py_DECREF(out);
+            return NULL;
         }
-        Py_DECREF(line);
         PyList_SET_ITEM(out, k, h);
     }
     *end_out = end + 4;
     return out;
-fail:
-    Py_DECREF(out);
-    return NULL;
 }
 
-/* _canonical_value(headers, canon): a new reference to the first value, Py_None, NULL */
-static PyObject *canonical_value(PyObject *headers, PyObject *canon) {
-    Py_ssize_t n = PyList_GET_SIZE(headers);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = PyObject_GetAttr(PyList_GET_ITEM(headers, i), s_key);
-        if (key == NULL) return NULL;
-        int eq = PyUnicode_Check(key) ? PyUnicode_Compare(key, canon) == 0
-                                      : PyObject_RichCompareBool(key, canon, Py_EQ);
-        Py_DECREF(key);
-        if (eq < 0 || PyErr_Occurred()) return NULL;
-        if (eq) return PyObject_GetAttr(PyList_GET_ITEM(headers, i), s_value);
-    }
-    Py_RETURN_NONE;
-}
-
-/* _body_length: 0 or more, -1 for None, -2 on error. Content-Length of plain ASCII
+/* _body_length: 0 or more, -1 for None, -2 on error. A Content-Length of plain ASCII
  * digits is read here; any other spelling goes to http.py's _body_length. */
-static long long body_length(PyObject *headers, int request, int code) {
+static long long body_length(const char *data, PyObject *headers, const Known *known,
+                             int request, int code) {
     if (!request && ((code >= 100 && code < 200) || code == 204 || code == 304)) return 0;
-    PyObject *te = canonical_value(headers, s_transfer_encoding);
-    if (te == NULL) return -2;
-    int has_te = te != Py_None;
-    Py_DECREF(te);
-    if (has_te) return -1;
-    PyObject *cl = canonical_value(headers, s_content_length);
-    if (cl == NULL) return -2;
-    if (cl == Py_None) {
-        Py_DECREF(cl);
-        return request ? 0 : -1;
-    }
-    long long v = -3;
-    if (PyUnicode_Check(cl) && PyUnicode_IS_ASCII(cl)) {
-        Py_ssize_t len = PyUnicode_GET_LENGTH(cl);
-        const char *s = (const char *)PyUnicode_DATA(cl);
-        if (len >= 1 && len <= 15) {
-            v = 0;
-            for (Py_ssize_t i = 0; i < len; i++) {
-                if (s[i] < '0' || s[i] > '9') {
-                    v = -3;
-                    break;
-                }
-                v = v * 10 + (s[i] - '0');
+    if (known->te) return -1;
+    if (known->cl < 0) return request ? 0 : -1;
+    Py_ssize_t len = known->cl_end - known->cl_start;
+    if (len >= 1 && len <= 15) {
+        long long v = 0;
+        for (Py_ssize_t i = known->cl_start; i < known->cl_end; i++) {
+            if (data[i] < '0' || data[i] > '9') {
+                v = -3;
+                break;
             }
+            v = v * 10 + (data[i] - '0');
         }
+        if (v != -3) return v;
     }
-    Py_DECREF(cl);
-    if (v != -3) return v;
     /* spaces, other digits, too long...: http.py's rule */
     PyObject *kw = Py_BuildValue("{sOsi}", "request", request ? Py_True : Py_False, "code",
                                  code);
@@ -222,7 +258,7 @@ static long long body_length(PyObject *headers, int request, int code) {
         Py_DECREF(r);
         return -1;
     }
-    v = PyLong_AsLongLong(r);
+    long long v = PyLong_AsLongLong(r);
     Py_DECREF(r);
     if (v == -1 && PyErr_Occurred()) return -2;
     if (v < 0) { /* http.py never gives one: keep Python's arithmetic then */
@@ -366,13 +402,14 @@ static PyObject *fast_messages(const char *data, Py_ssize_t n, PyObject *default
         }
         if (nxt - 1 - p > MAX_START_LINE) goto none;
         Py_ssize_t end = 0;
-        PyObject *headers = header_block(data, n, nxt, &end);
+        Known known;
+        PyObject *headers = header_block(data, n, nxt, &end, &known);
         if (headers == NULL) goto fail;
         if (headers == Py_None) {
             Py_DECREF(headers);
             goto none;
         }
-        long long body = body_length(headers, request, code);
+        long long body = body_length(data, headers, &known, request, code);
         if (body == -2) {
             Py_DECREF(headers);
             goto fail;
@@ -383,7 +420,10 @@ static PyObject *fast_messages(const char *data, Py_ssize_t n, PyObject *default
         if (len_obj != NULL && request) {
             PyObject *method = PyUnicode_DecodeASCII(data + p, m_end - p, NULL);
             PyObject *target = PyUnicode_DecodeASCII(data + m_end + 1, t_end - m_end - 1, NULL);
-            PyObject *host = target ? canonical_value(headers, s_host) : NULL;
+            PyObject *host = target == NULL ? NULL
+                             : known.host >= 0
+                                 ? PyObject_GetAttr(PyList_GET_ITEM(headers, known.host), s_value)
+                                 : (Py_INCREF(Py_None), Py_None);
             PyObject *url = host ? build_url(target, d + m_end + 1, t_end - m_end - 1, host,
                                              default_host) : NULL;
             if (method && url) {
