@@ -98,6 +98,19 @@ static Py_ssize_t status_line(const unsigned char *d, Py_ssize_t n, Py_ssize_t p
     return -1;
 }
 
+/* Untracked by the cycle collector: what this module builds (messages, their header
+ * tuples, the tracker's keys, marks and queue entries) refers only to strings, numbers,
+ * bytes and other such objects, never back to a container, so it can be in no cycle;
+ * tracked, each would be traversed by every young collection it survives and by every
+ * full one while the agent's flow ring holds it (in the bench, with the messages kept,
+ * the collector took ~35 % of the tracker's time). Python untracks tuples of atomic
+ * objects itself, but only after traversing them once. Untracking never frees anything
+ * early: an untracked object's references just count as outside ones. */
+static PyObject *untracked(PyObject *o) {
+    if (o != NULL && PyObject_IS_GC(o) && PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
+    return o;
+}
+
 /* Header lines seen lately, in front of http.py's _HEADER_LINES: a line found here
  * needs no bytes object, no hash of it and no dictionary lookup. A line's HTTPHeader
  * depends on its bytes only (_header_line), so the one kept here equals the one
@@ -161,7 +174,8 @@ typedef struct {
     Py_ssize_t cl_start, cl_end;
 } Known;
 
-/* _header_block(data, pos): a new list of HTTPHeader and *end (after the blank line);
+/* _header_block(data, pos): a new tuple of HTTPHeader (the list _header_block gives, as
+ * the message holds it) and *end (after the blank line);
  * Py_None (a new reference) where the Python function answers None; NULL on error. */
 static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
                               Py_ssize_t *end_out, Known *known) {
@@ -208,7 +222,7 @@ static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
         ends[count++] = i;
         i += 2;
     }
-    PyObject *out = PyList_New(count);
+    PyObject *out = untracked(PyTuple_New(count));
     if (out == NULL) return NULL;
     for (int k = 0; k < count; k++) {
         PyObject *h = header_of(data, starts[k], ends[k]);
@@ -216,7 +230,7 @@ static PyObject *header_block(const char *data, Py_ssize_t n, Py_ssize_t pos,
             Py_DECREF(out);
             return NULL;
         }
-        PyList_SET_ITEM(out, k, h);
+        PyTuple_SET_ITEM(out, k, h);
     }
     *end_out = end + 4;
     return out;
@@ -340,19 +354,6 @@ fail:
     return -1;
 }
 
-/* Untracked by the cycle collector: what this module builds (messages, their header
- * tuples, the tracker's keys, marks and queue entries) refers only to strings, numbers,
- * bytes and other such objects, never back to a container, so it can be in no cycle;
- * tracked, each would be traversed by every young collection it survives and by every
- * full one while the agent's flow ring holds it (in the bench, with the messages kept,
- * the collector took ~35 % of the tracker's time). Python untracks tuples of atomic
- * objects itself, but only after traversing them once. Untracking never frees anything
- * early: an untracked object's references just count as outside ones. */
-static PyObject *untracked(PyObject *o) {
-    if (o != NULL && PyObject_IS_GC(o) && PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
-    return o;
-}
-
 /* l->tp(*vals) with vals[i] NULL for a field's default; borrowed values */
 static PyObject *build(Layout *l, PyObject *const *vals) {
     if (l->tp == NULL) {
@@ -402,7 +403,7 @@ static PyObject *fast_messages(const char *data, Py_ssize_t n, PyObject *default
         }
         if (nxt - 1 - p > MAX_START_LINE) goto none;
         Py_ssize_t end = 0;
-        Known known;
+        Known known = {-1, -1, 0, 0, 0};
         PyObject *headers = header_block(data, n, nxt, &end, &known);
         if (headers == NULL) goto fail;
         if (headers == Py_None) {
@@ -415,14 +416,15 @@ static PyObject *fast_messages(const char *data, Py_ssize_t n, PyObject *default
             goto fail;
         }
         long long length = body >= 0 ? end - p + body : n - p;
-        PyObject *htuple = untracked(PyList_AsTuple(headers));
+        PyObject *htuple = headers;
+        Py_INCREF(htuple);
         PyObject *msg = NULL, *len_obj = htuple ? PyLong_FromLongLong(length) : NULL;
         if (len_obj != NULL && request) {
             PyObject *method = PyUnicode_DecodeASCII(data + p, m_end - p, NULL);
             PyObject *target = PyUnicode_DecodeASCII(data + m_end + 1, t_end - m_end - 1, NULL);
             PyObject *host = target == NULL ? NULL
                              : known.host >= 0
-                                 ? PyObject_GetAttr(PyList_GET_ITEM(headers, known.host), s_value)
+                                 ? PyObject_GetAttr(PyTuple_GET_ITEM(headers, known.host), s_value)
                                  : (Py_INCREF(Py_None), Py_None);
             PyObject *url = host ? build_url(target, d + m_end + 1, t_end - m_end - 1, host,
                                              default_host) : NULL;
@@ -801,10 +803,11 @@ static int http_item(Track *t, PyObject *item, PyObject *ev, PyObject *payload, 
     if (proto == -1 && PyErr_Occurred()) return -1;
     int tcp = proto == 6, answers = (l7 & 0x10) != 0, rc = -1;
     PyObject *k = untracked(PyTuple_Pack(4, saddr, sport, daddr, dport));
-    PyObject *rev = k ? untracked(PyTuple_Pack(4, daddr, dport, saddr, sport)) : NULL;
+    /* the request direction of an answer (a request's is k) */
+    PyObject *rev = k && answers ? untracked(PyTuple_Pack(4, daddr, dport, saddr, sport)) : NULL;
     PyObject *time_ns = NULL, *host = NULL, *res = NULL, *msgs = NULL, *unparsable = NULL,
              *got = NULL;
-    if (rev == NULL) goto out;
+    if (k == NULL || (answers && rev == NULL)) goto out;
     if (tcp) { /* the direction's mark, read once: nothing below changes it before use */
         got = PyDict_GetItemWithError(t->marks, k);
         if (got == NULL && PyErr_Occurred()) goto out;
