@@ -1097,7 +1097,10 @@ static PyObject *track(PyObject *self, PyObject *args) {
                                                        t.offset, t.out, NULL);
             if (r == NULL) {
                 Py_DECREF(item);
-                flush(&t, pairer);
+                PyObject *type, *value, *tb; /* the counts so far still land */
+                PyErr_Fetch(&type, &value, &tb);
+                if (flush(&t, pairer) < 0) PyErr_Clear();
+                PyErr_Restore(type, value, tb);
                 Py_DECREF(t.conns);
                 Py_DECREF(t.seen);
                 return NULL; /* what tracker.py's loop would raise */
